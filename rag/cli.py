@@ -1,0 +1,184 @@
+"""`rag` command: a thin shell over rag.api. Exit codes: 0 ok, 1 user error (one line), 2 usage."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from rag.errors import RagError
+
+
+def index_dir_option(f: Callable) -> Callable:
+    return click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Index folder (default: data/index in the project; env RAG_INDEX_DIR).")(f)
+
+
+def user_errors(f: Callable) -> Callable:
+    """Turn RagError into `Error: message` and exit 1, instead of a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except RagError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _settings(**flags: Any):
+    from rag.config import load_settings
+
+    return load_settings(**flags)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="course-rag")
+def cli() -> None:
+    """Question answering over a course's documents (index, search, ask)."""
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path(path_type=Path), required=False)
+@index_dir_option
+@click.option("--rebuild", is_flag=True, help="Re-read and re-embed everything.")
+@click.option("--embed-model", default=None, help="sentence-transformers folder or name (default: bundled MiniLM).")
+@click.option("--faiss-type", type=click.Choice(["flat", "hnsw", "ivf"]), default=None,
+              help="flat = exact (default); hnsw/ivf = approximate, for large corpora.")
+@click.option("--chunk-tokens", type=int, default=None, help="Target chunk size in embedder tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@user_errors
+def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_model: str | None,
+          faiss_type: str | None, chunk_tokens: int | None, as_json: bool) -> None:
+    """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
+    from tqdm import tqdm
+
+    from rag.api import index_corpus
+
+    settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens)
+    corpus = corpus or settings.corpus_dir
+    bars: dict[str, tqdm] = {}
+    labels = {"read": "reading files", "embed": "embedding chunks", "index": "writing index"}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = tqdm(total=total, desc=labels[stage], unit="file" if stage == "read" else "chunk" if stage == "embed" else "step",
+                               file=sys.stderr, leave=False, disable=None)
+        bar = bars[stage]
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = index_corpus(corpus, settings, rebuild=rebuild, on_progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+        return
+    for s in report.skipped:
+        click.echo(f"skipped {s.source}: {s.reason}", err=True)
+    for s in report.kept_previous:
+        click.echo(f"kept the previously indexed version of {s}", err=True)
+    n_files = len(report.added) + len(report.changed) + len(report.unchanged) + len(report.kept_previous)
+    if report.nothing_changed:
+        click.echo(f"index is up to date: {n_files} files, {report.chunks_total} chunks, nothing changed "
+                   f"({report.seconds:.1f}s) -> {settings.index_dir}")
+        return
+    click.echo(f"indexed {n_files} files -> {report.chunks_total} chunks in {report.seconds:.1f}s "
+               f"({len(report.added)} added, {len(report.changed)} changed, {len(report.unchanged)} unchanged, "
+               f"{len(report.deleted)} deleted, {len(report.skipped)} skipped; "
+               f"{report.chunks_embedded} chunks embedded) -> {settings.index_dir}")
+
+
+@cli.command()
+@click.argument("query", required=False)
+@index_dir_option
+@click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="How many passages (default 5).")
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default dense: see README, Retrieval quality).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of hits.")
+@click.option("--queries-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="One query a line ('-' = stdin); prints one JSON line per query.")
+@user_errors
+def search(query: str | None, index_dir: Path | None, top_k: int | None, mode: str | None, as_json: bool,
+           queries_file: Any) -> None:
+    """Find the passages that best match QUERY."""
+    from rag.api import open_retriever
+
+    if (query is None) == (queries_file is None):
+        raise click.UsageError("give a QUERY or --queries-file, not both")
+    settings = _settings(index_dir=index_dir, top_k=top_k, mode=mode)
+    retriever = open_retriever(settings)
+    if queries_file is not None:
+        for line in queries_file:
+            q = line.strip()
+            if q:
+                hits = retriever.search(q)
+                click.echo(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        return
+    if not query.strip():
+        raise RagError("the query is empty: type some words to search for")
+    hits = retriever.search(query)
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=1, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no matching passages")
+    for h in hits:
+        where = h.chunk.source + (f" > {h.chunk.section}" if h.chunk.section else "")
+        click.secho(f"[{h.rank}] {h.score:.4f}  {where}", bold=True)
+        text = " ".join(h.chunk.text.split())
+        click.echo("    " + (text[:300] + ("..." if len(text) > 300 else "")))
+
+
+@cli.command("eval-retrieval")
+@click.argument("questions", type=click.Path(path_type=Path))
+@index_dir_option
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["dense", "bm25", "hybrid"]),
+              help="Modes to compare (default: all three).")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.option("--details", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write per-question ranks to this JSONL file.")
+@user_errors
+def eval_retrieval(questions: Path, index_dir: Path | None, modes: tuple[str, ...], as_json: bool,
+                   details: Path | None) -> None:
+    """Recall@k and MRR@10 of each retrieval mode on a question file with evidence quotes."""
+    from rag.api import open_retriever
+    from rag.evaluate import evaluate_retrieval, load_questions
+
+    qs = load_questions(questions)
+    retriever = open_retriever(_settings(index_dir=index_dir))
+    results, rows = {}, []
+    for mode in modes or ("dense", "bm25", "hybrid"):
+        scores, per_q = evaluate_retrieval(retriever, qs, mode)
+        results[mode] = scores.to_dict()
+        rows.extend(per_q)
+    if details:
+        details.parent.mkdir(parents=True, exist_ok=True)
+        details.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+        return
+    click.echo("| mode | n | recall@1 | recall@5 | recall@10 | MRR@10 |")
+    click.echo("|---|---|---|---|---|---|")
+    for mode, r in results.items():
+        click.echo(f"| {mode} | {r['n']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['mrr@10']:.3f} |")
+
+
+def main() -> None:
+    cli(prog_name="rag")
+
+
+if __name__ == "__main__":
+    main()

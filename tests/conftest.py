@@ -1,0 +1,81 @@
+"""Shared fixtures: the real bundled embedder, real corpora in tmp dirs, real indexes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpus"
+
+LORA_MD = """# Fine-tuning
+
+## Parameter-efficient fine-tuning
+
+LoRA (low-rank adaptation) freezes all the weights of the pre-trained model and trains two small
+low-rank matrices whose product is added to the frozen weight matrix. Only the adapter is stored.
+
+## Full fine-tuning
+
+Full fine-tuning updates every weight of the network and needs as much memory as pre-training.
+"""
+
+ATTENTION_MD = """# Transformers
+
+## Self-attention
+
+Self-attention lets every token attend to every other token of the input sequence, so the model
+learns which words relate to which. Multi-head attention runs several attention heads in parallel.
+"""
+
+SAMPLING_TXT = """Generation settings
+
+Temperature scales the logits before sampling: a low temperature gives deterministic output, a high
+temperature gives more random and creative text. Top-k keeps the k most likely tokens; top-p keeps the
+smallest set whose probability adds up to p.
+"""
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from rag.embeddings import Embedder
+
+    return Embedder("bundled")
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    (root / "week2").mkdir(parents=True)
+    (root / "fine-tuning.md").write_text(LORA_MD, encoding="utf-8")
+    (root / "week2" / "attention.md").write_text(ATTENTION_MD, encoding="utf-8")
+    (root / "sampling.txt").write_text(SAMPLING_TXT, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    from rag.config import Settings
+
+    return Settings(index_dir=tmp_path / "index", corpus_dir=tmp_path / "corpus")
+
+
+@pytest.fixture(scope="session")
+def course_index(tmp_path_factory, embedder):
+    """The shipped corpus indexed once per test session (retrieval tests read it, never write)."""
+    from rag.api import make_chunker
+    from rag.config import Settings
+    from rag.index import build_index
+
+    base = tmp_path_factory.mktemp("course")
+    corpus = base / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    settings = Settings(index_dir=base / "index", corpus_dir=corpus)
+    build_index(corpus, settings.index_dir, embedder, make_chunker(embedder, settings))
+    return settings
