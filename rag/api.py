@@ -40,6 +40,40 @@ def open_retriever(settings: Settings) -> Retriever:
     return Retriever(settings.index_dir, get_embedder(settings), settings.mode, settings.top_k, settings.rrf_k)
 
 
+def generation_params(settings: Settings):
+    """The generation settings of `settings` as the generator's parameter object."""
+    from rag.generate import GenerationParams
+
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              top_p=settings.top_p, top_k=settings.top_k_sampling,
+                              repetition_penalty=settings.repetition_penalty, seed=settings.seed)
+    params.validate()
+    return params
+
+
+@lru_cache(maxsize=4)
+def _generator(model: str, model_name: str | None):
+    from rag.generate import get_generator
+
+    return get_generator(model, model_name=model_name)
+
+
+def get_generator(settings: Settings):
+    """The configured language model backend, loaded once per process."""
+    return _generator(settings.model, settings.model_name)
+
+
+def make_pipeline(settings: Settings, retriever: Retriever | None = None, generator=None):
+    """The RAG loop wired from settings (pass a retriever/generator to share already-loaded ones)."""
+    from rag.pipeline import RagPipeline
+
+    return RagPipeline(retriever or open_retriever(settings), generator or get_generator(settings),
+                       top_k=settings.top_k, mode=settings.mode, params=generation_params(settings),
+                       abstain_threshold=settings.abstain_threshold,
+                       abstain_coverage=settings.abstain_coverage,
+                       max_context_tokens=settings.max_context_tokens, condense=settings.condense)
+
+
 def search(query: str, settings: Settings, k: int | None = None, mode: str | None = None) -> list[Hit]:
     """One-shot search; for many queries keep the Retriever from open_retriever()."""
     return open_retriever(settings).search(query, k, mode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any, Iterable
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from rag.documents import Document
+from rag.documents import LOADER_VERSION, Document
 
 # A numbered quiz item at the start of a line: "**3.**", "3.", "3)", "Question 3", "Q3:".
 QUESTION_START = r"\n(?=[ \t]*(?:\*\*|__)?(?:(?:Question|Q)[ \t]*\d{1,3}\b|\d{1,3}[.)](?=[ \t*_]))(?:\*\*|__)?)"
@@ -17,6 +18,7 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _MD_DECOR = re.compile(r"(\\?[*_`]+)|\[([^\]]*)\]\([^)]*\)")
 SECTION_SEP = " > "
+CHUNKER_VERSION = 1  # bump when splitting changes: indexes re-chunk every file on their next update
 MAX_SECTION_TOKENS = 48
 
 
@@ -101,11 +103,15 @@ class Chunker:
         self.chunk_tokens = min(chunk_tokens, self.window)
         self.overlap = min(overlap, self.chunk_tokens // 2)
         self._splitters: dict[int, RecursiveCharacterTextSplitter] = {}
+        # The splitter measures the same pieces many times while merging; memoise per chunker.
+        self.count = functools.lru_cache(maxsize=65536)(self._count)
 
     def params(self) -> dict[str, Any]:
-        return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "window": self.window, "version": 1}
+        return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "window": self.window,
+                "version": CHUNKER_VERSION, "loader_version": LOADER_VERSION}
 
-    def count(self, text: str) -> int:
+    def _count(self, text: str) -> int:
+        """Length of `text` in the embedder's word pieces (no special tokens)."""
         return len(self.tokenizer.tokenize(text))
 
     def _splitter(self, budget: int) -> RecursiveCharacterTextSplitter:

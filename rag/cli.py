@@ -176,6 +176,76 @@ def eval_retrieval(questions: Path, index_dir: Path | None, modes: tuple[str, ..
         click.echo(f"| {mode} | {r['n']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['mrr@10']:.3f} |")
 
 
+def generation_options(f: Callable) -> Callable:
+    """The model backend and the generation settings the course teaches, as flags."""
+    opts = [
+        click.option("--model", default=None, help="bundled (default), a local model folder, or an OpenAI-compatible base URL."),
+        click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server (key: RAG_API_KEY/OPENAI_API_KEY)."),
+        click.option("--max-tokens", "max_new_tokens", type=click.IntRange(1, 8192), default=None, help="Max new tokens (default 256)."),
+        click.option("--temperature", type=click.FloatRange(0, 5), default=None, help="0 = greedy (default); > 0 samples."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None, help="Nucleus sampling mass."),
+        click.option("--top-k-sampling", type=click.IntRange(0), default=None, help="Sample from the k likeliest tokens (0 = off)."),
+        click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None, help="> 1 discourages repeats (default 1.1)."),
+        click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
+        click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="Passages to retrieve (default 5)."),
+        click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@click.argument("question")
+@index_dir_option
+@generation_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: question, answer, abstained, sources, timings.")
+@user_errors
+def ask(question: str, index_dir: Path | None, as_json: bool, **gen: Any) -> None:
+    """Answer QUESTION from the course documents, streaming the answer, then its sources."""
+    from rag.api import make_pipeline
+    from rag.pipeline import validate_question
+
+    validate_question(question)
+    settings = _settings(index_dir=index_dir, **gen)
+    resp = make_pipeline(settings).ask(question)
+    for piece in resp:
+        if not as_json:
+            click.echo(piece, nl=False)
+    answer = resp.answer()
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False, indent=1))
+        return
+    click.echo()
+    for note in answer.notes:
+        click.echo(f"({note})", err=True)
+    click.secho("\nNearest passages:" if answer.abstained else "\nSources:", bold=True)
+    for s in answer.sources:
+        where = s.source + (f" > {s.section}" if s.section else "")
+        click.echo(f"[{s.n}] {where}  (score {s.score:.3f})")
+        click.echo(f"    \"{' '.join(s.snippet.split())[:240]}\"")
+
+
+@cli.command()
+@index_dir_option
+@generation_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--served-model-name", default="course-rag", show_default=True, help="Model id the API reports.")
+@user_errors
+def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, **gen: Any) -> None:
+    """Serve an OpenAI-compatible /v1/chat/completions that answers from the course documents."""
+    import uvicorn
+
+    from rag.api import make_pipeline
+    from rag.serve import create_app
+
+    settings = _settings(index_dir=index_dir, **gen)
+    pipeline = make_pipeline(settings)
+    click.echo(f"serving {settings.index_dir} with {pipeline.generator.model_id} on http://{host}:{port}/v1", err=True)
+    uvicorn.run(create_app(pipeline, served_model_name), host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     cli(prog_name="rag")
 

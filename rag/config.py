@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=16, ge=1)
 
     # chunking, measured in embedder tokens
-    chunk_tokens: int = Field(default=200, ge=16)
+    chunk_tokens: int = Field(default=256, ge=16)  # capped at the embedder window minus the heading path
     chunk_overlap: int = Field(default=32, ge=0)
 
     # index
@@ -56,6 +56,22 @@ class Settings(BaseSettings):
     mode: Literal["dense", "bm25", "hybrid"] = "dense"  # best recall@5/MRR on eval/dev_questions.jsonl (README)
     top_k: int = Field(default=5, ge=1, le=100)
     rrf_k: int = Field(default=60, ge=1)
+
+    # generation
+    model: str = "bundled"  # "bundled", a local model folder, or an OpenAI-compatible base URL
+    model_name: str | None = None  # the model to ask for at an OpenAI-compatible server
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k_sampling: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.1, gt=0.0)
+    seed: int | None = None
+    # Abstain (without calling the model) when the best passage's cosine is below abstain_threshold and
+    # less than abstain_coverage of the question's IDF-weighted terms occur in the corpus (README, Answers).
+    abstain_threshold: float = Field(default=0.3, ge=-1.0, le=1.0)
+    abstain_coverage: float = Field(default=0.9, ge=0.0, le=1.0)
+    max_context_tokens: int = Field(default=1536, ge=128)  # prompt budget: fewer tokens, faster CPU prefill
+    condense: Literal["auto", "llm", "concat", "off"] = "auto"
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ from typing import Iterable
 
 SUPPORTED = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf", ".html": "html", ".htm": "html"}
 MAX_FILE_BYTES = 50 * 1024 * 1024
+LOADER_VERSION = 2  # bump when extracted text changes: indexes re-read every file on their next update
 
 
 @dataclass
@@ -121,6 +122,8 @@ def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
         text = _read_html(_decode_text(data))
     else:
         text = _decode_text(data)
+        if kind == "markdown":
+            text = strip_md_images(text)
     if not text.strip():
         raise UnreadableFile("empty file (no text)" if kind != "pdf" else "PDF has no extractable text (scanned images?)")
     return Document(text=text, source=source, sha256=digest, metadata=meta)
@@ -161,6 +164,14 @@ def load_documents(root: Path) -> tuple[list[Document], list[Skipped]]:
         except OSError as exc:
             skipped.append(Skipped(src, f"cannot read: {exc.strerror or exc}"))
     return docs, skipped
+
+
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+
+
+def strip_md_images(text: str) -> str:
+    """Replace markdown images by their alt text: image links carry no words worth embedding or quoting."""
+    return _MD_IMAGE.sub(lambda m: m.group(1).strip(), text)
 
 
 _WS = re.compile(r"\s+")

@@ -61,6 +61,28 @@ class BM25Index:
         retriever = bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False) if n else bm25s.BM25()
         return cls(retriever, n)
 
+    def term_coverage(self, query: str) -> float:
+        """Share of the query's information (IDF-weighted terms) whose terms occur in the indexed text.
+
+        1.0 means every term, rare ones included, is in the corpus vocabulary: a cheap signal that a
+        question is about the course even when the embedder does not know its jargon (e.g. "PEFT").
+        """
+        toks = tokenize([query])[0]
+        if not toks or not self.n_docs:
+            return 0.0
+        vocab = self.retriever.vocab_dict
+        indptr = self.retriever.scores["indptr"]
+        n = self.n_docs
+        total = covered = 0.0
+        for tok in toks:
+            col = vocab.get(tok)
+            df = int(indptr[col + 1] - indptr[col]) if col is not None else 0
+            idf = float(np.log((n - df + 0.5) / (df + 0.5) + 1.0))
+            total += idf
+            if df:
+                covered += idf
+        return covered / total if total else 0.0
+
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """Top-k (position, score) pairs with a positive score, best first."""
         if not self.n_docs:

@@ -48,3 +48,11 @@ def test_each_bad_file_kind_is_skipped_with_its_reason(tmp_path: Path):
     assert "UTF-8" in reasons["latin1.md"]
     assert "PDF" in reasons["broken.pdf"]
     assert "empty" in reasons["empty.txt"] and "empty" in reasons["blank.md"]
+
+
+def test_markdown_images_become_their_alt_text(tmp_path: Path):
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "a.md").write_text("Before ![Attention diagram](img/Untitled%2052.png) after ![](x.png).", encoding="utf-8")
+    docs, _ = load_documents(root)
+    assert docs[0].text == "Before Attention diagram after ."
