@@ -14,7 +14,8 @@ from rag.generate import GenerationParams, Generator
 from rag.retrieve import Hit, Retriever
 
 MAX_QUESTION_CHARS = 4000
-_FOLLOW_UP = re.compile(r"\b(it|its|they|them|their|this|that|these|those|he|she|the same|and|also|why|how so)\b", re.I)
+_FOLLOW_UP = re.compile(r"^\s*(and|also|but|so|what about|how about)\b|\b(it|its|they|them|their|this|that|these|those|"
+                        r"he|she|the same|the other|the former|the latter)\b", re.I)
 
 
 @dataclass
@@ -207,8 +208,9 @@ class RagPipeline:
                     return q
             except RagError:
                 pass
-        # A short or pronoun-led follow-up borrows the previous question's words for retrieval.
-        if len(question.split()) <= 12 or _FOLLOW_UP.search(question):
+        # A follow-up that leans on the conversation ("and how does it compare...") borrows the previous
+        # question's words for retrieval; a self-contained question is searched as it is.
+        if _FOLLOW_UP.search(question):
             return f"{previous[-1]} {question}"
         return question
 

@@ -96,7 +96,11 @@ class Retriever:
             ranked = lexical[:k]
         else:
             ranked = rrf([[p for p, _ in dense], [p for p, _ in lexical]], self.rrf_k)[:k]
-            # Dense cosine is the calibrated relevance signal (abstention uses it): fill it in for bm25-only hits.
+        # Dense cosine is the calibrated relevance signal (abstention and displayed scores use it) in
+        # every mode: fill it in for hits the dense side did not return.
+        if any(p not in dense_score for p, _ in ranked):
+            if qvec is None:
+                qvec = self.embedder.encode_query(query)
             for p, _ in ranked:
                 if p not in dense_score:
                     dense_score[p] = float(index.vectors[p] @ qvec)

@@ -162,3 +162,14 @@ def test_server_down_error_names_the_url():
     gen = OpenAIGenerator(url, model_name="x", retries=2, backoff=0.05)
     with pytest.raises(GeneratorError, match="127.0.0.1"):
         gen.generate([{"role": "user", "content": "hi"}])
+
+
+def test_bm25_mode_abstains_too(course_index, pipe):
+    p = make_pipeline(course_index.model_copy(update={"mode": "bm25"}), retriever=pipe.retriever,
+                      generator=CountingGenerator(pipe.generator))
+    assert p.ask("How do I bake sourdough bread at home?").abstained
+
+
+def test_self_contained_short_question_is_not_merged_with_history(pipe):
+    history = [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}]
+    assert pipe.condense("What is PEFT?", history) == "What is PEFT?"

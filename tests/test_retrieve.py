@@ -51,3 +51,9 @@ def test_retriever_switches_to_a_rebuilt_index(small_corpus, settings, embedder)
     (small_corpus / "quant.md").write_text("# Quantization\n\nQuantization stores int8 weights.", encoding="utf-8")
     index_corpus(small_corpus, settings)
     assert any("Quantization" in h.chunk.text for h in r.search("quantization int8", k=3))
+
+
+def test_every_mode_reports_the_dense_cosine(retriever):
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = retriever.search("How do I bake sourdough bread at home?", k=3, mode=mode)
+        assert all(-1.0 <= h.scores["dense"] <= 1.0 for h in hits), mode

@@ -1,0 +1,352 @@
+"""Chat over the course documents: `streamlit run ui/app.py`.
+
+A thin shell over rag.api: settings come from load_settings() (rag.toml, RAG_* variables) with the
+sidebar's choices on top; the retriever and the language model are loaded once per process with
+st.cache_resource and shared by every session. The index directory is the one `rag index` writes:
+the cached Retriever switches to a newly published index by itself, so a rebuild from the CLI shows
+up here without a restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from typing import Any
+
+import streamlit as st
+
+from rag.api import get_generator, index_corpus, make_pipeline, open_retriever
+from rag.config import Settings, load_settings
+from rag.errors import GeneratorError, IndexNotFound, RagError
+from rag.generate import Generator
+from rag.pipeline import MAX_QUESTION_CHARS, Source
+from rag.retrieve import MODES, Retriever
+from ui.files import ALLOWED_EXTENSIONS, MAX_UPLOAD_MB, indexed_under, remove_document, save_upload
+from ui.render import display_path, index_facts, md_escape, passage_html, source_label, timing_caption
+
+log = logging.getLogger("course_rag.ui")
+
+DEFAULT_SERVER = "http://127.0.0.1:11434/v1"
+STAGES = {"read": ("Reading files", 0.0, 0.2), "embed": ("Embedding passages", 0.2, 0.95),
+          "index": ("Writing the index", 0.95, 1.0)}
+
+
+# ---- resources, loaded once per process ---------------------------------------------------------
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_retriever(index_dir: str, embed_model: str, embed_dtype: str, rrf_k: int, _settings: Settings) -> Retriever:
+    """The retriever over `index_dir`; it reloads by itself when `rag index` publishes a new index."""
+    return open_retriever(_settings)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_generator(model: str, model_name: str | None, _settings: Settings) -> Generator:
+    """The language model backend (bundled local model, a model folder or an OpenAI-compatible URL)."""
+    return get_generator(_settings)
+
+
+def retriever_for(settings: Settings) -> Retriever:
+    """The shared retriever for these settings (keyed on what the index and embedder depend on)."""
+    return load_retriever(str(settings.index_dir), settings.embed_model, settings.embed_dtype, settings.rrf_k,
+                          settings)
+
+
+def generator_for(settings: Settings) -> Generator:
+    """The shared language model for these settings."""
+    return load_generator(settings.model, settings.model_name, settings)
+
+
+# ---- sidebar -------------------------------------------------------------------------------------
+
+def sidebar_settings(base: Settings) -> dict[str, Any]:
+    """The sidebar's retrieval, generation and model choices, as overrides for load_settings()."""
+    sb = st.sidebar
+    sb.subheader("Retrieval")
+    mode = sb.selectbox("Mode", MODES, index=MODES.index(base.mode), key="mode",
+                        help="dense = embedding similarity, bm25 = keywords, hybrid = both (rank fusion)")
+    top_k = sb.slider("Passages (top-k)", 1, 20, min(base.top_k, 20), key="top_k")
+    sb.subheader("Generation")
+    temperature = sb.slider("Temperature", 0.0, 2.0, min(float(base.temperature), 2.0), 0.05, key="temperature",
+                            help="0 = always the most likely word (greedy)")
+    top_p = sb.slider("Top-p", 0.05, 1.0, max(float(base.top_p), 0.05), 0.05, key="top_p")
+    max_new = sb.number_input("Max new tokens", 1, 4096, min(base.max_new_tokens, 4096), key="max_new_tokens")
+    sb.subheader("Model")
+    remote = re.match(r"https?://", base.model or "", re.I) is not None
+    local_label = "Bundled local model" if base.model == "bundled" or remote else f"Local model ({base.model})"
+    backend = sb.radio("Backend", ["local", "server"], index=1 if remote else 0, key="backend",
+                       format_func=lambda b: local_label if b == "local" else "OpenAI-compatible server")
+    model, model_name = ("bundled" if remote else base.model), None
+    if backend == "server":
+        model = sb.text_input("Server URL", base.model if remote else DEFAULT_SERVER, key="server_url").strip()
+        model_name = sb.text_input("Model name", base.model_name or "", key="model_name").strip() or None
+        if not model:
+            sb.warning("Enter the server's URL, e.g. http://127.0.0.1:11434/v1; the local model answers meanwhile.")
+    return {"mode": mode, "top_k": top_k, "temperature": temperature, "top_p": top_p,
+            "max_new_tokens": int(max_new), "model": model or None, "model_name": model_name}
+
+
+def show_index_facts(box: Any, retriever: Retriever | None, settings: Settings) -> None:
+    """Documents, chunks, embedder and last build of the live index (re-read on every run)."""
+    with box:
+        st.subheader("Index")
+        if retriever is None:
+            st.caption(f"No index loaded from {md_escape(display_path(settings.index_dir))}")
+            return
+        facts = index_facts(retriever.index.manifest)
+        st.markdown("  \n".join(f"**{k}:** {md_escape(v)}" for k, v in facts.items()))
+        st.caption(md_escape(display_path(settings.index_dir)))
+
+
+def build_index(settings: Settings, *, rebuild: bool = False) -> bool:
+    """Index the corpus folder with a progress bar; True when it worked (the outcome is left with flash())."""
+    bar = st.progress(0.0, text="Starting…")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        label, lo, hi = STAGES.get(stage, (stage, 0.0, 1.0))
+        frac = lo + (hi - lo) * (done / total if total else 1.0)
+        bar.progress(min(max(frac, 0.0), 1.0), text=f"{label} ({done}/{total})")
+
+    try:
+        report = index_corpus(settings.corpus_dir, settings, rebuild=rebuild, on_progress=progress)
+    except RagError as exc:
+        bar.empty()
+        flash("error", f"Indexing failed: {exc}")
+        return False
+    bar.empty()
+    notes = [f"{s.source} skipped: {s.reason}" for s in report.skipped]
+    n_files = len(report.added) + len(report.changed) + len(report.unchanged) + len(report.kept_previous)
+    summary = (f"Index up to date: {n_files} documents, {report.chunks_total} chunks"
+               + (f" ({report.chunks_embedded} new passages embedded)" if report.wrote else ", nothing changed"))
+    flash("success", summary)
+    for note in notes:
+        flash("warning", note)
+    return True
+
+
+def flash(kind: str, text: str) -> None:
+    """Keep a message for show_flashes() (it survives st.rerun, unlike elements drawn in this run)."""
+    st.session_state.setdefault("flash", []).append((kind, text))
+
+
+def show_flashes() -> None:
+    """Show (and forget) the messages left by flash()."""
+    for kind, text in st.session_state.pop("flash", []):
+        getattr(st, kind)(text)
+
+
+def documents_section(settings: Settings, retriever: Retriever | None) -> None:
+    """List the indexed files; add (.md/.txt/.pdf) or remove documents, re-indexing incrementally."""
+    with st.sidebar.expander("Documents", expanded=False, icon=":material/description:"):
+        show_flashes()
+        manifest = retriever.index.manifest if retriever else {}
+        files = manifest.get("files", {})
+        if files:
+            st.markdown("\n".join(f"- {md_escape(name)} · {f.get('chunks', 0)} chunks, "
+                                   f"{f.get('bytes', 0) / 1024:.0f} KB" for name, f in sorted(files.items())))
+        else:
+            st.caption("No documents indexed yet.")
+        if retriever and not indexed_under(manifest, settings.corpus_dir):
+            st.warning(f"This index was built from {md_escape(manifest.get('corpus_root', '?'))}, not the course "
+                       f"folder {md_escape(str(settings.corpus_dir))}: set RAG_CORPUS_DIR to that folder to "
+                       "add or remove documents here.")
+            return
+
+        n = st.session_state.setdefault("upload_round", 0)
+        uploads = st.file_uploader(f"Add documents ({', '.join(ALLOWED_EXTENSIONS)}, up to {MAX_UPLOAD_MB} MB)",
+                                   type=[e.lstrip(".") for e in ALLOWED_EXTENSIONS], accept_multiple_files=True,
+                                   max_upload_size=MAX_UPLOAD_MB, key=f"uploads_{n}")
+        replace = st.checkbox("Replace files with the same name", key="replace_uploads")
+        if st.button("Add to the course", key="add_docs", disabled=not uploads, icon=":material/upload:"):
+            saved = 0
+            for up in uploads or []:
+                try:
+                    result = save_upload(settings.corpus_dir, up.name, up.getvalue(), replace=replace)
+                except RagError as exc:
+                    flash("error", str(exc))
+                    continue
+                if result.status == "unchanged":
+                    flash("info", f"{result.name} is already in the course")
+                else:
+                    saved += 1
+            st.session_state.upload_round = n + 1  # a fresh uploader: the files are handled
+            if saved and not build_index(settings):
+                show_flashes()
+                return  # no rerun: the indexing error stays on screen
+            st.rerun()
+
+        if files:
+            choice = st.selectbox("Remove a document", sorted(files), index=None, key="remove_choice",
+                                  placeholder="Choose a document…")
+            if st.button("Remove from the course", key="remove_doc", disabled=choice is None,
+                         icon=":material/delete:"):
+                try:
+                    remove_document(settings.corpus_dir, choice)
+                except RagError as exc:
+                    flash("error", str(exc))
+                else:
+                    flash("info", f"Removed {choice}")
+                    if not build_index(settings):
+                        show_flashes()
+                        return
+                st.rerun()
+
+
+# ---- chat ----------------------------------------------------------------------------------------
+
+def show_sources(sources: list[Source], abstained: bool) -> None:
+    """One expander per source: file, heading, score and the passage with its supporting words marked."""
+    if not sources:
+        return
+    st.caption("Nearest passages" if abstained else "Sources")
+    for src in sources:
+        with st.expander(source_label(src)):
+            if not src.cited:
+                st.caption("Retrieved for this question; no answer sentence was matched to it.")
+            st.markdown(passage_html(src.text, src.snippet, highlight=src.cited), unsafe_allow_html=True)
+
+
+def show_message(msg: dict[str, Any]) -> None:
+    """Redraw one turn of the conversation from session state."""
+    with st.chat_message(msg["role"]):
+        if msg.get("error"):
+            if msg.get("content"):
+                st.markdown(msg["content"])
+            st.error(msg["error"])
+        elif msg.get("abstained"):
+            st.warning(msg["content"])
+        else:
+            st.markdown(msg["content"])
+        for note in msg.get("notes", []):
+            st.caption(md_escape(note))
+        show_sources(msg.get("sources", []), bool(msg.get("abstained")))
+        if msg.get("timings"):
+            st.caption(timing_caption(msg["timings"]))
+
+
+def chat_history(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The earlier turns as the pipeline wants them: role and text, leaving out questions that got no answer."""
+    history: list[dict[str, str]] = []
+    for m in messages:
+        if m.get("error"):
+            if history and history[-1]["role"] == "user":
+                history.pop()  # its question goes too: it would steer the next follow-up's search
+            continue
+        if m.get("content"):
+            history.append({"role": m["role"], "content": m["content"]})
+    return history
+
+
+def answer_turn(question: str, history: list[dict[str, str]], settings: Settings, retriever: Retriever,
+                generator: Generator) -> dict[str, Any]:
+    """Answer `question` in an assistant bubble, streaming tokens as they come; returns the turn for history."""
+    turn: dict[str, Any] = {"role": "assistant", "content": ""}
+    with st.chat_message("assistant"):
+        slot = st.empty()
+        try:
+            with st.spinner("Searching the course documents…"):
+                resp = make_pipeline(settings, retriever, generator).ask(question, history)
+            if resp.abstained:
+                answer = resp.answer()
+                slot.warning(answer.text)
+            else:
+                with st.spinner(f"Reading {len(resp.hits)} passages…"):  # the model's prompt prefill
+                    first = next(resp, "")
+                with slot.container():
+                    raw = st.write_stream(itertools.chain([first], resp))
+                with st.spinner("Matching the answer to its sources…"):
+                    answer = resp.answer()
+                slot.markdown(answer.text or raw or "_(the model returned no text)_")
+        except GeneratorError as exc:
+            turn["error"] = f"The language model failed: {exc}"
+        except RagError as exc:
+            turn["error"] = str(exc)
+        except Exception as exc:  # a bug, not a user error: log it, keep the page usable
+            log.exception("answering %r failed", question)
+            turn["error"] = f"Something went wrong while answering ({type(exc).__name__}: {exc})"
+        if "error" in turn:
+            st.error(turn["error"])
+            return turn
+        notes = ([f"Searched for: {answer.query}"] if answer.query != answer.question else []) + answer.notes
+        turn.update(content=answer.text, abstained=answer.abstained, sources=answer.sources, notes=notes,
+                    timings=answer.timings)
+        for note in notes:
+            st.caption(md_escape(note))
+        show_sources(answer.sources, answer.abstained)
+        st.caption(timing_caption(answer.timings))
+    return turn
+
+
+def load_index(settings: Settings) -> Retriever | None:
+    """The cached retriever, or None after showing why there is none (with a button to build the index)."""
+    try:
+        return retriever_for(settings)
+    except IndexNotFound:
+        st.warning(f"There is no index at `{settings.index_dir}` yet. Build it from the course folder "
+                   f"`{settings.corpus_dir}` (or run `rag index`) to start asking questions.")
+        label, rebuild = "Build the index", False
+    except RagError as exc:
+        st.error(str(exc))
+        label, rebuild = "Rebuild the index", True
+    if st.button(label, key="build_index", type="primary", icon=":material/build:"):
+        if build_index(settings, rebuild=rebuild):
+            st.rerun()
+        show_flashes()
+    return None
+
+
+def main() -> None:
+    st.set_page_config(page_title="Course assistant", page_icon=":material/school:", layout="centered")
+    st.session_state.setdefault("messages", [])
+    try:
+        base = load_settings()
+    except RagError as exc:
+        st.error(str(exc))
+        st.stop()
+    if st.sidebar.button("New chat", key="new_chat", icon=":material/add_comment:", width="stretch"):
+        st.session_state.messages = []
+    facts_box = st.sidebar.container()  # filled once the index is loaded, below
+    try:
+        settings = load_settings(**sidebar_settings(base))
+    except RagError as exc:
+        st.error(str(exc))
+        st.stop()
+
+    st.title("Course assistant")
+    st.caption("Answers from the course documents, with the passages they come from.")
+    for msg in st.session_state.messages:
+        show_message(msg)
+    question = st.chat_input("Ask a question about the course", max_chars=MAX_QUESTION_CHARS, key="question")
+    history = chat_history(st.session_state.messages)
+    if question:
+        st.session_state.messages.append({"role": "user", "content": question})
+        show_message(st.session_state.messages[-1])
+
+    # Everything above is on screen before the models load (the first run takes a while).
+    status = st.empty()
+    loaded_key = f"{settings.index_dir}|{settings.model}|{settings.model_name}"
+    if st.session_state.get("loaded") != loaded_key:
+        status.info("Loading the models and the index…", icon=":material/hourglass_top:")
+    retriever = load_index(settings)
+    generator: Generator | None = None
+    try:
+        generator = generator_for(settings)
+    except RagError as exc:
+        st.error(f"The language model could not be loaded: {exc}")
+    status.empty()
+    if retriever is not None and generator is not None:
+        st.session_state.loaded = loaded_key
+    show_index_facts(facts_box, retriever, settings)
+    documents_section(settings, retriever)
+
+    if question:
+        if retriever is None or generator is None:
+            missing = "course index" if retriever is None else "language model"
+            st.session_state.messages.append({"role": "assistant", "content": "",
+                                              "error": f"The {missing} is not available (see above)."})
+            show_message(st.session_state.messages[-1])
+            return
+        st.session_state.messages.append(answer_turn(question, history, settings, retriever, generator))
+
+
+main()
