@@ -1,0 +1,217 @@
+"""RAFT sample records (ARCHITECTURE.md, "RAFT sample record") and the append-only, resumable writer.
+
+Output folder layout:
+  run.json        the arguments that decide the data; a restart with other ones is refused
+  dataset.jsonl   one sample a line, appended as chunks finish (flushed + fsynced)
+  rejected.jsonl  the rejected answers/question lists with their reason and the raw reply
+  progress.jsonl  one line per finished chunk (its counts); a chunk is done only once this line is on disk
+  stats.json      written after each run
+A killed run leaves at most one chunk with samples but no progress line: the next run drops those samples
+and redoes the chunk (its sampling decisions come from (seed, chunk id), so they come out the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from rag.errors import RagError
+from raft.prompts import instruction as make_instruction
+
+DATASET = "dataset.jsonl"
+PROGRESS = "progress.jsonl"
+REJECTED = "rejected.jsonl"  # the teacher's replies that were rejected, with the reason (for inspection)
+RUN = "run.json"
+STATS = "stats.json"
+RECORD_FIELDS = ("id", "type", "question", "context", "oracle_context", "oracle_present", "oracle_index",
+                 "distractor_ids", "cot_answer", "final_answer", "quotes_verified", "instruction",
+                 "source_chunk_id", "source", "generator_model", "seed")
+
+
+def derive_rng(seed: int, *parts: Any) -> random.Random:
+    """A random generator that depends only on (seed, parts): order, resume and threads don't change it."""
+    key = ":".join(str(p) for p in (seed, *parts)).encode()
+    return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
+
+
+def title_of(chunk) -> str:
+    return chunk.source + (f" > {chunk.section}" if chunk.section else "")
+
+
+@dataclass
+class SamplePlan:
+    """The sampling decisions for one question: which documents, in which order, oracle kept or not."""
+
+    docs: list[Any]  # rag Chunks in the order shown
+    oracle_present: bool
+    oracle_index: int  # position of the oracle among docs, -1 when dropped
+    distractor_ids: list[int]
+
+
+class SampleBuilder:
+    """Decide a sample's documents: the oracle with probability p plus k distractors (k+1 without it), shuffled."""
+
+    def __init__(self, index, sampler, k: int = 4, p: float = 0.8) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise RagError(f"--p must be between 0 and 1, got {p}")
+        if k < 0:
+            raise RagError(f"--distractors must be >= 0, got {k}")
+        self.index, self.sampler, self.k, self.p = index, sampler, k, p
+
+    def plan(self, oracle_pos: int, rng: random.Random) -> SamplePlan:
+        present = rng.random() < self.p
+        picked = self.sampler(oracle_pos, self.k if present else self.k + 1, rng)
+        positions = ([oracle_pos] if present else []) + picked
+        rng.shuffle(positions)
+        chunks = self.index.chunks
+        return SamplePlan([chunks[p] for p in positions], present,
+                          positions.index(oracle_pos) if present else -1, [chunks[p].id for p in picked])
+
+
+def make_record(*, chunk, question: str, qi: int, plan: SamplePlan, answer, model_id: str, seed: int) -> dict:
+    """The sample record of ARCHITECTURE.md, plus quote counts."""
+    texts = [d.text for d in plan.docs]
+    return {
+        "id": f"raft-{chunk.id:016x}-{qi}",
+        "type": "general",
+        "question": question,
+        "context": {"title": [title_of(d) for d in plan.docs], "sentences": texts},
+        "oracle_context": chunk.text,
+        "oracle_present": plan.oracle_present,
+        "oracle_index": plan.oracle_index,
+        "distractor_ids": plan.distractor_ids,
+        "cot_answer": answer.cot_answer,
+        "final_answer": answer.final_answer,
+        "quotes_verified": answer.quotes_verified,
+        "quotes_snapped": answer.quotes_snapped,
+        "instruction": make_instruction(texts, question),
+        "source_chunk_id": chunk.id,
+        "source": title_of(chunk),
+        "generator_model": model_id,
+        "seed": seed,
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Complete JSON lines of `path` (a torn last line from a kill is ignored)."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    return rows
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} before, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+
+
+class DatasetWriter:
+    """Append-only, fsynced sample store in an output folder, resumable with the same run config."""
+
+    def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
+        self.dir = Path(out_dir)
+        self.config = config
+        self._lock = threading.Lock()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RagError(f"cannot create the output folder {self.dir}: {e.strerror or e}") from None
+        run = self.dir / RUN
+        if run.exists():
+            try:
+                old = json.loads(run.read_text(encoding="utf-8"))
+            except ValueError:
+                raise RagError(f"{run} is damaged: delete the output folder {self.dir} or use another --out") from None
+            diffs = _differences(old, config)
+            if diffs:
+                raise RagError(f"{self.dir} holds a run made with other arguments ({'; '.join(diffs)}): "
+                               "use the same arguments to resume, or another --out")
+        elif (self.dir / DATASET).exists():
+            raise RagError(f"{self.dir} has a {DATASET} but no {RUN}: use an empty folder for --out")
+        else:
+            write_json_atomic(run, config)
+        self.progress = read_jsonl(self.dir / PROGRESS)
+        self.done: set[int] = {p["chunk_id"] for p in self.progress}
+        samples = read_jsonl(self.dir / DATASET)
+        kept = [s for s in samples if s["source_chunk_id"] in self.done]
+        self.resumed_dropped = len(samples) - len(kept)
+        self._rewrite_if_needed(DATASET, kept, samples)
+        self._rewrite_if_needed(REJECTED, [r for r in read_jsonl(self.dir / REJECTED) if r["chunk_id"] in self.done], None)
+        self._rewrite_if_needed(PROGRESS, self.progress, None)
+        self.samples_on_disk = len(kept)
+
+    def _rewrite_if_needed(self, name: str, rows: list[dict], original: list[dict] | None) -> None:
+        """Cut torn lines and unfinished chunks' samples, so appends continue from a clean file."""
+        path = self.dir / name
+        if not path.exists():
+            return
+        clean = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if path.read_text(encoding="utf-8") == clean:
+            return
+        tmp = path.with_name(f".{name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(clean)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.dir)
+
+    @staticmethod
+    def _append(path: Path, rows: Iterable[dict]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if not data:
+            return
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add_chunk(self, chunk_id: int, samples: list[dict], counts: dict[str, Any],
+                  rejected: list[dict] | None = None) -> None:
+        """Append a finished chunk's samples, then its progress line (the chunk counts as done only after it)."""
+        with self._lock:
+            if chunk_id in self.done:
+                return
+            self._append(self.dir / DATASET, samples)
+            self._append(self.dir / REJECTED, [{"chunk_id": chunk_id, **r} for r in rejected or []])
+            line = {"chunk_id": chunk_id, "kept": len(samples), **counts}
+            self._append(self.dir / PROGRESS, [line])
+            self.progress.append(line)
+            self.done.add(chunk_id)
+            self.samples_on_disk += len(samples)
+
+    def samples(self) -> list[dict]:
+        return read_jsonl(self.dir / DATASET)
