@@ -360,7 +360,9 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
 
         dim = embedder.dim
         vectors = np.zeros((len(new_chunks), dim), dtype=np.float32)
-        todo = [j for j, p in enumerate(reuse_pos) if p is None]
+        # Longest first, so each encode() slice holds texts of similar length: sentence-transformers
+        # sorts by length only within one call, and mixed slices pad every text to their longest.
+        todo = sorted((j for j, p in enumerate(reuse_pos) if p is None), key=lambda j: -len(new_chunks[j].embed_text))
         for j, p in enumerate(reuse_pos):
             if p is not None:
                 vectors[j] = old.vectors[p]
