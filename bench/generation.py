@@ -33,7 +33,7 @@ def peak_mb() -> float:
 
 def timed_stream(pieces_iter):
     t0 = time.perf_counter()
-    first, n = None, 0
+    first = None
     text = []
     for piece in pieces_iter:
         if first is None:
@@ -52,7 +52,7 @@ def main() -> None:
     import torch
     from transformers import TextIteratorStreamer
 
-    from rag.api import make_pipeline, open_retriever
+    from rag.api import open_retriever
     from rag.config import load_settings
     from rag.generate import GenerationParams, LocalGenerator, OpenAIGenerator, bundled_gguf_path, convert_gguf
     from rag.prompts import rag_messages

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from rag.atomic import write_json_atomic, write_text_atomic  # noqa: F401  (write_json_atomic: used by raft.generate)
 from rag.errors import RagError
 from raft.prompts import instruction as make_instruction
 
@@ -98,25 +99,6 @@ def make_record(*, chunk, question: str, qi: int, plan: SamplePlan, answer, mode
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def read_jsonl(path: Path) -> list[dict]:
     """Complete JSON lines of `path` (a torn last line from a kill is ignored)."""
     if not path.exists():
@@ -181,13 +163,7 @@ class DatasetWriter:
         clean = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         if path.read_text(encoding="utf-8") == clean:
             return
-        tmp = path.with_name(f".{name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(clean)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
+        write_text_atomic(path, clean)
 
     @staticmethod
     def _append(path: Path, rows: Iterable[dict]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from rag.atomic import fsync_dir, write_text_atomic
 from rag.chunking import Chunk, Chunker
 from rag.documents import Skipped, file_sha256, iter_files, read_file, source_name, UnreadableFile
 from rag.embeddings import Embedder
@@ -35,23 +36,6 @@ KEEP_GENERATIONS = 2
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def make_faiss(kind: str, dim: int, n: int):
@@ -151,22 +135,15 @@ class VectorIndex:
                 if p.is_file():
                     with open(p, "rb") as fh:
                         os.fsync(fh.fileno())
-            _fsync_dir(tmp / "bm25")
-            _fsync_dir(tmp)
+            fsync_dir(tmp / "bm25")
+            fsync_dir(tmp)
             final = index_dir / name
             os.rename(tmp, final)
-            _fsync_dir(index_dir)
+            fsync_dir(index_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        pointer = index_dir / CURRENT
-        tmp_ptr = index_dir / f".{CURRENT}.{uuid.uuid4().hex}.tmp"
-        with open(tmp_ptr, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_ptr, pointer)
-        _fsync_dir(index_dir)
+        write_text_atomic(index_dir / CURRENT, name + "\n")
         self.path = final
         _collect_garbage(index_dir, keep=name)
         return final
@@ -310,12 +287,15 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
                 data = None
             digest = file_sha256(data) if data is not None else None
             prev = old_files.get(src)
-            if prev and digest == prev["sha256"] and same_chunker:
-                report.unchanged.append(src)
+            def keep_previous() -> None:
                 files[src] = prev
                 for i in old_by_source.get(src, []):
                     new_chunks.append(old.chunks[i])
                     reuse_pos.append(i)
+
+            if prev and digest == prev["sha256"] and same_chunker:
+                report.unchanged.append(src)
+                keep_previous()
                 continue
             doc = None
             if data is not None:
@@ -326,10 +306,7 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             if doc is None:
                 if prev:  # keep what was indexed before rather than lose it to a bad edit
                     report.kept_previous.append(src)
-                    files[src] = prev
-                    for i in old_by_source.get(src, []):
-                        new_chunks.append(old.chunks[i])
-                        reuse_pos.append(i)
+                    keep_previous()
                 continue
             (report.changed if prev else report.added).append(src)
             chunks = chunker.split(doc)

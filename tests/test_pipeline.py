@@ -12,13 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.api import get_generator, make_pipeline
+from rag.api import make_pipeline
 from rag.attribution import attribute, clean_markers
-from rag.config import Settings
 from rag.errors import GeneratorError, RagError
 from rag.generate import GenerationParams, OpenAIGenerator
 from rag.pipeline import validate_question
-from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
