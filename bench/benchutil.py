@@ -201,6 +201,17 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> Path:
     return out
 
 
+def finish_run(results: dict[str, Any], whole: "LoadMeter", t_start: float, render: Any, name: str) -> None:
+    """Record the run's load and duration, print the tables, write results; shared by every bench script."""
+    results["load_whole_run"] = whole.stop()
+    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["busy_other_processes_at_end"] = top_other_processes()
+    results["total_seconds"] = time.time() - t_start
+    md = render(results)
+    print(md)
+    print(f"\nwrote {write_results(name, results, md)}", file=sys.stderr)
+
+
 def load_queries(path: Path, limit: int | None = None, with_answers: bool = False) -> list[dict[str, Any]]:
     """eval questions (rag.evaluate.load_questions); with_answers adds each row's "answer" text as an extra query."""
     from rag.evaluate import load_questions

@@ -615,14 +615,7 @@ def main() -> None:
             print(f"  re-index {label} done", file=sys.stderr)
         results["reindex"] = reidx
 
-    results["load_whole_run"] = whole.stop()
-    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["busy_other_processes_at_end"] = bu.top_other_processes()
-    results["total_seconds"] = time.time() - t_start
-    md = render(results)
-    print(md)
-    out = bu.write_results(args.out_name, results, md)
-    print(f"\nwrote {out}", file=sys.stderr)
+    bu.finish_run(results, whole, t_start, render, args.out_name)
 
 
 def render(R: dict[str, Any]) -> str:

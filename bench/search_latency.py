@@ -37,8 +37,6 @@ Writes bench/results/search_latency.json and bench/results/search_latency.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import re
 import shutil
@@ -291,13 +289,7 @@ def main() -> None:
                   file=sys.stderr)
             del r_e2e, r_fixed, fidx
             shutil.rmtree(index_dir, ignore_errors=True)
-    results["load_whole_run"] = whole.stop()
-    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["busy_other_processes_at_end"] = bu.top_other_processes()
-    results["total_seconds"] = time.time() - t_start
-    md = render(results)
-    print(md)
-    print(f"\nwrote {bu.write_results(args.out_name, results, md)}", file=sys.stderr)
+    bu.finish_run(results, whole, t_start, render, args.out_name)
 
 
 def render(R: dict[str, Any]) -> str:

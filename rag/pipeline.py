@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 from rag import prompts
 from rag.attribution import Support, attribute, clean_markers
 from rag.errors import RagError
-from rag.generate import GenerationParams, Generator
+from rag.generate import GenerationParams, Generator, LocalGenerator
 from rag.retrieve import Hit, Retriever
 
 MAX_QUESTION_CHARS = 4000
@@ -177,7 +177,7 @@ class RagPipeline:
         self.abstain_coverage = abstain_coverage
         self.max_context_tokens = max_context_tokens
         self.condense_mode = condense
-        self.small_model = generator.__class__.__name__ == "LocalGenerator" if small_model is None else small_model
+        self.small_model = isinstance(generator, LocalGenerator) if small_model is None else small_model
 
     def should_abstain(self, query: str, hits: list[Hit]) -> bool:
         """Abstain when the best passage is far from the question (dense cosine) and the question's
