@@ -8,6 +8,7 @@ a fabricated quote and rejects the sample, as does a missing `<ANSWER>:`.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz
@@ -80,6 +81,15 @@ def check_quote(quote: str, oracle: str, snap_score: float = SNAP_SCORE) -> Quot
     return QuoteCheck(quote, "snapped", oracle[start:end].strip(), align.score)
 
 
+def is_degenerate(text: str) -> bool:
+    """A looping answer ("The answer is: The answer is: ..."): one word trigram repeated over a third of it."""
+    words = text.lower().split()
+    if len(words) < 9:
+        return False
+    top = Counter(tuple(words[i:i + 3]) for i in range(len(words) - 2)).most_common(1)[0][1]
+    return top >= 3 and 3 * top >= len(words) / 3
+
+
 @dataclass
 class AnswerResult:
     """A verified CoT answer (ok) or the reason it was rejected."""
@@ -111,6 +121,8 @@ def verify_answer(raw: str, oracle: str, require_quote: bool = True) -> AnswerRe
         reason = "no_answer_marker"
     elif not final:
         reason = "empty_answer"
+    elif is_degenerate(final):
+        reason = "degenerate_answer"
     elif any(c.status == "fabricated" for c in checks):
         reason = "fabricated_quote"
     elif require_quote and not checks:
@@ -125,16 +137,105 @@ def verify_answer(raw: str, oracle: str, require_quote: bool = True) -> AnswerRe
     return AnswerResult(True, None, cot, final, checks, raw)
 
 
-class AnswerWriter:
-    """`answer(question, oracle_text) -> AnswerResult`: the teacher's CoT answer, verified against the oracle."""
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9*])")
+_LINE_MARKER = re.compile(r"^(?:#{1,6}|[-*+•>]|\d{1,3}[.)]|\*\*\d{1,3}\.\*\*)\s+")
+GUIDED_REASON = '##Reason: The answer to "{question}" is in this sentence: '
+GUIDED_FINAL = "Short answer:"  # what the small model continues best; stored as `<ANSWER>:`
+_ANSWER_LEAD = re.compile(r"^(?:the\s+)?(?:short\s+)?answer(?:\s+is)?\s*[:\-]\s*", re.IGNORECASE)
+MAX_CANDIDATES = 24  # quote candidates scored per question (the longest sentences when there are more)
 
-    def __init__(self, generator, params, small: bool | None = None, require_quote: bool = True) -> None:
+
+def _lines(text: str) -> list[str]:
+    """Logical lines: a hard-wrapped line (lower-case start, previous line not ended) joins the previous one."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            out.append("")
+            continue
+        if out and out[-1] and not _LINE_MARKER.match(line) and line[0].islower() and out[-1][-1] not in ".!?:":
+            out[-1] = f"{out[-1]} {line}"
+        else:
+            out.append(line)
+    return out
+
+
+def quote_candidates(oracle: str) -> list[str]:
+    """The oracle's sentences and list items worth quoting, in order (markdown markers stripped)."""
+    out: list[str] = []
+    for line in _lines(oracle):
+        if line.startswith("#"):
+            continue  # headings are titles, not statements
+        for piece in _SENTENCE.split(_LINE_MARKER.sub("", line)):
+            text = " ".join(piece.split()).strip()
+            if len(text) >= MIN_QUOTE_CHARS and len(text.split()) >= 3 and text not in out:
+                out.append(text)
+    if len(out) > MAX_CANDIDATES:
+        keep = set(sorted(out, key=len, reverse=True)[:MAX_CANDIDATES])
+        out = [t for t in out if t in keep]
+    return out
+
+
+class AnswerWriter:
+    """`answer(question, oracle_text) -> AnswerResult`: the teacher's CoT answer, verified against the oracle.
+
+    Two modes. "free": the teacher writes the whole CoT answer (capable models behind HTTP). "guided"
+    (in-process models, which rarely follow the format unaided): the model picks the oracle sentence to
+    quote (the candidate it finds most likely after the quote marker, i.e. decoding constrained to the
+    oracle's sentences), then writes the final answer after `<ANSWER>:` with that quote in front of it.
+    Both go through the same verification.
+    """
+
+    def __init__(self, generator, params, small: bool | None = None, require_quote: bool = True,
+                 mode: str = "auto", answer_tokens: int = 64) -> None:
         self.generator = generator
         self.params = params
         self.small = is_small_model(generator) if small is None else small
         self.require_quote = require_quote
+        if mode == "auto":
+            mode = "guided" if hasattr(generator, "score_continuations") else "free"
+        if mode not in ("guided", "free"):
+            from rag.errors import RagError
+
+            raise RagError(f"unknown answer mode {mode!r}: use auto, guided or free")
+        if mode == "guided" and not hasattr(generator, "score_continuations"):
+            from rag.errors import RagError
+
+            raise RagError(f"answer mode 'guided' needs an in-process model; {generator.model_id} is not one")
+        self.mode = mode
+        self.answer_tokens = answer_tokens
 
     def __call__(self, question: str, oracle: str) -> AnswerResult:
-        messages = answer_messages(question, oracle, self.small)
-        raw = self.generator.generate(messages, self.params)
-        return verify_answer(raw, oracle, self.require_quote)
+        return self.many([(question, oracle)])[0]
+
+    def many(self, items: list[tuple[str, str]]) -> list[AnswerResult]:
+        """Answers to (question, oracle) pairs, batched when the backend can."""
+        if not items:
+            return []
+        if self.mode == "free":
+            batch = [answer_messages(q, o, self.small) for q, o in items]
+            raws = self.generator.generate_batch(batch, self.params)
+            return [verify_answer(raw, o, self.require_quote) for raw, (_, o) in zip(raws, items)]
+        return self._guided(items)
+
+    def _guided(self, items: list[tuple[str, str]]) -> list[AnswerResult]:
+        from dataclasses import replace
+
+        messages, prefixes, heads = [], [], []
+        for question, oracle in items:
+            msgs = answer_messages(question, oracle, small=True)
+            reason = GUIDED_REASON.format(question=" ".join(question.split()))
+            cands = quote_candidates(oracle)
+            head = reason
+            if cands:
+                scores = self.generator.score_continuations(msgs, reason + BEGIN_QUOTE, cands)
+                best = cands[max(range(len(cands)), key=scores.__getitem__)]
+                head = f"{reason}{BEGIN_QUOTE}{best}{END_QUOTE}\n"
+            messages.append(msgs)
+            heads.append(head)
+            prefixes.append(head + GUIDED_FINAL)
+        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, self.answer_tokens),
+                         stop=["\n"])
+        finals = self.generator.generate_batch(messages, params, prefixes=prefixes)
+        return [verify_answer(f"{h}{ANSWER_MARK} {_ANSWER_LEAD.sub('', f.strip())}", o, self.require_quote)
+                for h, f, (_, o) in zip(heads, finals, items)]

@@ -65,9 +65,10 @@ class SampleBuilder:
             raise RagError(f"--distractors must be >= 0, got {k}")
         self.index, self.sampler, self.k, self.p = index, sampler, k, p
 
-    def plan(self, oracle_pos: int, rng: random.Random) -> SamplePlan:
+    def plan(self, oracle_pos: int, rng: random.Random, answer: list[str] | None = None) -> SamplePlan:
+        """`answer`: the verified quotes; distractors that contain one of them are skipped."""
         present = rng.random() < self.p
-        picked = self.sampler(oracle_pos, self.k if present else self.k + 1, rng)
+        picked = self.sampler(oracle_pos, self.k if present else self.k + 1, rng, answer=answer)
         positions = ([oracle_pos] if present else []) + picked
         rng.shuffle(positions)
         chunks = self.index.chunks

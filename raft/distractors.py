@@ -1,8 +1,9 @@
 """Distractor strategies over a loaded rag index: random (the reference's uniform choice), hard (the
 oracle's nearest neighbours in the FAISS index), mixed (half hard, half random).
 
-A sampler is called as `sampler(oracle_pos, k, rng) -> [positions]` (positions in `index.chunks`). It never
-returns the oracle, a near-duplicate of the oracle, or the same text twice; it returns fewer than `k`
+A sampler is called as `sampler(oracle_pos, k, rng, answer=[texts]) -> [positions]` (positions in
+`index.chunks`). It never returns the oracle, a near-duplicate of the oracle, a chunk that contains the
+answer (one of the `answer` texts: the verified quotes), or the same text twice; it returns fewer than `k`
 only when the index has too few eligible chunks.
 """
 
@@ -50,48 +51,57 @@ class DistractorSampler:
         a, b = self.index.chunks[oracle], self.index.chunks[pos]
         return a.source == b.source and a.section == b.section
 
-    def _take(self, candidates, oracle: int, k: int, chosen: list[int]) -> list[int]:
+    def contains_answer(self, pos: int, answer: list[str]) -> bool:
+        """True if chunk `pos` holds one of the answer texts (whitespace- and case-insensitive): a second oracle."""
+        return any(a and a in self._norm[pos] for a in answer)
+
+    def _take(self, candidates, oracle: int, k: int, chosen: list[int], answer: list[str] = ()) -> list[int]:
         for pos in candidates:
             if len(chosen) >= k:
                 break
-            if pos in chosen or self.near_duplicate(oracle, pos) or any(self._same_text(pos, c) for c in chosen):
+            if (pos in chosen or self.near_duplicate(oracle, pos) or any(self._same_text(pos, c) for c in chosen)
+                    or self.contains_answer(pos, answer)):
                 continue
             chosen.append(pos)
         return chosen
 
     # -- strategies ----------------------------------------------------------------------------
 
-    def hard(self, oracle: int, k: int, chosen: list[int] | None = None) -> list[int]:
-        """The nearest non-oracle chunks by cosine, skipping near-duplicates and the oracle's own section
-        (which is likely to contain the answer too)."""
+    def hard(self, oracle: int, k: int, chosen: list[int] | None = None, answer: list[str] = ()) -> list[int]:
+        """The nearest non-oracle chunks by cosine, skipping near-duplicates and chunks holding the answer.
+
+        Without answer texts, chunks of the oracle's own section are skipped instead (they likely hold it).
+        """
         chosen = list(chosen or [])
         target = len(chosen) + k
         n = len(self.index.chunks)
         want = min(n, max(self.pool, 4 * k + 8))
         while True:
             hits = self.index.search_dense(self.index.vectors[oracle], want)
-            cands = [pos for pos, _ in hits if not self._same_section(oracle, pos)]
-            self._take(cands, oracle, target, chosen)
+            cands = [pos for pos, _ in hits if answer or not self._same_section(oracle, pos)]
+            self._take(cands, oracle, target, chosen, answer)
             if len(chosen) >= target or want >= n:
                 return chosen
             want = min(n, want * 4)
 
-    def uniform(self, oracle: int, k: int, rng: random.Random, chosen: list[int] | None = None) -> list[int]:
+    def uniform(self, oracle: int, k: int, rng: random.Random, chosen: list[int] | None = None,
+                answer: list[str] = ()) -> list[int]:
         """Uniform choice among all other chunks (the reference behaviour), minus near-duplicates of the oracle."""
         chosen = list(chosen or [])
         order = list(range(len(self.index.chunks)))
         rng.shuffle(order)
-        return self._take(order, oracle, len(chosen) + k, chosen)
+        return self._take(order, oracle, len(chosen) + k, chosen, answer)
 
-    def __call__(self, oracle: int, k: int, rng: random.Random) -> list[int]:
+    def __call__(self, oracle: int, k: int, rng: random.Random, answer: list[str] | None = None) -> list[int]:
         if k <= 0:
             return []
+        ans = [normalize_ws(a).lower() for a in (answer or []) if len(normalize_ws(a)) >= 8]
         if self.strategy == "random":
-            return self.uniform(oracle, k, rng)
+            return self.uniform(oracle, k, rng, answer=ans)
         if self.strategy == "hard":
-            chosen = self.hard(oracle, k)
+            chosen = self.hard(oracle, k, answer=ans)
         else:  # mixed: the harder half first, the rest uniform
-            chosen = self.hard(oracle, math.ceil(k / 2))
+            chosen = self.hard(oracle, math.ceil(k / 2), answer=ans)
         if len(chosen) < k:  # mixed's random half, or too few eligible neighbours: fill uniformly
-            chosen = self.uniform(oracle, k - len(chosen), rng, chosen)
+            chosen = self.uniform(oracle, k - len(chosen), rng, chosen, answer=ans)
         return chosen

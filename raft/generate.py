@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rag.errors import RagError
+from rag.errors import GeneratorError, RagError
 from raft.answers import AnswerWriter
 from raft.dataset import (
     STATS,
@@ -41,10 +41,13 @@ class RaftConfig:
     seed: int = 0
     min_chunk_words: int = 12
     require_quote: bool = True
-    # not part of run.json: they don't change any sample
+    answer_mode: str = "auto"  # guided for in-process models, free for HTTP teachers (raft.answers)
+    # not part of run.json: they don't change which samples are planned
     limit: int | None = None
     workers: int = 1
+    batch_size: int = 4
     progress: bool = True
+    max_failures: int = 3
 
     def validate(self) -> None:
         if self.questions < 1:
@@ -59,11 +62,15 @@ class RaftConfig:
             raise RagError(f"--limit must be >= 1, got {self.limit}")
         if self.workers < 1:
             raise RagError(f"--workers must be >= 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise RagError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.answer_mode not in ("auto", "guided", "free"):
+            raise RagError(f"unknown --answer-mode {self.answer_mode!r}: use auto, guided or free")
 
     def run_record(self, settings) -> dict[str, Any]:
         """The arguments a resumed run must repeat (run.json)."""
         d = asdict(self)
-        for k in ("limit", "workers", "progress"):
+        for k in ("limit", "workers", "batch_size", "progress", "max_failures"):
             d.pop(k)
         d["corpus"] = str(Path(self.corpus).resolve())
         d.update(format=FORMAT, index_dir=str(Path(settings.index_dir).resolve()), model=settings.model,
@@ -91,14 +98,18 @@ class ChunkResult:
 
 
 class ChunkProcessor:
-    """`process(chunk) -> ChunkResult`: questions -> sample plans -> CoT answers -> verification."""
+    """`process(chunks) -> [ChunkResult]`: questions -> CoT answers -> verification -> sample plans.
+
+    The chunks of one call are generated together (one batched call per step on an in-process model).
+    The answer comes before the plan so that distractors holding the answer can be skipped.
+    """
 
     def __init__(self, index, generator, params, config: RaftConfig) -> None:
         self.index = index
         self.generator = generator
         self.config = config
         self.questions = QuestionGenerator(generator, config.questions, params)
-        self.answers = AnswerWriter(generator, params, require_quote=config.require_quote)
+        self.answers = AnswerWriter(generator, params, require_quote=config.require_quote, mode=config.answer_mode)
         self.builder = SampleBuilder(index, DistractorSampler(index, config.strategy), config.distractors, config.p)
 
     def _tokens(self, text: str) -> int:
@@ -107,34 +118,42 @@ class ChunkProcessor:
         except Exception:  # a backend without a tokenizer: estimate
             return max(1, len(text) // 4)
 
-    def __call__(self, chunk) -> ChunkResult:
+    def __call__(self, chunks: list) -> list[ChunkResult]:
         cfg = self.config
-        pos = self.index.pos_by_id[chunk.id]
-        qres = self.questions(chunk.text)
-        rejected = Counter(qres.rejected)
-        samples: list[dict] = []
-        dropped: list[dict] = []
-        if not qres.questions:
-            dropped.append({"stage": "questions", "reason": "chunk_no_questions", "raw": qres.raw})
-        quotes = Counter()
-        tokens = 0
-        for qi, question in enumerate(qres.questions):
-            plan = self.builder.plan(pos, derive_rng(cfg.seed, chunk.id, qi))
-            answer = self.answers(question, chunk.text)
-            for q in answer.quotes:
-                quotes[q.status] += 1
-            if not answer.ok:
-                rejected[f"answer_{answer.reason}"] += 1
-                dropped.append({"stage": "answer", "reason": answer.reason, "question": question, "raw": answer.raw})
-                continue
-            rec = make_record(chunk=chunk, question=question, qi=qi, plan=plan, answer=answer,
-                              model_id=self.generator.model_id, seed=cfg.seed)
-            rec_tokens = self._tokens(rec["instruction"] + "\n" + rec["cot_answer"])
-            tokens += rec_tokens
-            samples.append(rec)
-        counts = {"questions": len(qres.questions), "answers": len(qres.questions), "rejected": dict(rejected),
-                  "quotes": dict(quotes), "tokens": tokens}
-        return ChunkResult(chunk.id, samples, counts, dropped)
+        qresults = self.questions.many([c.text for c in chunks])
+        jobs = [(ci, qi, q) for ci, qr in enumerate(qresults) for qi, q in enumerate(qr.questions)]
+        answers = self.answers.many([(q, chunks[ci].text) for ci, _, q in jobs])
+        per_chunk: list[list] = [[] for _ in chunks]
+        for (ci, qi, q), answer in zip(jobs, answers):
+            per_chunk[ci].append((qi, q, answer))
+        results = []
+        for chunk, qres, done in zip(chunks, qresults, per_chunk):
+            pos = self.index.pos_by_id[chunk.id]
+            rejected = Counter(qres.rejected)
+            samples: list[dict] = []
+            dropped: list[dict] = []
+            if not qres.questions:
+                dropped.append({"stage": "questions", "reason": "chunk_no_questions", "raw": qres.raw})
+            quotes: Counter = Counter()
+            tokens = 0
+            for qi, question, answer in done:
+                for q in answer.quotes:
+                    quotes[q.status] += 1
+                if not answer.ok:
+                    rejected[f"answer_{answer.reason}"] += 1
+                    dropped.append({"stage": "answer", "reason": answer.reason, "question": question,
+                                    "raw": answer.raw})
+                    continue
+                verified = [q.text for q in answer.quotes if q.text]
+                plan = self.builder.plan(pos, derive_rng(cfg.seed, chunk.id, qi), answer=verified)
+                rec = make_record(chunk=chunk, question=question, qi=qi, plan=plan, answer=answer,
+                                  model_id=self.generator.model_id, seed=cfg.seed)
+                tokens += self._tokens(rec["instruction"] + "\n" + rec["cot_answer"])
+                samples.append(rec)
+            counts = {"questions": len(qres.questions), "answers": len(done), "rejected": dict(rejected),
+                      "quotes": dict(quotes), "tokens": tokens}
+            results.append(ChunkResult(chunk.id, samples, counts, dropped))
+        return results
 
 
 def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: dict[str, Any]) -> dict[str, Any]:
@@ -224,42 +243,71 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="raft chunks", unit="chunk",
                disable=not config.progress or None, dynamic_ncols=True)
 
-    def finish(result: ChunkResult) -> None:
-        nonlocal kept
-        writer.add_chunk(result.chunk_id, result.samples, result.counts, result.rejected)
-        kept += len(result.samples)
-        rejected.update(result.counts.get("rejected", {}))
+    failed: list[str] = []
+    streak = 0
+
+    def finish(results: list[ChunkResult]) -> None:
+        nonlocal kept, streak
+        streak = 0
+        for result in results:
+            writer.add_chunk(result.chunk_id, result.samples, result.counts, result.rejected)
+            kept += len(result.samples)
+            rejected.update(result.counts.get("rejected", {}))
+            if on_chunk:
+                on_chunk(result)
         top = ", ".join(f"{k.split('_', 1)[1]}={v}" for k, v in rejected.most_common(3))
-        bar.set_postfix_str(f"kept={writer.samples_on_disk} rejected={sum(rejected.values())}" + (f" ({top})" if top else ""))
-        bar.update(1)
-        if on_chunk:
-            on_chunk(result)
+        bar.set_postfix_str(f"kept={writer.samples_on_disk} rejected={sum(rejected.values())}"
+                            + (f" ({top})" if top else "") + (f" failed={len(failed)}" if failed else ""))
+        bar.update(len(results))
+
+    def failure(chunks: list, error: GeneratorError) -> None:
+        # The chunks get no progress line, so the next run retries them; a teacher that keeps failing stops the run.
+        nonlocal streak
+        streak += 1
+        failed.extend(f"{c.id:016x}" for c in chunks)
+        bar.write(f"raft: {len(chunks)} chunk(s) skipped for now: {error}")
+        if streak >= config.max_failures:
+            raise RagError(f"the teacher failed {streak} times in a row (last: {error}); "
+                           "fix it and rerun the same command to resume")
+
+    def work(chunks: list) -> tuple[list, list[ChunkResult] | None, GeneratorError | None]:
+        try:
+            return chunks, process(chunks), None
+        except GeneratorError as e:
+            return chunks, None, e
+
+    def settle(outcome: tuple) -> None:
+        chunks, results, error = outcome
+        if error is not None:
+            failure(chunks, error)
+        else:
+            finish(results)
 
     try:
-        # HTTP backends serve requests in parallel; an in-process model runs one generation at a time.
+        # HTTP backends serve requests in parallel; an in-process model runs batches instead.
         parallel = getattr(generator, "parallel_requests", isinstance(generator, OpenAIGenerator))
         if config.workers > 1 and parallel:
             with ThreadPoolExecutor(config.workers, thread_name_prefix="raft") as pool:
                 pending = set()
-                queue = iter(todo)
                 try:
-                    for chunk in queue:  # keep at most 2*workers chunks in flight
-                        pending.add(pool.submit(process, chunk))
+                    for chunk in todo:  # keep at most 2*workers chunks in flight
+                        pending.add(pool.submit(work, [chunk]))
                         if len(pending) >= 2 * config.workers:
                             done, pending = wait(pending, return_when=FIRST_COMPLETED)
                             for f in done:
-                                finish(f.result())
+                                settle(f.result())
                     while pending:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for f in done:
-                            finish(f.result())
+                            settle(f.result())
                 except BaseException:
                     for f in pending:
                         f.cancel()
                     raise
-        else:  # the local model runs one generation at a time anyway
-            for chunk in todo:
-                finish(process(chunk))
+        else:
+            size = config.batch_size if not parallel else 1
+            for start in range(0, len(todo), size):
+                settle(work(todo[start:start + size]))
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -270,7 +318,8 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
         "this_run": {"chunks": len(todo), "samples": writer.samples_on_disk - before, "seconds": round(seconds, 1),
                      "samples_per_minute": round(60 * (writer.samples_on_disk - before) / seconds, 2) if seconds else 0.0,
                      "resumed": len(chosen) - len(todo) > 0, "dropped_unfinished": writer.resumed_dropped,
-                     "workers": config.workers},
+                     "limit": config.limit, "workers": config.workers, "batch_size": config.batch_size,
+                     "failed_chunks": failed},
     })
     write_json_atomic(Path(out_dir) / STATS, stats)
     return stats

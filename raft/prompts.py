@@ -62,6 +62,18 @@ def instruction(texts: list[str], question: str) -> str:
     return document_block(texts) + question
 
 
+STUDENT_SYSTEM = None  # the exported chat format has no system prompt unless the user adds one
+
+
+def student_messages(texts: list[str], question: str, system: str | None = STUDENT_SYSTEM) -> list[dict]:
+    """The fine-tuned model's conversation: documents + question in, CoT answer out (train and eval share it).
+
+    No documents = closed book: the question alone.
+    """
+    user = instruction(texts, question) if texts else question
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
 def is_small_model(generator) -> bool:
     """Local in-process models get the short prompts; HTTP teachers get the full ones."""
     from rag.generate import LocalGenerator

@@ -29,7 +29,7 @@ _QUESTION_START = re.compile(
 )
 _ABOUT_SOURCE = re.compile(
     r"\b(?:the|this|that|above|given|provided|following)\s+(?:text|passage|document|author|excerpt|"
-    r"paragraph|article|context|snippet)s?\b",
+    r"paragraph|article|context|snippet)s?\b|\bof the following\b",
     re.IGNORECASE,
 )
 MIN_WORDS, MAX_WORDS = 4, 40
@@ -153,5 +153,13 @@ class QuestionGenerator:
         self.small = is_small_model(generator) if small is None else small
 
     def __call__(self, chunk_text: str) -> QuestionResult:
-        reply = self.generator.generate(question_messages(chunk_text, self.n, self.small), self.params)
-        return select_questions(reply, self.n)
+        return self.many([chunk_text])[0]
+
+    def many(self, chunk_texts: list[str]) -> list[QuestionResult]:
+        """Questions for several chunks, batched when the backend can."""
+        from dataclasses import replace
+
+        # a list of n questions needs ~30 tokens each; a cap stops a rambling model from holding up a batch
+        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, 40 * self.n + 24))
+        batch = [question_messages(t, self.n, self.small) for t in chunk_texts]
+        return [select_questions(reply, self.n) for reply in self.generator.generate_batch(batch, params)]

@@ -444,3 +444,41 @@ def test_concurrent_streams_take_turns_on_the_model(gen: LocalGenerator) -> None
     other.join(timeout=20)
     assert result == [expected]
     assert not _live_generation_threads()
+
+
+# --------------------------------------------------------------------------- batches and scoring
+
+
+def test_batched_generation_matches_one_at_a_time(gen: LocalGenerator) -> None:
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("What is a transformer?", "Name a colour.", "Explain fine-tuning of a language model in one line.")]
+    params = GenerationParams(max_new_tokens=12)
+    assert gen.generate_batch(prompts, params, batch_size=3) == [gen.generate(p, params) for p in prompts]
+
+
+def test_batch_prefix_is_continued_and_stop_applies_per_answer(gen: LocalGenerator) -> None:
+    prompts = [[{"role": "user", "content": "Count from one to five, one number per line."}]] * 2
+    params = GenerationParams(max_new_tokens=20, stop=["\n"])
+    out = gen.generate_batch(prompts, params, prefixes=["One\nTwo\n", ""])
+    assert all("\n" not in o for o in out)
+    assert out[0] == gen.generate_batch(prompts[:1], params, prefixes=["One\nTwo\n"])[0]
+    with pytest.raises(GeneratorError, match="one prefix per conversation"):
+        gen.generate_batch(prompts, params, prefixes=["x"])
+
+
+def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator) -> None:
+    import torch
+
+    messages = [{"role": "user", "content": "The capital of France is Paris. What is the capital of France?"}]
+    prefix = "The capital of France is"
+    conts = [" Paris.", " a banana soup with extra cheese.", " Paris"]
+    scores = gen.score_continuations(messages, prefix, conts)
+    tok, model = gen.tokenizer, gen._loaded.model
+    prompt = tok(gen._prompt_text(messages, prefix), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    for cont, score in zip(conts, scores):
+        c = tok(cont, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = model(torch.cat([prompt, c], dim=1)).logits[0, prompt.shape[1] - 1:-1]
+        expected = torch.log_softmax(logits.float(), -1).gather(-1, c[0].unsqueeze(-1)).mean()
+        assert score == pytest.approx(float(expected), abs=1e-3)
+    assert scores[0] > scores[1] + 3  # the true continuation is far more likely

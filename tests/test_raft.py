@@ -179,6 +179,23 @@ def test_hard_distractors_are_neighbours_never_the_oracle(course):
     assert set(sampler(0, 2, rng)) <= set(mixed)  # the hard half is the two nearest
 
 
+def test_distractors_never_hold_the_answer(course):
+    """A chunk containing the verified quote is a second oracle: no strategy may pick it, even a near one."""
+    from rag.documents import normalize_ws
+
+    for strategy in ("hard", "random", "mixed"):
+        sampler = DistractorSampler(course, strategy)
+        for pos in range(0, len(course.chunks), 17):
+            plain = sampler(pos, 4, random.Random(pos))
+            # pretend the answer is a phrase that the first and third chosen chunks contain
+            banned = [normalize_ws(course.chunks[plain[i]].text)[:60] for i in (0, 2)]
+            again = sampler(pos, 4, random.Random(pos), answer=banned)
+            assert plain[0] not in again and plain[2] not in again and len(set(again)) == 4
+            for h in again:
+                text = normalize_ws(course.chunks[h].text).lower()
+                assert not any(b.lower() in text for b in banned)
+
+
 # --------------------------------------------------------------------------- answers and quotes
 
 
@@ -206,6 +223,7 @@ def test_quote_near_miss_is_snapped_to_the_oracle():
     ("##begin_quote##LoRA trains the whole network from scratch on images##end_quote##\n<ANSWER>: x", "fabricated_quote"),
     ("##begin_quote##Only the adapter is stored##end_quote## so the adapter.", "no_answer_marker"),
     ("##begin_quote##Only the adapter is stored##end_quote##\n<ANSWER>:   ", "empty_answer"),
+    ("##begin_quote##Only the adapter is stored##end_quote##\n<ANSWER>: " + "The answer is: " * 5, "degenerate_answer"),
     ("It is the adapter.\n<ANSWER>: the adapter", "no_quote"),
     ("##begin_quote##Only##end_quote##\n<ANSWER>: the adapter", "fabricated_quote"),  # too short to verify
 ])
@@ -366,3 +384,57 @@ def test_raft_generate_cli_end_to_end_with_the_bundled_model(small_corpus, tmp_p
     usage = subprocess.run([sys.executable, "-m", "raft.cli", "generate", str(small_corpus)], capture_output=True,
                            text=True, cwd=ROOT)
     assert usage.returncode == 2
+
+
+def test_guided_answers_quote_the_oracle_with_the_real_model():
+    """The small-model mode: the real 135M model picks an oracle sentence to quote and writes the answer."""
+    from rag.generate import GenerationParams, LocalGenerator
+
+    gen = LocalGenerator("bundled")
+    writer = answers.AnswerWriter(gen, GenerationParams(max_new_tokens=24))
+    assert writer.mode == "guided"
+    results = writer.many([("What does LoRA freeze?", ORACLE), ("What is stored after training?", ORACLE)])
+    for r in results:
+        assert r.quotes and all(q.status == "exact" for q in r.quotes)
+        assert " ".join(r.quotes[0].text.split()) in answers.quote_candidates(ORACLE)  # oracle's words, verbatim
+        assert r.ok == bool(r.final_answer) and r.cot_answer.startswith("##Reason: The answer to")
+    assert any(r.ok for r in results)
+    assert "freezes all the weights" in results[0].quotes[0].text  # the sentence that answers it
+
+
+def test_quote_candidates_are_sentences_and_items_of_the_oracle():
+    text = "## LoRA\nLoRA freezes the weights. It trains two small matrices! The product is\nadded to them.\n\n- First list item here\n1. A numbered item here\n"
+    assert answers.quote_candidates(text) == ["LoRA freezes the weights.", "It trains two small matrices!",
+                                              "The product is added to them.", "First list item here",
+                                              "A numbered item here"]
+
+
+def test_a_failing_teacher_skips_chunks_and_a_rerun_finishes_them(small_corpus, settings, tmp_path):
+    from rag.errors import GeneratorError, RagError
+    from raft.generate import run
+
+    class FlakyTeacher(ScriptedTeacher):
+        """Fails every question request about one chunk, like a server returning 500s for it."""
+
+        def stream(self, messages, params=None):
+            if "Self-attention" in messages[-1]["content"] and messages[0]["content"] not in (ANSWER_SYSTEM, ANSWER_SYSTEM_SMALL):
+                raise GeneratorError("HTTP 500 from the teacher")
+            yield from super().stream(messages, params)
+
+    out = tmp_path / "flaky"
+    first = run(small_corpus, out, settings, _config(small_corpus, batch_size=1), generator=FlakyTeacher())
+    assert len(first["this_run"]["failed_chunks"]) == 1
+    assert first["chunks_done"] == first["chunks_selected"] - 1
+    second = run(small_corpus, out, settings, _config(small_corpus, batch_size=1), generator=ScriptedTeacher())
+    assert second["this_run"]["chunks"] == 1 and not second["this_run"]["failed_chunks"]
+    full = tmp_path / "full"
+    run(small_corpus, full, settings, _config(small_corpus), generator=ScriptedTeacher())
+    assert sorted(_ids(out)) == sorted(_ids(full))
+
+    class DeadTeacher(ScriptedTeacher):
+        def stream(self, messages, params=None):
+            raise GeneratorError("cannot reach http://127.0.0.1:9/v1")
+
+    with pytest.raises(RagError, match="failed 3 times in a row"):
+        run(small_corpus, tmp_path / "dead", settings, _config(small_corpus, batch_size=1, min_chunk_words=1),
+            generator=DeadTeacher())
