@@ -13,7 +13,7 @@ from rag.cli import index_dir_option, user_errors
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="course-rag")
 def cli() -> None:
-    """RAFT training data from a course's documents (generate, export)."""
+    """RAFT from a course's documents: generate training data, export it, fine-tune the model, evaluate it."""
 
 
 @cli.command()
@@ -32,6 +32,11 @@ def cli() -> None:
               help="Parallel requests (HTTP backends only; the local model runs sequentially).")
 @click.option("--max-tokens", "max_new_tokens", type=click.IntRange(1, 8192), default=None,
               help="Max new tokens per question list / answer (default 256).")
+@click.option("--batch-size", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Chunks generated together by an in-process model (one batched call per step).")
+@click.option("--answer-mode", type=click.Choice(["auto", "guided", "free"]), default="auto", show_default=True,
+              help="guided: the model picks the oracle sentence to quote, then writes the answer (auto for local "
+                   "models); free: the teacher writes the whole CoT answer (auto for HTTP).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N chunks (seeded choice).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every sampling decision.")
 @click.option("--allow-no-quote", is_flag=True, help="Keep answers that quote nothing (default: reject them).")
@@ -41,7 +46,7 @@ def cli() -> None:
 @user_errors
 def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: float, strategy: str,
              model: str | None, model_name: str | None, workers: int, max_new_tokens: int | None,
-             limit: int | None, seed: int, allow_no_quote: bool, no_index: bool, as_json: bool,
+             batch_size: int, answer_mode: str, limit: int | None, seed: int, allow_no_quote: bool, no_index: bool, as_json: bool,
              index_dir: Path | None) -> None:
     """Generate (or resume) a RAFT dataset from the course files in FOLDER."""
     from rag.config import load_settings
@@ -49,7 +54,8 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
 
     settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens)
     config = RaftConfig(corpus=str(folder), questions=questions, distractors=distractors, p=p, strategy=strategy,
-                        seed=seed, require_quote=not allow_no_quote, limit=limit, workers=workers)
+                        seed=seed, require_quote=not allow_no_quote, limit=limit, workers=workers,
+                        batch_size=batch_size, answer_mode=answer_mode)
     stats = run(folder, out_dir, settings, config, index_first=not no_index)
     if as_json:
         click.echo(json.dumps(stats, indent=1))
@@ -78,6 +84,86 @@ def export(dataset_dir: Path, fmt: str, kind: str, split: str, out_dir: Path | N
     result = do_export(dataset_dir, fmt, kind, split, out_dir, system_prompt, stop, seed)
     for name, path in result["files"].items():
         click.echo(f"{name}: {result['rows'][name]} rows -> {path}")
+
+
+@cli.command("eval")
+@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.option("--models", default="bundled", show_default=True,
+              help="Comma-separated: bundled, model folders, .gguf files, http(s) URLs (with --model-name).")
+@click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/raft"),
+              show_default=True, help="Report folder (results.jsonl, summary.json/.md, chart.png). Same args = resume.")
+@click.option("--split", default="0.8,0.1,0.1", show_default=True,
+              help="Same fractions as `raft export`/`raft train`: the test (else last) split is evaluated.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, --limit and oracle placement.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N questions (seeded choice).")
+@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=192, show_default=True)
+@click.option("--settings", "settings_", default="oracle,distractors,closed", show_default=True,
+              help="oracle = oracle + distractors; distractors = without the oracle; closed = question alone.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table.")
+@user_errors
+def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir: Path, split: str, seed: int,
+             limit: int | None, max_new_tokens: int, settings_: str, batch_size: int, as_json: bool) -> None:
+    """Score models on the held-out questions of DATASET_DIR with the oracle, distractors only, closed book."""
+    from raft.evaluate import SETTINGS, format_markdown, parse_list, run_eval
+
+    summary = run_eval(dataset_dir, parse_list(models, "--models"), report_dir, split=split, seed=seed, limit=limit,
+                       max_new_tokens=max_new_tokens, settings=parse_list(settings_, "--settings", SETTINGS),
+                       model_name=model_name, batch_size=batch_size, log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
+        return
+    click.echo(format_markdown(summary))
+    click.echo(f"-> {report_dir / 'summary.md'}, {report_dir / 'chart.png'}, {report_dir / 'results.jsonl'}")
+
+
+@cli.command()
+@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models/raft-smollm2"),
+              show_default=True, help="Output folder (adapter/, merged/, checkpoints/, loss.png, train_report.json).")
+@click.option("--base", default="bundled", show_default=True, help="Base model: bundled, a model folder or a .gguf file.")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lora-alpha", type=click.FloatRange(0, min_open=True), default=16, show_default=True)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Samples per forward pass.")
+@click.option("--grad-accum", type=click.IntRange(1), default=8, show_default=True, help="Forward passes per optimizer step.")
+@click.option("--max-length", type=click.IntRange(32), default=1024, show_default=True,
+              help="Tokens per sample; longer prompts lose distractor documents first, never answer tokens.")
+@click.option("--max-samples", type=click.IntRange(1), default=None, help="Train on at most N samples (seeded choice).")
+@click.option("--max-val-samples", type=click.IntRange(0), default=32, show_default=True,
+              help="Validation samples for the loss before/after training (0 = none).")
+@click.option("--split", default="0.8,0.1,0.1", show_default=True,
+              help="train,validation,test fractions by source chunk, as in `raft export`/`raft eval`.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, sample order, LoRA init.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="bfloat16 = autocast matmuls (master weights stay float32).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from OUT's newest checkpoint (--no-resume: start over, same arguments).")
+@click.option("--save-steps", type=click.IntRange(1), default=10, show_default=True, help="Checkpoint every N optimizer steps.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: all available cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print train_report.json.")
+@user_errors
+def train(dataset_dir: Path, out_dir: Path, base: str, epochs: float, lr: float, lora_r: int, lora_alpha: float,
+          lora_dropout: float, batch_size: int, grad_accum: int, max_length: int, max_samples: int | None,
+          max_val_samples: int, split: str, seed: int, dtype: str, resume: bool, save_steps: int,
+          threads: int | None, as_json: bool) -> None:
+    """LoRA fine-tune the model on the train split of DATASET_DIR; same args = resume, different = refused."""
+    import os
+
+    # 2 busy-waiting OpenMP threads slow to a crawl when other processes share the cores (must precede torch).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from raft.train import TrainConfig, format_report
+    from raft.train import train as run_train
+
+    config = TrainConfig(base=base, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+                         lora_dropout=lora_dropout, batch_size=batch_size, grad_accum=grad_accum,
+                         max_length=max_length, max_samples=max_samples, split=split, seed=seed, dtype=dtype,
+                         max_val_samples=max_val_samples, save_steps=save_steps, threads=threads)
+    report = run_train(dataset_dir, out_dir, config, resume=resume)
+    click.echo(json.dumps(report, indent=1, ensure_ascii=False) if as_json else format_report(report))
 
 
 def main() -> None:

@@ -307,8 +307,10 @@ class LocalGenerator(Generator):
                 self.model_dir = convert_gguf(path, cache_dir)
             elif (path / "config.json").is_file():
                 self.model_dir = path
+            elif (path / "merged" / "config.json").is_file():  # a `raft train` output folder
+                self.model_dir = path / "merged"
             else:
-                raise GeneratorError(f"no transformers model (config.json) or .gguf file at {path}")
+                raise GeneratorError(f"no transformers model (config.json), .gguf file or `raft train` output at {path}")
             self.model_id = str(path)
         self.dtype = AUTO_DTYPE if dtype == "auto" else dtype
         self._loaded = load_local_model(str(self.model_dir.resolve()), self.dtype)
