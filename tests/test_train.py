@@ -194,6 +194,10 @@ def test_merged_model_generates_through_local_generator(trained) -> None:
     fact = FACTS[0]
     text = gen.generate(student_messages([fact[1]], fact[2]), GenerationParams(max_new_tokens=12))
     assert text.strip()
+    # the training output folder itself is accepted wherever a model path is (rag ask/serve --model OUT)
+    from rag.generate import get_generator
+
+    assert get_generator(str(out)).model_dir == out / MERGED
 
 
 def test_resume_continues_at_the_saved_step_and_matches(trained, tiny_dataset: Path, tmp_path: Path) -> None:
