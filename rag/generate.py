@@ -409,7 +409,15 @@ class LocalGenerator(Generator):
         """Mean log-probability per token of each continuation after the chat prompt + `prefix`.
 
         `first_tokens` averages only the first n tokens (where a choice between continuations is made).
-        The prompt runs once; its key/value cache is shared by all continuations (one batched pass).
+        """
+        return [total / n for total, n in self.continuation_logprobs(messages, prefix, continuations, first_tokens)]
+
+    def continuation_logprobs(self, messages: Messages, prefix: str, continuations: list[str],
+                              first_tokens: int | None = None) -> list[tuple[float, int]]:
+        """(summed log-probability, token count) of each continuation after the chat prompt + `prefix`.
+
+        The prompt runs once; its key/value cache is repeated for all continuations, which go through in one
+        right-padded batch (padding after the real tokens can't change their causal log-probabilities).
         """
         import torch
 
@@ -422,7 +430,8 @@ class LocalGenerator(Generator):
         n, width = len(conts), max(len(c) for c in conts)
         plen = int(prompt["input_ids"].shape[1])
         if plen + width > self.context_window:
-            raise GeneratorError(f"the prompt is {plen + width} tokens but {self.model_id} holds {self.context_window}")
+            raise GeneratorError(f"the prompt ({plen} tokens) plus a continuation ({width} tokens) exceed the "
+                                 f"{self.context_window}-token window of {self.model_id}: use fewer passages")
         ids = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for r, c in enumerate(conts):
@@ -438,7 +447,7 @@ class LocalGenerator(Generator):
             # token t of a continuation is predicted by the prompt's last logits (t=0) or by token t-1
             logits = torch.cat([first.logits[:, -1:, :].expand(n, -1, -1), rest.logits[:, :-1, :]], dim=1)
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return [float((logp[r] * mask[r]).sum() / mask[r].sum()) for r in range(n)]
+        return [(float((logp[r] * mask[r]).sum()), int(mask[r].sum())) for r in range(n)]
 
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
         """Yield answer pieces as `model.generate` (in a background thread) produces them."""
