@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rag.atomic import fsync_dir, write_json_atomic, write_text_atomic
+from rag.atomic import fsync_dir, fsync_path, write_json_atomic, write_text_atomic
 from rag.errors import RagError
 from raft.dataset import DATASET, _differences, derive_rng, read_jsonl
 from raft.export import parse_split, split_by_chunk
@@ -471,19 +471,11 @@ def lr_at(step: int, total: int, lr: float) -> float:
 # --------------------------------------------------------------------------------------- checkpoints
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Put the finished folder `tmp` at `final` (an old `final` is moved aside first, then removed)."""
     for f in tmp.iterdir():
         if f.is_file():
-            _fsync_file(f)
+            fsync_path(f)
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")

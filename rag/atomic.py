@@ -11,6 +11,11 @@ from typing import Any
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or new file inside `path` durable."""
+    fsync_path(path)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's content (or a folder's entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -42,6 +42,18 @@ smallest set whose probability adds up to p.
 """
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Decode is memory-bound (1 thread ~ 2 threads when idle), but 2 OpenMP threads get 3-10x slower
+    when other processes share the 2 cores; one thread keeps a model-heavy module's run time predictable."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def embedder():
     from rag.embeddings import Embedder

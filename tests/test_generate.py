@@ -37,15 +37,8 @@ GREEDY = GenerationParams(max_new_tokens=8)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Decode is memory-bound (1 thread ~ 2 threads when idle), but 2 OpenMP threads get 3-10x slower
-    when other processes share the 2 cores; one thread keeps this module's run time predictable."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

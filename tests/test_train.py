@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,14 +66,8 @@ def write_dataset(folder: Path, records: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One thread: 2 OpenMP threads crawl when other processes share the 2 cores (see test_generate.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
