@@ -214,7 +214,7 @@ def finish_run(results: dict[str, Any], whole: "LoadMeter", t_start: float, rend
 
 def load_queries(path: Path, limit: int | None = None, with_answers: bool = False) -> list[dict[str, Any]]:
     """eval questions (rag.evaluate.load_questions); with_answers adds each row's "answer" text as an extra query."""
-    from rag.evaluate import load_questions
+    from rag.evaluation.retrieval import load_questions
 
     rows = load_questions(path)
     out = [dict(r) for r in rows]

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from rag.api import open_retriever
     from rag.config import load_settings
-    from rag.evaluate import load_questions
+    from rag.evaluation.retrieval import load_questions
 
     on_file = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "eval" / "dev_questions.jsonl"
     off_file = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "eval" / "off_topic_questions.txt"

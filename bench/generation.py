@@ -54,8 +54,11 @@ def main() -> None:
 
     from rag.api import open_retriever
     from rag.config import load_settings
-    from rag.generate import GenerationParams, LocalGenerator, OpenAIGenerator, bundled_gguf_path, convert_gguf
-    from rag.prompts import rag_messages
+    from rag.generation.base import GenerationParams
+    from rag.generation.local import LocalGenerator
+    from rag.generation.http import OpenAIGenerator
+    from rag.generation.models import bundled_gguf_path, convert_gguf
+    from rag.answering.prompts import rag_messages
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -115,7 +115,7 @@ def corpus_chunks(corpus: Path, make, fresh_per_file: bool = False) -> list:
 
     `make()` gives a new Chunker; build_index uses one per build (its token-count memo then spans files),
     fresh_per_file=True uses one per file (no memo hits across the identical copies)."""
-    from rag.documents import iter_files, read_file, source_name
+    from rag.ingest.loaders import iter_files, read_file, source_name
 
     out, seen = [], set()
     chunker = make()
@@ -157,7 +157,7 @@ class Pipelines:
             import torch
             from sentence_transformers import SentenceTransformer
 
-            from rag.embeddings import bundled_model_path
+            from rag.index.embeddings import bundled_model_path
 
             kw = {"model_kwargs": {"dtype": torch.bfloat16}} if dtype == "bf16" else {}
             t, m = bu.timed(lambda: SentenceTransformer(str(bundled_model_path()), device="cpu", **kw))
@@ -171,7 +171,7 @@ class Pipelines:
             import torch
             from langchain_huggingface import HuggingFaceEmbeddings
 
-            from rag.embeddings import bundled_model_path
+            from rag.index.embeddings import bundled_model_path
 
             mk: dict[str, Any] = {"device": "cpu"}
             if dtype == "bf16":
@@ -245,8 +245,8 @@ class Pipelines:
 
 def recall_ours(index_dir: Path, dtype: str, questions: list[dict]) -> dict[str, dict]:
     from rag.api import get_embedder
-    from rag.evaluate import evaluate_retrieval
-    from rag.retrieve import Retriever
+    from rag.evaluation.retrieval import evaluate_retrieval
+    from rag.retrieval.retriever import Retriever
 
     emb = get_embedder(settings_for(index_dir, DTYPES[dtype], bu.ROOT))
     r = Retriever(index_dir, emb, mode="dense", auto_reload=False)
@@ -254,8 +254,8 @@ def recall_ours(index_dir: Path, dtype: str, questions: list[dict]) -> dict[str,
 
 
 def recall_langchain(store, chunks: list, questions: list[dict]) -> dict:
-    from rag.evaluate import first_relevant_rank, score_ranks
-    from rag.retrieve import Hit
+    from rag.evaluation.retrieval import first_relevant_rank, score_ranks
+    from rag.retrieval.retriever import Hit
 
     by_id = {c.id: c for c in chunks}
     ranks = []
@@ -289,7 +289,7 @@ def child_main(args: argparse.Namespace) -> None:
     if kind == "ours":
         chunks = [None] * int(json.loads(chunks_file.read_text())["n"])
     else:
-        from rag.chunking import Chunk
+        from rag.ingest.chunking import Chunk
 
         chunks = [Chunk.from_record(r) for r in json.loads(chunks_file.read_text())["chunks"]]
     with tempfile.TemporaryDirectory(prefix="rag-bench-child-") as d:
@@ -364,8 +364,8 @@ def reindex_runs(corpus: Path, index_dir: Path, dtype: str, target: Path, rounds
 
 def micro_breakdown(chunks: list, vectors: np.ndarray, tmp: Path) -> dict[str, float]:
     """Time the non-embedding parts of build_index on their own: FAISS add, BM25 build, save."""
-    from rag.index import make_faiss, VectorIndex
-    from rag.lexical import BM25Index
+    from rag.index.store import make_faiss, VectorIndex
+    from rag.index.bm25 import BM25Index
 
     texts = [c.embed_text for c in chunks]
     ids = np.array([c.id for c in chunks], dtype=np.int64)
@@ -453,7 +453,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def ours_vectors(index_dir: Path, chunks: list) -> np.ndarray:
     """The vectors of our saved index, in the order of `chunks` (checked by chunk id)."""
-    from rag.index import current_generation
+    from rag.index.store import current_generation
 
     gen = current_generation(index_dir)
     ids = [json.loads(line)["id"] for line in (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -514,7 +514,7 @@ def main() -> None:
     t_imports, _ = bu.timed(lambda: (__import__("torch"), __import__("sentence_transformers"), __import__("faiss"),
                                      __import__("bm25s"), __import__("rag.api")))
     from rag.api import make_chunker
-    from rag.evaluate import load_questions
+    from rag.evaluation.retrieval import load_questions
 
     results: dict[str, Any] = {"script": "bench/index_build.py", "args": vars(args), "quick": args.quick,
                                "copies": copies, "rounds_small": rounds, "rounds_large": large_rounds, "large_mode": args.large_mode,

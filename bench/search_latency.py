@@ -58,7 +58,7 @@ _SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 
 def real_chunks(embedder, settings) -> list:
     from rag.api import make_chunker
-    from rag.documents import load_documents
+    from rag.ingest.loaders import load_documents
 
     chunker = make_chunker(embedder, settings)
     docs, _ = load_documents(bu.ROOT / "corpus")
@@ -73,7 +73,7 @@ def real_chunks(embedder, settings) -> list:
 
 def synthetic_chunks(base: list, n: int, seed: int = 0) -> list:
     """`base` (the real chunks) followed by recombined ones, n in all."""
-    from rag.chunking import Chunk, chunk_id
+    from rag.ingest.chunking import Chunk, chunk_id
 
     rng = random.Random(seed)
     sentences = [s.strip() for c in base for s in _SENT.split(c.text) if len(s.strip()) >= 20]
@@ -105,8 +105,8 @@ def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
 def build_and_save(chunks: list, vectors: np.ndarray, faiss_type: str, embedder, index_dir: Path,
                    bm25=None) -> dict[str, Any]:
     """Write an index generation the way build_index does (same classes), timing each part."""
-    from rag.index import FORMAT_VERSION, VectorIndex, make_faiss
-    from rag.lexical import BM25Index
+    from rag.index.store import FORMAT_VERSION, VectorIndex, make_faiss
+    from rag.index.bm25 import BM25Index
 
     times: dict[str, float] = {}
     ids = np.array([c.id for c in chunks], dtype=np.int64)
@@ -125,7 +125,7 @@ def build_and_save(chunks: list, vectors: np.ndarray, faiss_type: str, embedder,
         "counts": {"files": 0, "chunks": len(chunks)}, "created": "bench", "updated": "bench",
     }
     times["save_s"], _ = bu.timed(lambda: VectorIndex(chunks, vectors, fidx, bm25, manifest).save(index_dir))
-    from rag.index import current_generation
+    from rag.index.store import current_generation
 
     gen = current_generation(index_dir)
     times["disk_mb"] = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file()) / 1048576
@@ -185,7 +185,7 @@ def main() -> None:
 
     from rag.api import get_embedder
     from rag.config import Settings
-    from rag.retrieve import Retriever
+    from rag.retrieval.retriever import Retriever
 
     knobs = ("embed_model", "embed_batch_size", "chunk_tokens", "chunk_overlap", "rrf_k")
     # shipped defaults, explicitly (so a rag.toml or RAG_* env cannot skew results)
@@ -206,7 +206,7 @@ def main() -> None:
 
     # query embedding alone, bf16 (default) and fp32
     qe = {}
-    from rag.embeddings import Embedder
+    from rag.index.embeddings import Embedder
 
     for label, e in (("bf16 (auto)", emb), ("fp32", Embedder("bundled", dtype="float32"))):
         e.encode(["warm up"])

@@ -49,8 +49,8 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
              batch_size: int, answer_mode: str, limit: int | None, seed: int, allow_no_quote: bool, no_index: bool, as_json: bool,
              index_dir: Path | None) -> None:
     """Generate (or resume) a RAFT dataset from the course files in FOLDER."""
+    from raft.synth.run import RaftConfig, format_stats, run
     from rag.config import load_settings
-    from raft.generate import RaftConfig, format_stats, run
 
     settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens)
     config = RaftConfig(corpus=str(folder), questions=questions, distractors=distractors, p=p, strategy=strategy,
@@ -155,8 +155,9 @@ def train(dataset_dir: Path, out_dir: Path, base: str, epochs: float, lr: float,
 
     # 2 busy-waiting OpenMP threads slow to a crawl when other processes share the cores (must precede torch).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from raft.train import TrainConfig, format_report
-    from raft.train import train as run_train
+    from raft.train.config import TrainConfig
+    from raft.train.loop import train as run_train
+    from raft.train.report import format_report
 
     config = TrainConfig(base=base, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, batch_size=batch_size, grad_accum=grad_accum,

@@ -37,13 +37,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from rag.atomic import fsync_dir, write_json_atomic, write_text_atomic
-from rag.errors import GeneratorError, RagError
-from rag.scoring import exact_match, token_f1
-from raft.answers import _QUOTE, check_quote
-from raft.dataset import DATASET, derive_rng, read_jsonl
 from raft.export import SPLIT_NAMES, parse_split, split_by_chunk
 from raft.prompts import ANSWER_MARK, student_messages
+from raft.records import DATASET, derive_rng, read_jsonl
+from raft.synth.answers import _QUOTE, check_quote
+from rag.common.atomic import fsync_dir, write_json_atomic, write_text_atomic
+from rag.errors import GeneratorError, RagError
+from rag.evaluation.metrics import exact_match, token_f1
 
 SETTINGS = ("oracle", "distractors", "closed")
 SETTING_LABELS = {"oracle": "oracle + distractors", "distractors": "distractors only", "closed": "closed book"}
@@ -288,7 +288,7 @@ def model_fingerprint(spec: str, model_name: str | None = None) -> str:
     if re.match(r"https?://", spec, re.IGNORECASE):
         return f"{spec} {model_name or 'default'}"
     if spec.lower() == "bundled":
-        from rag.generate import bundled_gguf_path
+        from rag.generation.models import bundled_gguf_path
 
         try:
             files = [bundled_gguf_path()]
@@ -354,7 +354,7 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 def _free(local: bool) -> None:
     """Drop local models from the process-wide cache so the next model does not share the RAM with this one."""
-    from rag.generate import load_local_model
+    from rag.generation.models import load_local_model
 
     if local:
         getattr(load_local_model, "cache_clear", lambda: None)()
@@ -369,7 +369,9 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = "0.8
     """Answer the held-out questions with every model in every setting; write the report folder; return the summary."""
     from tqdm import tqdm
 
-    from rag.generate import GenerationParams, LocalGenerator, get_generator
+    from rag.generation.base import GenerationParams
+    from rag.generation.factory import get_generator
+    from rag.generation.local import LocalGenerator
 
     settings = list(settings)
     for s in settings:

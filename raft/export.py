@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rag.errors import RagError
-from raft.dataset import DATASET, derive_rng, read_jsonl
 from raft.prompts import document_block
+from raft.records import DATASET, derive_rng, read_jsonl
+from rag.errors import RagError
 
 FORMATS = ("hf", "chat", "completion", "eval")
 TYPES = ("jsonl", "parquet")

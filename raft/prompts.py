@@ -76,6 +76,6 @@ def student_messages(texts: list[str], question: str, system: str | None = STUDE
 
 def is_small_model(generator) -> bool:
     """Local in-process models get the short prompts; HTTP teachers get the full ones."""
-    from rag.generate import LocalGenerator
+    from rag.generation.local import LocalGenerator
 
     return isinstance(generator, LocalGenerator)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from rag.chunking import Chunker
 from rag.config import Settings
-from rag.embeddings import Embedder
-from rag.index import BuildReport, ProgressFn, build_index
-from rag.retrieve import Hit, Retriever
+from rag.index.build import BuildReport, ProgressFn, build_index
+from rag.index.embeddings import Embedder
+from rag.ingest.chunking import Chunker
+from rag.retrieval.retriever import Hit, Retriever
 
 
 @lru_cache(maxsize=4)
@@ -42,7 +42,7 @@ def open_retriever(settings: Settings) -> Retriever:
 
 def generation_params(settings: Settings):
     """The generation settings of `settings` as the generator's parameter object."""
-    from rag.generate import GenerationParams
+    from rag.generation.base import GenerationParams
 
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_p=settings.top_p, top_k=settings.top_k_sampling,
@@ -53,7 +53,7 @@ def generation_params(settings: Settings):
 
 @lru_cache(maxsize=4)
 def _generator(model: str, model_name: str | None):
-    from rag.generate import get_generator
+    from rag.generation.factory import get_generator
 
     return get_generator(model, model_name=model_name)
 
@@ -65,7 +65,7 @@ def get_generator(settings: Settings):
 
 def make_pipeline(settings: Settings, retriever: Retriever | None = None, generator=None):
     """The RAG loop wired from settings (pass a retriever/generator to share already-loaded ones)."""
-    from rag.pipeline import RagPipeline
+    from rag.answering.pipeline import RagPipeline
 
     return RagPipeline(retriever or open_retriever(settings), generator or get_generator(settings),
                        top_k=settings.top_k, mode=settings.mode, params=generation_params(settings),

@@ -155,7 +155,7 @@ def eval_retrieval(questions: Path, index_dir: Path | None, modes: tuple[str, ..
                    details: Path | None) -> None:
     """Recall@k and MRR@10 of each retrieval mode on a question file with evidence quotes."""
     from rag.api import open_retriever
-    from rag.evaluate import evaluate_retrieval, load_questions
+    from rag.evaluation.retrieval import evaluate_retrieval, load_questions
 
     qs = load_questions(questions)
     retriever = open_retriever(_settings(index_dir=index_dir))
@@ -199,7 +199,13 @@ def eval_command(questions: Path, report_dir: Path, index_dir: Path | None, mode
                  as_json: bool) -> None:
     """Evaluate the whole RAG pipeline on QUESTIONS (JSONL): retrieval, multiple choice, free answers."""
     from rag.api import get_generator, open_retriever
-    from rag.evaluate import evaluate_rag, format_summary, load_questions, prepare_report_dir, write_report
+    from rag.evaluation.end_to_end import (
+        evaluate_rag,
+        format_summary,
+        prepare_report_dir,
+        write_report,
+    )
+    from rag.evaluation.retrieval import load_questions
 
     qs = load_questions(questions)[:limit]
     prepare_report_dir(report_dir)
@@ -243,8 +249,8 @@ def generation_options(f: Callable) -> Callable:
 @user_errors
 def ask(question: str, index_dir: Path | None, as_json: bool, **gen: Any) -> None:
     """Answer QUESTION from the course documents, streaming the answer, then its sources."""
+    from rag.answering.pipeline import validate_question
     from rag.api import make_pipeline
-    from rag.pipeline import validate_question
 
     validate_question(question)
     settings = _settings(index_dir=index_dir, **gen)
@@ -278,7 +284,7 @@ def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, 
     import uvicorn
 
     from rag.api import make_pipeline
-    from rag.serve import create_app
+    from rag.server import create_app
 
     settings = _settings(index_dir=index_dir, **gen)
     pipeline = make_pipeline(settings)

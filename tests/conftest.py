@@ -56,7 +56,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def embedder():
-    from rag.embeddings import Embedder
+    from rag.index.embeddings import Embedder
 
     return Embedder("bundled")
 
@@ -83,7 +83,7 @@ def course_index(tmp_path_factory, embedder):
     """The shipped corpus indexed once per test session (retrieval tests read it, never write)."""
     from rag.api import make_chunker
     from rag.config import Settings
-    from rag.index import build_index
+    from rag.index.build import build_index
 
     base = tmp_path_factory.mktemp("course")
     corpus = base / "corpus"

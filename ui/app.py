@@ -16,14 +16,27 @@ from typing import Any
 
 import streamlit as st
 
+from rag.answering.pipeline import MAX_QUESTION_CHARS, Source
 from rag.api import get_generator, index_corpus, make_pipeline, open_retriever
 from rag.config import Settings, load_settings
 from rag.errors import GeneratorError, IndexNotFound, RagError
-from rag.generate import Generator
-from rag.pipeline import MAX_QUESTION_CHARS, Source
-from rag.retrieve import MODES, Retriever
-from ui.files import ALLOWED_EXTENSIONS, MAX_UPLOAD_MB, indexed_under, remove_document, save_upload
-from ui.render import display_path, index_facts, md_escape, passage_html, source_label, timing_caption
+from rag.generation.base import Generator
+from rag.retrieval.retriever import MODES, Retriever
+from ui.files import (
+    ALLOWED_EXTENSIONS,
+    MAX_UPLOAD_MB,
+    indexed_under,
+    remove_document,
+    save_upload,
+)
+from ui.render import (
+    display_path,
+    index_facts,
+    md_escape,
+    passage_html,
+    source_label,
+    timing_caption,
+)
 
 log = logging.getLogger("course_rag.ui")
 

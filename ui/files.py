@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.documents import UnreadableFile, read_file
 from rag.errors import RagError
+from rag.ingest.loaders import UnreadableFile, read_file
 
 ALLOWED_EXTENSIONS = (".md", ".txt", ".pdf")
 MAX_UPLOAD_MB = 20

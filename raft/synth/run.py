@@ -1,0 +1,320 @@
+"""The `raft generate` run: index the folder, pick chunks, and for each chunk ask questions, plan samples,
+write and verify CoT answers, append the kept samples; then a stats report.
+
+Everything model- and index-related comes from rag.api; this module only orchestrates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from raft.records import STATS, derive_rng
+from raft.synth.answers import AnswerWriter
+from raft.synth.distractors import STRATEGIES, DistractorSampler
+from raft.synth.questions import QuestionGenerator
+from raft.synth.samples import DatasetWriter, SampleBuilder, make_record
+from rag.common.atomic import write_json_atomic
+from rag.errors import GeneratorError, RagError
+
+FORMAT = 1
+
+
+@dataclass
+class RaftConfig:
+    """What decides the data (stored in run.json) plus how the run is carried out (limit, workers)."""
+
+    corpus: str
+    questions: int = 3
+    distractors: int = 4
+    p: float = 0.8
+    strategy: str = "hard"
+    seed: int = 0
+    min_chunk_words: int = 12
+    require_quote: bool = True
+    answer_mode: str = "auto"  # guided for in-process models, free for HTTP teachers (raft.answers)
+    # not part of run.json: they don't change which samples are planned
+    limit: int | None = None
+    workers: int = 1
+    batch_size: int = 4
+    progress: bool = True
+    max_failures: int = 3
+
+    def validate(self) -> None:
+        if self.questions < 1:
+            raise RagError(f"--questions must be >= 1, got {self.questions}")
+        if self.distractors < 0:
+            raise RagError(f"--distractors must be >= 0, got {self.distractors}")
+        if not 0.0 <= self.p <= 1.0:
+            raise RagError(f"--p must be between 0 and 1, got {self.p}")
+        if self.strategy not in STRATEGIES:
+            raise RagError(f"unknown --distractor-strategy {self.strategy!r}: use {', '.join(STRATEGIES)}")
+        if self.limit is not None and self.limit < 1:
+            raise RagError(f"--limit must be >= 1, got {self.limit}")
+        if self.workers < 1:
+            raise RagError(f"--workers must be >= 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise RagError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.answer_mode not in ("auto", "guided", "free"):
+            raise RagError(f"unknown --answer-mode {self.answer_mode!r}: use auto, guided or free")
+
+    def run_record(self, settings) -> dict[str, Any]:
+        """The arguments a resumed run must repeat (run.json)."""
+        d = asdict(self)
+        for k in ("limit", "workers", "batch_size", "progress", "max_failures"):
+            d.pop(k)
+        d["corpus"] = str(Path(self.corpus).resolve())
+        d.update(format=FORMAT, index_dir=str(Path(settings.index_dir).resolve()), model=settings.model,
+                 model_name=settings.model_name, max_new_tokens=settings.max_new_tokens,
+                 temperature=settings.temperature, embed_model=settings.embed_model,
+                 chunk_tokens=settings.chunk_tokens)
+        return d
+
+
+def select_chunks(chunks: list, seed: int, limit: int | None, min_words: int) -> tuple[list, list]:
+    """(chosen, too_short): the chunks in a seeded order that doesn't depend on the index's order; first `limit`."""
+    order = sorted(chunks, key=lambda c: derive_rng(seed, "order", c.id).random())
+    if limit is not None:
+        order = order[:limit]
+    usable = [c for c in order if len(c.text.split()) >= min_words]
+    return usable, [c for c in order if len(c.text.split()) < min_words]
+
+
+@dataclass
+class ChunkResult:
+    chunk_id: int
+    samples: list[dict]
+    counts: dict[str, Any] = field(default_factory=dict)
+    rejected: list[dict] = field(default_factory=list)
+
+
+class ChunkProcessor:
+    """`process(chunks) -> [ChunkResult]`: questions -> CoT answers -> verification -> sample plans.
+
+    The chunks of one call are generated together (one batched call per step on an in-process model).
+    The answer comes before the plan so that distractors holding the answer can be skipped.
+    """
+
+    def __init__(self, index, generator, params, config: RaftConfig) -> None:
+        self.index = index
+        self.generator = generator
+        self.config = config
+        self.questions = QuestionGenerator(generator, config.questions, params)
+        self.answers = AnswerWriter(generator, params, require_quote=config.require_quote, mode=config.answer_mode)
+        self.builder = SampleBuilder(index, DistractorSampler(index, config.strategy), config.distractors, config.p)
+
+    def _tokens(self, text: str) -> int:
+        try:
+            return int(self.generator.count_tokens(text))
+        except Exception:  # a backend without a tokenizer: estimate
+            return max(1, len(text) // 4)
+
+    def __call__(self, chunks: list) -> list[ChunkResult]:
+        cfg = self.config
+        qresults = self.questions.many([c.text for c in chunks])
+        jobs = [(ci, qi, q) for ci, qr in enumerate(qresults) for qi, q in enumerate(qr.questions)]
+        answers = self.answers.many([(q, chunks[ci].text) for ci, _, q in jobs])
+        per_chunk: list[list] = [[] for _ in chunks]
+        for (ci, qi, q), answer in zip(jobs, answers):
+            per_chunk[ci].append((qi, q, answer))
+        results = []
+        for chunk, qres, done in zip(chunks, qresults, per_chunk):
+            pos = self.index.pos_by_id[chunk.id]
+            rejected = Counter(qres.rejected)
+            samples: list[dict] = []
+            dropped: list[dict] = []
+            if not qres.questions:
+                dropped.append({"stage": "questions", "reason": "chunk_no_questions", "raw": qres.raw})
+            quotes: Counter = Counter()
+            tokens = 0
+            for qi, question, answer in done:
+                for q in answer.quotes:
+                    quotes[q.status] += 1
+                if not answer.ok:
+                    rejected[f"answer_{answer.reason}"] += 1
+                    dropped.append({"stage": "answer", "reason": answer.reason, "question": question,
+                                    "raw": answer.raw})
+                    continue
+                verified = [q.text for q in answer.quotes if q.text]
+                plan = self.builder.plan(pos, derive_rng(cfg.seed, chunk.id, qi), answer=verified)
+                rec = make_record(chunk=chunk, question=question, qi=qi, plan=plan, answer=answer,
+                                  model_id=self.generator.model_id, seed=cfg.seed)
+                tokens += self._tokens(rec["instruction"] + "\n" + rec["cot_answer"])
+                samples.append(rec)
+            counts = {"questions": len(qres.questions), "answers": len(done), "rejected": dict(rejected),
+                      "quotes": dict(quotes), "tokens": tokens}
+            results.append(ChunkResult(chunk.id, samples, counts, dropped))
+        return results
+
+
+def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """The report of the whole output folder (all runs that built it)."""
+    samples = writer.samples()
+    progress = writer.progress
+    rejected: Counter = Counter()
+    quotes: Counter = Counter()
+    for p in progress:
+        rejected.update(p.get("rejected", {}))
+        quotes.update(p.get("quotes", {}))
+    n_chunks = sum(1 for p in progress if p.get("questions") is not None)
+    n_q = sum(p.get("questions") or 0 for p in progress)
+    answers = sum(p.get("answers") or 0 for p in progress)
+    tokens = sum(p.get("tokens") or 0 for p in progress)
+    n = len(samples)
+    q_total = sum(quotes.values())
+    verified = quotes.get("exact", 0) + quotes.get("snapped", 0)
+    return {
+        "samples": n,
+        "chunks_done": len(progress),
+        "chunks_with_questions_asked": n_chunks,
+        "questions": n_q,
+        "questions_per_chunk": round(n_q / n_chunks, 3) if n_chunks else 0.0,
+        "answers_attempted": answers,
+        "kept_fraction": round(n / answers, 3) if answers else 0.0,
+        "oracle_fraction": round(sum(s["oracle_present"] for s in samples) / n, 3) if n else None,
+        "p": config.p,
+        "distractors": config.distractors,
+        "distractor_strategy": config.strategy,
+        "rejections": dict(sorted(rejected.items())),
+        "quotes": {"total": q_total, "exact": quotes.get("exact", 0), "snapped": quotes.get("snapped", 0),
+                   "fabricated": quotes.get("fabricated", 0)},
+        "quote_verification_rate": round(verified / q_total, 3) if q_total else None,
+        "tokens_per_sample": round(tokens / n, 1) if n else None,
+        **extra,
+    }
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    rej = ", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"
+    rate = stats["quote_verification_rate"]
+    return (f"{stats['samples']} samples from {stats['chunks_done']} chunks "
+            f"({stats['questions_per_chunk']} questions/chunk, {stats['answers_attempted']} answers tried); "
+            f"oracle fraction {stats['oracle_fraction']} (p={stats['p']}), strategy {stats['distractor_strategy']}; "
+            f"quotes verified {'n/a' if rate is None else rate}; tokens/sample {stats['tokens_per_sample']}; "
+            f"rejected: {rej}")
+
+
+def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=None, index_first: bool = True,
+        on_chunk: Callable[[ChunkResult], None] | None = None) -> dict[str, Any]:
+    """Generate (or resume) a RAFT dataset in `out_dir` from the course files in `folder`; return the stats.
+
+    `generator` overrides the configured backend (tests, or an already loaded model); `on_chunk` is called
+    after each chunk is on disk.
+    """
+    from rag.api import generation_params, get_embedder, index_corpus
+    from rag.api import get_generator as configured_generator
+    from rag.generation.http import OpenAIGenerator
+    from rag.index.store import VectorIndex
+
+    config.validate()
+    started = time.perf_counter()
+    folder = Path(folder)
+    if not folder.exists():
+        raise RagError(f"corpus folder {folder} does not exist: give a folder of .md/.txt/.pdf/.html files")
+    writer = DatasetWriter(out_dir, config.run_record(settings))  # refuse other arguments before any work
+    if index_first:
+        index_corpus(folder, settings)
+    index = VectorIndex.load(settings.index_dir, get_embedder(settings))
+    if len(index) < 2:
+        raise RagError(f"the index of {folder} has {len(index)} chunk(s): RAFT needs an oracle and distractors")
+    chosen, too_short = select_chunks(index.chunks, config.seed, config.limit, config.min_chunk_words)
+    for c in too_short:
+        if c.id not in writer.done:
+            writer.add_chunk(c.id, [], {"questions": None, "rejected": {"chunk_too_short": 1}})
+    todo = [c for c in chosen if c.id not in writer.done]
+    generator = generator or configured_generator(settings)
+    params = generation_params(settings)
+    process = ChunkProcessor(index, generator, params, config)
+    before = writer.samples_on_disk
+    kept = 0
+    rejected: Counter = Counter()
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="raft chunks", unit="chunk",
+               disable=not config.progress or None, dynamic_ncols=True)
+
+    failed: list[str] = []
+    streak = 0
+
+    def finish(results: list[ChunkResult]) -> None:
+        nonlocal kept, streak
+        streak = 0
+        for result in results:
+            writer.add_chunk(result.chunk_id, result.samples, result.counts, result.rejected)
+            kept += len(result.samples)
+            rejected.update(result.counts.get("rejected", {}))
+            if on_chunk:
+                on_chunk(result)
+        top = ", ".join(f"{k.split('_', 1)[1]}={v}" for k, v in rejected.most_common(3))
+        bar.set_postfix_str(f"kept={writer.samples_on_disk} rejected={sum(rejected.values())}"
+                            + (f" ({top})" if top else "") + (f" failed={len(failed)}" if failed else ""))
+        bar.update(len(results))
+
+    def failure(chunks: list, error: GeneratorError) -> None:
+        # The chunks get no progress line, so the next run retries them; a teacher that keeps failing stops the run.
+        nonlocal streak
+        streak += 1
+        failed.extend(f"{c.id:016x}" for c in chunks)
+        bar.write(f"raft: {len(chunks)} chunk(s) skipped for now: {error}")
+        if streak >= config.max_failures:
+            raise RagError(f"the teacher failed {streak} times in a row (last: {error}); "
+                           "fix it and rerun the same command to resume")
+
+    def work(chunks: list) -> tuple[list, list[ChunkResult] | None, GeneratorError | None]:
+        try:
+            return chunks, process(chunks), None
+        except GeneratorError as e:
+            return chunks, None, e
+
+    def settle(outcome: tuple) -> None:
+        chunks, results, error = outcome
+        if error is not None:
+            failure(chunks, error)
+        else:
+            finish(results)
+
+    try:
+        # HTTP backends serve requests in parallel; an in-process model runs batches instead.
+        parallel = getattr(generator, "parallel_requests", isinstance(generator, OpenAIGenerator))
+        if config.workers > 1 and parallel:
+            with ThreadPoolExecutor(config.workers, thread_name_prefix="raft") as pool:
+                pending = set()
+                try:
+                    for chunk in todo:  # keep at most 2*workers chunks in flight
+                        pending.add(pool.submit(work, [chunk]))
+                        if len(pending) >= 2 * config.workers:
+                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            for f in done:
+                                settle(f.result())
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            settle(f.result())
+                except BaseException:
+                    for f in pending:
+                        f.cancel()
+                    raise
+        else:
+            size = config.batch_size if not parallel else 1
+            for start in range(0, len(todo), size):
+                settle(work(todo[start:start + size]))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    stats = compute_stats(writer, config, {
+        "generator_model": generator.model_id,
+        "seed": config.seed,
+        "chunks_selected": len(chosen) + len(too_short),
+        "this_run": {"chunks": len(todo), "samples": writer.samples_on_disk - before, "seconds": round(seconds, 1),
+                     "samples_per_minute": round(60 * (writer.samples_on_disk - before) / seconds, 2) if seconds else 0.0,
+                     "resumed": len(chosen) - len(todo) > 0, "dropped_unfinished": writer.resumed_dropped,
+                     "limit": config.limit, "workers": config.workers, "batch_size": config.batch_size,
+                     "failed_chunks": failed},
+    })
+    write_json_atomic(Path(out_dir) / STATS, stats)
+    return stats

@@ -1,0 +1,78 @@
+"""The settings of a `raft train` run and the file names of its output folder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from raft.export import parse_split
+from rag.errors import RagError
+
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG = "train_config.json"
+REPORT = "train_report.json"
+LOG = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+MERGED = "merged"
+PLOT = "loss.png"
+DTYPES = ("float32", "bfloat16")
+KEEP_CHECKPOINTS = 2
+MAX_GRAD_NORM = 1.0
+WARMUP_FRACTION = 0.1
+_NOT_IDENTITY = ("save_steps", "threads")  # change how the run goes, not the model it makes
+
+
+@dataclass
+class TrainConfig:
+    """The settings of one `raft train` run (CLI flags map 1:1)."""
+
+    base: str = "bundled"
+    epochs: float = 1.0
+    lr: float = 2e-4
+    lora_r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.05
+    batch_size: int = 1
+    grad_accum: int = 8
+    max_length: int = 1024
+    max_samples: int | None = None
+    split: str = "0.8,0.1,0.1"
+    seed: int = 0
+    dtype: str = "float32"
+    max_val_samples: int = 32
+    save_steps: int = 10
+    threads: int | None = None
+
+    def validate(self) -> None:
+        """Raise RagError naming the first out-of-range setting."""
+        problems = [
+            (self.epochs <= 0, f"--epochs must be > 0, got {self.epochs}"),
+            (self.lr <= 0, f"--lr must be > 0, got {self.lr}"),
+            (self.lora_r < 1, f"--lora-r must be >= 1, got {self.lora_r}"),
+            (self.lora_alpha <= 0, f"--lora-alpha must be > 0, got {self.lora_alpha}"),
+            (not 0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
+            (self.batch_size < 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum < 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
+            (self.max_length < 32, f"--max-length must be >= 32 tokens, got {self.max_length}"),
+            (self.max_samples is not None and self.max_samples < 1,
+             f"--max-samples must be >= 1, got {self.max_samples}"),
+            (self.dtype not in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.max_val_samples < 0, f"--max-val-samples must be >= 0, got {self.max_val_samples}"),
+            (self.save_steps < 1, f"--save-steps must be >= 1, got {self.save_steps}"),
+            (self.threads is not None and self.threads < 1, f"--threads must be >= 1, got {self.threads}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise RagError(message)
+        parse_split(self.split)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the trained model (a re-run must match them to resume)."""
+        d = asdict(self)
+        for k in _NOT_IDENTITY:
+            d.pop(k)
+        if d["base"] != "bundled":
+            d["base"] = str(Path(d["base"]).expanduser().resolve())
+        return d

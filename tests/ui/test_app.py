@@ -1,0 +1,259 @@
+"""The Streamlit chat (ui/app.py) driven by streamlit.testing.v1.AppTest: real embedder, real index, real
+bundled generator with a few tokens, real files in temp folders."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from rag.api import index_corpus, search
+from rag.config import Settings
+from rag.errors import RagError
+from rag.index.build import build_lock
+from tests.conftest import ROOT
+from tests.pdfgen import make_pdf
+from ui.files import MAX_UPLOAD_BYTES, remove_document, safe_filename, save_upload
+from ui.render import passage_html
+
+APP = str(ROOT / "ui" / "app.py")
+TIMEOUT = 180  # the first run loads the models
+ON_TOPIC = "What does LoRA freeze during fine-tuning?"
+OFF_TOPIC = "How do I bake sourdough bread at home?"
+SOURDOUGH_MD = """# Baking at home
+
+## Sourdough bread
+
+To bake sourdough bread at home, feed the starter the evening before, mix flour, water, salt and
+starter, let the dough rise overnight, shape it and bake it in a hot covered pot for 45 minutes.
+"""
+
+
+def point_app_at(monkeypatch: pytest.MonkeyPatch, settings: Settings, max_new_tokens: int = 8) -> None:
+    """Make load_settings() inside the app see this index and corpus (and nothing from a rag.toml)."""
+    monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
+    monkeypatch.setenv("RAG_CORPUS_DIR", str(settings.corpus_dir))
+    monkeypatch.setenv("RAG_MAX_NEW_TOKENS", str(max_new_tokens))
+    monkeypatch.setenv("RAG_CONFIG", str(settings.index_dir.parent / "no-rag.toml"))
+    for var in ("RAG_MODE", "RAG_TOP_K", "RAG_MODEL", "RAG_MODEL_NAME", "RAG_TEMPERATURE", "RAG_TOP_P"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def start(monkeypatch: pytest.MonkeyPatch, settings: Settings, **kw: int) -> AppTest:
+    point_app_at(monkeypatch, settings, **kw)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.chat_input(key="question").set_value(question).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def facts(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.sidebar.markdown)
+
+
+def label(expander) -> str:
+    """An expander's title without markdown escapes."""
+    return expander.label.replace("\\", "")
+
+
+def flashes(at: AppTest) -> str:
+    return "\n".join(e.value for kind in (at.sidebar.success, at.sidebar.error, at.sidebar.info,
+                                         at.sidebar.warning) for e in kind)
+
+
+@pytest.fixture
+def small_index(small_corpus: Path, tmp_path: Path) -> Settings:
+    """The three-file corpus indexed into its own folder (tests that add or remove files write here)."""
+    settings = Settings(index_dir=tmp_path / "index", corpus_dir=small_corpus)
+    index_corpus(small_corpus, settings)
+    return settings
+
+
+def test_question_gets_a_streamed_answer_with_sources(monkeypatch, course_index):
+    at = start(monkeypatch, course_index)
+    assert "**Documents:** 5" in facts(at)
+    assert "all\\-MiniLM\\-L6\\-v2" in facts(at)
+    at.number_input(key="max_new_tokens").set_value(3)
+    ask(at, ON_TOPIC)
+    user, bot = at.chat_message
+    assert user.name == "user" and user.markdown[0].value == ON_TOPIC
+    assert bot.name == "assistant" and not bot.error and not bot.warning
+    answer = bot.markdown[0].value
+    assert answer.strip() and len(answer.split()) <= 3  # the sidebar's max tokens reached the generator
+    assert 1 <= len(bot.expander) <= 5
+    assert any("fine" in label(e).lower() or "lora" in "".join(m.value for m in e.markdown).lower()
+               for e in bot.expander)
+    passages = [m.value for e in bot.expander for m in e.markdown]
+    assert passages and all('class="rag-passage"' in p for p in passages)
+    assert any("first token" in c.value for c in bot.caption)
+    assert not any("Searched for" in c.value for c in bot.caption)
+    # A follow-up is searched together with the previous question (the history reaches the pipeline).
+    ask(at, "And QLoRA?")
+    follow_up = at.chat_message[-1]
+    assert any(c.value.replace("\\", "").startswith(f"Searched for: {ON_TOPIC} And QLoRA?")
+               for c in follow_up.caption)
+    # The conversation stays on screen across reruns, and "New chat" clears it.
+    at.run()
+    assert len(at.chat_message) == 4
+    at.button(key="new_chat").click().run()
+    assert len(at.chat_message) == 0
+
+
+def test_off_topic_question_abstains_and_shows_the_nearest_passages(monkeypatch, course_index):
+    at = ask(start(monkeypatch, course_index), OFF_TOPIC)
+    bot = at.chat_message[-1]
+    assert "do not seem to cover" in bot.warning[0].value
+    assert len(bot.expander) == 5  # top_k default: every nearest passage is shown
+    assert any(c.value == "Nearest passages" for c in bot.caption)
+
+
+def test_sidebar_retrieval_settings_reach_the_pipeline(monkeypatch, course_index):
+    at = start(monkeypatch, course_index)
+    at.slider(key="top_k").set_value(2)
+    at.selectbox(key="mode").set_value("hybrid")
+    ask(at, OFF_TOPIC)
+    bot = at.chat_message[-1]
+    assert len(bot.expander) == 2
+    expected = [h.chunk.source for h in search(OFF_TOPIC, course_index, k=2, mode="hybrid")]
+    shown = [label(e).split("] ", 1)[1].split(" › ")[0] for e in bot.expander]
+    assert shown == expected
+
+
+def test_generator_server_down_is_a_message(monkeypatch, course_index):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = start(monkeypatch, course_index)
+    at.radio(key="backend").set_value("server").run()
+    at.text_input(key="server_url").set_value(f"http://127.0.0.1:{port}/v1")
+    ask(at, ON_TOPIC)
+    bot = at.chat_message[-1]
+    assert bot.error and "language model failed" in bot.error[0].value
+    assert f"127.0.0.1:{port}" in bot.error[0].value
+    # The next question still works once the bundled model is picked again.
+    at.radio(key="backend").set_value("local")
+    ask(at, OFF_TOPIC)
+    assert at.chat_message[-1].warning
+
+
+def test_missing_index_offers_to_build_it_then_follows_a_cli_rebuild(monkeypatch, small_corpus, tmp_path):
+    settings = Settings(index_dir=tmp_path / "fresh-index", corpus_dir=small_corpus)
+    at = start(monkeypatch, settings)
+    assert "no index" in at.warning[0].value.lower()
+    ask(at, "What does LoRA freeze?")
+    assert "not available" in at.chat_message[-1].error[0].value
+    at.button(key="build_index").click().run()
+    assert not at.exception and not at.warning
+    assert "**Documents:** 3" in facts(at)
+    ask(at, OFF_TOPIC)
+    assert at.chat_message[-1].warning  # nothing about bread yet
+
+    # `rag index` publishes a new index while the app runs: the app picks it up without a restart.
+    (small_corpus / "baking.md").write_text(SOURDOUGH_MD, encoding="utf-8")
+    index_corpus(small_corpus, settings)
+    ask(at, OFF_TOPIC)
+    assert "**Documents:** 4" in facts(at)
+    bot = at.chat_message[-1]
+    assert not bot.warning and not bot.error
+    assert any("baking.md" in label(e) for e in bot.expander)
+
+
+def test_upload_and_remove_documents(monkeypatch, small_index):
+    corpus = small_index.corpus_dir
+    at = start(monkeypatch, small_index)
+    assert "**Documents:** 3" in facts(at)
+    pdf = make_pdf(["Reward models\nRLHF trains a reward model from human preference rankings."])
+    at.file_uploader(key="uploads_0").set_value([
+        ("../../rlhf notes.pdf", pdf, "application/pdf"),  # a path: only the name is kept
+        ("broken.pdf", b"%PDF-1.4 not really a pdf", "application/pdf"),
+        (".hidden.md", b"# Hidden\n\ntext", "text/markdown"),
+        ("fine-tuning.md", b"# Something else\n\nA different file with a taken name.", "text/markdown"),
+    ])
+    at.run()
+    at.button(key="add_docs").click().run()
+    assert not at.exception, at.exception
+    messages = flashes(at)
+    assert (corpus / "rlhf notes.pdf").read_bytes() == pdf
+    assert not (corpus.parent.parent / "rlhf notes.pdf").exists()
+    assert "broken.pdf cannot be read" in messages and not (corpus / "broken.pdf").exists()
+    assert "'.hidden.md' is not allowed" in messages and not (corpus / ".hidden.md").exists()
+    assert "a different fine-tuning.md is already in the course" in messages
+    assert "LoRA" in (corpus / "fine-tuning.md").read_text()  # not overwritten
+    assert "4 documents" in messages and "**Documents:** 4" in facts(at)
+    assert at.file_uploader(key="uploads_1").value == []  # a fresh, empty uploader
+
+    at.selectbox(key="remove_choice").set_value("rlhf notes.pdf").run()  # picking one enables the button
+    at.button(key="remove_doc").click().run()
+    assert not at.exception, at.exception
+    assert not (corpus / "rlhf notes.pdf").exists()
+    assert "Removed rlhf notes.pdf" in flashes(at) and "**Documents:** 3" in facts(at)
+
+
+def test_upload_while_another_build_holds_the_index_says_so(monkeypatch, small_index):
+    at = start(monkeypatch, small_index)
+    at.file_uploader(key="uploads_0").set_value(("extra.txt", b"Beam search keeps the best k sequences.", "text/plain"))
+    at.run()
+    with build_lock(small_index.index_dir):  # what a running `rag index` holds
+        at.button(key="add_docs").click().run()
+    assert not at.exception, at.exception
+    assert "Indexing failed" in flashes(at) and "another `rag index`" in flashes(at)
+    assert (small_index.corpus_dir / "extra.txt").is_file()  # saved; the next build picks it up
+    assert "**Documents:** 3" in facts(at)  # the app keeps the index it has
+
+
+# ---- the upload rules and the passage markup, called directly ------------------------------------
+
+def test_safe_filename_strips_paths_and_refuses_tricks():
+    assert safe_filename("../../etc/notes.md") == "notes.md"
+    assert safe_filename("C:\\Users\\me\\Week 1 (intro).TXT") == "Week 1 (intro).txt"
+    assert safe_filename("we$ird<name>.md") == "we_ird_name_.md"
+    for bad in ("..", "../", ".bashrc.md", "a..b.md", "notes.exe", "noext", "", "dir/.env.txt"):
+        with pytest.raises(RagError):
+            safe_filename(bad)
+    assert len(safe_filename("x" * 500 + ".md")) <= 120
+
+
+def test_save_upload_checks_size_content_and_existing_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    saved = save_upload(corpus, "../outside.md", b"# Notes\n\nSome text.")
+    assert saved.status == "added" and saved.path == corpus / "outside.md" and not (tmp_path / "outside.md").exists()
+    assert save_upload(corpus, "outside.md", b"# Notes\n\nSome text.").status == "unchanged"
+    with pytest.raises(RagError, match="already in the course"):
+        save_upload(corpus, "outside.md", b"# Other\n\ntext")
+    assert save_upload(corpus, "outside.md", b"# Other\n\ntext", replace=True).status == "replaced"
+    with pytest.raises(RagError, match="limit is 20 MB"):
+        save_upload(corpus, "big.txt", b"a" * (MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(RagError, match="cannot be read"):
+        save_upload(corpus, "binary.txt", bytes(range(256)) * 4)
+    with pytest.raises(RagError, match="cannot be read"):
+        save_upload(corpus, "empty.md", b"  \n")
+    assert save_upload(corpus, "slides.pdf", make_pdf(["Page one text"])).status == "added"
+    assert sorted(p.name for p in corpus.iterdir()) == ["outside.md", "slides.pdf"]  # no temp files left
+
+
+def test_remove_document_stays_inside_the_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "week1").mkdir(parents=True)
+    (corpus / "week1" / "a.md").write_text("# A\n\ntext")
+    (tmp_path / "secret.md").write_text("keep me")
+    with pytest.raises(RagError, match="not inside"):
+        remove_document(corpus, "../secret.md")
+    remove_document(corpus, "week1/a.md")
+    assert not (corpus / "week1" / "a.md").exists() and (tmp_path / "secret.md").exists()
+
+
+def test_passage_markup_escapes_text_and_marks_the_snippet():
+    text = "# Heading\n\nLoRA <b>freezes</b> the weights.\n\n\n\nIt trains [small] matrices."
+    html = passage_html(text, "It   trains [small] matrices.")
+    assert "<mark>It trains [small] matrices.</mark>" in html
+    assert "&lt;b&gt;freezes&lt;/b&gt;" in html and "<b>" not in html
+    assert "\n" not in html and "<br><br><br>" not in html
+    assert "<mark>" not in passage_html(text, "It trains", highlight=False)
+    assert "<mark>" not in passage_html(text, "words that are not there")
