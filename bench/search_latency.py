@@ -17,7 +17,9 @@ same process.
 
 How the indexes are made: the real chunks of corpus/ (as our chunker cuts them) plus synthetic chunks
 made by recombining random sentences of the real ones into passages of real-chunk length, under real
-section labels. BM25 is always real (bm25s over the synthetic texts). Dense vectors: the 1k index is
+section labels. With the default child windows (issue 13) the real chunks are children of larger
+passages; synthetic chunks are then grouped into passages of the real average number of children, so
+the search groups children into passages and collapses near-duplicates as it does on a real index. BM25 is always real (bm25s over the synthetic texts). Dense vectors: the 1k index is
 embedded with the real model; the 10k and 100k indexes use RANDOM UNIT VECTORS (embedding 100k passages
 takes hours on this CPU). Flat search time does not depend on the vectors' values (the "1k random" rows
 check that); HNSW's does, and random 384-d vectors are a hard, unrealistic case for it, so HNSW's
@@ -93,7 +95,27 @@ def synthetic_chunks(base: list, n: int, seed: int = 0) -> list:
         section = rng.choice(sections)
         out.append(Chunk(chunk_id(source, section, text, i), text, source, section, (0, len(text))))
         i += 1
-    return out
+    return group_like(base, out)
+
+
+def group_like(base: list, chunks: list) -> list:
+    """Give the synthetic chunks parents as the real ones have them (child windows of passages,
+    rag/retrieval/parent_child.py): runs of as many chunks as a real passage has children on average."""
+    from rag.ingest.chunking import chunk_id
+
+    parents = {c.metadata["parent"] for c in base if "parent" in c.metadata}
+    if not parents:
+        return chunks
+    fanout = max(1, round(len(base) / len(parents)))
+    for start in range(len(base), len(chunks), fanout):
+        run = chunks[start:start + fanout]
+        text = " ".join(c.text for c in run)
+        pid = chunk_id(run[0].source, run[0].section, text, start)
+        for j, c in enumerate(run):
+            c.metadata.update({"parent": pid, "parent_span": [0, len(text)], "embed_context": ""})
+            if j == 0:
+                c.metadata["parent_text"] = text
+    return chunks
 
 
 def random_unit(n: int, dim: int, seed: int) -> np.ndarray:

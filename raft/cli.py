@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from raft.records import DEFAULT_SPLIT
 from rag.cli import index_dir_option, user_errors
 
 
@@ -26,7 +27,7 @@ def cli() -> None:
               help="Fraction of samples that keep the oracle (else one more distractor).")
 @click.option("--distractor-strategy", "strategy", type=click.Choice(["hard", "random", "mixed"]), default="hard",
               show_default=True, help="hard = nearest non-oracle chunks of the index; random = uniform; mixed = half each.")
-@click.option("--model", default=None, help="Teacher: bundled (default), a local model folder, or an OpenAI-compatible base URL.")
+@click.option("--model", default=None, help="Teacher: bundled (default), teacher, a model folder, a .gguf file, a `raft train` output, or an OpenAI-compatible base URL.")
 @click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel requests (HTTP backends only; the local model runs sequentially).")
@@ -68,7 +69,7 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
 @click.argument("dataset_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["hf", "chat", "completion", "eval"]), default="hf", show_default=True)
 @click.option("--type", "kind", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
-@click.option("--split", default="0.8,0.1,0.1", show_default=True,
+@click.option("--split", default=DEFAULT_SPLIT, show_default=True,
               help="train,validation,test fractions, by source chunk (no oracle in two splits).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: DATASET_DIR/export/FORMAT-TYPE).")
@@ -89,11 +90,11 @@ def export(dataset_dir: Path, fmt: str, kind: str, split: str, out_dir: Path | N
 @cli.command("eval")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
 @click.option("--models", default="bundled", show_default=True,
-              help="Comma-separated: bundled, model folders, .gguf files, http(s) URLs (with --model-name).")
+              help="Comma-separated: bundled, teacher, model folders, .gguf files, `raft train` outputs, http(s) URLs (with --model-name).")
 @click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/raft"),
               show_default=True, help="Report folder (results.jsonl, summary.json/.md, chart.png). Same args = resume.")
-@click.option("--split", default="0.8,0.1,0.1", show_default=True,
+@click.option("--split", default=DEFAULT_SPLIT, show_default=True,
               help="Same fractions as `raft export`/`raft train`: the test (else last) split is evaluated.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, --limit and oracle placement.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N questions (seeded choice).")
@@ -122,7 +123,7 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models/raft-smollm2"),
               show_default=True, help="Output folder (adapter/, merged/, checkpoints/, loss.png, train_report.json).")
-@click.option("--base", default="bundled", show_default=True, help="Base model: bundled, a model folder or a .gguf file.")
+@click.option("--base", default="bundled", show_default=True, help="Base model: bundled, teacher, a model folder, a .gguf file or a `raft train` output.")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True, help="Peak learning rate.")
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
@@ -135,7 +136,7 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.option("--max-samples", type=click.IntRange(1), default=None, help="Train on at most N samples (seeded choice).")
 @click.option("--max-val-samples", type=click.IntRange(0), default=32, show_default=True,
               help="Validation samples for the loss before/after training (0 = none).")
-@click.option("--split", default="0.8,0.1,0.1", show_default=True,
+@click.option("--split", default=DEFAULT_SPLIT, show_default=True,
               help="train,validation,test fractions by source chunk, as in `raft export`/`raft eval`.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, sample order, LoRA init.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,

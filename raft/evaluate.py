@@ -1,7 +1,7 @@
 """Robustness evaluation of RAFT students: answer the held-out questions with the oracle, with distractors only,
 and closed book, for one or more models, and score the final answers side by side.
 
-Questions come from the TEST split of `raft.export.split_by_chunk` (same fractions and seed as `raft export`;
+Questions come from the TEST split of `raft.splits.split_by_chunk` (same fractions and seed as `raft export`;
 `raft train` trains on the TRAIN split of the same function), so no evaluated question's oracle chunk was
 trained on. A file given instead of a dataset folder (a `raft export --format hf` jsonl/parquet file) is
 used whole. The `--format eval` export is refused: it does not say which document is the oracle.
@@ -31,17 +31,16 @@ import gc
 import hashlib
 import io
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from raft.export import SPLIT_NAMES, parse_split, split_by_chunk
-from raft.prompts import ANSWER_MARK, student_messages
-from raft.records import DATASET, derive_rng, read_jsonl
-from raft.synth.answers import _QUOTE, check_quote
-from rag.common.atomic import fsync_dir, write_json_atomic, write_text_atomic
+from raft.prompts import ANSWER_MARK, QUOTE, student_messages
+from raft.records import DATASET, DEFAULT_SPLIT, check_unique_ids, derive_rng, load_records
+from raft.splits import SPLIT_NAMES, parse_split, split_by_chunk
+from raft.synth.answers import check_quote
+from rag.common.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from rag.common.runfolder import FolderLock, append_jsonl, check_identity, read_jsonl, repair_jsonl
 from rag.errors import GeneratorError, RagError
 from rag.evaluation.metrics import exact_match, token_f1
 
@@ -55,6 +54,7 @@ RUN = "run.json"
 DEFAULT_MAX_NEW_TOKENS = 192
 DEFAULT_BATCH = 8
 _STOP_TAIL = re.compile(r"\s*<STOP>\s*$")
+_FILE_FIELDS = ("oracle_context", "context", "final_answer", "question", "id")  # what an evaluated record needs
 
 
 # --------------------------------------------------------------------------- questions
@@ -68,10 +68,10 @@ def _read_file(path: Path) -> list[dict]:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for a bad file
             raise RagError(f"cannot read {path} as parquet: {e}") from None
-    return read_jsonl(path)
+    return read_jsonl(path)  # a damaged line: refused, naming it
 
 
-def load_questions(source: Path, split: str = "0.8,0.1,0.1", seed: int = 0,
+def load_questions(source: Path, split: str = DEFAULT_SPLIT, seed: int = 0,
                    limit: int | None = None) -> tuple[list[dict], dict[str, Any]]:
     """The records to evaluate and where they came from: the test split of a dataset folder, or a whole export file."""
     source = Path(source)
@@ -80,7 +80,7 @@ def load_questions(source: Path, split: str = "0.8,0.1,0.1", seed: int = 0,
         path = source / DATASET
         if not path.is_file():
             raise RagError(f"no {DATASET} in {source}: run `raft generate FOLDER --out {source}` first")
-        records = read_jsonl(path)
+        records = load_records(path)  # a damaged line or a duplicate id: refused, naming the line
         if not records:
             raise RagError(f"{path} has no samples: nothing to evaluate")
         fractions = parse_split(split)
@@ -98,10 +98,15 @@ def load_questions(source: Path, split: str = "0.8,0.1,0.1", seed: int = 0,
         records = _read_file(source)
         if not records:
             raise RagError(f"{source} has no records: nothing to evaluate")
-        missing = [k for k in ("oracle_context", "context", "final_answer", "question", "id") if k not in records[0]]
-        if missing:
-            raise RagError(f"{source} lacks {', '.join(missing)} (a `--format eval` export does not say which "
-                           "document is the oracle): pass the dataset folder or a `raft export --format hf` file")
+        for i, rec in enumerate(records):
+            missing = [k for k in _FILE_FIELDS if k not in rec]
+            if missing and i == 0:
+                raise RagError(f"{source} lacks {', '.join(missing)} (a `--format eval` export does not say which "
+                               "document is the oracle): pass the dataset folder or a `raft export --format hf` file")
+            if missing:
+                raise RagError(f"{source} row {i + 1}: missing field {', '.join(missing)}: repair or delete that row")
+        check_unique_ids(records, source, unit="row")
+        records = [_flat_context(r) for r in records]
         info.update(split="file", note=f"{source.name} is used whole (no split applied)")
     else:
         raise RagError(f"{source} does not exist: pass a `raft generate` output folder or an exported hf file")
@@ -109,11 +114,18 @@ def load_questions(source: Path, split: str = "0.8,0.1,0.1", seed: int = 0,
     if limit is not None and limit < len(records):
         keep = set(sorted(range(len(records)), key=lambda i: derive_rng(seed, "eval-limit", records[i]["id"]).random())[:limit])
         records = [r for i, r in enumerate(records) if i in keep]
-    ids = [r["id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise RagError(f"{source} has duplicate record ids: regenerate or re-export it")
     info["questions"] = len(records)
     return records, info
+
+
+def _flat_context(record: dict) -> dict:
+    """An `hf` export row nests its documents as the RAFT reference does (`sentences: [[d1, ..., dn]]`):
+    give it the flat `context` of a dataset.jsonl record."""
+    ctx = record.get("context")
+    if isinstance(ctx, dict) and all(isinstance(ctx.get(k), list) and len(ctx[k]) == 1 and isinstance(ctx[k][0], list)
+                                     for k in ("title", "sentences")):
+        return {**record, "context": {"title": ctx["title"][0], "sentences": ctx["sentences"][0]}}
+    return record
 
 
 def setting_documents(record: dict, setting: str, seed: int = 0) -> tuple[list[str], int]:
@@ -157,7 +169,7 @@ def extract_final(prediction: str) -> tuple[str, bool]:
 
 def check_quotes(prediction: str, docs: list[str]) -> dict[str, Any]:
     """Quotes of `prediction` checked against the documents shown: counts and whether all are valid (None: no quote)."""
-    quotes = _QUOTE.findall(prediction or "")
+    quotes = QUOTE.findall(prediction or "")
     statuses = []
     for q in quotes:
         found = [check_quote(q, d).status for d in docs]
@@ -259,13 +271,7 @@ def write_chart(summary: dict[str, Any], path: Path) -> None:
         fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- the run
@@ -283,26 +289,14 @@ def parse_list(text: str, what: str, allowed: tuple[str, ...] | None = None) -> 
 
 
 def model_fingerprint(spec: str, model_name: str | None = None) -> str:
-    """Sizes and times of a local model's files (or the URL + model name): a retrained model gets new answers."""
-    spec = spec.strip()
-    if re.match(r"https?://", spec, re.IGNORECASE):
-        return f"{spec} {model_name or 'default'}"
-    if spec.lower() == "bundled":
-        from rag.generation.models import bundled_gguf_path
+    """Sizes and times of a local model's files (or the URL + model name): a retrained model gets new answers.
 
-        try:
-            files = [bundled_gguf_path()]
-        except GeneratorError:
-            return "bundled"
-    else:
-        path = Path(spec).expanduser()
-        files = [path] if path.is_file() else sorted(
-            f for f in path.glob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".gguf", ".json"))
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
+    The spec is parsed by the one model factory (`rag.generation.factory.resolve_model`), so `--models`
+    accepts what every other command accepts; an unknown spec raises GeneratorError before any work.
+    """
+    from rag.generation.factory import resolve_model
+
+    return resolve_model(spec, model_name=model_name).fingerprint()
 
 
 def _questions_key(records: list[dict]) -> str:
@@ -312,44 +306,39 @@ def _questions_key(records: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def _open_report(report: Path, config: dict[str, Any], fingerprints: dict[str, str]) -> list[dict]:
-    """Check run.json against this run (refuse other arguments or a changed model); return the finished rows."""
-    try:
-        report.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RagError(f"cannot create the report folder {report}: {e.strerror or e}") from None
+def _open_report(report: Path, config: dict[str, Any], fingerprints: dict[str, str],
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Check run.json against this run (refuse other arguments or a changed model); return the finished rows.
+
+    Called under the report folder's lock. results.jsonl is repaired for appending (rag.common.runfolder):
+    a torn last line is cut, damaged lines go to results.jsonl.damaged (their answers are made again).
+    """
     run_path, results = report / RUN, report / RESULTS
+    old = check_identity(report, RUN, config, what="results", option="--report", leftovers=(RESULTS,),
+                         ignore=("models",), write=False)
     models = dict(fingerprints)
-    if run_path.exists():
-        try:
-            old = json.loads(run_path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise RagError(f"{run_path} is damaged: delete the report folder {report} or use another --report") from None
-        diffs = [f"{k}: {old.get(k)!r} before, {v!r} now" for k, v in config.items() if old.get(k) != v]
-        changed = [m for m, fp in fingerprints.items() if m in old.get("models", {}) and old["models"][m] != fp]
-        if diffs:
-            raise RagError(f"{report} holds results made with other arguments ({'; '.join(diffs)}): "
-                           "use the same arguments to resume, or another --report")
+    if old is not None:
+        before = old.get("models") if isinstance(old.get("models"), dict) else {}
+        changed = [m for m, fp in fingerprints.items() if m in before and before[m] != fp]
         if changed:
             raise RagError(f"{', '.join(changed)} changed since its answers in {report} were made: "
                            "use another --report, or delete the report folder")
-        models = {**old.get("models", {}), **fingerprints}
-    elif results.exists():
-        raise RagError(f"{report} has a {RESULTS} but no {RUN}: use an empty folder for --report")
+        models = {**before, **fingerprints}
     write_json_atomic(run_path, {**config, "models": models})
-    rows = read_jsonl(results)
-    if results.exists():  # drop a torn last line so appends continue from a clean file
-        clean = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        if results.read_text(encoding="utf-8") != clean:
-            write_text_atomic(results, clean)
-    return rows
+    repaired = repair_jsonl(results, validate=_check_result)
+    if (note := repaired.note()) and log:
+        log(f"note: {note}")
+    return repaired.rows
 
 
-def _append(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+def _check_result(row: dict) -> None:
+    """The validator of results.jsonl rows: what resuming and summarising read."""
+    for k in ("model", "setting", "id"):
+        if not isinstance(row.get(k), str):
+            raise ValueError(f"field {k} must be a string, got {row.get(k)!r}")
+    missing = [k for k in ("f1", "em", "compliant", "n_quotes", "quotes_valid", "answer_tokens") if k not in row]
+    if missing:
+        raise ValueError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
 
 
 def _free(local: bool) -> None:
@@ -361,18 +350,15 @@ def _free(local: bool) -> None:
     gc.collect()
 
 
-def run_eval(source: Path, models: list[str], report: Path, *, split: str = "0.8,0.1,0.1", seed: int = 0,
+def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFAULT_SPLIT, seed: int = 0,
              limit: int | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
              settings: list[str] | tuple[str, ...] = SETTINGS, model_name: str | None = None,
              batch_size: int = DEFAULT_BATCH, progress: bool = True,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Answer the held-out questions with every model in every setting; write the report folder; return the summary."""
-    from tqdm import tqdm
+    """Answer the held-out questions with every model in every setting; write the report folder; return the summary.
 
-    from rag.generation.base import GenerationParams
-    from rag.generation.factory import get_generator
-    from rag.generation.local import LocalGenerator
-
+    One `raft eval` at a time per report folder (its .lock); the same arguments resume.
+    """
     settings = list(settings)
     for s in settings:
         if s not in SETTINGS:
@@ -388,7 +374,25 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = "0.8
     config = {"source": str(Path(source).resolve()), "questions": _questions_key(records), "split": split,
               "seed": seed, "limit": limit, "max_new_tokens": max_new_tokens, "model_name": model_name}
     fingerprints = {m: model_fingerprint(m, model_name) for m in models}
-    rows = _open_report(report, config, fingerprints)
+    with FolderLock(report, f"another `raft eval` is writing {report}: wait for it to finish, or use another "
+                    "--report", what="report folder", hint="fix its permissions or use another --report"):
+        rows = _open_report(report, config, fingerprints, log)
+        return _answer_and_report(records, info, rows, source=source, models=models, report=report,
+                                  settings=settings, split=split, seed=seed, limit=limit,
+                                  max_new_tokens=max_new_tokens, model_name=model_name, batch_size=batch_size,
+                                  progress=progress)
+
+
+def _answer_and_report(records: list[dict], info: dict[str, Any], rows: list[dict], *, source: Path,
+                       models: list[str], report: Path, settings: list[str], split: str, seed: int,
+                       limit: int | None, max_new_tokens: int, model_name: str | None, batch_size: int,
+                       progress: bool) -> dict[str, Any]:
+    """run_eval under the report folder's lock: answer what is not done yet, then write the summary files."""
+    from tqdm import tqdm
+
+    from rag.generation.base import GenerationParams
+    from rag.generation.factory import get_generator
+
     done = {(r["model"], r["setting"], r["id"]) for r in rows}
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
     total = len(models) * len(settings) * len(records)
@@ -417,11 +421,11 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = "0.8
                                     **score_prediction(pred, r["final_answer"], docs, s),
                                     "n_docs": len(docs), "oracle_position": oracle_at,
                                     "answer_tokens": generator.count_tokens(pred) if pred else 0})
-                    _append(report / RESULTS, new)
+                    append_jsonl(report / RESULTS, new)
                     rows.extend(new)
                     bar.update(len(new))
             finally:
-                local = isinstance(generator, LocalGenerator)
+                local = generator.local
                 del generator
                 _free(local)
     finally:

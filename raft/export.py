@@ -8,57 +8,47 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 from raft.prompts import document_block
-from raft.records import DATASET, derive_rng, read_jsonl
+from raft.records import DATASET, DEFAULT_SPLIT, load_records
+from raft.splits import SPLIT_NAMES, parse_split, split_by_chunk
+from rag.common.atomic import fsync_dir, fsync_path, write_bytes_atomic
 from rag.errors import RagError
 
 FORMATS = ("hf", "chat", "completion", "eval")
 TYPES = ("jsonl", "parquet")
-SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_STOP = "<STOP>"
 HF_COLUMNS = ("id", "type", "question", "context", "oracle_context", "cot_answer", "instruction",
               "oracle_present", "oracle_index", "distractor_ids", "final_answer", "quotes_verified",
               "source_chunk_id", "source", "generator_model", "seed")
 
 
-def parse_split(text: str) -> list[float]:
-    """'0.8,0.1,0.1' -> [0.8, 0.1, 0.1]: 1 to 3 non-negative fractions summing to 1."""
-    try:
-        parts = [float(p) for p in str(text).split(",") if p.strip()]
-    except ValueError:
-        raise RagError(f"--split must be fractions like 0.8,0.1,0.1, got {text!r}") from None
-    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
-        raise RagError(f"--split needs 1 to 3 non-negative fractions (train,validation,test) summing to 1, got {text!r}")
-    return parts
-
-
-def split_by_chunk(records: list[dict], fractions: list[float], seed: int = 0) -> dict[str, list[dict]]:
-    """Assign whole source chunks to splits in seeded order; sizes follow `fractions` by chunk count."""
-    chunk_ids = sorted({r["source_chunk_id"] for r in records}, key=lambda c: derive_rng(seed, "split", c).random())
-    bounds, acc = [], 0.0
-    for f in fractions:
-        acc += f
-        bounds.append(round(acc * len(chunk_ids)))
-    bounds[-1] = len(chunk_ids)
-    where: dict[int, str] = {}
-    start = 0
-    for name, end in zip(SPLIT_NAMES, bounds):
-        for cid in chunk_ids[start:end]:
-            where[cid] = name
-        start = end
-    out: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES[: len(fractions)]}
-    for r in records:
-        out[where[r["source_chunk_id"]]].append(r)
-    return out
-
-
 def to_row(rec: dict, fmt: str, system_prompt: str | None = None, stop: str = DEFAULT_STOP) -> dict[str, Any]:
-    """One exported row of `fmt` from a sample record."""
+    """One exported row of `fmt` from a sample record.
+
+    `hf` has the RAFT reference's columns in the reference's shape (gorilla raft/raft.py,
+    `generate_question_cot_answer`): `context = {"title": [[t1, ..., tn]], "sentences": [[d1, ..., dn]]}`,
+    each a list holding ONE list with the sample's documents in the order shown, so code written for the
+    reference reads `row["context"]["sentences"][0]` as the documents; `instruction` is each document in
+    `<DOCUMENT>...</DOCUMENT>` plus a newline, then the question; `oracle_context` the oracle's text;
+    `cot_answer` the reasoning ending in one `<ANSWER>: final` line. Our extra columns follow. (dataset.jsonl
+    itself keeps the flat `context` of ARCHITECTURE.md, which train and eval read.)
+
+    :param rec: one dataset.jsonl record.
+    :param fmt: one of `FORMATS`.
+    :param system_prompt: `chat` only: a system message to put first.
+    :param stop: `completion` only: appended to the completion.
+    :returns: the row as a JSON-ready dict.
+    :raises RagError: unknown `fmt`.
+    """
     if fmt == "hf":
-        return {k: rec.get(k) for k in HF_COLUMNS}
+        row = {k: rec.get(k) for k in HF_COLUMNS}
+        # the reference's nesting: one list of titles and one list of documents, each inside a list
+        row["context"] = {"title": [list(rec["context"]["title"])], "sentences": [list(rec["context"]["sentences"])]}
+        return row
     if fmt == "chat":
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": rec["instruction"]},
@@ -75,22 +65,24 @@ def to_row(rec: dict, fmt: str, system_prompt: str | None = None, stop: str = DE
 
 
 def _write(rows: list[dict], path: Path, kind: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """One export file, written atomically (rag.common.atomic)."""
     if kind == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        write_bytes_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
-def export(dataset_dir: Path, fmt: str = "hf", kind: str = "jsonl", split: str = "0.8,0.1,0.1",
+def export(dataset_dir: Path, fmt: str = "hf", kind: str = "jsonl", split: str = DEFAULT_SPLIT,
            out_dir: Path | None = None, system_prompt: str | None = None, stop: str = DEFAULT_STOP,
            seed: int = 0) -> dict[str, Any]:
     """Write one file per non-empty split; return {"files": {split: path}, "rows": {split: n}}."""
@@ -102,11 +94,14 @@ def export(dataset_dir: Path, fmt: str = "hf", kind: str = "jsonl", split: str =
     source = Path(dataset_dir) / DATASET
     if not source.is_file():
         raise RagError(f"no {DATASET} in {dataset_dir}: run `raft generate FOLDER --out {dataset_dir}` first")
-    records = read_jsonl(source)
+    records = load_records(source)  # a damaged line or a duplicate id: refused, naming the line
     if not records:
         raise RagError(f"{source} has no samples yet: nothing to export")
     out = Path(out_dir) if out_dir else Path(dataset_dir) / "export" / f"{fmt}-{kind}"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RagError(f"cannot create the export folder {out}: {e.strerror or e}") from None
     files, rows = {}, {}
     for name in SPLIT_NAMES:  # no stale split from an earlier export with other fractions
         (out / f"{name}.{kind}").unlink(missing_ok=True)

@@ -6,9 +6,12 @@ short variant for small local models (SmolLM2-135M follows one short, concrete i
 
 from __future__ import annotations
 
+import re
+
 BEGIN_QUOTE = "##begin_quote##"
 END_QUOTE = "##end_quote##"
 ANSWER_MARK = "<ANSWER>:"
+QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)  # group 1: the quote
 
 QUESTIONS_SYSTEM = (
     "You write exam questions for students of a course. Given a passage of the course documents, write "
@@ -75,7 +78,6 @@ def student_messages(texts: list[str], question: str, system: str | None = STUDE
 
 
 def is_small_model(generator) -> bool:
-    """Local in-process models get the short prompts; HTTP teachers get the full ones."""
-    from rag.generation.local import LocalGenerator
-
-    return isinstance(generator, LocalGenerator)
+    """Small models get the short prompts, capable ones (HTTP teachers) the full ones: the backend's declared
+    `small_model` (rag.generation.base.Generator; True for the in-process models)."""
+    return bool(generator.small_model)

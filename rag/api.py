@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from rag.config import Settings
-from rag.index.build import BuildReport, ProgressFn, build_index
+from rag.index.build import BuildEngine, BuildReport, ProgressFn, build_index
 from rag.index.embeddings import Embedder
 from rag.ingest.chunking import Chunker
 from rag.retrieval.retriever import Hit, Retriever
@@ -24,20 +24,27 @@ def get_embedder(settings: Settings) -> Embedder:
 
 def make_chunker(embedder: Embedder, settings: Settings) -> Chunker:
     """A chunker sized in `embedder`'s own tokens."""
-    return Chunker(embedder.tokenizer, embedder.max_tokens, settings.chunk_tokens, settings.chunk_overlap)
+    return Chunker(embedder.tokenizer, embedder.max_tokens, settings.chunk_tokens, settings.chunk_overlap,
+                   merge_sections=settings.merge_sections, embed_headings=settings.embed_headings,
+                   child_tokens=settings.child_tokens)
 
 
 def index_corpus(corpus: Path, settings: Settings, *, rebuild: bool = False,
-                 on_progress: ProgressFn | None = None) -> BuildReport:
-    """Build or incrementally update the index at settings.index_dir from the files under `corpus`."""
+                 on_progress: ProgressFn | None = None, engine: BuildEngine | None = None) -> BuildReport:
+    """Build or incrementally update the index at settings.index_dir from the files under `corpus`.
+
+    `engine` runs the reading, chunking and embedding: None = this process; a
+    `rag.index.ray_engine.RayEngine` = a Ray cluster (`rag index --engine ray`), same index either way.
+    """
     embedder = get_embedder(settings)
     return build_index(Path(corpus), settings.index_dir, embedder, make_chunker(embedder, settings),
-                       faiss_type=settings.faiss_type, rebuild=rebuild, on_progress=on_progress)
+                       faiss_type=settings.faiss_type, rebuild=rebuild, on_progress=on_progress, engine=engine)
 
 
 def open_retriever(settings: Settings) -> Retriever:
     """A retriever over settings.index_dir (raises IndexNotFound / IndexMismatch with a clear message)."""
-    return Retriever(settings.index_dir, get_embedder(settings), settings.mode, settings.top_k, settings.rrf_k)
+    return Retriever(settings.index_dir, get_embedder(settings), settings.mode, settings.top_k, settings.rrf_k,
+                     dense_weight=settings.dense_weight, collapse_duplicates=settings.collapse_duplicates)
 
 
 def generation_params(settings: Settings):

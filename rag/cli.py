@@ -1,16 +1,25 @@
-"""`rag` command: a thin shell over rag.api. Exit codes: 0 ok, 1 user error (one line), 2 usage."""
+"""`rag` command: a thin shell over rag.api. Exit codes: 0 ok, 1 user error (one line), 2 usage,
+3 `rag serve`'s port in use, 130 interrupted, 141 output pipe closed (README, "Errors and exit codes").
+
+Every file a command reads goes through rag.ingest.loaders' text reader (UTF-8, or UTF-16/32 by BOM;
+one-line errors), and the `user_errors` funnel turns RagError, and any OS error (a path that is a
+symlink loop, a file where a folder should be, no permission), into `Error: ...` and exit 1 instead
+of a traceback (issue 11).
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import click
 
-from rag.errors import RagError
+from rag.errors import NoDocuments, RagError
+from rag.ingest.loaders import os_reason, read_lines, read_text
 
 
 def index_dir_option(f: Callable) -> Callable:
@@ -19,7 +28,7 @@ def index_dir_option(f: Callable) -> Callable:
 
 
 def user_errors(f: Callable) -> Callable:
-    """Turn RagError into `Error: message` and exit 1, instead of a traceback."""
+    """Turn RagError, and an OSError no check caught, into one line `Error: message` and exit 1."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -27,6 +36,12 @@ def user_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except RagError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # the reader went away (`rag search ... | head -1`): stop quietly, like SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"cannot use{where}: {os_reason(exc)}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -81,6 +96,10 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
 
     try:
         report = index_corpus(corpus, settings, rebuild=rebuild, on_progress=progress)
+    except NoDocuments as exc:
+        for s in exc.skipped:
+            click.echo(f"skipped {s.source}: {s.reason}", err=True)
+        raise
     finally:
         for bar in bars.values():
             bar.close()
@@ -108,20 +127,24 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="How many passages (default 5).")
 @click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default dense: see README, Retrieval quality).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of hits.")
-@click.option("--queries-file", type=click.File("r", encoding="utf-8"), default=None,
-              help="One query a line ('-' = stdin); prints one JSON line per query.")
+@click.option("--queries-file", type=click.Path(allow_dash=True, path_type=Path), default=None,
+              help="One query a line ('-' = stdin; UTF-8, or UTF-16 with a BOM); prints one JSON line per query.")
 @user_errors
 def search(query: str | None, index_dir: Path | None, top_k: int | None, mode: str | None, as_json: bool,
-           queries_file: Any) -> None:
+           queries_file: Path | None) -> None:
     """Find the passages that best match QUERY."""
     from rag.api import open_retriever
 
     if (query is None) == (queries_file is None):
         raise click.UsageError("give a QUERY or --queries-file, not both")
     settings = _settings(index_dir=index_dir, top_k=top_k, mode=mode)
-    retriever = open_retriever(settings)
     if queries_file is not None:
-        for line in queries_file:
+        if str(queries_file) == "-":  # streamed: each answer is printed as its line arrives
+            lines: Iterable[str] = read_lines(click.open_file("-", "rb"), "stdin (--queries-file -)")
+        else:  # read and checked whole before the models load
+            lines = read_text(queries_file, "queries file").split("\n")
+        retriever = open_retriever(settings)
+        for line in lines:
             q = line.strip()
             if q:
                 hits = retriever.search(q)
@@ -129,7 +152,7 @@ def search(query: str | None, index_dir: Path | None, top_k: int | None, mode: s
         return
     if not query.strip():
         raise RagError("the query is empty: type some words to search for")
-    hits = retriever.search(query)
+    hits = open_retriever(settings).search(query)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=1, ensure_ascii=False))
         return
@@ -187,7 +210,7 @@ EVAL_MAX_NEW_TOKENS = 128  # keeps a 29-question run of the bundled model (~15-2
 @click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default dense).")
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None,
               help="Passages given to the model (default 5); retrieval metrics always look 10 deep.")
-@click.option("--model", default=None, help="bundled (default), a local model folder, or an OpenAI-compatible base URL.")
+@click.option("--model", default=None, help="bundled (default), teacher, a model folder, a .gguf file, a `raft train` output, or an OpenAI-compatible base URL.")
 @click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=EVAL_MAX_NEW_TOKENS, show_default=True,
               help="Longest free answer, in tokens.")
@@ -225,7 +248,7 @@ def eval_command(questions: Path, report_dir: Path, index_dir: Path | None, mode
 def generation_options(f: Callable) -> Callable:
     """The model backend and the generation settings the course teaches, as flags."""
     opts = [
-        click.option("--model", default=None, help="bundled (default), a local model folder, or an OpenAI-compatible base URL."),
+        click.option("--model", default=None, help="bundled (default), teacher, a model folder, a .gguf file, a `raft train` output, or an OpenAI-compatible base URL."),
         click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server (key: RAG_API_KEY/OPENAI_API_KEY)."),
         click.option("--max-tokens", "max_new_tokens", type=click.IntRange(1, 8192), default=None, help="Max new tokens (default 256)."),
         click.option("--temperature", type=click.FloatRange(0, 5), default=None, help="0 = greedy (default); > 0 samples."),
@@ -275,21 +298,43 @@ def ask(question: str, index_dir: Path | None, as_json: bool, **gen: Any) -> Non
 @cli.command()
 @index_dir_option
 @generation_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network, use --api-key).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--served-model-name", default="course-rag", show_default=True, help="Model id the API reports.")
+@click.option("--served-model-name", default="course-rag", show_default=True,
+              help="Model id the API reports; requests must name it.")
+@click.option("--api-key", default=None,
+              help="Require 'Authorization: Bearer KEY' on every request (or set RAG_SERVER_API_KEY).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable; "
+                   "default none; env RAG_CORS_ORIGINS, comma-separated).")
+@click.option("--max-queue", type=click.IntRange(0, 10_000), default=16, show_default=True,
+              help="Requests that may wait for the model; the next one gets 429 with Retry-After.")
+@click.option("--docs", is_flag=True, help="Serve the interactive API docs at /docs (off by default).")
 @user_errors
-def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, **gen: Any) -> None:
+def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, api_key: str | None,
+          cors_origins: tuple[str, ...], max_queue: int, docs: bool, **gen: Any) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions that answers from the course documents."""
     import uvicorn
 
     from rag.api import make_pipeline
-    from rag.server import create_app
+    from rag.server import ServerConfig, create_app
+    from rag.server.app import LOOPBACK_HOSTS
 
-    settings = _settings(index_dir=index_dir, **gen)
+    settings = _settings(index_dir=index_dir, server_api_key=api_key, cors_origins=list(cors_origins) or None, **gen)
+    key = settings.server_api_key.get_secret_value() if settings.server_api_key else None
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not loopback and not key:
+        click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model",
+                   err=True)
+    config = ServerConfig(model_name=served_model_name, api_key=key, docs=docs,
+                          cors_origins=tuple(settings.cors_origins),
+                          allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback else None, max_queue=max_queue)
     pipeline = make_pipeline(settings)
-    click.echo(f"serving {settings.index_dir} with {pipeline.generator.model_id} on http://{host}:{port}/v1", err=True)
-    uvicorn.run(create_app(pipeline, served_model_name), host=host, port=port, log_level="warning")
+    pipeline.retriever.search("warm-up", 1)  # loads the embedder now, not during the first request
+    click.echo(f"serving {settings.index_dir} with {pipeline.generator.model_id} on http://{host}:{port}/v1"
+               f"{' (API key required)' if key else ''}", err=True)
+    uvicorn.run(create_app(pipeline, config), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

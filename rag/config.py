@@ -1,20 +1,38 @@
-"""One settings object for the whole product: defaults < config file < env RAG_* < CLI flags."""
+"""One settings object for the whole product: defaults < config file < env RAG_* < CLI flags.
+
+The config file (rag.toml, or $RAG_CONFIG) is read with the same text reader as every other file a command
+reads (UTF-8, or UTF-16/32 with a BOM, one-line errors), and its keys are checked: a misspelt key is an
+error naming it, not a setting silently ignored. Paths are checked when the settings are made, so an
+index_dir that is a file (say RAG_INDEX_DIR=notes.txt) fails at once with one line, not with a traceback
+deep in `rag index` or `rag search` (issue 11).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from rag.errors import RagError
+from rag.ingest.loaders import os_reason, read_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (pydantic-settings depends on tomli there)
+    import tomli as tomllib
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -30,6 +48,50 @@ def project_root() -> Path:
 def _config_file() -> Path:
     explicit = os.environ.get("RAG_CONFIG")
     return Path(explicit) if explicit else project_root() / "rag.toml"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be used as a folder to read or create, or None when it can.
+
+    :param path: a folder that may not exist yet.
+    :returns: e.g. "is a file, not a folder", "is a symlink loop …", or None (a folder, or nothing there).
+    """
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return "is a broken symlink (its target does not exist)" if Path(path).is_symlink() else None
+    except NotADirectoryError:
+        return "is inside a file, not a folder (a parent of it is a file)"
+    except OSError as exc:
+        return "is a symlink loop" if exc.errno == errno.ELOOP else f"cannot be used: {os_reason(exc)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is a file, not a folder"
+    return None
+
+
+def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    """The settings in the config file (rag.toml or $RAG_CONFIG), checked against the known setting names.
+
+    :param path: the file (default: $RAG_CONFIG, else rag.toml in the project).
+    :returns: its table; {} when the default rag.toml does not exist.
+    :raises RagError: $RAG_CONFIG names a missing file; the file cannot be read or decoded, is not valid
+        TOML, or has a key that is no setting.
+    """
+    explicit = path is not None or bool(os.environ.get("RAG_CONFIG"))
+    path = Path(path) if path is not None else _config_file()
+    if not explicit and not os.path.lexists(path):
+        return {}
+    if explicit and not os.path.lexists(path):
+        raise RagError(f"config file {path} (RAG_CONFIG) not found: fix the path or unset RAG_CONFIG")
+    try:
+        data = tomllib.loads(read_text(path, "config file"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RagError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise RagError(f"config file {path}: unknown setting {unknown[0]!r}; the settings are "
+                       + ", ".join(Settings.model_fields))
+    return data
 
 
 class Settings(BaseSettings):
@@ -48,14 +110,19 @@ class Settings(BaseSettings):
     # chunking, measured in embedder tokens
     chunk_tokens: int = Field(default=256, ge=16)  # capped at the embedder window minus the heading path
     chunk_overlap: int = Field(default=32, ge=0)
+    merge_sections: bool = True  # pack small sections into one passage (README, Retrieval quality)
+    embed_headings: bool = False  # prepend the heading path to what is embedded (README, Retrieval quality)
+    child_tokens: int = Field(default=128, ge=0)  # embed child windows this long, return their passage; 0 = off
 
     # index
     faiss_type: Literal["flat", "hnsw", "ivf"] = "flat"
 
     # retrieval
-    mode: Literal["dense", "bm25", "hybrid"] = "dense"  # best recall@5/MRR on eval/dev_questions.jsonl (README)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"  # won eval/retrieval_benchmark.py (README, Retrieval quality)
     top_k: int = Field(default=5, ge=1, le=100)
     rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=0.8, ge=0.0, le=1.0)  # hybrid: dense ranking's weight, BM25 gets the rest
+    collapse_duplicates: bool = True  # drop passages near-identical to a better-ranked one
 
     # generation
     model: str = "bundled"  # "bundled", a local model folder, or an OpenAI-compatible base URL
@@ -73,6 +140,36 @@ class Settings(BaseSettings):
     max_context_tokens: int = Field(default=1536, ge=128)  # prompt budget: fewer tokens, faster CPU prefill
     condense: Literal["auto", "llm", "concat", "off"] = "auto"
 
+    # access (README, "Serving" and "Running the app for a class")
+    admin_secret: SecretStr | None = None  # unlocks adding/removing documents in the app; unset: nobody can
+    ui_backend_urls: Annotated[list[str], NoDecode] = []  # servers an app visitor may pick besides `model`
+    server_api_key: SecretStr | None = None  # `rag serve` wants `Authorization: Bearer <key>` when set
+    cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed to call `rag serve`
+
+    @field_validator("ui_backend_urls", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """A list, or one string of comma-separated items (how an environment variable gives it)."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("ui_backend_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.match(r"https?://[^\s/]+", url, re.I):
+                raise ValueError(f"{url!r} is not an http(s):// URL of an OpenAI-compatible server")
+        return [url.rstrip("/") for url in value]
+
+    @field_validator("index_dir")
+    @classmethod
+    def _index_dir_is_a_folder(cls, value: Path) -> Path:
+        problem = folder_problem(value)
+        if problem:
+            raise ValueError(f"{value} {problem}; point it at a folder (it is created when missing)")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -83,17 +180,34 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # First wins: CLI flags (init) > environment > rag.toml > defaults.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, _config_file()))
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, read_config_file()))
+
+
+def _origin(name: str, flags: dict[str, Any]) -> str:
+    """Where the value of setting `name` came from, for an error message."""
+    if name in flags:
+        return "the command-line flag"
+    env = f"RAG_{name.upper()}"
+    if any(k.upper() == env for k in os.environ):
+        return env
+    if name in read_config_file():
+        return f"config file {_config_file()}"
+    return "the default"
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from all sources; `overrides` are CLI flags (None means 'not given')."""
+    """Build settings from all sources.
+
+    :param overrides: CLI flags (None means 'not given').
+    :raises RagError: one line naming the setting, where its bad value came from and why it is bad; or
+        the config file's problem (see `read_config_file`).
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise RagError(f"invalid setting {where}: {err['msg']} (check flags, RAG_* variables and {_config_file()})") from None
-    except (OSError, ValueError) as exc:
-        raise RagError(f"cannot read config file {_config_file()}: {exc}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        origin = _origin(where, given) if err["loc"] else f"flags, RAG_* variables and {_config_file()}"
+        raise RagError(f"invalid setting {where} (from {origin}): {msg}") from None

@@ -5,13 +5,17 @@ sidebar's choices on top; the retriever and the language model are loaded once p
 st.cache_resource and shared by every session. The index directory is the one `rag index` writes:
 the cached Retriever switches to a newly published index by itself, so a rebuild from the CLI shows
 up here without a restart.
+
+Visitors are strangers (ui/access.py): the model servers they may pick are a list set by whoever runs
+the app (no free-text URL), the configured API key goes to the configured server only, and adding or
+removing documents or building the index needs the admin secret (RAG_ADMIN_SECRET); without one the
+controls are not drawn and the actions refuse.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import re
 from typing import Any
 
 import streamlit as st
@@ -21,7 +25,16 @@ from rag.api import get_generator, index_corpus, make_pipeline, open_retriever
 from rag.config import Settings, load_settings
 from rag.errors import GeneratorError, IndexNotFound, RagError
 from rag.generation.base import Generator
+from rag.generation.factory import get_generator as backend_for
+from rag.generation.factory import resolve_model
 from rag.retrieval.retriever import MODES, Retriever
+from ui.access import (
+    admin_enabled,
+    allowed_servers,
+    is_admin,
+    require_admin,
+    server_key,
+)
 from ui.files import (
     ALLOWED_EXTENSIONS,
     MAX_UPLOAD_MB,
@@ -40,7 +53,6 @@ from ui.render import (
 
 log = logging.getLogger("course_rag.ui")
 
-DEFAULT_SERVER = "http://127.0.0.1:11434/v1"
 STAGES = {"read": ("Reading files", 0.0, 0.2), "embed": ("Embedding passages", 0.2, 0.95),
           "index": ("Writing the index", 0.95, 1.0)}
 
@@ -54,9 +66,15 @@ def load_retriever(index_dir: str, embed_model: str, embed_dtype: str, rrf_k: in
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def load_generator(model: str, model_name: str | None, _settings: Settings) -> Generator:
-    """The language model backend (bundled local model, a model folder or an OpenAI-compatible URL)."""
-    return get_generator(_settings)
+def load_generator(model: str, model_name: str | None, keyed: bool, _settings: Settings,
+                   _api_key: str | None) -> Generator:
+    """The language model backend (bundled local model, a model folder or an OpenAI-compatible URL).
+
+    `keyed` (part of the cache key) says whether the configured API key may go to this server.
+    """
+    if resolve_model(model).kind != "http":
+        return get_generator(_settings)
+    return backend_for(model, model_name=model_name, api_key=_api_key)
 
 
 def retriever_for(settings: Settings) -> Retriever:
@@ -65,9 +83,16 @@ def retriever_for(settings: Settings) -> Retriever:
                           settings)
 
 
-def generator_for(settings: Settings) -> Generator:
-    """The shared language model for these settings."""
-    return load_generator(settings.model, settings.model_name, settings)
+def generator_for(settings: Settings, base: Settings) -> Generator:
+    """The shared language model for these settings; a server must be one `base` (the app's own settings)
+    allows, and only the configured one gets the configured key (ui.access).
+
+    :raises RagError: a server that is not allowed, or a model that cannot be loaded.
+    """
+    if resolve_model(settings.model).kind != "http":
+        return load_generator(settings.model, settings.model_name, False, settings, None)
+    key = server_key(settings.model, base)
+    return load_generator(settings.model, settings.model_name, key is None, settings, key)
 
 
 # ---- sidebar -------------------------------------------------------------------------------------
@@ -85,16 +110,20 @@ def sidebar_settings(base: Settings) -> dict[str, Any]:
     top_p = sb.slider("Top-p", 0.05, 1.0, max(float(base.top_p), 0.05), 0.05, key="top_p")
     max_new = sb.number_input("Max new tokens", 1, 4096, min(base.max_new_tokens, 4096), key="max_new_tokens")
     sb.subheader("Model")
-    remote = re.match(r"https?://", base.model or "", re.I) is not None
-    local_label = "Bundled local model" if base.model == "bundled" or remote else f"Local model ({base.model})"
-    backend = sb.radio("Backend", ["local", "server"], index=1 if remote else 0, key="backend",
-                       format_func=lambda b: local_label if b == "local" else "OpenAI-compatible server")
+    try:  # the one model-spec parser every command uses (rag.generation.factory)
+        kind = resolve_model(base.model).kind
+    except RagError:  # an unusable spec: loading it below shows the error
+        kind = "local"
+    remote = kind == "http"
+    local_label = "Bundled local model" if kind == "bundled" or remote else f"Local model ({base.model})"
+    servers = allowed_servers(base)  # set by whoever runs the app; a visitor can only pick among them
     model, model_name = ("bundled" if remote else base.model), None
-    if backend == "server":
-        model = sb.text_input("Server URL", base.model if remote else DEFAULT_SERVER, key="server_url").strip()
+    if not servers:
+        sb.caption(local_label)
+    elif sb.radio("Backend", ["local", "server"], index=1 if remote else 0, key="backend",
+                  format_func=lambda b: local_label if b == "local" else "OpenAI-compatible server") == "server":
+        model = sb.selectbox("Server", servers, key="server_url", help="The servers this app is allowed to use")
         model_name = sb.text_input("Model name", base.model_name or "", key="model_name").strip() or None
-        if not model:
-            sb.warning("Enter the server's URL, e.g. http://127.0.0.1:11434/v1; the local model answers meanwhile.")
     return {"mode": mode, "top_k": top_k, "temperature": temperature, "top_p": top_p,
             "max_new_tokens": int(max_new), "model": model or None, "model_name": model_name}
 
@@ -148,8 +177,24 @@ def show_flashes() -> None:
         getattr(st, kind)(text)
 
 
-def documents_section(settings: Settings, retriever: Retriever | None) -> None:
-    """List the indexed files; add (.md/.txt/.pdf) or remove documents, re-indexing incrementally."""
+def admin_secret(base: Settings) -> str | None:
+    """The sidebar's admin sign-in (drawn only when an admin secret is configured); the secret typed, if right."""
+    if not admin_enabled(base):
+        return None
+    given = st.sidebar.text_input("Admin secret", type="password", key="admin_secret",
+                                  help="Whoever runs the app set it (RAG_ADMIN_SECRET); it unlocks adding and "
+                                       "removing documents.")
+    if given and not is_admin(base, given):
+        st.sidebar.error("That is not the admin secret.")
+        return None
+    return given or None
+
+
+def documents_section(settings: Settings, retriever: Retriever | None, admin: str | None) -> None:
+    """List the indexed files; for an admin, add (.md/.txt/.pdf) or remove documents, re-indexing incrementally.
+
+    `admin` is the admin secret the visitor typed (None: not an admin, and no controls are drawn).
+    """
     with st.sidebar.expander("Documents", expanded=False, icon=":material/description:"):
         show_flashes()
         manifest = retriever.index.manifest if retriever else {}
@@ -164,6 +209,12 @@ def documents_section(settings: Settings, retriever: Retriever | None) -> None:
                        f"folder {md_escape(str(settings.corpus_dir))}: set RAG_CORPUS_DIR to that folder to "
                        "add or remove documents here.")
             return
+        if not is_admin(settings, admin):
+            st.caption("Adding and removing documents is for the course's admin (enter the admin secret above)."
+                       if admin_enabled(settings) else
+                       "Adding and removing documents is switched off: whoever runs the app can set "
+                       "RAG_ADMIN_SECRET to allow an admin to.")
+            return
 
         n = st.session_state.setdefault("upload_round", 0)
         uploads = st.file_uploader(f"Add documents ({', '.join(ALLOWED_EXTENSIONS)}, up to {MAX_UPLOAD_MB} MB)",
@@ -171,6 +222,7 @@ def documents_section(settings: Settings, retriever: Retriever | None) -> None:
                                    max_upload_size=MAX_UPLOAD_MB, key=f"uploads_{n}")
         replace = st.checkbox("Replace files with the same name", key="replace_uploads")
         if st.button("Add to the course", key="add_docs", disabled=not uploads, icon=":material/upload:"):
+            require_admin(settings, admin)  # the controls are only drawn for an admin; checked again here
             saved = 0
             for up in uploads or []:
                 try:
@@ -194,6 +246,7 @@ def documents_section(settings: Settings, retriever: Retriever | None) -> None:
             if st.button("Remove from the course", key="remove_doc", disabled=choice is None,
                          icon=":material/delete:"):
                 try:
+                    require_admin(settings, admin)
                     remove_document(settings.corpus_dir, choice)
                 except RagError as exc:
                     flash("error", str(exc))
@@ -290,18 +343,24 @@ def answer_turn(question: str, history: list[dict[str, str]], settings: Settings
     return turn
 
 
-def load_index(settings: Settings) -> Retriever | None:
-    """The cached retriever, or None after showing why there is none (with a button to build the index)."""
+def load_index(settings: Settings, admin: str | None) -> Retriever | None:
+    """The cached retriever, or None after showing why there is none (with a button to build the index,
+    for an admin: building writes the index every visitor reads)."""
     try:
         return retriever_for(settings)
     except IndexNotFound:
-        st.warning(f"There is no index at `{settings.index_dir}` yet. Build it from the course folder "
-                   f"`{settings.corpus_dir}` (or run `rag index`) to start asking questions.")
+        st.warning(f"There is no index at `{settings.index_dir}` yet: it is built from the course folder "
+                   f"`{settings.corpus_dir}` before questions can be answered.")
         label, rebuild = "Build the index", False
     except RagError as exc:
         st.error(str(exc))
         label, rebuild = "Rebuild the index", True
+    if not is_admin(settings, admin):
+        st.info("Whoever runs the app can build the index with `rag index`"
+                + (", or sign in as admin in the sidebar." if admin_enabled(settings) else "."))
+        return None
     if st.button(label, key="build_index", type="primary", icon=":material/build:"):
+        require_admin(settings, admin)
         if build_index(settings, rebuild=rebuild):
             st.rerun()
         show_flashes()
@@ -324,6 +383,7 @@ def main() -> None:
     except RagError as exc:
         st.error(str(exc))
         st.stop()
+    admin = admin_secret(base)
 
     st.title("Course assistant")
     st.caption("Answers from the course documents, with the passages they come from.")
@@ -340,17 +400,17 @@ def main() -> None:
     loaded_key = f"{settings.index_dir}|{settings.model}|{settings.model_name}"
     if st.session_state.get("loaded") != loaded_key:
         status.info("Loading the models and the index…", icon=":material/hourglass_top:")
-    retriever = load_index(settings)
+    retriever = load_index(settings, admin)
     generator: Generator | None = None
     try:
-        generator = generator_for(settings)
+        generator = generator_for(settings, base)
     except RagError as exc:
         st.error(f"The language model could not be loaded: {exc}")
     status.empty()
     if retriever is not None and generator is not None:
         st.session_state.loaded = loaded_key
     show_index_facts(facts_box, retriever, settings)
-    documents_section(settings, retriever)
+    documents_section(settings, retriever, admin)
 
     if question:
         if retriever is None or generator is None:

@@ -2,7 +2,17 @@
 
 A quote found in the oracle (ignoring case and whitespace) is replaced by the oracle's own words; a
 near miss (rapidfuzz partial_ratio >= 90) is snapped to the closest span of the oracle; anything else is
-a fabricated quote and rejects the sample, as does a missing `<ANSWER>:`.
+a fabricated quote and rejects the sample.
+
+A kept answer parses to exactly one clean final answer (`parse_answer`, the one strict parser): one
+`<ANSWER>:` mark, outside every quote, followed by one non-empty line that holds no marker and is the
+end of the reply, with every `##begin_quote##` closed by its `##end_quote##`. Issue 11 found a reply with
+two `<ANSWER>:` lines kept with both in `final_answer` (the old parser took everything after the first
+mark); every other shape the checks cannot verify is rejected too, with its reason (`REASONS`), which
+`raft generate` writes to rejected.jsonl with the raw reply. The rebuilt answer (quotes in the oracle's
+own words) is parsed again before it is accepted, so an oracle whose text itself holds a marker cannot
+smuggle a second answer into a kept sample. Consumers that split on the last mark (the RAFT reference's
+`format.py`: `cot_answer.split("<ANSWER>: ")[-1]`) read the same final answer.
 """
 
 from __future__ import annotations
@@ -24,7 +34,30 @@ from raft.prompts import (
 SNAP_SCORE = 90.0  # partial_ratio at or above which a quote is snapped to the oracle's words
 MIN_QUOTE_CHARS = 8  # shorter "quotes" are too weak to verify anything
 _QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
-_ANSWER = re.compile(re.escape(ANSWER_MARK) + r"[ \t]*(.*)", re.DOTALL)
+# Any spelling of the markers a model may write ("<Answer>:", "</ANSWER>", "## BEGIN_QUOTE ##", "##end quote#"):
+# only the canonical spellings count, every other one is a malformed marker.
+_LOOSE_ANSWER = re.compile(r"<\s*(/?)\s*answer\s*>(?:[ \t]*:)?", re.IGNORECASE)
+_CANONICAL_QUOTE = re.compile(re.escape(BEGIN_QUOTE) + "|" + re.escape(END_QUOTE))
+_LOOSE_QUOTE = re.compile(r"#{1,3}\s*(begin|end)[\s_-]*quote\s*#{1,3}", re.IGNORECASE)
+PLACEHOLDER_ANSWERS = {"$answer", "answer", "$answer$", "{answer}", "<answer>", "...", "n/a"}
+
+# Why a reply is rejected (the `reason` in rejected.jsonl; `answer_<reason>` in the stats).
+REASONS = {
+    "no_answer_marker": "no `<ANSWER>:` line",
+    "multiple_answers": "more than one `<ANSWER>:` mark",
+    "malformed_answer_marker": "an answer tag other than `<ANSWER>:` (a closing tag, another spelling)",
+    "answer_in_quote": "the `<ANSWER>:` mark is inside a quote",
+    "text_after_answer": "the final answer is not the last line of the reply",
+    "empty_answer": "nothing (or only punctuation) after `<ANSWER>:`",
+    "placeholder_answer": "the template's `$answer` instead of an answer",
+    "marker_in_answer": "a quote marker inside the final answer",
+    "unbalanced_quote": "a `##begin_quote##` without its `##end_quote##`, or the reverse, or nested quotes",
+    "malformed_quote_marker": "a quote marker spelt another way",
+    "degenerate_answer": "a looping final answer",
+    "fabricated_quote": "a quote that is not in the oracle (or too short to verify)",
+    "marker_in_quote": "a verified quote whose oracle text holds a marker",
+    "no_quote": "no quote of the oracle (required by default)",
+}
 
 
 def _normalise_with_map(text: str) -> tuple[str, list[int]]:
@@ -116,30 +149,89 @@ class AnswerResult:
         return sum(q.status == "snapped" for q in self.quotes)
 
 
+def _quote_structure(text: str) -> str | None:
+    """Why the quote markers of `text` are not well formed, or None: canonical spelling, begin/end alternating."""
+    # canonical markers first: a quote may start with a markdown heading ("##begin_quote#### LoRA")
+    if _LOOSE_QUOTE.search(_CANONICAL_QUOTE.sub("\0", text)):
+        return "malformed_quote_marker"
+    open_ = False
+    for m in _CANONICAL_QUOTE.finditer(text):
+        is_begin = m.group(0) == BEGIN_QUOTE
+        if is_begin == open_:  # a begin inside a quote, or an end outside one
+            return "unbalanced_quote"
+        open_ = is_begin
+    return "unbalanced_quote" if open_ else None
+
+
+def parse_answer(text: str) -> tuple[str | None, str | None]:
+    """The one final answer of a chain-of-thought reply, strictly.
+
+    A reply parses when it has exactly one `<ANSWER>:` mark (no other spelling of it, no closing tag),
+    outside every quote, its quote markers are canonical and balanced, and the mark is followed by one
+    non-empty line that ends the reply and holds no marker.
+
+    :param text: the reply (leading/trailing whitespace is ignored).
+    :returns: `(final_answer, None)` when it parses, else `(None, reason)` with a key of `REASONS`.
+    """
+    text = text.strip()
+    bad_quotes = _quote_structure(text)
+    if bad_quotes:
+        return None, bad_quotes
+    quotes = [(q.start(), q.end()) for q in _QUOTE.finditer(text)]
+    marks = list(_LOOSE_ANSWER.finditer(text))
+    if any(a < m.start() < b for m in marks for a, b in quotes):
+        return None, "answer_in_quote"
+    if not marks:
+        return None, "no_answer_marker"
+    opening = [m for m in marks if not m.group(1)]
+    if len(opening) > 1:
+        return None, "multiple_answers"
+    if len(marks) > 1 or marks[0].group(0) != ANSWER_MARK:
+        return None, "malformed_answer_marker"
+    final = text[marks[0].end():].strip()
+    if _LOOSE_QUOTE.search(final):
+        return None, "marker_in_answer"
+    if "\n" in final:
+        return None, "text_after_answer"
+    final = " ".join(final.split()).strip("*_ ")  # "**<ANSWER>:** x" -> "x"
+    if not any(ch.isalnum() for ch in final):
+        return None, "empty_answer"
+    if final.lower().strip(" .") in PLACEHOLDER_ANSWERS:
+        return None, "placeholder_answer"
+    return final, None
+
+
 def verify_answer(raw: str, oracle: str, require_quote: bool = True) -> AnswerResult:
-    """Check a CoT reply against the oracle; rewrite verified quotes with the oracle's own words."""
+    """Check a CoT reply against the oracle; rewrite verified quotes with the oracle's own words.
+
+    :param raw: the teacher's reply.
+    :param oracle: the oracle chunk's text, which every quote must come from.
+    :param require_quote: reject a reply that quotes nothing (`no_quote`).
+    :returns: an `AnswerResult`; `ok` only when the reply parses to one clean final answer
+        (`parse_answer`), every quote is found (or snapped) in the oracle, the answer does not loop, and
+        the rebuilt answer still parses to that same final answer. Otherwise `reason` is a key of `REASONS`.
+    """
     text = raw.strip()
-    m = _ANSWER.search(text)
-    final = m.group(1).strip() if m else ""
+    final, reason = parse_answer(text)
     checks = [check_quote(q, oracle) for q in _QUOTE.findall(text)]
-    reason = None
-    if not m:
-        reason = "no_answer_marker"
-    elif not final:
-        reason = "empty_answer"
-    elif is_degenerate(final):
+    if reason is None and is_degenerate(final):
         reason = "degenerate_answer"
-    elif any(c.status == "fabricated" for c in checks):
+    elif reason is None and any(c.status == "fabricated" for c in checks):
         reason = "fabricated_quote"
-    elif require_quote and not checks:
+    elif reason is None and require_quote and not checks:
         reason = "no_quote"
+    elif reason is None and any(_LOOSE_ANSWER.search(c.text) or _LOOSE_QUOTE.search(c.text) for c in checks):
+        reason = "marker_in_quote"  # the oracle's own words hold a marker: the rebuilt answer would not parse
     if reason:
-        return AnswerResult(False, reason, text, final, checks, raw)
+        return AnswerResult(False, reason, text, final or "", checks, raw)
     it = iter(checks)
     cot = _QUOTE.sub(lambda _m: f"{BEGIN_QUOTE}{next(it).text}{END_QUOTE}", text)
     # keep one final answer line, as in the reference ("... <ANSWER>: final")
-    head = cot[: _ANSWER.search(cot).start()].rstrip()
+    head = cot[: cot.index(ANSWER_MARK)].rstrip()
     cot = f"{head}\n{ANSWER_MARK} {final}" if head else f"{ANSWER_MARK} {final}"
+    again, why = parse_answer(cot)
+    if again != final:  # cannot happen after the checks above; a kept sample must parse, so make sure
+        return AnswerResult(False, why or "multiple_answers", text, final, checks, raw)
     return AnswerResult(True, None, cot, final, checks, raw)
 
 
@@ -182,6 +274,12 @@ def quote_candidates(oracle: str) -> list[str]:
     return out
 
 
+def _scores_continuations(generator) -> bool:
+    """Whether `generator` can score continuations (guided answers): its declared `supports_logprobs`
+    (rag.generation.base.Generator; the base class's `score_continuations` raises without it)."""
+    return bool(generator.supports_logprobs)
+
+
 class AnswerWriter:
     """`answer(question, oracle_text) -> AnswerResult`: the teacher's CoT answer, verified against the oracle.
 
@@ -199,12 +297,12 @@ class AnswerWriter:
         self.small = is_small_model(generator) if small is None else small
         self.require_quote = require_quote
         if mode == "auto":
-            mode = "guided" if hasattr(generator, "score_continuations") else "free"
+            mode = "guided" if _scores_continuations(generator) else "free"
         if mode not in ("guided", "free"):
             from rag.errors import RagError
 
             raise RagError(f"unknown answer mode {mode!r}: use auto, guided or free")
-        if mode == "guided" and not hasattr(generator, "score_continuations"):
+        if mode == "guided" and not _scores_continuations(generator):
             from rag.errors import RagError
 
             raise RagError(f"answer mode 'guided' needs an in-process model; {generator.model_id} is not one")

@@ -1,12 +1,25 @@
-"""Questions per chunk: ask the teacher model, parse its messy list, deduplicate, filter."""
+"""Questions per chunk: ask the teacher model, parse its messy list, deduplicate, filter.
+
+Duplicates. Two questions are the same question when they have the same *terms*: their words
+lower-cased, split at hyphens and apostrophes, Snowball-stemmed (PyStemmer, as the BM25 index), with
+function words that never change what is asked (articles, forms of be/do/have, pronouns, the plain
+prepositions, "exactly"/"mainly"-style fillers) left out and "which" read as "what". So exact repeats,
+case/punctuation/hyphen variants ("fine tuning" / "fine-tuning"), plurals and tenses, reorderings
+("During fine-tuning, what does LoRA freeze?") and "Which X ..." / "What X ..." are dropped as duplicates.
+Any other word is a term, and one term swapped, added or removed makes another question: "encoder" /
+"decoder", "advantages" / "disadvantages", "fine-tuning" / "full fine-tuning", "does" / "does not"
+("not", "no", "never", "without", "n't" are terms). The old test, rapidfuzz ratio >= 90 over the whole
+string, scored "What does the encoder do in a transformer?" against the decoder question at 95 and dropped
+it (issue 11); a character similarity cannot tell a typo from the word that matters. What this rule
+misses: a rephrasing with a synonym ("reduce" / "lower") is kept, at the cost of one extra sample, rather
+than risk dropping a different question; and "Does X cause Y?" / "Does Y cause X?" count as the same.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-
-from rapidfuzz import fuzz
 
 from raft.prompts import is_small_model, question_messages
 
@@ -33,7 +46,17 @@ _ABOUT_SOURCE = re.compile(
     re.IGNORECASE,
 )
 MIN_WORDS, MAX_WORDS = 4, 40
-NEAR_DUPLICATE = 90  # rapidfuzz ratio (0..100) at or above which two questions count as the same
+# Words that never change what a question asks (see the module docstring); every other word is a term.
+FUNCTION_WORDS = frozenset("""
+a an the is are was were be been being am do does did doing have has had having
+it its they them their theirs this that these those there here i me my we us our you your he him his she her
+of in on at for to by from with into onto as about and
+s re ve ll d please exactly actually specifically precisely basically really main mainly primary primarily
+typically usually generally briefly simply
+""".split())
+_SYNONYMS = {"which": "what", "whom": "who", "cannot": "can not", "nor": "not", "none": "no"}
+_NEGATION = re.compile(r"\b(?:(ca)|(wo)|(\w+))n't\b")  # can't -> can not, won't -> will not, doesn't -> does not
+_TERM = re.compile(r"[a-z0-9]+")
 
 
 def _strip_markers(text: str) -> str:
@@ -99,20 +122,42 @@ def rejection_reason(question: str) -> str | None:
     return None
 
 
-def _key(q: str) -> str:
-    return re.sub(r"[^a-z0-9 ]+", "", q.lower()).strip()
+_STEMMER = None
 
 
-def dedupe(questions: list[str], threshold: int = NEAR_DUPLICATE) -> tuple[list[str], int]:
-    """Questions in order without exact or near duplicates (rapidfuzz ratio >= threshold); and how many went."""
+def question_terms(question: str) -> frozenset[str]:
+    """The terms that decide what `question` asks (see the module docstring), Snowball-stemmed.
+
+    :param question: one question.
+    :returns: the set of stemmed terms; two questions are duplicates when their sets are equal.
+    """
+    global _STEMMER
+    if _STEMMER is None:
+        import Stemmer
+
+        _STEMMER = Stemmer.Stemmer("english")
+    text = question.lower().replace("’", "'")
+    text = _NEGATION.sub(lambda m: f"{'can' if m.group(1) else 'will' if m.group(2) else m.group(3)} not", text)
+    words: list[str] = []
+    for w in _TERM.findall(text):
+        words.extend(_SYNONYMS.get(w, w).split())
+    return frozenset(_STEMMER.stemWords([w for w in words if w not in FUNCTION_WORDS]))
+
+
+def dedupe(questions: list[str]) -> tuple[list[str], int]:
+    """Questions in order without repeats or rephrasings of an earlier one (same `question_terms`).
+
+    :param questions: candidate questions, best first.
+    :returns: (the kept questions in their order, how many were dropped as duplicates).
+    """
     kept: list[str] = []
-    keys: list[str] = []
+    seen: set[frozenset[str]] = set()
     for q in questions:
-        k = _key(q)
-        if any(k == other or fuzz.ratio(k, other) >= threshold for other in keys):
+        terms = question_terms(q)
+        if terms in seen:
             continue
+        seen.add(terms)
         kept.append(q)
-        keys.append(k)
     return kept, len(questions) - len(kept)
 
 

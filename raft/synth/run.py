@@ -6,9 +6,11 @@ Everything model- and index-related comes from rag.api; this module only orchest
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -130,6 +132,7 @@ class ChunkProcessor:
             if not qres.questions:
                 dropped.append({"stage": "questions", "reason": "chunk_no_questions", "raw": qres.raw})
             quotes: Counter = Counter()
+            short: Counter = Counter()  # samples showing fewer documents than asked, and how many are missing
             tokens = 0
             for qi, question, answer in done:
                 for q in answer.quotes:
@@ -141,12 +144,21 @@ class ChunkProcessor:
                     continue
                 verified = [q.text for q in answer.quotes if q.text]
                 plan = self.builder.plan(pos, derive_rng(cfg.seed, chunk.id, qi), answer=verified)
+                if not plan.docs:  # oracle dropped and no eligible distractor: the student would see nothing
+                    rejected["sample_no_documents"] += 1
+                    dropped.append({"stage": "sample", "reason": "no_documents", "question": question,
+                                    "documents_wanted": plan.wanted, "raw": answer.raw})
+                    continue
+                if plan.missing:
+                    short["samples"] += 1
+                    short["missing"] += plan.missing
                 rec = make_record(chunk=chunk, question=question, qi=qi, plan=plan, answer=answer,
                                   model_id=self.generator.model_id, seed=cfg.seed)
                 tokens += self._tokens(rec["instruction"] + "\n" + rec["cot_answer"])
                 samples.append(rec)
             counts = {"questions": len(qres.questions), "answers": len(done), "rejected": dict(rejected),
-                      "quotes": dict(quotes), "tokens": tokens}
+                      "quotes": dict(quotes), "tokens": tokens, "documents_short": short["samples"],
+                      "documents_missing": short["missing"]}
             results.append(ChunkResult(chunk.id, samples, counts, dropped))
         return results
 
@@ -167,6 +179,7 @@ def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: dict[str, An
     n = len(samples)
     q_total = sum(quotes.values())
     verified = quotes.get("exact", 0) + quotes.get("snapped", 0)
+    documents = document_counts(samples, config.distractors + 1, rejected.get("sample_no_documents", 0))
     return {
         "samples": n,
         "chunks_done": len(progress),
@@ -184,8 +197,40 @@ def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: dict[str, An
                    "fabricated": quotes.get("fabricated", 0)},
         "quote_verification_rate": round(verified / q_total, 3) if q_total else None,
         "tokens_per_sample": round(tokens / n, 1) if n else None,
+        "documents": documents,
+        "warnings": document_warnings(documents, n),
         **extra,
     }
+
+
+def document_counts(samples: list[dict], wanted: int, dropped: int) -> dict[str, Any]:
+    """How many documents the samples show against the `wanted` = distractors + 1 asked for.
+
+    Counted from the samples on disk (not the per-chunk counts), so the numbers describe the dataset itself.
+
+    :param samples: the dataset's records.
+    :param wanted: documents asked for per sample.
+    :param dropped: samples rejected because they would have shown no document (`sample_no_documents`).
+    :returns: {"per_sample": wanted, "short_samples": samples with fewer, "missing": documents missing in all,
+        "no_documents_dropped": dropped}.
+    """
+    shown = [len(s["context"]["sentences"]) for s in samples]
+    return {"per_sample": wanted, "short_samples": sum(k < wanted for k in shown),
+            "missing": sum(max(0, wanted - k) for k in shown), "no_documents_dropped": dropped}
+
+
+def document_warnings(documents: dict[str, Any], n: int) -> list[str]:
+    """One line per document shortfall in `documents` (from `document_counts`); empty when there is none."""
+    out = []
+    if documents["short_samples"]:
+        out.append(f"{documents['short_samples']} of {n} samples show fewer than the {documents['per_sample']} "
+                   f"documents asked ({documents['missing']} missing in all): the index has too few chunks that "
+                   "are neither near-duplicates of the oracle nor hold its answer; use a bigger corpus or fewer "
+                   "--distractors")
+    if documents["no_documents_dropped"]:
+        out.append(f"{documents['no_documents_dropped']} samples were dropped because they would show no "
+                   "document (oracle left out, no eligible distractor): see rejected.jsonl, reason no_documents")
+    return out
 
 
 def format_stats(stats: dict[str, Any]) -> str:
@@ -195,19 +240,22 @@ def format_stats(stats: dict[str, Any]) -> str:
             f"({stats['questions_per_chunk']} questions/chunk, {stats['answers_attempted']} answers tried); "
             f"oracle fraction {stats['oracle_fraction']} (p={stats['p']}), strategy {stats['distractor_strategy']}; "
             f"quotes verified {'n/a' if rate is None else rate}; tokens/sample {stats['tokens_per_sample']}; "
-            f"rejected: {rej}")
+            f"rejected: {rej}"
+            + (f"; short of documents: {docs['short_samples']} samples" if (docs := stats.get("documents"))
+               and docs["short_samples"] else ""))
 
 
 def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=None, index_first: bool = True,
-        on_chunk: Callable[[ChunkResult], None] | None = None) -> dict[str, Any]:
+        on_chunk: Callable[[ChunkResult], None] | None = None, engine=None) -> dict[str, Any]:
     """Generate (or resume) a RAFT dataset in `out_dir` from the course files in `folder`; return the stats.
 
     `generator` overrides the configured backend (tests, or an already loaded model); `on_chunk` is called
-    after each chunk is on disk.
+    after each chunk is on disk. `engine` (raft.synth.ray_engine.RaftRayEngine) indexes the folder and runs
+    the teacher on a Ray cluster instead (`generator` is then unused); its results are written here, to the
+    same resumable dataset.
     """
     from rag.api import generation_params, get_embedder, index_corpus
     from rag.api import get_generator as configured_generator
-    from rag.generation.http import OpenAIGenerator
     from rag.index.store import VectorIndex
 
     config.validate()
@@ -217,7 +265,7 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
         raise RagError(f"corpus folder {folder} does not exist: give a folder of .md/.txt/.pdf/.html files")
     writer = DatasetWriter(out_dir, config.run_record(settings))  # refuse other arguments before any work
     if index_first:
-        index_corpus(folder, settings)
+        index_corpus(folder, settings, engine=engine.build_engine() if engine else None)
     index = VectorIndex.load(settings.index_dir, get_embedder(settings))
     if len(index) < 2:
         raise RagError(f"the index of {folder} has {len(index)} chunk(s): RAFT needs an oracle and distractors")
@@ -226,9 +274,12 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
         if c.id not in writer.done:
             writer.add_chunk(c.id, [], {"questions": None, "rejected": {"chunk_too_short": 1}})
     todo = [c for c in chosen if c.id not in writer.done]
-    generator = generator or configured_generator(settings)
-    params = generation_params(settings)
-    process = ChunkProcessor(index, generator, params, config)
+    if engine is None:
+        generator = generator or configured_generator(settings)
+        process = ChunkProcessor(index, generator, generation_params(settings), config)
+        model_id = generator.model_id
+    else:  # the teacher lives in the engine's workers; the engine checks the settings here, before any work
+        model_id = engine.prepare(index, settings, config)
     before = writer.samples_on_disk
     kept = 0
     rejected: Counter = Counter()
@@ -279,9 +330,13 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
             finish(results)
 
     try:
-        # HTTP backends serve requests in parallel; an in-process model runs batches instead.
-        parallel = getattr(generator, "parallel_requests", isinstance(generator, OpenAIGenerator))
-        if config.workers > 1 and parallel:
+        if engine is not None:  # a Ray cluster: each unit is written as its result streams back
+            with closing(engine.generate(todo, config)) as outcomes:
+                for outcome in outcomes:
+                    settle(outcome)
+        # HTTP backends serve requests in parallel; an in-process model runs batches instead (declared by
+        # the backend: rag.generation.base.Generator.parallel_requests).
+        elif config.workers > 1 and generator.parallel_requests:
             with ThreadPoolExecutor(config.workers, thread_name_prefix="raft") as pool:
                 pending = set()
                 try:
@@ -300,21 +355,26 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
                         f.cancel()
                     raise
         else:
-            size = config.batch_size if not parallel else 1
+            size = config.batch_size if not generator.parallel_requests else 1
             for start in range(0, len(todo), size):
                 settle(work(todo[start:start + size]))
     finally:
         bar.close()
     seconds = time.perf_counter() - started
     stats = compute_stats(writer, config, {
-        "generator_model": generator.model_id,
+        "generator_model": model_id,
         "seed": config.seed,
         "chunks_selected": len(chosen) + len(too_short),
         "this_run": {"chunks": len(todo), "samples": writer.samples_on_disk - before, "seconds": round(seconds, 1),
                      "samples_per_minute": round(60 * (writer.samples_on_disk - before) / seconds, 2) if seconds else 0.0,
                      "resumed": len(chosen) - len(todo) > 0, "dropped_unfinished": writer.resumed_dropped,
+                     "damaged_lines_moved": writer.damaged, "repairs": writer.notes,
                      "limit": config.limit, "workers": config.workers, "batch_size": config.batch_size,
+                     "engine": "ray" if engine is not None else "local",
                      "failed_chunks": failed},
     })
     write_json_atomic(Path(out_dir) / STATS, stats)
+    writer.close()
+    for warning in stats["warnings"]:
+        print(f"raft: warning: {warning}", file=sys.stderr, flush=True)
     return stats

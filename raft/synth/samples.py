@@ -6,31 +6,24 @@ Output folder layout:
   rejected.jsonl  the rejected answers/question lists with their reason and the raw reply
   progress.jsonl  one line per finished chunk (its counts); a chunk is done only once this line is on disk
   stats.json      written after each run
+  .lock           held while a run writes the folder (a second `raft generate` on it is refused)
+  *.damaged       lines a resumed run found damaged (not JSON objects, bad fields), moved out of the way
 A killed run leaves at most one chunk with samples but no progress line: the next run drops those samples
 and redoes the chunk (its sampling decisions come from (seed, chunk id), so they come out the same).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from raft.prompts import instruction as make_instruction
-from raft.records import (
-    DATASET,
-    PROGRESS,
-    REJECTED,
-    RUN,
-    _differences,
-    read_jsonl,
-    title_of,
-)
-from rag.common.atomic import write_json_atomic, write_text_atomic  # noqa: F401  (write_json_atomic: used by raft.generate)
+from raft.records import DATASET, PROGRESS, REJECTED, RUN, check_record, title_of
+from rag.common.runfolder import FolderLock, append_jsonl, check_identity, read_jsonl, repair_jsonl
 from rag.errors import RagError
 
 
@@ -42,10 +35,23 @@ class SamplePlan:
     oracle_present: bool
     oracle_index: int  # position of the oracle among docs, -1 when dropped
     distractor_ids: list[int]
+    wanted: int = 0  # documents asked for: k + 1 (the oracle and k distractors, or k + 1 distractors)
+
+    @property
+    def missing(self) -> int:
+        """How many documents fewer than asked the sample shows (the index had too few eligible distractors)."""
+        return max(0, self.wanted - len(self.docs))
 
 
 class SampleBuilder:
-    """Decide a sample's documents: the oracle with probability p plus k distractors (k+1 without it), shuffled."""
+    """Decide a sample's documents: the oracle with probability p plus k distractors (k+1 without it), shuffled.
+
+    The sampler returns fewer distractors than asked when the index has too few eligible chunks (a small
+    corpus of near-identical pages: every other chunk is a near-duplicate of the oracle or holds the
+    answer). The plan then shows fewer than k + 1 documents, and says so in `wanted` / `missing`; with the
+    oracle dropped it may show none, and `raft generate` rejects such a sample (`no_documents`) instead of
+    writing an answer that quotes a passage the student never sees.
+    """
 
     def __init__(self, index, sampler, k: int = 4, p: float = 0.8) -> None:
         if not 0.0 <= p <= 1.0:
@@ -55,18 +61,36 @@ class SampleBuilder:
         self.index, self.sampler, self.k, self.p = index, sampler, k, p
 
     def plan(self, oracle_pos: int, rng: random.Random, answer: list[str] | None = None) -> SamplePlan:
-        """`answer`: the verified quotes; distractors that contain one of them are skipped."""
+        """The documents of one sample.
+
+        :param oracle_pos: the oracle's position in `index.chunks`.
+        :param rng: this sample's random generator (raft.records.derive_rng(seed, chunk id, question no.)).
+        :param answer: the verified quotes; distractors that contain one of them are skipped.
+        :returns: the plan; `wanted` is k + 1 and `missing` how many of those the index could not supply
+            (0 documents is possible when the oracle is left out: the caller must not write that sample).
+        """
         present = rng.random() < self.p
         picked = self.sampler(oracle_pos, self.k if present else self.k + 1, rng, answer=answer)
         positions = ([oracle_pos] if present else []) + picked
         rng.shuffle(positions)
         chunks = self.index.chunks
         return SamplePlan([chunks[p] for p in positions], present,
-                          positions.index(oracle_pos) if present else -1, [chunks[p].id for p in picked])
+                          positions.index(oracle_pos) if present else -1, [chunks[p].id for p in picked],
+                          wanted=self.k + 1)
 
 
 def make_record(*, chunk, question: str, qi: int, plan: SamplePlan, answer, model_id: str, seed: int) -> dict:
-    """The sample record of ARCHITECTURE.md, plus quote counts."""
+    """The sample record of ARCHITECTURE.md, plus quote counts.
+
+    :raises ValueError: the plan shows no document, or the answer is not a verified one that parses to
+        its final answer (`raft.synth.answers.parse_answer`): the run rejects those before, so this is a bug.
+    """
+    from raft.synth.answers import parse_answer
+
+    if not plan.docs:
+        raise ValueError(f"sample {chunk.id:016x}-{qi} has no documents: it must be rejected, not written")
+    if not answer.ok or parse_answer(answer.cot_answer)[0] != answer.final_answer:
+        raise ValueError(f"sample {chunk.id:016x}-{qi}: the answer is not one verified final answer")
     texts = [d.text for d in plan.docs]
     return {
         "id": f"raft-{chunk.id:016x}-{qi}",
@@ -89,60 +113,51 @@ def make_record(*, chunk, question: str, qi: int, plan: SamplePlan, answer, mode
     }
 
 
-class DatasetWriter:
-    """Append-only, fsynced sample store in an output folder, resumable with the same run config."""
+def _check_log_row(row: dict) -> None:
+    """The validator of progress.jsonl and rejected.jsonl rows: they name their chunk."""
+    cid = row.get("chunk_id")
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        raise ValueError(f"field chunk_id must be an integer, got {cid!r}")
 
-    def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
+
+class DatasetWriter:
+    """Append-only, fsynced sample store in an output folder, resumable with the same run config.
+
+    Opening it locks the folder (one `raft generate` per --out; close() or the end of the process releases
+    it), checks run.json, and repairs the logs for appending (rag.common.runfolder): a torn last line and
+    the samples of unfinished chunks are dropped (`resumed_dropped`); a damaged line anywhere else is moved
+    to FILE.damaged, every valid line is kept, and `notes` / `damaged` say so (printed to stderr too).
+    """
+
+    def __init__(self, out_dir: Path, config: dict[str, Any], *, announce: bool = True) -> None:
         self.dir = Path(out_dir)
         self.config = config
         self._lock = threading.Lock()
+        self._folder = FolderLock(self.dir, f"another `raft generate` is writing {self.dir}: wait for it to "
+                                  "finish, or use another --out", what="output folder",
+                                  hint="fix its permissions or use another --out", takeover=True)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RagError(f"cannot create the output folder {self.dir}: {e.strerror or e}") from None
-        run = self.dir / RUN
-        if run.exists():
-            try:
-                old = json.loads(run.read_text(encoding="utf-8"))
-            except ValueError:
-                raise RagError(f"{run} is damaged: delete the output folder {self.dir} or use another --out") from None
-            diffs = _differences(old, config)
-            if diffs:
-                raise RagError(f"{self.dir} holds a run made with other arguments ({'; '.join(diffs)}): "
-                               "use the same arguments to resume, or another --out")
-        elif (self.dir / DATASET).exists():
-            raise RagError(f"{self.dir} has a {DATASET} but no {RUN}: use an empty folder for --out")
-        else:
-            write_json_atomic(run, config)
-        self.progress = read_jsonl(self.dir / PROGRESS)
-        self.done: set[int] = {p["chunk_id"] for p in self.progress}
-        samples = read_jsonl(self.dir / DATASET)
-        kept = [s for s in samples if s["source_chunk_id"] in self.done]
-        self.resumed_dropped = len(samples) - len(kept)
-        self._rewrite_if_needed(DATASET, kept, samples)
-        self._rewrite_if_needed(REJECTED, [r for r in read_jsonl(self.dir / REJECTED) if r["chunk_id"] in self.done], None)
-        self._rewrite_if_needed(PROGRESS, self.progress, None)
-        self.samples_on_disk = len(kept)
-
-    def _rewrite_if_needed(self, name: str, rows: list[dict], original: list[dict] | None) -> None:
-        """Cut torn lines and unfinished chunks' samples, so appends continue from a clean file."""
-        path = self.dir / name
-        if not path.exists():
-            return
-        clean = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        if path.read_text(encoding="utf-8") == clean:
-            return
-        write_text_atomic(path, clean)
-
-    @staticmethod
-    def _append(path: Path, rows: Iterable[dict]) -> None:
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        if not data:
-            return
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            check_identity(self.dir, RUN, config, what="a run", option="--out", leftovers=(DATASET,))
+            progress = repair_jsonl(self.dir / PROGRESS, validate=_check_log_row)
+            self.progress = progress.rows
+            self.done: set[int] = {p["chunk_id"] for p in self.progress}
+            dataset = repair_jsonl(self.dir / DATASET, keep=lambda s: s["source_chunk_id"] in self.done,
+                                   validate=check_record)
+            rejected = repair_jsonl(self.dir / REJECTED, keep=lambda r: r["chunk_id"] in self.done,
+                                    validate=_check_log_row)
+        except BaseException:
+            self.close()
+            raise
+        self.resumed_dropped = dataset.dropped
+        self.samples_on_disk = len(dataset.rows)
+        repairs = (progress, dataset, rejected)
+        self.damaged = {r.path.name: len(r.damaged) for r in repairs if r.damaged}
+        self.notes = [n for r in repairs if (n := r.note())]
+        if progress.damaged:
+            self.notes.append(f"{PROGRESS} lost {len(progress.damaged)} chunk line(s): those chunks are redone")
+        if announce:
+            for note in self.notes:
+                print(f"raft: {note}", file=sys.stderr, flush=True)
 
     def add_chunk(self, chunk_id: int, samples: list[dict], counts: dict[str, Any],
                   rejected: list[dict] | None = None) -> None:
@@ -150,13 +165,23 @@ class DatasetWriter:
         with self._lock:
             if chunk_id in self.done:
                 return
-            self._append(self.dir / DATASET, samples)
-            self._append(self.dir / REJECTED, [{"chunk_id": chunk_id, **r} for r in rejected or []])
+            append_jsonl(self.dir / DATASET, samples)
+            append_jsonl(self.dir / REJECTED, [{"chunk_id": chunk_id, **r} for r in rejected or []])
             line = {"chunk_id": chunk_id, "kept": len(samples), **counts}
-            self._append(self.dir / PROGRESS, [line])
+            append_jsonl(self.dir / PROGRESS, [line])
             self.progress.append(line)
             self.done.add(chunk_id)
             self.samples_on_disk += len(samples)
 
     def samples(self) -> list[dict]:
-        return read_jsonl(self.dir / DATASET)
+        return read_jsonl(self.dir / DATASET, check_record)
+
+    def close(self) -> None:
+        """Release the folder lock (idempotent)."""
+        self._folder.release()
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -16,7 +16,7 @@ from rag.errors import RagError
 # --------------------------------------------------------------------------------------- checkpoints
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Put the finished folder `tmp` at `final` (an old `final` is moved aside first, then removed)."""
     for f in tmp.iterdir():
         if f.is_file():
@@ -49,7 +49,7 @@ def save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, state: dic
                    for i, s in opt["state"].items() for k, v in s.items()}
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         write_json_atomic(tmp / "state.json", {**state, "step": step, "param_groups": opt["param_groups"]})
-        _replace_dir(tmp, root / f"step-{step:06d}")
+        replace_dir(tmp, root / f"step-{step:06d}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:

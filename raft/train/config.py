@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from raft.export import parse_split
+from raft.records import DEFAULT_SPLIT
+from raft.splits import parse_split
 from rag.errors import RagError
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -38,7 +39,7 @@ class TrainConfig:
     grad_accum: int = 8
     max_length: int = 1024
     max_samples: int | None = None
-    split: str = "0.8,0.1,0.1"
+    split: str = DEFAULT_SPLIT
     seed: int = 0
     dtype: str = "float32"
     max_val_samples: int = 32

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raft.export import parse_split, split_by_chunk
-from raft.prompts import BEGIN_QUOTE, END_QUOTE, instruction, student_messages
-from raft.records import DATASET, derive_rng, read_jsonl
+from raft.prompts import QUOTE, instruction, student_messages
+from raft.records import DATASET, check_unique_ids, derive_rng, load_records
+from raft.splits import parse_split, split_by_chunk
 from raft.train.config import TrainConfig
+from rag.common.runfolder import read_jsonl
 from rag.errors import RagError
 
 # --------------------------------------------------------------------------------------------- data
@@ -32,7 +33,6 @@ class Example:
 
 
 _DOC = re.compile(r"<DOCUMENT>(.*?)</DOCUMENT>\n", re.S)
-_QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.S)
 
 
 def _from_record(rec: dict, where: str) -> Example:
@@ -69,7 +69,7 @@ def _from_chat(row: dict, where: str) -> Example:
     if not docs or instruction(docs, question) != user:
         docs, question = [], user
     ex = Example(str(row.get("id", where)), docs, question, answer, system=system)
-    quote = _QUOTE.search(answer)
+    quote = QUOTE.search(answer)
     if quote and _norm(quote.group(1)):
         q = _norm(quote.group(1))
         ex.oracle_index = next((i for i, d in enumerate(docs) if q in _norm(d)), -1)
@@ -77,14 +77,19 @@ def _from_chat(row: dict, where: str) -> Example:
 
 
 def _read_rows(path: Path) -> list[dict]:
+    """The rows of an exported file (a damaged JSONL line or a duplicate id: RagError naming it)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            rows = pq.read_table(path).to_pylist()
         except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds
             raise RagError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-    return read_jsonl(path)
+    else:
+        rows = read_jsonl(path)
+    with_id = [(i + 1, r) for i, r in enumerate(rows) if r.get("id") is not None]
+    check_unique_ids([r for _, r in with_id], path, [n for n, _ in with_id], unit="row")
+    return rows
 
 
 def _chat_file(folder: Path, split: str) -> Path | None:
@@ -106,7 +111,7 @@ def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], li
         raise RagError(f"no dataset at {path}: run `raft generate FOLDER --out {path}` first")
     if (path.is_dir() and (path / DATASET).is_file()) or (path.is_file() and path.name == DATASET):
         source = path / DATASET if path.is_dir() else path
-        records = read_jsonl(source)
+        records = load_records(source)  # a damaged line or a duplicate id: refused, naming the line
         if not records:
             raise RagError(f"{source} has no samples: run or finish `raft generate` first")
         examples = [_from_record(r, f"line {i + 1} of {source}") for i, r in enumerate(records)]

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of the generator on a RAFT dataset (`raft train`): train split only, answer tokens only.
 
-Data: a `raft generate` folder (dataset.jsonl; its TRAIN split from raft.export.split_by_chunk, the same
+Data: a `raft generate` folder (dataset.jsonl; its TRAIN split from raft.splits.split_by_chunk, the same
 function and defaults `raft eval` uses, so the held-out test chunks are never trained on), or a
 `raft export --format chat` folder/file (messages column; its own train/validation files). Each sample is
 raft.prompts.student_messages(documents, question) as the user turn and the CoT answer as the assistant
@@ -40,7 +40,6 @@ Output folder OUT:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -50,13 +49,13 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from raft.records import _differences, derive_rng, read_jsonl
+from raft.records import derive_rng
 from raft.train.checkpoints import (
-    _replace_dir,
     latest_checkpoint,
     load_checkpoint,
+    replace_dir,
     save_checkpoint,
 )
 from raft.train.config import (
@@ -82,6 +81,7 @@ from raft.train.data import (
 )
 from raft.train.model import add_lora, load_base, lr_at, resolve_base
 from rag.common.atomic import write_json_atomic, write_text_atomic
+from rag.common.runfolder import FolderLock, append_jsonl, check_identity, repair_jsonl
 from rag.errors import RagError
 
 # ------------------------------------------------------------------------------------------- the run
@@ -94,52 +94,27 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def _out_lock(out: Path) -> Iterator[None]:
+def _out_lock(out: Path) -> FolderLock:
     """One `raft train` at a time per output folder (creates the folder)."""
-    import fcntl
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / ".lock", "w")
-    except OSError as e:
-        raise RagError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RagError(f"another `raft train` is writing {out}: wait for it to finish, "
-                           "or use another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return FolderLock(out, f"another `raft train` is writing {out}: wait for it to finish, or use another --out",
+                      what="output folder", hint="fix its permissions or use another --out")
 
 
 def _check_out(out: Path, identity: dict[str, Any]) -> None:
-    """Create OUT with its train_config.json, or check that an existing one was made with the same arguments."""
-    cfg = out / CONFIG
-    if cfg.is_file():
-        try:
-            old = json.loads(cfg.read_text(encoding="utf-8"))
-        except ValueError:
-            raise RagError(f"{cfg} is damaged: delete the folder {out} or use another --out") from None
-        diffs = _differences(old, identity)
-        if diffs:
-            raise RagError(f"{out} holds a training run made with other arguments ({'; '.join(diffs)}): "
-                           "use the same arguments to resume, or another --out")
-        return
-    leftovers = [n for n in (CHECKPOINTS, ADAPTER, MERGED, LOG, REPORT) if (out / n).exists()]
-    if leftovers:
-        raise RagError(f"{out} has {leftovers[0]} but no {CONFIG}: use an empty folder for --out")
-    write_json_atomic(cfg, identity)
+    """Create OUT's train_config.json, or check that an existing one was made with the same arguments."""
+    check_identity(out, CONFIG, identity, what="a training run", option="--out",
+                   leftovers=(CHECKPOINTS, ADAPTER, MERGED, LOG, REPORT))
 
 
-def _append_log(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _finished_report(out: Path) -> dict[str, Any] | None:
+    """The report of a finished run in OUT (None when unfinished, or when the report is unreadable: redo the end)."""
+    if not ((out / REPORT).is_file() and (out / MERGED / "config.json").is_file()):
+        return None
+    try:
+        report = json.loads((out / REPORT).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _plot(path: Path, log: list[dict[str, Any]]) -> None:
@@ -204,8 +179,7 @@ def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume
                 "train_fingerprint": fingerprint(train_ex)}
     with _out_lock(out):
         _check_out(out, identity)
-        if resume and (out / REPORT).is_file() and (out / MERGED / "config.json").is_file():
-            report = json.loads((out / REPORT).read_text(encoding="utf-8"))
+        if resume and (report := _finished_report(out)) is not None:
             return {**report, "already_trained": True}
         if not resume:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
@@ -254,12 +228,14 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         start_step = resumed_from = int(state["step"])
         elapsed_before = float(state.get("seconds", 0.0))
     # keep the steps up to the checkpoint and the validation loss before training; drop the rest
-    log = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start_step and ("loss" in r or r.get("step") == 0)]
+    repaired = repair_jsonl(log_path)  # damaged lines moved to train_log.jsonl.damaged, valid ones kept
+    log = [r for r in repaired.rows if isinstance(r.get("step", 0), int) and r.get("step", 0) <= start_step
+           and ("loss" in r or r.get("step") == 0)]
     write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log))
 
     if val_enc and start_step == 0:
         row = {"step": 0, "val_loss": mean_loss(model, val_enc, pad_id, config.dtype)}
-        _append_log(log_path, row)
+        append_jsonl(log_path, [row])
         log.append(row)
 
     model.train()
@@ -290,7 +266,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
             seconds = elapsed_before + time.perf_counter() - started
             row = {"step": step, "loss": step_loss / n_tokens, "lr": lr, "grad_norm": grad_norm,
                    "samples": sum(len(b) for b in batches), "tokens": n_tokens, "seconds": round(seconds, 2)}
-            _append_log(log_path, row)
+            append_jsonl(log_path, [row])
             log.append(row)
             bar.set_postfix(step=f"{step}/{total_steps}", loss=f"{row['loss']:.3f}")
             if step % config.save_steps == 0 or step == total_steps:
@@ -305,13 +281,13 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
     if val_enc:
         val_after = mean_loss(model, val_enc, pad_id, config.dtype)
         row = {"step": total_steps, "val_loss": val_after}
-        _append_log(log_path, row)
+        append_jsonl(log_path, [row])
         log.append(row)
 
     tmp = out / f".{ADAPTER}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        _replace_dir(tmp, out / ADAPTER)
+        replace_dir(tmp, out / ADAPTER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     merged = model.merge_and_unload()
@@ -321,7 +297,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         tokenizer.save_pretrained(tmp)
         if not is_valid_model_cache(tmp):
             raise RagError(f"saving the merged model produced an incomplete folder {tmp}: check free disk space")
-        _replace_dir(tmp, out / MERGED)
+        replace_dir(tmp, out / MERGED)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _plot(out / PLOT, log)
@@ -355,6 +331,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "epochs": config.epochs,
         "samples_seen": samples_seen,
         "resumed_from_step": resumed_from,
+        "log_damaged_lines": len(repaired.damaged),  # moved to train_log.jsonl.damaged on resume
         "seconds": round(train_seconds, 1),  # the training steps, over all resumed sessions
         "seconds_this_session": round(time.perf_counter() - run_started, 1),  # + loading, validation, saving
         "seconds_per_sample": round(train_seconds / max(samples_seen, 1), 2),

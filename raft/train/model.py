@@ -7,27 +7,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from raft.train.config import MERGED, TARGET_MODULES, WARMUP_FRACTION, TrainConfig
+from raft.train.config import TARGET_MODULES, WARMUP_FRACTION, TrainConfig
 from rag.errors import RagError
 
 # --------------------------------------------------------------------------------------------- model
 
 
 def resolve_base(base: str) -> tuple[Path, str]:
-    """(transformers model folder, model id) of --base: bundled, a model folder, a .gguf file or a `raft train` OUT."""
-    from rag.generation.models import BUNDLED_MODEL_ID, bundled_gguf_path, convert_gguf
+    """(transformers model folder, model id) of --base, parsed by the one model factory like every command's spec.
 
-    if base == "bundled":
-        return convert_gguf(bundled_gguf_path()), BUNDLED_MODEL_ID
-    path = Path(base).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return convert_gguf(path), str(path)
-    if (path / "config.json").is_file():
-        return path, str(path)
-    if (path / MERGED / "config.json").is_file():
-        return path / MERGED, str(path / MERGED)
-    raise RagError(f"--base {base}: no model there: use bundled, a transformers model folder (with config.json) "
-                   "or a .gguf file")
+    :param base: bundled, teacher, a transformers model folder, a .gguf file or a `raft train` OUT folder
+        (its merged/ model); GGUF models are converted once into the model cache.
+    :returns: the folder to load and the id recorded as the run's base_model.
+    :raises GeneratorError: (a RagError) for an unknown spec (listing the accepted forms), a server URL,
+        or a model that cannot be found or converted.
+    """
+    from rag.generation.factory import resolve_model
+
+    spec = resolve_model(base)
+    return spec.local_dir(), spec.model_id
 
 
 def load_base(model_dir: Path) -> tuple[Any, Any]:

@@ -1,4 +1,15 @@
-"""The RAG loop: condense -> retrieve -> (abstain?) -> prompt -> stream -> attribute citations."""
+"""The RAG loop: condense -> retrieve -> (abstain?) -> prompt -> stream -> attribute citations.
+
+Settings that vary per request (generation parameters, top-k, retrieval mode) are arguments of
+`RagPipeline.ask()`, never swapped on the shared pipeline: `rag serve` answers many requests with one
+pipeline, and a swap under a lock serialised every request behind the model (issue 10, item 4).
+
+`ask()` does everything that needs no model before it returns (validation, retrieval, the abstention
+decision, fitting the prompt to the model's window), so a server can answer abstentions and refuse
+bad requests at once and queue only the requests that really need the model. Each earlier turn of the
+conversation is clipped to `MAX_TURN_CHARS` before it is tokenised: a 5 MB earlier turn used to be
+tokenised again on every passage-dropping step of `fit_prompt` (35-41 s and +350 MB for an 8 s answer).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +22,12 @@ from rag.answering import prompts
 from rag.answering.attribution import Support, attribute, clean_markers
 from rag.errors import RagError
 from rag.generation.base import GenerationParams, Generator
-from rag.generation.local import LocalGenerator
-from rag.retrieval.retriever import Hit, Retriever
+from rag.retrieval.retriever import MODES, Hit, Retriever
 
 MAX_QUESTION_CHARS = 4000
+MAX_TURN_CHARS = 4000  # an earlier turn longer than this is clipped (end kept) before it reaches the prompt
+MAX_TOP_K = 100
+INSTRUCTION_ROLES = ("system", "developer")  # the caller's instructions, added to the RAG system prompt
 _FOLLOW_UP = re.compile(r"^\s*(and|also|but|so|what about|how about)\b|\b(it|its|they|them|their|this|that|these|those|"
                         r"he|she|the same|the other|the former|the latter)\b", re.I)
 
@@ -69,32 +82,100 @@ def validate_question(question: Any) -> str:
     return q
 
 
-class Response:
-    """One answer in progress: iterate for text pieces as they stream; .answer() gives the final Answer."""
+def split_history(history: Sequence[dict]) -> tuple[list[dict], list[str]]:
+    """The conversation's turns and the caller's instructions, each turn clipped to MAX_TURN_CHARS.
 
-    def __init__(self, pipeline: "RagPipeline", question: str, history: Sequence[dict]):
+    :param history: earlier messages, OpenAI style (`role`, `content` text); roles other than
+        user/assistant/system/developer are ignored.
+    :returns: (user/assistant turns as {"role", "content"} with non-empty text, system/developer texts).
+    """
+    turns: list[dict] = []
+    instructions: list[str] = []
+    for m in history:
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(content, str) or not content.strip():
+            continue
+        if len(content) > MAX_TURN_CHARS:
+            content = "…" + content[-MAX_TURN_CHARS:]  # the end of a long turn is what a follow-up refers to
+        if role in ("user", "assistant"):
+            turns.append({"role": role, "content": content})
+        elif role in INSTRUCTION_ROLES:
+            instructions.append(content.strip())
+    return turns, instructions
+
+
+class Response:
+    """One answer in progress: iterate for text pieces as they stream; .answer() gives the final Answer.
+
+    Built by `RagPipeline.ask()`, which has already retrieved, decided whether to abstain and fitted the
+    prompt; the model only runs while the Response is iterated. `close()` stops a generation early and
+    returns once the model is free.
+    """
+
+    def __init__(self, pipeline: "RagPipeline", question: str, history: Sequence[dict], *,
+                 params: GenerationParams | None = None, top_k: int | None = None, mode: str | None = None):
         self.pipeline = pipeline
         self.question = validate_question(question)
-        self.history = list(history)
+        self.params = params or pipeline.params
+        self.top_k = top_k or pipeline.top_k
+        self.mode = mode or pipeline.mode
+        self.history, self.instructions = split_history(history)
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
+        self.prompt_tokens = 0
+        self.finish_reason = "stop"
         t0 = time.perf_counter()
         self.query = pipeline.condense(self.question, self.history)
         self.timings["condense"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.hits = pipeline.retriever.search(self.query, pipeline.top_k, pipeline.mode)
+        self.hits = pipeline.retriever.search(self.query, self.top_k, self.mode)
         self.timings["retrieve"] = time.perf_counter() - t0
         self.abstained = pipeline.should_abstain(self.query, self.hits)
+        self.used_hits: list[Hit] = []
+        self.messages: list[dict] = []
+        if not self.abstained:
+            # Fitting needs only the tokenizer: a question that cannot fit fails here, before any queueing.
+            self.used_hits, self.messages = pipeline.fit_prompt(self.question, self.hits, self.history,
+                                                                params=self.params, instructions=self.instructions)
+            if len(self.used_hits) < len(self.hits):
+                self.notes.append(f"{len(self.hits) - len(self.used_hits)} lower-ranked passage(s) left out to fit "
+                                  f"the model's context window")
+            self.prompt_tokens = pipeline.generator.count_tokens(self.messages)
         self._pieces: list[str] = []
         self._done = False
         self._answer: Answer | None = None
+        self._stream: Any = None
+        self._cancelled = False
         self._iter = self._run()
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether iterating will run the language model (False for an abstention)."""
+        return not self.abstained
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
         return next(self._iter)
+
+    def close(self) -> None:
+        """Stop generating (if started) and release the model; the answer keeps the text so far.
+
+        Call it from the thread that iterates (a running generator cannot be closed from another thread).
+        """
+        self._iter.close()
+
+    def cancel(self) -> None:
+        """Ask the model to stop as soon as it can; safe from any thread, and before iteration starts.
+
+        A backend whose stream has `cancel()` (the in-process model: within one decoder layer, even during
+        the prompt prefill) ends the iteration early; with others the iterating thread's `close()` stops it.
+        """
+        self._cancelled = True
+        stream = self._stream
+        if stream is not None and hasattr(stream, "cancel"):
+            stream.cancel()
 
     def _run(self) -> Iterator[str]:
         if self.abstained:
@@ -103,21 +184,36 @@ class Response:
             yield prompts.ABSTAIN
             return
         p = self.pipeline
-        used_hits, messages = p.fit_prompt(self.question, self.hits, self.history)
-        if len(used_hits) < len(self.hits):
-            self.notes.append(f"{len(self.hits) - len(used_hits)} lower-ranked passage(s) left out to fit the "
-                              f"model's context window")
-        self.used_hits = used_hits
         t0 = time.perf_counter()
         first = None
-        for piece in p.generator.stream(messages, p.params):
-            if first is None:
-                first = time.perf_counter() - t0
-            self._pieces.append(piece)
-            yield piece
+        stream = self._stream = p.generator.stream(self.messages, self.params)
+        if self._cancelled and hasattr(stream, "cancel"):  # cancel() came before the stream existed
+            stream.cancel()
+        try:
+            for piece in stream:
+                if first is None:
+                    first = time.perf_counter() - t0
+                self._pieces.append(piece)
+                yield piece
+        finally:
+            # Closed explicitly, in this thread: the backend's own cleanup (stop flag, join of its worker)
+            # must not wait for the garbage collector, which may run it on the worker thread itself.
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
         self.timings["first_token"] = first if first is not None else time.perf_counter() - t0
         self.timings["generate"] = time.perf_counter() - t0
         self._done = True
+        if self.completion_tokens >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+
+    @property
+    def completion_tokens(self) -> int:
+        """Model tokens in the text generated so far, by re-tokenising it (capped at max_new_tokens, which
+        re-tokenisation can overshoot by a few); 0 for an abstention: the model never ran."""
+        if self.abstained or not self._pieces:
+            return 0
+        return min(self.pipeline.generator.count_tokens("".join(self._pieces)), self.params.max_new_tokens)
 
     def text(self) -> str:
         """The whole raw answer (streams it to the end if needed)."""
@@ -178,7 +274,7 @@ class RagPipeline:
         self.abstain_coverage = abstain_coverage
         self.max_context_tokens = max_context_tokens
         self.condense_mode = condense
-        self.small_model = isinstance(generator, LocalGenerator) if small_model is None else small_model
+        self.small_model = generator.small_model if small_model is None else small_model  # declared by the backend
 
     def should_abstain(self, query: str, hits: list[Hit]) -> bool:
         """Abstain when the best passage is far from the question (dense cosine) and the question's
@@ -188,9 +284,31 @@ class RagPipeline:
             return False
         return not hits or self.retriever.index.bm25.term_coverage(query) < self.abstain_coverage
 
-    def ask(self, question: str, history: Sequence[dict] = ()) -> Response:
-        """Start answering: retrieval happens now, generation as the Response is iterated."""
-        return Response(self, question, history)
+    def ask(self, question: str, history: Sequence[dict] = (), *, params: GenerationParams | None = None,
+            top_k: int | None = None, mode: str | None = None) -> Response:
+        """Start answering `question`: everything but generation happens now, generation as the Response is iterated.
+
+        Per-call settings apply to this answer only; the pipeline's own settings are never changed, so
+        one pipeline can serve concurrent requests with different settings.
+
+        :param question: the user's question (validated: non-empty text, at most MAX_QUESTION_CHARS).
+        :param history: earlier messages, OpenAI style ({"role", "content"}); user/assistant turns are the
+            conversation (follow-ups are condensed with them), system/developer texts are added to the
+            system prompt as the caller's instructions.
+        :param params: generation settings for this answer (default: the pipeline's `params`).
+        :param top_k: passages to retrieve, 1..MAX_TOP_K (default: the pipeline's `top_k`).
+        :param mode: retrieval mode, one of rag.retrieval.retriever.MODES (default: the pipeline's `mode`).
+        :returns: a Response; `.abstained` is known already, iterate it for text pieces, `.answer()` for sources.
+        :raises RagError: a bad question or setting, or a question whose best passage does not fit the
+            model's window; GeneratorError for out-of-range generation settings.
+        """
+        if params is not None:
+            params.validate()
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K):
+            raise RagError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
+        if mode is not None and mode not in MODES:
+            raise RagError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+        return Response(self, question, history, params=params, top_k=top_k, mode=mode)
 
     def condense(self, question: str, history: Sequence[dict]) -> str:
         """A standalone retrieval query for a follow-up question, using the conversation so far."""
@@ -215,20 +333,40 @@ class RagPipeline:
             return f"{previous[-1]} {question}"
         return question
 
-    def fit_prompt(self, question: str, hits: list[Hit], history: Sequence[dict]) -> tuple[list[Hit], list[dict]]:
-        """Drop the lowest-ranked passages until prompt + answer fit the model's window (and passage budget)."""
-        window = self.generator.context_window - self.params.max_new_tokens
+    def fit_prompt(self, question: str, hits: list[Hit], history: Sequence[dict], *,
+                   params: GenerationParams | None = None,
+                   instructions: Sequence[str] = ()) -> tuple[list[Hit], list[dict]]:
+        """Drop the lowest-ranked passages until prompt + answer fit the model's window (and passage budget).
+
+        :param question: the (validated) question.
+        :param hits: retrieved passages, best first.
+        :param history: earlier user/assistant turns; the last 6 are kept, all dropped if they alone overflow.
+        :param params: generation settings of this answer (its `max_new_tokens` is reserved in the window).
+        :param instructions: the caller's system/developer texts, appended to the RAG system prompt.
+        :returns: (the passages kept, best first; the chat messages for the generator).
+        :raises RagError: when even the question and the best passage do not fit.
+        """
+        params = params or self.params
+        window = self.generator.context_window - params.max_new_tokens
         budget = min(window, self.max_context_tokens) if self.max_context_tokens else window
         hist = list(history)[-6:]
         used = list(hits)
+
+        def build(passages: list[Hit], turns: list[dict]) -> list[dict]:
+            messages = prompts.rag_messages(question, passages, self.small_model, turns)
+            if instructions:
+                extra = "\n\n".join(instructions)
+                messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{extra}"}
+            return messages
+
         while True:
-            messages = prompts.rag_messages(question, used, self.small_model, hist)
+            messages = build(used, hist)
             if self.generator.count_tokens(messages) <= budget or len(used) <= 1:
                 break
             used = used[:-1]
         if self.generator.count_tokens(messages) > window and hist:
             hist = []
-            messages = prompts.rag_messages(question, used, self.small_model, hist)
+            messages = build(used, hist)
         if self.generator.count_tokens(messages) > window:
             raise RagError("the question and the best passage do not fit the model's context window: "
                            "ask a shorter question or lower --max-tokens")

@@ -43,7 +43,7 @@ class OptionScore:
 
 def supports_loglik(generator: Any) -> bool:
     """True when the backend exposes token probabilities (an in-process model); HTTP servers do not portably."""
-    return isinstance(generator, LocalGenerator)
+    return bool(generator.supports_logprobs)  # declared by the backend (rag.generation.base.Generator)
 
 
 def prompt_ids(generator: LocalGenerator, messages: Messages) -> list[int]:

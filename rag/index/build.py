@@ -1,28 +1,51 @@
-"""Building and updating the index directory: one writer at a time, incremental, published atomically."""
+"""Building and updating the index directory: one writer at a time, incremental, published atomically.
+
+Every entry the corpus walk sees ends up indexed or in the report's `skipped` list with its reason
+(rag.ingest.loaders.walk_corpus), and a build that finds no document raises NoDocuments instead of
+publishing an empty index (issue 11: a folder of .docx files indexed with exit 0 and no word).
+Identical files (same bytes under two names) are indexed once: the copy already in the index, else the
+first in path order; the others are skipped with "same content as X". Both copies would otherwise fill
+the top-k with the same passage twice, and a user who cites either finds the text under the kept name.
+
+The two heavy steps, reading + chunking the files that changed and embedding the chunks with new ids, go
+through an engine: `LocalEngine` (this process, the default) or `rag.index.ray_engine.RayEngine` (a Ray
+Data pipeline on a cluster, `rag index --engine ray`). Every decision (what changed, copies, de-duplication,
+reused vectors, the manifest, the atomic publish) stays here, so both engines write the same index.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from rag.errors import IndexNotFound, RagError
+from rag.common.runfolder import FolderLock
+from rag.errors import IndexNotFound, NoDocuments, RagError
 from rag.index.bm25 import BM25Index
 from rag.index.embeddings import Embedder
-from rag.index.store import FORMAT_VERSION, VectorIndex, _now, make_faiss
+from rag.index.store import (
+    FORMAT_VERSION,
+    VectorIndex,
+    ensure_index_dir,
+    make_faiss,
+    utc_now,
+)
 from rag.ingest.chunking import Chunk, Chunker
 from rag.ingest.loaders import (
+    SUPPORTED_LIST,
     Skipped,
     UnreadableFile,
     file_sha256,
-    iter_files,
+    open_corpus,
+    os_reason,
+    path_sha256,
     read_file,
+    same_content,
     source_name,
+    walk_corpus,
 )
 
 
@@ -54,33 +77,115 @@ class BuildReport:
         return d
 
 
-@contextmanager
-def build_lock(index_dir: Path) -> Iterator[None]:
-    """One writer at a time per index directory (readers never need the lock)."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RagError(f"another `rag index` is writing {index_dir}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def build_lock(index_dir: Path) -> FolderLock:
+    """One writer at a time per index directory (readers never need the lock): `with build_lock(dir):`."""
+    return FolderLock(Path(index_dir), f"another `rag index` is writing {index_dir}; wait for it to finish",
+                      what="index folder", hint="fix its permissions or choose another --index-dir")
 
 
 ProgressFn = Callable[[str, int, int], None]
 
 
+@dataclass
+class FileChunks:
+    """One file read, parsed and split, or why it could not be.
+
+    :param sha256: SHA-256 (hex) of the bytes read; None when the file could not be read.
+    :param size: bytes read.
+    :param kind: the loader's document kind (`Document.metadata["kind"]`).
+    :param chunks: the file's chunks in order; None when it could not be read or parsed.
+    :param problem: the skip reason when `chunks` is None ("cannot read: ...", or the loader's message).
+    """
+
+    sha256: str | None = None
+    size: int = 0
+    kind: str | None = None
+    chunks: list[Chunk] | None = None
+    problem: str | None = None
+
+
+def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
+    """Read one corpus file, parse it with its loader and split it (the per-file step of a build).
+
+    :param path: the file.
+    :param source: its source name (path relative to the corpus root), stored in each chunk.
+    :param chunker: the splitter.
+    :returns: the chunks, or the reason the file is skipped (never raises for an unreadable file).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return FileChunks(problem=f"cannot read: {os_reason(exc)}")
+    digest = file_sha256(data)
+    try:
+        doc = read_file(path, source, data)
+    except UnreadableFile as exc:
+        return FileChunks(sha256=digest, size=len(data), problem=str(exc))
+    return FileChunks(digest, len(data), doc.metadata.get("kind"), chunker.split(doc))
+
+
+class BuildEngine(Protocol):
+    """Where a build's two heavy steps run; `LocalEngine` (here) or `rag.index.ray_engine.RayEngine`."""
+
+    def read_files(self, jobs: Sequence[tuple[Path, str]], chunker: Chunker, embedder: Embedder,
+                   on_progress: ProgressFn | None = None) -> list[FileChunks]:
+        """`read_and_chunk` of each (path, source) job with `chunker` (whose tokenizer is `embedder`'s);
+        the results in the order of `jobs`."""
+        ...
+
+    def embed(self, texts: Sequence[str], embedder: Embedder, on_progress: ProgressFn | None = None) -> np.ndarray:
+        """The (len(texts), embedder.dim) float32 unit vectors of `texts`, in their order."""
+        ...
+
+
+class LocalEngine:
+    """The single-process engine: files read in order, texts embedded in slices in this process."""
+
+    def read_files(self, jobs: Sequence[tuple[Path, str]], chunker: Chunker, embedder: Embedder,
+                   on_progress: ProgressFn | None = None) -> list[FileChunks]:
+        """Read and chunk each (path, source) in turn; reports ("read", done, len(jobs))."""
+        out = []
+        for n_done, (path, source) in enumerate(jobs):
+            if on_progress:
+                on_progress("read", n_done, len(jobs))
+            out.append(read_and_chunk(path, source, chunker))
+        return out
+
+    def embed(self, texts: Sequence[str], embedder: Embedder, on_progress: ProgressFn | None = None) -> np.ndarray:
+        """Embed in slices of max(4 x batch size, 256) texts; reports ("embed", done, len(texts))."""
+        vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+        batch = max(embedder.batch_size * 4, 256)
+        for start in range(0, len(texts), batch):
+            if on_progress:
+                on_progress("embed", start, len(texts))
+            vectors[start:start + batch] = embedder.encode(texts[start:start + batch])
+        if on_progress:
+            on_progress("embed", len(texts), len(texts))
+        return vectors
+
+
 def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chunker, *,
                 faiss_type: str = "flat", rebuild: bool = False, show_progress: bool = False,
-                on_progress: ProgressFn | None = None) -> BuildReport:
+                on_progress: ProgressFn | None = None, engine: BuildEngine | None = None) -> BuildReport:
     """Create or incrementally update the index of `corpus`: only new or changed files are re-read,
-    only chunks with new ids are embedded, deleted files' chunks are dropped."""
+    only chunks with new ids are embedded, deleted files' chunks are dropped.
+
+    :param corpus: a folder of course files, or one file.
+    :param index_dir: the index folder (created when missing).
+    :param embedder: the embedding model; an index built with another one is refused unless `rebuild`.
+    :param chunker: the splitter; other chunker settings than the index's re-chunk every file.
+    :param faiss_type: "flat", "hnsw" or "ivf".
+    :param rebuild: re-read and re-embed everything.
+    :param on_progress: called with (stage "read"|"embed"|"index", done, total).
+    :param engine: where files are read + chunked and new chunks embedded (default `LocalEngine()`).
+    :returns: what was added, changed, kept, deleted and skipped (every entry the walk saw, with its reason).
+    :raises NoDocuments: nothing to index (no file, or every one skipped); the previous index stays.
+    :raises RagError: the corpus or index folder cannot be used, another build holds the lock, the index
+        is damaged, or it was built with another embedder (IndexMismatch).
+    """
     t0 = time.perf_counter()
-    corpus = corpus.resolve()
-    if not corpus.exists():
-        raise RagError(f"corpus folder {corpus} does not exist: give a folder of .md/.txt/.pdf/.html files")
+    corpus = open_corpus(corpus)
+    ensure_index_dir(index_dir)
     report = BuildReport(corpus=str(corpus), index_dir=str(index_dir))
     with build_lock(index_dir):
         old: VectorIndex | None = None
@@ -97,22 +202,30 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             for i, c in enumerate(old.chunks):
                 old_by_source.setdefault(c.source, []).append(i)
 
-        paths = list(iter_files(corpus))
+        paths, walk_skipped = walk_corpus(corpus)
+        report.skipped.extend(walk_skipped)
+        sources = {path: source_name(path, corpus) for path in paths}
+        digests = file_digests(paths)
+        copy_of = identical_copies(paths, sources, digests, old_files)
         new_chunks: list[Chunk] = []
         reuse_pos: list[int | None] = []  # per new chunk: position of its vector in `old`, or None
         files: dict[str, Any] = {}
         seen_sources: set[str] = set()
-        for n_done, path in enumerate(paths):
-            src = source_name(path, corpus)
+
+        def unchanged(path: Path) -> bool:
+            prev = old_files.get(sources[path])
+            return bool(prev) and digests[path] is not None and digests[path] == prev["sha256"] and same_chunker
+
+        engine = engine or LocalEngine()
+        to_read = [p for p in paths if sources[p] not in copy_of and not unchanged(p)]
+        read = dict(zip(to_read, engine.read_files([(p, sources[p]) for p in to_read], chunker, embedder,
+                                                   on_progress)))
+        for path in paths:
+            src = sources[path]
             seen_sources.add(src)
-            if on_progress:
-                on_progress("read", n_done, len(paths))
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                report.skipped.append(Skipped(src, f"cannot read: {exc.strerror or exc}"))
-                data = None
-            digest = file_sha256(data) if data is not None else None
+            if src in copy_of:
+                report.skipped.append(Skipped(src, same_content(copy_of[src])))
+                continue
             prev = old_files.get(src)
             def keep_previous() -> None:
                 files[src] = prev
@@ -120,28 +233,26 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
                     new_chunks.append(old.chunks[i])
                     reuse_pos.append(i)
 
-            if prev and digest == prev["sha256"] and same_chunker:
+            if path not in read:  # unchanged
                 report.unchanged.append(src)
                 keep_previous()
                 continue
-            doc = None
-            if data is not None:
-                try:
-                    doc = read_file(path, src, data)
-                except UnreadableFile as exc:
-                    report.skipped.append(Skipped(src, str(exc)))
-            if doc is None:
+            got = read[path]
+            if got.chunks is None:
+                report.skipped.append(Skipped(src, got.problem or "cannot read"))
                 if prev:  # keep what was indexed before rather than lose it to a bad edit
                     report.kept_previous.append(src)
                     keep_previous()
                 continue
             (report.changed if prev else report.added).append(src)
-            chunks = chunker.split(doc)
-            files[src] = {"sha256": digest, "bytes": len(data), "chunks": len(chunks), "kind": doc.metadata.get("kind")}
+            chunks = got.chunks
+            files[src] = {"sha256": got.sha256, "bytes": got.size, "chunks": len(chunks), "kind": got.kind}
             for c in chunks:
                 new_chunks.append(c)
                 reuse_pos.append(old.pos_by_id.get(c.id) if old else None)
         report.deleted = sorted(s for s in old_files if s not in seen_sources)
+        if not files:
+            raise NoDocuments(nothing_to_index(corpus, report.skipped), report.skipped)
         if on_progress:
             on_progress("read", len(paths), len(paths))
 
@@ -171,14 +282,7 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             if p is not None:
                 vectors[j] = old.vectors[p]
         if todo:
-            texts = [new_chunks[j].embed_text for j in todo]
-            batch = max(embedder.batch_size * 4, 256)
-            for start in range(0, len(texts), batch):
-                if on_progress:
-                    on_progress("embed", start, len(texts))
-                vectors[todo[start:start + batch]] = embedder.encode(texts[start:start + batch])
-            if on_progress:
-                on_progress("embed", len(texts), len(texts))
+            vectors[todo] = engine.embed([new_chunks[j].embed_text for j in todo], embedder, on_progress)
         report.chunks_embedded = len(todo)
 
         if on_progress:
@@ -201,8 +305,8 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             "corpus_root": str(corpus),
             "files": files,
             "counts": {"files": len(files), "chunks": len(new_chunks)},
-            "created": created or _now(),
-            "updated": _now(),
+            "created": created or utc_now(),
+            "updated": utc_now(),
         }
         VectorIndex(new_chunks, vectors, fidx, bm25, manifest).save(index_dir)
         if on_progress:
@@ -210,3 +314,50 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
         report.wrote = True
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def file_digests(paths: list[Path]) -> dict[Path, str | None]:
+    """Each file's SHA-256 (hex), streamed; None for a file that cannot be read (the build reports it)."""
+    digests: dict[Path, str | None] = {}
+    for path in paths:
+        try:
+            digests[path] = path_sha256(path)
+        except OSError:
+            digests[path] = None
+    return digests
+
+
+def identical_copies(paths: list[Path], sources: dict[Path, str], digests: dict[Path, str | None],
+                     old_files: dict[str, Any]) -> dict[str, str]:
+    """Which files are byte-identical copies of another file of the corpus, and the one indexed instead.
+
+    The kept file of a group is the one the index already holds with this content (so an added copy
+    changes nothing), else the first in path order.
+
+    :param paths: the files of the walk, in order.
+    :param sources: each path's source name.
+    :param digests: each path's SHA-256 (see `file_digests`); unreadable files (None) are left out.
+    :param old_files: the previous manifest's "files" ({source: {"sha256": ...}}), or {}.
+    :returns: {source of a copy: source of the file indexed instead}.
+    """
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        if digests[path] is not None:
+            groups.setdefault(digests[path], []).append(sources[path])
+    copy_of: dict[str, str] = {}
+    for digest, names in groups.items():
+        if len(names) > 1:
+            kept = next((n for n in names if (old_files.get(n) or {}).get("sha256") == digest), names[0])
+            copy_of.update({n: kept for n in names if n != kept})
+    return copy_of
+
+
+def nothing_to_index(corpus: Path, skipped: list[Skipped]) -> str:
+    """The one-line message of a build that found no document in `corpus`."""
+    if not skipped:
+        return f"no documents to index: {corpus} holds no files; add {SUPPORTED_LIST} files"
+    first = skipped[0]
+    n = len(skipped)
+    more = f"; and {n - 1} more" if n > 1 else ""
+    return (f"no documents to index in {corpus}: {'its 1 entry was' if n == 1 else f'all {n} entries were'} "
+            f"skipped ({first.source}: {first.reason}{more})")

@@ -4,6 +4,11 @@ Layout: INDEX_DIR/CURRENT names the live generation folder (gen-*); each generat
 manifest.json, index.faiss, vectors.npy, chunks.jsonl and bm25/. A build writes a new generation,
 fsyncs it and then replaces CURRENT in one rename, so a reader never sees half an index and a
 killed build leaves the previous one loadable. Nothing is pickled.
+
+Every file is validated on load (issue 11: a manifest.json that was `[]` or lacked "counts" crashed
+with a traceback): CURRENT, manifest.json against a schema (`validate_manifest`), each chunks.jsonl
+record, the vectors' shape and dtype, FAISS's ids against the chunk ids, and BM25's document count. Any
+problem is one RagError naming the file and saying to rebuild.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rag.common.atomic import fsync_dir, write_text_atomic
+from rag.config import folder_problem
 from rag.errors import IndexMismatch, IndexNotFound, RagError
 from rag.index.bm25 import BM25Index
 from rag.index.embeddings import Embedder
@@ -30,8 +37,70 @@ CURRENT = "CURRENT"
 KEEP_GENERATIONS = 2
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (manifest "created" / "updated")."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+REBUILD = "rebuild it with `rag index --rebuild`"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Embedding(_Strict):
+    model_id: str
+    dim: int = Field(gt=0)
+
+
+class _Faiss(_Strict):
+    type: str
+
+
+class _FileEntry(_Strict):
+    sha256: str
+    chunks: int = Field(ge=0)
+
+
+class _Counts(_Strict):
+    files: int = Field(ge=0)
+    chunks: int = Field(ge=0)
+
+
+class _Manifest(_Strict):
+    format_version: int
+    embedding: _Embedding
+    chunker: dict[str, Any]
+    faiss: _Faiss
+    files: dict[str, _FileEntry]
+    counts: _Counts
+
+
+def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
+    """Check a parsed manifest.json: a JSON object of this format version with every field the code reads.
+
+    :param manifest: what json.loads returned.
+    :param where: the generation folder, for messages.
+    :returns: `manifest`, unchanged.
+    :raises RagError: one line naming the first bad field (or another format version) and saying to rebuild.
+    """
+    if not isinstance(manifest, dict):
+        raise RagError(f"index at {where} is damaged: manifest.json holds a JSON {type(manifest).__name__}, "
+                       f"not an object; {REBUILD}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise RagError(f"index at {where} has format {manifest.get('format_version')}, "
+                       f"this version reads {FORMAT_VERSION}: {REBUILD}")
+    try:
+        checked = _Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise RagError(f"index at {where} is damaged: manifest.json field {field!r}: {err['msg']}; {REBUILD}") from None
+    if checked.counts.files != len(checked.files):
+        raise RagError(f"index at {where} is damaged: manifest.json counts {checked.counts.files} files but lists "
+                       f"{len(checked.files)}; {REBUILD}")
+    return manifest
 
 
 def make_faiss(kind: str, dim: int, n: int):
@@ -124,31 +193,52 @@ class VectorIndex:
 
         gen = current_generation(index_dir)
         try:
-            manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-            if manifest.get("format_version") != FORMAT_VERSION:
-                raise RagError(f"index at {index_dir} has format {manifest.get('format_version')}, "
-                               f"this version reads {FORMAT_VERSION}: rebuild with `rag index --rebuild`")
+            manifest = validate_manifest(json.loads((gen / "manifest.json").read_text(encoding="utf-8")), gen)
             if embedder is not None:
                 check_embedder(manifest, embedder, index_dir)
-            chunks = []
-            with open(gen / "chunks.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    chunks.append(Chunk.from_record(json.loads(line)))
+            chunks = _read_chunks(gen / "chunks.jsonl")
             vectors = np.load(gen / "vectors.npy", allow_pickle=False)
             fidx = faiss.read_index(str(gen / "index.faiss"))
             bm25 = BM25Index.load(gen / "bm25")
         except RagError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise RagError(f"index at {gen} is damaged ({type(exc).__name__}: {str(exc)[:120]}); "
-                           "rebuild it with `rag index --rebuild`") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+            raise RagError(f"index at {gen} is damaged ({type(exc).__name__}: {str(exc)[:120]}); {REBUILD}") from None
         dim = manifest["embedding"]["dim"]
         n = len(chunks)
-        if vectors.shape != (n, dim) or fidx.ntotal != n or fidx.d != dim or bm25.n_docs != n \
-                or manifest["counts"]["chunks"] != n or len({c.id for c in chunks}) != n:
-            raise RagError(f"index at {gen} is inconsistent (chunks {n}, vectors {vectors.shape}, "
-                           f"faiss {fidx.ntotal}, bm25 {bm25.n_docs}); rebuild it with `rag index --rebuild`")
+        if vectors.dtype != np.float32 or vectors.shape != (n, dim) or fidx.ntotal != n or fidx.d != dim \
+                or bm25.n_docs != n or manifest["counts"]["chunks"] != n or len({c.id for c in chunks}) != n \
+                or not _faiss_ids_match(fidx, chunks):
+            raise RagError(f"index at {gen} is inconsistent (chunks {n}, manifest {manifest['counts']['chunks']}, "
+                           f"vectors {vectors.shape} {vectors.dtype}, faiss {fidx.ntotal}, bm25 {bm25.n_docs}); "
+                           f"{REBUILD}")
         return cls(chunks, vectors, fidx, bm25, manifest, gen)
+
+
+def _read_chunks(path: Path) -> list[Chunk]:
+    """The chunk records of chunks.jsonl, in order; RagError naming the first bad line."""
+    chunks = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise TypeError(f"a JSON {type(rec).__name__}, not an object")
+                chunks.append(Chunk.from_record(rec))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RagError(f"index at {path.parent} is damaged: chunks.jsonl line {n}: "
+                               f"{type(exc).__name__}: {str(exc)[:80]}; {REBUILD}") from None
+    return chunks
+
+
+def _faiss_ids_match(fidx: Any, chunks: list[Chunk]) -> bool:
+    """True when the FAISS index is keyed by exactly the chunk ids (IndexIDMap2's id map)."""
+    import faiss
+
+    id_map = getattr(fidx, "id_map", None)
+    if id_map is None:
+        return False
+    return set(faiss.vector_to_array(id_map).tolist()) == {c.id for c in chunks}
 
 
 def check_embedder(manifest: dict[str, Any], embedder: Embedder, index_dir: Path) -> None:
@@ -162,25 +252,47 @@ def check_embedder(manifest: dict[str, Any], embedder: Embedder, index_dir: Path
 
 
 def current_generation(index_dir: Path) -> Path:
-    """The folder CURRENT points at; IndexNotFound when there is no built index."""
+    """The folder CURRENT points at.
+
+    :raises IndexNotFound: when there is no built index at `index_dir`.
+    :raises RagError: when `index_dir` is not a folder, or CURRENT is unreadable or names no generation.
+    """
+    problem = folder_problem(index_dir)
+    if problem:
+        raise RagError(f"index folder {index_dir} {problem}: point --index-dir / RAG_INDEX_DIR at a folder")
     pointer = index_dir / CURRENT
     try:
-        name = pointer.read_text().strip()
+        name = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise IndexNotFound(f"no index at {index_dir}: build it with `rag index corpus/` "
                             "(or point --index-dir / RAG_INDEX_DIR at one)") from None
+    except (OSError, ValueError) as exc:
+        raise RagError(f"index at {index_dir} is damaged (cannot read CURRENT: {type(exc).__name__}); {REBUILD}") from None
     gen = index_dir / name
     if not name.startswith("gen-") or "/" in name or not gen.is_dir():
-        raise RagError(f"index at {index_dir} is damaged (CURRENT names {name!r}, which is missing); "
-                       "rebuild it with `rag index --rebuild`")
+        raise RagError(f"index at {index_dir} is damaged (CURRENT names {name[:80]!r}, which is missing); {REBUILD}")
     return gen
+
+
+def ensure_index_dir(index_dir: Path) -> None:
+    """Create the index folder when missing, with a one-line RagError when it cannot be a folder.
+
+    :raises RagError: `index_dir` is a file, a broken link or a symlink loop, or cannot be created.
+    """
+    problem = folder_problem(index_dir)
+    if problem:
+        raise RagError(f"index folder {index_dir} {problem}: point --index-dir / RAG_INDEX_DIR at a folder")
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RagError(f"cannot create index folder {index_dir}: {exc.strerror or exc}") from None
 
 
 def generation_stamp(index_dir: Path) -> str | None:
     """Cheap check for 'has the index changed?': the live generation's name, or None."""
     try:
-        return (index_dir / CURRENT).read_text().strip()
-    except OSError:
+        return (index_dir / CURRENT).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
         return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import re
@@ -14,12 +15,14 @@ from rag.ingest.loaders import LOADER_VERSION, Document
 
 # A numbered quiz item at the start of a line: "**3.**", "3.", "3)", "Question 3", "Q3:".
 QUESTION_START = r"\n(?=[ \t]*(?:\*\*|__)?(?:(?:Question|Q)[ \t]*\d{1,3}\b|\d{1,3}[.)](?=[ \t*_]))(?:\*\*|__)?)"
-_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _MD_DECOR = re.compile(r"(\\?[*_`]+)|\[([^\]]*)\]\([^)]*\)")
 SECTION_SEP = " > "
-CHUNKER_VERSION = 1  # bump when splitting changes: indexes re-chunk every file on their next update
+CHUNKER_VERSION = 3  # bump when splitting changes: indexes re-chunk every file on their next update
+# 2: headings found by a CommonMark parser (code fences of any length, nested fences, fences in lists)
+# 3: small sections packed into one chunk up to the budget (issue 13); heading path embedded only on request
 MAX_SECTION_TOKENS = 48
+_HEADING_LINE = re.compile(r"^ {0,3}#{1,6}([ \t]|$)")
+UNIT_MARK = "\x1e"  # marks section starts for the splitter (ASCII record separator; never left in a chunk)
 
 
 @dataclass
@@ -35,8 +38,10 @@ class Chunk:
 
     @property
     def embed_text(self) -> str:
-        """What is embedded and BM25-indexed: the heading path gives the passage its topic."""
-        return f"{self.section}\n\n{self.text}" if self.section else self.text
+        """What is embedded and BM25-indexed: the text, after `metadata["embed_context"]` when the chunker
+        set one, else after the heading path (chunks made without a Chunker)."""
+        context = self.metadata.get("embed_context", self.section)
+        return f"{context}\n\n{self.text}" if context else self.text
 
     def to_record(self) -> dict[str, Any]:
         return {"id": self.id, "text": self.text, "source": self.source, "section": self.section,
@@ -64,68 +69,103 @@ def clean_heading(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def sections(text: str) -> Iterable[tuple[str, int, int]]:
-    """(heading path, body start, body end) for each ATX-heading section; headings in code fences ignored.
+@functools.lru_cache(maxsize=1)
+def _markdown_parser():
+    from markdown_it import MarkdownIt
 
-    Hand-written because LangChain's MarkdownHeaderTextSplitter rewrites whitespace and drops the
-    character offsets we keep as each chunk's span.
+    return MarkdownIt("commonmark")
+
+
+_LINE_END = re.compile(r"\r\n?|\n")  # the line ends markdown-it counts lines by
+
+
+def sections(text: str) -> Iterable[tuple[str, int, int]]:
+    """(heading path, body start, body end) for each ATX-heading section, as CommonMark parses the text.
+
+    Headings are the document's own `#` headings (not those inside block quotes or list items); a `#`
+    line inside a code block is code. markdown-it-py (a CommonMark-conformant parser) finds them, because
+    fences have rules a line regex got wrong (issue 11): a fence closes only at a fence of the same
+    character at least as long as its opener, so a ```` fence can hold a ```python block whose
+    `# comment` lines are not headings; fences inside list items; unclosed fences run to the end.
+    Offsets come from the parser's line map, because LangChain's MarkdownHeaderTextSplitter rewrites
+    whitespace and drops the character offsets we keep as each chunk's span.
+
+    :param text: the document text.
+    :returns: (heading path joined by SECTION_SEP, start, end) character offsets into `text`, in order;
+        the first section (before any heading) has the empty path.
     """
+    line_starts = [0, *(m.end() for m in _LINE_END.finditer(text))]
+    tokens = _markdown_parser().parse(text)
     path: list[tuple[int, str]] = []
-    body_start, in_fence, pos = 0, None, 0
-    current = ""
-    for line in text.splitlines(keepends=True):
-        fence = _FENCE.match(line)
-        if fence:
-            if in_fence is None:
-                in_fence = fence.group(1)
-            elif fence.group(1) == in_fence:
-                in_fence = None
-        m = None if in_fence or fence else _HEADING.match(line.rstrip("\n"))
-        if m:
-            yield current, body_start, pos
-            level = len(m.group(1))
-            path = [(lvl, t) for lvl, t in path if lvl < level]
-            title = clean_heading(m.group(2))
-            if title:
-                path.append((level, title))
-            current = SECTION_SEP.join(t for _, t in path)
-            body_start = pos + len(line)
-        pos += len(line)
+    current, body_start = "", 0
+    for i, tok in enumerate(tokens):
+        if tok.type != "heading_open" or tok.level != 0 or not tok.markup.startswith("#") or not tok.map:
+            continue
+        first, after = tok.map
+        yield current, body_start, line_starts[first]
+        level = int(tok.tag[1:])
+        path = [(lvl, t) for lvl, t in path if lvl < level]
+        title = clean_heading(tokens[i + 1].content)
+        if title:
+            path.append((level, title))
+        current = SECTION_SEP.join(t for _, t in path)
+        body_start = line_starts[after] if after < len(line_starts) else len(text)
     yield current, body_start, len(text)
 
 
 class Chunker:
     """Heading- and quiz-aware splitter sized in the embedder's tokens, with overlap."""
 
-    def __init__(self, tokenizer: Any, max_tokens: int = 256, chunk_tokens: int = 200, overlap: int = 32):
+    def __init__(self, tokenizer: Any, max_tokens: int = 256, chunk_tokens: int = 200, overlap: int = 32,
+                 merge_sections: bool = True, embed_headings: bool = False, child_tokens: int = 0):
+        """
+        :param tokenizer: the embedder's tokenizer (sizes are counted in its word pieces).
+        :param max_tokens: the embedder's window, special tokens included.
+        :param chunk_tokens: target chunk size (capped at the window).
+        :param overlap: tokens repeated between consecutive pieces of one long section (whole sentences).
+        :param merge_sections: pack consecutive small sections into one chunk (headings stay in its text);
+            False cuts at every heading (as chunker version 2 did; kept for comparison).
+        :param embed_headings: prepend the heading path to what is embedded and BM25-indexed (its room is
+            taken from the chunk); the path is always kept as `Chunk.section` and shown to the model.
+        :param child_tokens: when > 0 and smaller than the chunk size, `split` returns *child* windows of
+            about this many tokens (whole sentences, no overlap) cut from each chunk, the *parent*: children
+            are embedded and searched, the parent is what retrieval returns (small-to-big; see
+            rag/retrieval/parent_child.py). Each child's metadata holds "parent" (id) and "parent_span";
+            the parent's first child also holds "parent_text".
+        """
         self.tokenizer = tokenizer
         self.window = max_tokens - 2  # [CLS] and [SEP]
         self.chunk_tokens = min(chunk_tokens, self.window)
         self.overlap = min(overlap, self.chunk_tokens // 2)
-        self._splitters: dict[int, RecursiveCharacterTextSplitter] = {}
+        self.merge_sections = merge_sections
+        self.embed_headings = embed_headings
+        self.child_tokens = child_tokens if 0 < child_tokens < self.chunk_tokens else 0
+        self._splitters: dict[tuple[int, bool], RecursiveCharacterTextSplitter] = {}
         # The splitter measures the same pieces many times while merging; memoise per chunker.
         self.count = functools.lru_cache(maxsize=65536)(self._count)
 
     def params(self) -> dict[str, Any]:
         return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "window": self.window,
+                "merge_sections": self.merge_sections, "embed_headings": self.embed_headings,
+                "child_tokens": self.child_tokens,
                 "version": CHUNKER_VERSION, "loader_version": LOADER_VERSION}
 
     def _count(self, text: str) -> int:
         """Length of `text` in the embedder's word pieces (no special tokens)."""
         return len(self.tokenizer.tokenize(text))
 
-    def _splitter(self, budget: int) -> RecursiveCharacterTextSplitter:
-        if budget not in self._splitters:
-            self._splitters[budget] = RecursiveCharacterTextSplitter(
-                separators=[QUESTION_START, r"\n\s*\n", r"\n", r"(?<=[.!?])\s+", r"\s+", ""],
+    def _splitter(self, budget: int, overlap: bool = True) -> RecursiveCharacterTextSplitter:
+        if (budget, overlap) not in self._splitters:
+            self._splitters[(budget, overlap)] = RecursiveCharacterTextSplitter(
+                separators=[UNIT_MARK, QUESTION_START, r"\n\s*\n", r"\n", r"(?<=[.!?])\s+", r"\s+", ""],
                 is_separator_regex=True,
                 keep_separator="start",
                 chunk_size=budget,
-                chunk_overlap=min(self.overlap, budget // 2),
+                chunk_overlap=min(self.overlap, budget // 2) if overlap else 0,
                 length_function=self.count,
                 strip_whitespace=True,
             )
-        return self._splitters[budget]
+        return self._splitters[(budget, overlap)]
 
     def _section_label(self, section: str) -> str:
         ids = self.tokenizer.tokenize(section)
@@ -143,37 +183,110 @@ class Chunker:
             out.append(text[part[0][0]:part[-1][1]].strip())
         return [p for p in out if p]
 
+    def _units(self, text: str) -> list[tuple[int, str]]:
+        """(start, heading path) of each section *with its heading line*, in order; the first starts at 0."""
+        units, prev_end = [], 0
+        for section, _start, end in sections(text):
+            units.append((prev_end, self._section_label(section) if section else ""))
+            prev_end = end
+        return units
+
+    def _pieces(self, text: str, units: list[tuple[int, str]], budget: int) -> list[str]:
+        """Chunk texts in reading order: small sections packed together, long ones split (never mid-sentence
+        unless one sentence is longer than the budget)."""
+        if not self.merge_sections:
+            out = []
+            for (start, _), (end, _) in zip(units, [*units[1:], (len(text), "")]):
+                out.extend(self._splitter(budget).split_text(text[start:end]))
+            return out
+        # A unit mark before every heading line makes section boundaries the splitter's first choice of
+        # cut; it merges what fits, so small sections share a chunk. Marks are removed from the pieces.
+        marked = UNIT_MARK.join(text[a:b] for a, b in zip([u[0] for u in units], [*[u[0] for u in units[1:]], len(text)]))
+        return [p.replace(UNIT_MARK, "").strip() for p in self._splitter(budget).split_text(marked)]
+
     def split(self, doc: Document) -> list[Chunk]:
-        """All chunks of one document, in reading order."""
+        """All chunks of one document, in reading order.
+
+        :param doc: the loaded document.
+        :returns: chunks whose `span` indexes `doc.text` exactly and whose `section` is the heading path
+            where the chunk starts; `embed_text` fits the embedder's window.
+        """
+        text = doc.text.replace(UNIT_MARK, " ")
+        units = self._units(text)
+        starts = [u[0] for u in units]
+        budget = self.chunk_tokens
+        if self.embed_headings:
+            room = max((self.count(label) + 1 for _, label in units if label), default=0)
+            budget = max(16, min(budget, self.window - room))
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for piece in self._pieces(text, units, budget):
+            if not piece:
+                continue
+            parts = [piece] if self.count(piece) <= budget else self._hard_split(piece, budget)
+            for part in parts:
+                at = text.find(part, cursor)
+                if at < 0:
+                    at = text.find(part)
+                at = max(at, 0)
+                cursor = at + 1
+                spans.append((at, at + len(part)))
         chunks: list[Chunk] = []
         seen: dict[int, int] = {}
-        for section, start, end in sections(doc.text):
-            body = doc.text[start:end]
-            if not body.strip():
+        for span in self._attach_headings(text, spans, budget):
+            part = text[span[0]:span[1]]
+            label = units[bisect.bisect_right(starts, span[0]) - 1][1] if units else ""
+            base = chunk_id(doc.source, label, part)
+            occurrence = seen.get(base, 0)
+            seen[base] = occurrence + 1
+            cid = base if occurrence == 0 else chunk_id(doc.source, label, part, occurrence)
+            meta: dict[str, Any] = {} if self.embed_headings else {"embed_context": ""}
+            if "page_starts" in doc.metadata:
+                meta["page"] = _page_of(doc.metadata["page_starts"], span[0])
+            chunks.append(Chunk(cid, part, doc.source, label, span, meta))
+        return self._children(doc, chunks) if self.child_tokens else chunks
+
+    def _attach_headings(self, text: str, spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+        """A piece that is only heading lines (its section was too long to join it) joins the next piece
+        when the two fit the budget, so no passage is a bare heading."""
+        out: list[tuple[int, int]] = []
+        i = 0
+        while i < len(spans):
+            a, b = spans[i]
+            if (i + 1 < len(spans) and self.merge_sections and spans[i + 1][0] >= b
+                    and all(_HEADING_LINE.match(ln) for ln in text[a:b].splitlines() if ln.strip())
+                    and self.count(text[a:spans[i + 1][1]]) <= budget):
+                out.append((a, spans[i + 1][1]))
+                i += 2
                 continue
-            label = self._section_label(section) if section else ""
-            budget = self.chunk_tokens
-            if label:
-                budget = max(16, min(budget, self.window - self.count(label) - 1))
+            out.append((a, b))
+            i += 1
+        return out
+
+    def _children(self, doc: Document, parents: list[Chunk]) -> list[Chunk]:
+        """Child windows of each parent chunk (see `child_tokens`), in reading order."""
+        children: list[Chunk] = []
+        seen: dict[int, int] = {}
+        for parent in parents:
             cursor = 0
-            for piece in self._splitter(budget).split_text(body):
-                parts = [piece] if self.count(piece) <= budget else self._hard_split(piece, budget)
-                for part in parts:
-                    at = body.find(part, cursor)
-                    if at < 0:
-                        at = body.find(part)
-                    span = (start + max(at, 0), start + max(at, 0) + len(part))
-                    if at >= 0:
-                        cursor = at + 1
-                    base = chunk_id(doc.source, label, part)
-                    occurrence = seen.get(base, 0)
-                    seen[base] = occurrence + 1
-                    cid = base if occurrence == 0 else chunk_id(doc.source, label, part, occurrence)
-                    meta = {}
-                    if "page_starts" in doc.metadata:
-                        meta["page"] = _page_of(doc.metadata["page_starts"], span[0])
-                    chunks.append(Chunk(cid, part, doc.source, label, span, meta))
-        return chunks
+            first = True
+            for piece in self._splitter(self.child_tokens, overlap=False).split_text(parent.text):
+                at = parent.text.find(piece, cursor)
+                at = max(at, 0)
+                cursor = at + 1
+                start = parent.span[0] + at
+                base = chunk_id(doc.source, parent.section, piece)
+                occurrence = seen.get(base, 0)
+                seen[base] = occurrence + 1
+                cid = base if occurrence == 0 else chunk_id(doc.source, parent.section, piece, occurrence)
+                meta = {**parent.metadata, "parent": parent.id, "parent_span": list(parent.span)}
+                if "page_starts" in doc.metadata:
+                    meta["page"] = _page_of(doc.metadata["page_starts"], start)
+                if first:
+                    meta["parent_text"] = parent.text
+                    first = False
+                children.append(Chunk(cid, piece, doc.source, parent.section, (start, start + len(piece)), meta))
+        return children
 
 
 def _page_of(page_starts: list[int], offset: int) -> int:

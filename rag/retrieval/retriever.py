@@ -1,8 +1,16 @@
-"""Retriever: dense (FAISS), bm25 (bm25s) or hybrid (reciprocal rank fusion); returns ranked Hits."""
+"""Retriever: dense (FAISS), bm25 (bm25s) or hybrid (weighted reciprocal rank fusion); returns ranked Hits.
+
+Every mode ranks *passages*: the chunks of the index are child windows of larger passages when the index
+was built with `child_tokens` (rag/retrieval/parent_child.py), and each passage scores as its best child;
+near-identical passages are collapsed (rag/retrieval/fusion.py). The default, hybrid with dense weight 0.8
+over child windows of 128 word pieces in passages of up to 254, is what won the evaluation of issue 13
+(README, Retrieval quality: `python eval/retrieval_benchmark.py`).
+"""
 
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +19,8 @@ from rag.errors import RagError
 from rag.index.embeddings import Embedder
 from rag.index.store import VectorIndex, generation_stamp
 from rag.ingest.chunking import Chunk
+from rag.retrieval.fusion import DUPLICATE_RATIO, collapse_near_duplicates, rrf
+from rag.retrieval.parent_child import Passages
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -31,29 +41,36 @@ class Hit:
                 **({"page": self.chunk.metadata["page"]} if "page" in self.chunk.metadata else {})}
 
 
-def rrf(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion (Cormack et al. 2009): sum of 1/(k + rank) over the rankings."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, pos in enumerate(ranking, start=1):
-            fused[pos] = fused.get(pos, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
 class Retriever:
     """Searches one index directory; reloads by itself when `rag index` publishes a new generation."""
 
     def __init__(self, index_dir: Path, embedder: Embedder, mode: str = "hybrid", top_k: int = 5, rrf_k: int = 60,
-                 auto_reload: bool = True):
+                 auto_reload: bool = True, dense_weight: float = 0.8, collapse_duplicates: bool = True):
+        """
+        :param index_dir: the index directory (its CURRENT generation is loaded).
+        :param embedder: the embedder the index was built with (checked against the manifest).
+        :param mode: default mode, one of MODES.
+        :param top_k: default number of passages.
+        :param rrf_k: the reciprocal rank fusion constant (hybrid).
+        :param auto_reload: switch to a newly published generation on the next search.
+        :param dense_weight: hybrid: weight of the dense ranking in the fusion; BM25 gets 1 - dense_weight.
+        :param collapse_duplicates: drop passages near-identical to a better-ranked one.
+        :raises RagError: unknown mode, a weight outside [0, 1], or no loadable index.
+        """
         if mode not in MODES:
             raise RagError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+        if not 0.0 <= dense_weight <= 1.0:
+            raise RagError(f"dense_weight {dense_weight} is outside 0..1: use e.g. 0.8 (dense) against 0.2 (BM25)")
         self.index_dir = Path(index_dir)
         self.embedder = embedder
         self.mode = mode
         self.top_k = top_k
         self.rrf_k = rrf_k
         self.auto_reload = auto_reload
+        self.dense_weight = dense_weight
+        self.collapse_duplicates = collapse_duplicates
         self._lock = threading.Lock()
+        self._passages: "weakref.WeakKeyDictionary[VectorIndex, Passages]" = weakref.WeakKeyDictionary()
         self._index = VectorIndex.load(self.index_dir, embedder)
 
     @property
@@ -70,8 +87,24 @@ class Retriever:
                             pass  # keep answering from the index we have
         return self._index
 
+    def passages(self, index: VectorIndex | None = None) -> Passages:
+        """The passages of `index` (default: the live one), grouped once per loaded generation."""
+        index = index if index is not None else self.index
+        got = self._passages.get(index)
+        if got is None:
+            got = self._passages[index] = Passages.of(index.chunks)
+        return got
+
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> list[Hit]:
-        """The top-k passages for `query`, best first."""
+        """The top-k passages for `query`, best first.
+
+        :param query: the question.
+        :param k: passages to return (default top_k).
+        :param mode: dense, bm25 or hybrid (default: the retriever's mode).
+        :returns: Hits whose chunk is the passage (the parent when the index has child windows); `score` is
+            the mode's score, `scores["dense"]` the best child cosine in every mode.
+        :raises RagError: unknown mode.
+        """
         k = k or self.top_k
         mode = mode or self.mode
         if mode not in MODES:
@@ -79,37 +112,42 @@ class Retriever:
         index = self.index
         if not query.strip() or not len(index):
             return []
-        depth = max(k * 4, 50)
+        groups = self.passages(index)
+        depth = max(k * 4, 50)  # passages to gather per ranking: room for fusion and collapse
+        chunk_depth = depth * groups.fanout
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
         qvec = None
         if mode in ("dense", "hybrid"):
             qvec = self.embedder.encode_query(query)
-            dense = index.search_dense(qvec, depth if mode == "hybrid" else k)
+            dense = groups.best(index.search_dense(qvec, chunk_depth))
         if mode in ("bm25", "hybrid"):
-            lexical = index.bm25.search(query, depth if mode == "hybrid" else k)
+            lexical = groups.best(index.bm25.search(query, chunk_depth))
         dense_score = dict(dense)
         bm25_score = dict(lexical)
         if mode == "dense":
-            ranked = dense[:k]
+            ranked = dense
         elif mode == "bm25":
-            ranked = lexical[:k]
+            ranked = lexical
         else:
-            ranked = rrf([[p for p, _ in dense], [p for p, _ in lexical]], self.rrf_k)[:k]
+            ranked = rrf([[p for p, _ in dense], [p for p, _ in lexical]], self.rrf_k,
+                         weights=[self.dense_weight, 1.0 - self.dense_weight])
+        if self.collapse_duplicates:
+            ranked = collapse_near_duplicates(ranked, lambda p: groups.passages[p].text, k, DUPLICATE_RATIO)
+        else:
+            ranked = ranked[:k]
         # Dense cosine is the calibrated relevance signal (abstention and displayed scores use it) in
-        # every mode: fill it in for hits the dense side did not return.
+        # every mode: fill it in for passages the dense side did not return.
         if any(p not in dense_score for p, _ in ranked):
             if qvec is None:
                 qvec = self.embedder.encode_query(query)
             for p, _ in ranked:
                 if p not in dense_score:
-                    dense_score[p] = float(index.vectors[p] @ qvec)
+                    dense_score[p] = groups.dense_score(p, index.vectors, qvec)
         hits = []
-        for rank, (pos, score) in enumerate(ranked, start=1):
-            scores = {}
-            if pos in dense_score:
-                scores["dense"] = dense_score[pos]
-            if pos in bm25_score:
-                scores["bm25"] = bm25_score[pos]
-            hits.append(Hit(index.chunks[pos], float(score), rank, scores))
+        for rank, (p, score) in enumerate(ranked, start=1):
+            scores = {"dense": dense_score[p]}
+            if p in bm25_score:
+                scores["bm25"] = bm25_score[p]
+            hits.append(Hit(groups.passages[p], float(score), rank, scores))
         return hits

@@ -17,9 +17,10 @@ from raft.evaluate import (
     setting_documents,
     summarize,
 )
-from raft.export import export, parse_split, split_by_chunk
+from raft.export import export
 from raft.prompts import instruction
 from raft.records import DATASET, read_jsonl
+from raft.splits import parse_split, split_by_chunk
 from rag.errors import RagError
 
 LORA = ("LoRA (low-rank adaptation) freezes all the weights of the pre-trained model and trains two small "

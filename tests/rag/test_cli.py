@@ -96,3 +96,135 @@ def test_installed_console_script_and_env_index_dir(small_corpus, tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)[0]["source"] == "fine-tuning.md"
+
+
+# ---- issue 11: one-line errors (exit 1), never a traceback ------------------------------------------------
+
+
+def _one_line_error(r, *needles: str) -> str:
+    """The result is exit 1 with a single `Error: ...` line holding every needle, and no traceback."""
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    errors = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, r.output
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def test_index_of_a_symlink_loop_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    r = CliRunner().invoke(cli, ["index", str(loop), "--index-dir", str(tmp_path / "idx")])
+    _one_line_error(r, "symlink loop", str(loop))
+
+
+def test_index_dir_env_pointing_at_a_file_is_one_line(tmp_path, small_corpus):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("I am a file")
+    env = {"RAG_INDEX_DIR": str(afile)}
+    for args in (["index", str(small_corpus)], ["search", "LoRA"], ["search", "--queries-file", str(afile)]):
+        r = CliRunner().invoke(cli, args, env=env)
+        _one_line_error(r, "RAG_INDEX_DIR", str(afile), "is a file, not a folder")
+
+
+def test_index_dir_env_pointing_at_a_file_real_process(tmp_path):
+    """The installed `rag` in a subprocess: stderr is one line, no traceback."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("I am a file")
+    env = {**os.environ, "RAG_INDEX_DIR": str(afile)}
+    p = subprocess.run([str(Path(sys.executable).parent / "rag"), "search", "LoRA"], env=env, check=False,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and p.stderr.startswith("Error: "), p.stderr
+
+
+@pytest.fixture
+def built_index(run, small_corpus, tmp_path) -> str:
+    idx = str(tmp_path / "idx")
+    assert run("index", str(small_corpus), "--index-dir", idx).exit_code == 0
+    return idx
+
+
+def test_queries_file_with_invalid_utf8_is_one_line(built_index, tmp_path):
+    bad = tmp_path / "q.txt"
+    bad.write_bytes(b"What does LoRA freeze?\ncaf\xe9\n")
+    r = CliRunner().invoke(cli, ["search", "--queries-file", str(bad), "--index-dir", built_index])
+    _one_line_error(r, "queries file", str(bad), "not valid UTF-8 (byte 26)")
+    assert "hits" not in r.output  # refused before any query ran
+    r = CliRunner().invoke(cli, ["search", "--queries-file", "-", "--index-dir", built_index],
+                           input=b"What does LoRA freeze?\ncaf\xe9\n")
+    _one_line_error(r, "stdin", "line 2", "not valid UTF-8")
+    assert r.output.count('"hits"') == 1  # the first line was answered as it arrived
+
+
+def test_queries_file_in_utf16_with_bom_is_read(run, built_index, tmp_path):
+    q = tmp_path / "q16.txt"
+    q.write_bytes(b"\xff\xfe" + "What does LoRA freeze?\r\nWhat is top-p?\r\n".encode("utf-16-le"))
+    r = run("search", "--queries-file", str(q), "-k", "1", "--index-dir", built_index)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.output.strip().splitlines()]
+    assert [x["query"] for x in lines] == ["What does LoRA freeze?", "What is top-p?"]
+    assert lines[1]["hits"][0]["source"] == "sampling.txt"
+
+
+def test_question_file_with_invalid_utf8_is_one_line(built_index, tmp_path):
+    bad = tmp_path / "questions.jsonl"
+    bad.write_bytes(b'{"question": "caf\xe9?", "evidence": ["x"]}\n')
+    for cmd in (["eval-retrieval", str(bad)], ["eval", str(bad), "--report", str(tmp_path / "rep")]):
+        r = CliRunner().invoke(cli, [*cmd, "--index-dir", built_index])
+        _one_line_error(r, "question file", str(bad), "not valid UTF-8")
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda m: [], "manifest.json holds a JSON list"),
+    (lambda m: {k: v for k, v in m.items() if k != "counts"}, "manifest.json field 'counts'"),
+])
+def test_damaged_manifest_is_one_line(built_index, damage, needle):
+    from rag.index.store import current_generation
+
+    path = current_generation(Path(built_index)) / "manifest.json"
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    for args in (["search", "LoRA"], ["index", str(Path(built_index).parent / "corpus")]):
+        r = CliRunner().invoke(cli, [*args, "--index-dir", built_index])
+        _one_line_error(r, needle, "rag index --rebuild")
+
+
+def test_index_lists_unsupported_files_and_refuses_zero_documents(run, small_corpus, tmp_path):
+    (small_corpus / "notes.docx").write_bytes(b"PK\x03\x04 word")
+    r = CliRunner().invoke(cli, ["index", str(small_corpus), "--index-dir", str(tmp_path / "idx")])
+    assert r.exit_code == 0 and "skipped notes.docx: unsupported file type .docx" in r.output
+    assert "3 added" in r.output and "1 skipped" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(cli, ["index", str(empty), "--index-dir", str(tmp_path / "idx2")])
+    _one_line_error(r, "no documents to index", str(empty))
+    only_docx = tmp_path / "docx"
+    only_docx.mkdir()
+    (only_docx / "notes.docx").write_bytes(b"PK\x03\x04 word")
+    r = CliRunner().invoke(cli, ["index", str(only_docx), "--index-dir", str(tmp_path / "idx3")])
+    _one_line_error(r, "no documents to index", "notes.docx")
+    assert "skipped notes.docx: unsupported file type .docx" in r.output
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"topk = 3\n", "unknown setting 'topk'"),
+    (b"top_k = \n", "not valid TOML"),
+    (b"top_k = 0\n", "invalid setting top_k (from config file"),
+    (None, "not found"),
+])
+def test_config_file_problems_are_one_line(tmp_path, content, needle):
+    cfg = tmp_path / "rag.toml"
+    if content is not None:
+        cfg.write_bytes(content)
+    r = CliRunner().invoke(cli, ["search", "LoRA", "--index-dir", str(tmp_path / "none")], env={"RAG_CONFIG": str(cfg)})
+    _one_line_error(r, needle, str(cfg))
+
+
+def test_config_file_in_utf16_with_bom_is_read(tmp_path, monkeypatch):
+    from rag.config import load_settings
+
+    cfg = tmp_path / "rag.toml"
+    cfg.write_bytes(b"\xff\xfe" + "top_k = 7\r\n".encode("utf-16-le"))
+    monkeypatch.setenv("RAG_CONFIG", str(cfg))
+    assert load_settings().top_k == 7

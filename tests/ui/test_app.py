@@ -1,10 +1,17 @@
 """The Streamlit chat (ui/app.py) driven by streamlit.testing.v1.AppTest: real embedder, real index, real
-bundled generator with a few tokens, real files in temp folders."""
+bundled generator with a few tokens, real files in temp folders. The key tests point the app at small
+OpenAI-compatible HTTP servers on 127.0.0.1 that record what they receive (stand-ins for a model server,
+which cannot run here)."""
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -15,6 +22,7 @@ from rag.errors import RagError
 from rag.index.build import build_lock
 from tests.conftest import ROOT
 from tests.pdfgen import make_pdf
+from ui.access import allowed_servers, require_admin, server_key
 from ui.files import MAX_UPLOAD_BYTES, remove_document, safe_filename, save_upload
 from ui.render import passage_html
 
@@ -31,20 +39,35 @@ starter, let the dough rise overnight, shape it and bake it in a hot covered pot
 """
 
 
-def point_app_at(monkeypatch: pytest.MonkeyPatch, settings: Settings, max_new_tokens: int = 8) -> None:
-    """Make load_settings() inside the app see this index and corpus (and nothing from a rag.toml)."""
+ADMIN = "admin-secret-7c2e"
+
+
+def point_app_at(monkeypatch: pytest.MonkeyPatch, settings: Settings, max_new_tokens: int = 8, **env: str) -> None:
+    """Make load_settings() inside the app see this index and corpus (and nothing from a rag.toml or the
+    caller's environment); `env` sets more RAG_* variables, e.g. RAG_ADMIN_SECRET."""
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     monkeypatch.setenv("RAG_CORPUS_DIR", str(settings.corpus_dir))
     monkeypatch.setenv("RAG_MAX_NEW_TOKENS", str(max_new_tokens))
-    monkeypatch.setenv("RAG_CONFIG", str(settings.index_dir.parent / "no-rag.toml"))
-    for var in ("RAG_MODE", "RAG_TOP_K", "RAG_MODEL", "RAG_MODEL_NAME", "RAG_TEMPERATURE", "RAG_TOP_P"):
+    empty = settings.index_dir.parent / "empty-rag.toml"  # no settings from a rag.toml in the checkout
+    empty.write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_CONFIG", str(empty))
+    for var in ("RAG_MODE", "RAG_TOP_K", "RAG_MODEL", "RAG_MODEL_NAME", "RAG_TEMPERATURE", "RAG_TOP_P",
+                "RAG_ADMIN_SECRET", "RAG_UI_BACKEND_URLS", "RAG_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
 
 
-def start(monkeypatch: pytest.MonkeyPatch, settings: Settings, **kw: int) -> AppTest:
+def start(monkeypatch: pytest.MonkeyPatch, settings: Settings, *, admin: bool = False, **kw: Any) -> AppTest:
+    """Run the app; `admin` configures the admin secret and types it into the sidebar."""
+    if admin:
+        kw["RAG_ADMIN_SECRET"] = ADMIN
     point_app_at(monkeypatch, settings, **kw)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
+    if admin:
+        at.text_input(key="admin_secret").set_value(ADMIN).run()
+        assert not at.exception, at.exception
     return at
 
 
@@ -130,9 +153,9 @@ def test_generator_server_down_is_a_message(monkeypatch, course_index):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    at = start(monkeypatch, course_index)
+    at = start(monkeypatch, course_index, RAG_UI_BACKEND_URLS=f"http://127.0.0.1:{port}/v1")
     at.radio(key="backend").set_value("server").run()
-    at.text_input(key="server_url").set_value(f"http://127.0.0.1:{port}/v1")
+    assert at.selectbox(key="server_url").value == f"http://127.0.0.1:{port}/v1"
     ask(at, ON_TOPIC)
     bot = at.chat_message[-1]
     assert bot.error and "language model failed" in bot.error[0].value
@@ -145,7 +168,11 @@ def test_generator_server_down_is_a_message(monkeypatch, course_index):
 
 def test_missing_index_offers_to_build_it_then_follows_a_cli_rebuild(monkeypatch, small_corpus, tmp_path):
     settings = Settings(index_dir=tmp_path / "fresh-index", corpus_dir=small_corpus)
-    at = start(monkeypatch, settings)
+    visitor = start(monkeypatch, settings)  # a visitor may not build it (building writes what everyone reads)
+    assert "no index" in visitor.warning[0].value.lower()
+    assert not [b for b in visitor.button if b.key == "build_index"]
+    assert "rag index" in visitor.info[0].value
+    at = start(monkeypatch, settings, admin=True)
     assert "no index" in at.warning[0].value.lower()
     ask(at, "What does LoRA freeze?")
     assert "not available" in at.chat_message[-1].error[0].value
@@ -167,7 +194,7 @@ def test_missing_index_offers_to_build_it_then_follows_a_cli_rebuild(monkeypatch
 
 def test_upload_and_remove_documents(monkeypatch, small_index):
     corpus = small_index.corpus_dir
-    at = start(monkeypatch, small_index)
+    at = start(monkeypatch, small_index, admin=True)
     assert "**Documents:** 3" in facts(at)
     pdf = make_pdf(["Reward models\nRLHF trains a reward model from human preference rankings."])
     at.file_uploader(key="uploads_0").set_value([
@@ -197,7 +224,7 @@ def test_upload_and_remove_documents(monkeypatch, small_index):
 
 
 def test_upload_while_another_build_holds_the_index_says_so(monkeypatch, small_index):
-    at = start(monkeypatch, small_index)
+    at = start(monkeypatch, small_index, admin=True)
     at.file_uploader(key="uploads_0").set_value(("extra.txt", b"Beam search keeps the best k sequences.", "text/plain"))
     at.run()
     with build_lock(small_index.index_dir):  # what a running `rag index` holds
@@ -206,6 +233,100 @@ def test_upload_while_another_build_holds_the_index_says_so(monkeypatch, small_i
     assert "Indexing failed" in flashes(at) and "another `rag index`" in flashes(at)
     assert (small_index.corpus_dir / "extra.txt").is_file()  # saved; the next build picks it up
     assert "**Documents:** 3" in facts(at)  # the app keeps the index it has
+
+
+# ---- closed to strangers: the admin secret and the model servers' key ------------------------------
+
+def document_controls(at: AppTest) -> list[str]:
+    keys = [w.key for w in [*at.sidebar.button, *at.sidebar.selectbox, *at.sidebar.checkbox]]
+    keys += [f"uploader:{u.key}" for u in at.get("file_uploader")]
+    return [k for k in keys if k and (k.startswith(("uploader:", "add_docs", "remove_", "replace_uploads")))]
+
+
+def test_documents_are_for_the_admin_only(monkeypatch, small_index):
+    closed = start(monkeypatch, small_index)  # no admin secret configured: nobody may change them
+    assert document_controls(closed) == [] and not [t for t in closed.sidebar.text_input if t.key == "admin_secret"]
+    assert any("switched off" in c.value for c in closed.sidebar.caption)
+    assert "**Documents:** 3" in facts(closed)  # the list is still shown
+
+    at = start(monkeypatch, small_index, RAG_ADMIN_SECRET=ADMIN)  # configured, but this visitor has not signed in
+    assert document_controls(at) == []
+    at.text_input(key="admin_secret").set_value("guess").run()
+    assert document_controls(at) == [] and "not the admin secret" in at.sidebar.error[0].value
+    at.text_input(key="admin_secret").set_value(ADMIN).run()
+    assert {"uploader:uploads_0", "add_docs", "remove_choice", "remove_doc"} <= set(document_controls(at))
+
+    with pytest.raises(RagError, match="switched off"):
+        require_admin(Settings(admin_secret=None), ADMIN)
+    with pytest.raises(RagError, match="only an admin"):
+        require_admin(Settings(admin_secret=ADMIN), "guess")
+    require_admin(Settings(admin_secret=ADMIN), ADMIN)
+
+
+class Recorder:
+    """An OpenAI-compatible chat server on 127.0.0.1 that answers one streamed sentence and records headers."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.headers.append({k.lower(): v for k, v in self.headers.items()})
+                events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "LoRA freezes "}}]},
+                          {"choices": [{"index": 0, "delta": {"content": "the weights."}, "finish_reason": "stop"}]}]
+                payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def authorizations(self) -> list[str | None]:
+        return [h.get("authorization") for h in self.headers]
+
+
+@pytest.fixture
+def recorders() -> Iterator[tuple[Recorder, Recorder]]:
+    pair = (Recorder(), Recorder())
+    yield pair
+    for r in pair:
+        r.httpd.shutdown()
+        r.httpd.server_close()
+
+
+def test_the_key_goes_only_to_the_configured_server(monkeypatch, course_index, recorders):
+    configured, other = recorders
+    at = start(monkeypatch, course_index, RAG_MODEL=configured.url, RAG_MODEL_NAME="tiny",
+               RAG_API_KEY="sk-configured", OPENAI_API_KEY="sk-other-env",
+               RAG_UI_BACKEND_URLS=f"{other.url}/")
+    assert at.selectbox(key="server_url").options == [configured.url, other.url]  # a list, no free-text URL
+    ask(at, ON_TOPIC)
+    assert "LoRA freezes the weights." in at.chat_message[-1].markdown[0].value
+    assert configured.authorizations() == ["Bearer sk-configured"]
+
+    at.selectbox(key="server_url").set_value(other.url).run()
+    ask(at, "What does QLoRA add to LoRA?")
+    assert not at.chat_message[-1].error
+    # no key at all, neither the configured one nor $OPENAI_API_KEY (one request condenses the follow-up)
+    assert other.authorizations() and set(other.authorizations()) == {None}
+    assert configured.authorizations() == ["Bearer sk-configured"]
+
+    base = Settings(model=configured.url, ui_backend_urls=[other.url])
+    assert allowed_servers(Settings(model="bundled", ui_backend_urls=[])) == []  # by default: no server at all
+    assert server_key(configured.url + "/", base) is None and server_key(other.url, base) == ""
+    with pytest.raises(RagError, match="not one of the model servers"):
+        server_key("http://169.254.169.254/v1", base)
 
 
 # ---- the upload rules and the passage markup, called directly ------------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from raft.export import parse_split, split_by_chunk
 from raft.prompts import instruction
+from raft.splits import parse_split, split_by_chunk
 from raft.train.config import (
     ADAPTER,
     CHECKPOINTS,
@@ -232,7 +232,7 @@ def test_bad_input_is_a_one_line_error(tiny_dataset: Path, tmp_path: Path) -> No
     cases = [
         (tmp_path / "missing", TrainConfig(), "no dataset at"),
         (write_dataset(tmp_path / "empty", []), TrainConfig(), "has no samples"),
-        (tiny_dataset, TrainConfig(base=str(tmp_path / "no-model")), "no model there"),
+        (tiny_dataset, TrainConfig(base=str(tmp_path / "no-model")), "unknown model .*no-model"),
         (tiny_dataset, TrainConfig(split="0.5,0.6"), "--split"),
         (tiny_dataset, TrainConfig(lr=0), "--lr"),
     ]

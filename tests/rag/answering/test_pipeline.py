@@ -1,22 +1,16 @@
-"""The RAG loop with the real bundled generator (tiny settings), real retrieval and a real `rag serve`."""
+"""The RAG loop with the real bundled generator (tiny settings) and real retrieval (`rag serve`: tests/rag/test_server.py)."""
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from rag.answering.attribution import attribute, clean_markers
 from rag.answering.pipeline import validate_question
 from rag.api import make_pipeline
 from rag.errors import GeneratorError, RagError
-from rag.generation.base import GenerationParams
+from rag.generation.base import Generator
 from rag.generation.http import OpenAIGenerator
 
 
@@ -26,8 +20,9 @@ def pipe(course_index):
     return make_pipeline(s)
 
 
-class CountingGenerator:
-    """Wraps the real generator to count calls (not a mock: it delegates every call)."""
+class CountingGenerator(Generator):
+    """Wraps the real generator to count calls (not a mock: it delegates every call; declares the base
+    class's capabilities)."""
 
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
@@ -110,55 +105,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(course_index):
-    """`rag serve` as a real process on a free 127.0.0.1 port."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "rag"
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--index-dir", str(course_index.index_dir),
-                             "--max-tokens", "12"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
-            time.sleep(0.5)
-    yield url + "/v1"
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def test_http_backend_against_rag_serve_stream_and_non_stream(server):
-    gen = OpenAIGenerator(server, model_name="course-rag")
-    msgs = [{"role": "user", "content": "What does LoRA freeze?"}]
-    pieces = list(gen.stream(msgs, GenerationParams(max_new_tokens=12)))
-    assert len(pieces) >= 2 and "".join(pieces).strip()
-    r = httpx.post(server + "/chat/completions", json={"model": "course-rag", "messages": msgs, "max_tokens": 8},
-                   timeout=120)
-    body = r.json()
-    assert r.status_code == 200 and body["choices"][0]["message"]["content"].strip()
-    assert body["sources"] and {"source", "section", "snippet"} <= set(body["sources"][0])
-    # the stream's final chunk carries the sources too
-    with httpx.stream("POST", server + "/chat/completions", timeout=120,
-                      json={"messages": msgs, "stream": True, "max_tokens": 8}) as resp:
-        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
-    assert events[-1]["choices"][0]["finish_reason"] == "stop" and events[-1]["sources"]
-
-
-def test_serve_rejects_bad_requests(server):
-    r = httpx.post(server + "/chat/completions", json={"messages": []}, timeout=30)
-    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
-    r = httpx.post(server + "/chat/completions", json={"messages": [{"role": "user", "content": "  "}]}, timeout=30)
-    assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
-
-
 def test_server_down_error_names_the_url():
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    gen = OpenAIGenerator(url, model_name="x", retries=2, backoff=0.05)
+    gen = OpenAIGenerator(url, model_name="x", retries=2)
     with pytest.raises(GeneratorError, match="127.0.0.1"):
         gen.generate([{"role": "user", "content": "hi"}])
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from rag.generation import models as generate
 from rag.errors import GeneratorError
+from rag.generation import models as generate
 from rag.generation.base import GenerationParams, apply_stop
 from rag.generation.factory import get_generator
 from rag.generation.http import OpenAIGenerator
@@ -262,7 +262,9 @@ class FakeServer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                owner.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
+                # header names are case-insensitive (the openai client sends them in lower case)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                owner.requests.append({"path": self.path, "headers": headers, "json": json.loads(body)})
                 kind, *args = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
                 if kind == "sleep":
                     time.sleep(args[0])
@@ -274,6 +276,11 @@ class FakeServer:
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
+                elif kind == "redirect":  # 307 keeps the method and the body
+                    self.send_response(307)
+                    self.send_header("Location", args[0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 elif kind == "cut":  # one chunk of a chunked body, then hang up mid-stream
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -300,7 +307,7 @@ class FakeServer:
         self.requests.clear()
 
     def client(self, **kw: Any) -> OpenAIGenerator:
-        return OpenAIGenerator(self.url, model_name="tiny", **{"backoff": 0.01, **kw})
+        return OpenAIGenerator(self.url, model_name="tiny", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +329,7 @@ def server(_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
 def test_server_down_is_one_clear_line() -> None:
     url = f"http://127.0.0.1:{_free_port()}/v1"
     with pytest.raises(GeneratorError) as info:
-        OpenAIGenerator(url, retries=2, backoff=0.01).generate(QUESTION)
+        OpenAIGenerator(url, retries=2).generate(QUESTION)
     message = str(info.value)
     assert message == f"cannot reach the model server at {url}: connection refused — is it running?"
 
@@ -333,7 +340,7 @@ def test_valid_sse_stream_yields_the_pieces_in_order(server: FakeServer) -> None
     assert pieces == ["Hel", "lo", " world", "!"]
     (request,) = server.requests
     assert request["path"] == "/v1/chat/completions"
-    assert request["headers"]["Authorization"] == "Bearer secret"
+    assert request["headers"]["authorization"] == "Bearer secret"
     sent = request["json"]
     assert sent["model"] == "tiny" and sent["messages"] == QUESTION and sent["stream"] is True
     assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["seed"]) == (5, 0.0, 1.0, 3)
@@ -347,7 +354,46 @@ def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.M
     sent = server.requests[0]["json"]
     assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["repetition_penalty"]) == (0.7, 0.9, 40, 1.1)
     assert sent["stop"] == ["\n\n"]
-    assert server.requests[0]["headers"]["Authorization"] == "Bearer from-env"
+    assert server.requests[0]["headers"]["authorization"] == "Bearer from-env"
+
+
+def test_without_a_key_no_authorization_header_is_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert server.client().generate(QUESTION) == "ok"
+    monkeypatch.setenv("RAG_API_KEY", "configured-key")
+    assert server.client(api_key="").generate(QUESTION) == "ok"  # "": this server must not get the key
+    assert [r["headers"].get("authorization") for r in server.requests] == [None, None]
+
+
+def test_the_key_goes_only_to_the_configured_server(server: FakeServer) -> None:
+    elsewhere = FakeServer()  # another origin (another port) that the configured server redirects to
+    elsewhere.play(("reply", 200, "text/event-stream", _sse("moved")))
+    server.play(("redirect", f"{elsewhere.url}/chat/completions"))
+    try:
+        assert server.client(api_key="secret").generate(QUESTION) == "moved"
+    finally:
+        elsewhere.httpd.shutdown()
+        elsewhere.httpd.server_close()
+    assert server.requests[0]["headers"]["authorization"] == "Bearer secret"
+    (followed,) = elsewhere.requests
+    assert "authorization" not in followed["headers"] and followed["json"]["messages"] == QUESTION
+
+
+def test_a_url_ending_in_the_endpoint_is_accepted(server: FakeServer) -> None:
+    client = OpenAIGenerator(f"{server.url}/chat/completions/", model_name="tiny")
+    assert client.url == f"{server.url}/chat/completions"
+    assert client.generate(QUESTION) == "ok"
+    assert server.requests[0]["path"] == "/v1/chat/completions"
+
+
+def test_an_error_event_in_the_stream_is_one_line(server: FakeServer) -> None:
+    body = _sse("Hel", done=False) + b'data: {"error": {"message": "CUDA out of\\nmemory", "code": 500}}\n\n'
+    server.play(("reply", 200, "text/event-stream", body))
+    received = []
+    with pytest.raises(GeneratorError) as info:
+        for piece in server.client().stream(QUESTION):
+            received.append(piece)
+    assert received == ["Hel"]
+    assert str(info.value) == f"the model server at {server.url} reported an error: CUDA out of memory"
 
 
 def test_stop_strings_are_enforced_client_side_too(server: FakeServer) -> None:

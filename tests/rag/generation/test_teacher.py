@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.generation import teacher
 from rag.errors import GeneratorError
+from rag.generation import teacher
 from rag.generation.base import GenerationParams
 from rag.generation.factory import get_generator
 from rag.generation.local import LocalGenerator

@@ -161,3 +161,132 @@ def test_approximate_index_types(small_corpus, settings, embedder, kind):
     q = embedder.encode_query("What does LoRA freeze?")
     pos, _ = idx.search_dense(q, 1)[0]
     assert "LoRA" in idx.chunks[pos].text
+
+
+# ---- issue 11: every entry reported, zero documents, identical files, damaged index files ----------------
+
+
+def test_identical_files_are_indexed_once_so_top_k_shows_the_passage_once(small_corpus, settings, embedder):
+    from rag.retrieval.retriever import Retriever
+
+    lora = (small_corpus / "fine-tuning.md").read_bytes()
+    (small_corpus / "lora-copy.md").write_bytes(lora)
+    (small_corpus / "week2" / "lora.md").write_bytes(lora)
+    r = build(small_corpus, settings, embedder)
+    assert sorted(r.added) == ["fine-tuning.md", "sampling.txt", "week2/attention.md"]
+    assert {s.source: s.reason for s in r.skipped} == {
+        "lora-copy.md": "same content as fine-tuning.md (identical files are indexed once)",
+        "week2/lora.md": "same content as fine-tuning.md (identical files are indexed once)"}
+    hits = Retriever(settings.index_dir, embedder, "dense", 5).search("What does LoRA freeze?")
+    texts = [h.chunk.text for h in hits]
+    assert hits[0].chunk.source == "fine-tuning.md" and len(texts) == len(set(texts))
+
+
+def test_a_new_copy_of_an_indexed_file_changes_nothing(small_corpus, settings, embedder):
+    build(small_corpus, settings, embedder)
+    gen = current_generation(settings.index_dir)
+    (small_corpus / "a-copy.md").write_bytes((small_corpus / "fine-tuning.md").read_bytes())  # sorts first
+    r = build(small_corpus, settings, embedder)
+    assert r.nothing_changed and r.chunks_embedded == 0 and current_generation(settings.index_dir) == gen
+    assert [(s.source, s.reason.split(" (")[0]) for s in r.skipped] == [("a-copy.md", "same content as fine-tuning.md")]
+    (small_corpus / "fine-tuning.md").unlink()  # the copy takes over
+    r = build(small_corpus, settings, embedder)
+    assert r.added == ["a-copy.md"] and r.deleted == ["fine-tuning.md"] and not r.skipped
+
+
+def test_zero_documents_is_an_error_and_the_previous_index_stays(small_corpus, settings, embedder, tmp_path):
+    from rag.errors import NoDocuments
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NoDocuments, match="holds no files"):
+        build(empty, settings, embedder)
+    assert not (settings.index_dir / "CURRENT").exists()
+    (empty / "notes.docx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(NoDocuments, match=r"notes\.docx: unsupported file type \.docx") as exc:
+        build(empty, settings, embedder)
+    assert [s.source for s in exc.value.skipped] == ["notes.docx"]
+    build(small_corpus, settings, embedder)
+    gen = current_generation(settings.index_dir)
+    for f in [small_corpus / "fine-tuning.md", small_corpus / "sampling.txt", small_corpus / "week2" / "attention.md"]:
+        f.unlink()
+    with pytest.raises(NoDocuments):
+        build(small_corpus, settings, embedder)
+    assert current_generation(settings.index_dir) == gen and len(VectorIndex.load(settings.index_dir, embedder)) > 0
+
+
+def test_the_report_lists_every_entry_the_walk_skipped(small_corpus, settings, embedder):
+    (small_corpus / "notes.docx").write_bytes(b"PK\x03\x04 word")
+    (small_corpus / "week2" / "slides.pptx").write_bytes(b"PK\x03\x04 slides")
+    (small_corpus / "loop").symlink_to(small_corpus / "loop")
+    r = build(small_corpus, settings, embedder)
+    reasons = {s.source: s.reason for s in r.skipped}
+    assert set(reasons) == {"notes.docx", "week2/slides.pptx", "loop"}
+    assert "unsupported file type .pptx" in reasons["week2/slides.pptx"] and "symlink loop" in reasons["loop"]
+    assert len(r.added) == 3
+
+
+def _edit_json(path, edit):
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps(edit(data)), encoding="utf-8")
+
+
+def _drop(key):
+    def edit(d):
+        d.pop(key)
+        return d
+    return edit
+
+
+DAMAGE = {
+    "manifest is a list": ("manifest.json", lambda p: p.write_text("[]"), "manifest.json holds a JSON list"),
+    "manifest lacks counts": ("manifest.json", lambda p: _edit_json(p, _drop("counts")), "'counts'"),
+    "manifest lacks embedding": ("manifest.json", lambda p: _edit_json(p, _drop("embedding")), "'embedding'"),
+    "manifest dim is text": ("manifest.json", lambda p: _edit_json(p, lambda d: {**d, "embedding": {
+        **d["embedding"], "dim": "384"}}), "'embedding.dim'"),
+    "manifest files is a list": ("manifest.json", lambda p: _edit_json(p, lambda d: {**d, "files": []}), "'files'"),
+    "manifest counts disagree": ("manifest.json", lambda p: _edit_json(p, lambda d: {**d, "counts": {
+        **d["counts"], "files": 99}}), "counts 99 files"),
+    "manifest not UTF-8": ("manifest.json", lambda p: p.write_bytes(b"\xff{}"), "damaged"),
+    "chunk record is a list": ("chunks.jsonl", lambda p: p.write_text("[]\n" + p.read_text()), "chunks.jsonl line 1"),
+    "bm25 format is a list": ("bm25/format.json", lambda p: p.write_text("[]"), "damaged"),
+    "vectors are float64": ("vectors.npy", lambda p: np.save(p, np.load(p).astype(np.float64)), "inconsistent"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_every_index_file_is_validated_on_load(small_corpus, settings, embedder, case):
+    """A manifest.json that was [] or lacked "counts" crashed `rag search` with a traceback."""
+    build(small_corpus, settings, embedder)
+    gen = current_generation(settings.index_dir)
+    name, damage, expected = DAMAGE[case]
+    damage(gen / name)
+    with pytest.raises(RagError) as exc:
+        VectorIndex.load(settings.index_dir, embedder)
+    msg = str(exc.value)
+    assert expected in msg and str(gen) in msg and "rag index --rebuild" in msg and "\n" not in msg
+
+
+def test_a_damaged_current_pointer_is_one_error(small_corpus, settings, embedder):
+    build(small_corpus, settings, embedder)
+    (settings.index_dir / "CURRENT").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(RagError, match="CURRENT"):
+        VectorIndex.load(settings.index_dir, embedder)
+
+
+def test_an_index_dir_that_is_a_file_is_one_error(small_corpus, embedder, tmp_path):
+    from rag.config import Settings
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a folder")
+    settings = Settings(index_dir=tmp_path / "idx")
+    with pytest.raises(RagError, match="is a file, not a folder"):
+        build_index(small_corpus, afile, embedder, make_chunker(embedder, settings))
+    with pytest.raises(RagError, match="is a file, not a folder"):
+        VectorIndex.load(afile, embedder)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(RagError, match="symlink loop"):
+        build_index(small_corpus, loop, embedder, make_chunker(embedder, settings))
+    with pytest.raises(RagError, match="symlink loop"):
+        build_index(loop, tmp_path / "idx", embedder, make_chunker(embedder, settings))

@@ -16,6 +16,12 @@ def chunker(embedder):
     return Chunker(embedder.tokenizer, embedder.max_tokens, chunk_tokens=200, overlap=32)
 
 
+@pytest.fixture(scope="module")
+def cutting(embedder):
+    """A chunker that cuts at every heading (merge_sections=False): one passage per section."""
+    return Chunker(embedder.tokenizer, embedder.max_tokens, chunk_tokens=200, overlap=32, merge_sections=False)
+
+
 def doc(text: str, source: str = "x.md") -> Document:
     return Document(text=text, source=source, sha256="0")
 
@@ -32,11 +38,12 @@ def test_every_corpus_chunk_fits_the_window_and_spans_are_exact(chunker, embedde
             assert d.text[c.span[0]:c.span[1]] == c.text
 
 
-def test_heading_path_and_code_fence_headings(chunker):
+def test_heading_path_and_code_fence_headings(cutting):
     text = ("# Course\n\nintro words\n\n## Week 1\n\n### LoRA\n\nLoRA trains adapters.\n\n"
             "```python\n# not a heading\nx = 1\n```\n\n## Week 2\n\nAttention.\n")
-    chunks = chunker.split(doc(text))
-    by_text = {c.text.split("\n")[0]: c.section for c in chunks}
+    chunks = cutting.split(doc(text))
+    by_text = {[ln for ln in c.text.split("\n") if ln and not ln.startswith("#")][0]: c.section
+               for c in chunks if any(ln and not ln.startswith("#") for ln in c.text.split("\n"))}
     assert by_text["intro words"] == "Course"
     assert by_text["LoRA trains adapters."] == "Course > Week 1 > LoRA"
     assert by_text["Attention."] == "Course > Week 2"
@@ -82,16 +89,126 @@ def test_long_paragraph_is_split_under_budget_with_overlap(chunker, embedder):
     assert any(a.text[-40:] in b.text or b.text[:40] in a.text for a, b in zip(chunks, chunks[1:]))
 
 
-def test_ids_are_stable_and_depend_on_source_and_content(chunker):
+def test_ids_are_stable_and_depend_on_source_and_content(cutting):
     text = "# A\n\nsame words\n\n# B\n\nother words\n"
-    first = [c.id for c in chunker.split(doc(text))]
-    assert first == [c.id for c in chunker.split(doc(text))]
-    assert first != [c.id for c in chunker.split(doc(text, source="y.md"))]
+    first = [c.id for c in cutting.split(doc(text))]
+    assert first == [c.id for c in cutting.split(doc(text))]
+    assert first != [c.id for c in cutting.split(doc(text, source="y.md"))]
     assert len(set(first)) == len(first)
-    edited = [c.id for c in chunker.split(doc(text.replace("other", "changed")))]
+    edited = [c.id for c in cutting.split(doc(text.replace("other", "changed")))]
     assert edited[0] == first[0] and edited[1] != first[1]
 
 
-def test_duplicate_passages_in_one_file_get_distinct_ids(chunker):
-    chunks = chunker.split(doc("# A\n\nrepeat me\n\n# A\n\nrepeat me\n"))
+def test_duplicate_passages_in_one_file_get_distinct_ids(cutting):
+    chunks = cutting.split(doc("# A\n\nrepeat me\n\n# A\n\nrepeat me\n"))
     assert len(chunks) == 2 and chunks[0].id != chunks[1].id
+
+
+def _paths(text: str) -> list[str]:
+    """Heading path of each non-empty section, in order."""
+    return [p for p, start, end in sections(text) if text[start:end].strip()]
+
+
+# Issue 11: a fence closes only at a fence of the same character at least as long as its opener
+# (CommonMark 4.5). The cases marked "was wrong" gave another heading path before the CommonMark parser.
+FENCE_CASES = {
+    # was wrong: the ```` fence's inner ``` closed it, "# comment" became a heading of "Real"
+    "four backticks hold a python block": (
+        "# Course\n\n````markdown\n```python\n# comment\nx = 1\n```\n````\n\n## Real\n\nreal text\n",
+        ["Course", "Course > Real"]),
+    # was wrong: ~~~ closed a ~~~~ fence
+    "a shorter tilde fence does not close": (
+        "# Course\n\n~~~~\n~~~\n# inside\n~~~\n~~~~\n\n## Real\n\nreal text\n", ["Course", "Course > Real"]),
+    "tildes hold backticks and close only with tildes": (
+        "# Course\n\n~~~\n```\n# inside\n~~~\n\n## Real\n\nreal text\n```\n", ["Course", "Course > Real"]),
+    # was wrong: a line starting with inline code (backticks in the info string) opened a fence
+    "inline code at a line start is no fence": (
+        "# Course\n\n```x``` is inline code\n\n## Real\n\nreal text\n", ["Course", "Course > Real"]),
+    "a longer closing fence closes": (
+        "# Course\n\n```\n# inside\n`````\n\n## Real\n\nreal text\n", ["Course", "Course > Real"]),
+    "a fence inside a list item": (
+        "# Course\n\n1. Install:\n   ```bash\n   # install\n   pip install x\n   ```\n\n## Real\n\nreal text\n",
+        ["Course", "Course > Real"]),
+    "an unclosed fence runs to the end": (
+        "# Course\n\ntext\n\n```\n# inside\n\n## not real\n", ["Course"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FENCE_CASES))
+def test_code_fences_follow_commonmark(case):
+    text, expected = FENCE_CASES[case]
+    assert _paths(text) == expected
+
+
+def test_sections_spans_cover_the_text_after_each_heading():
+    text = "intro\n\n# A\n\n````\n```\n# x\n```\n````\nbody A\r\n## B\nbody B"
+    got = list(sections(text))
+    assert [p for p, _, _ in got] == ["", "A", "A > B"]
+    assert [text[s:e] for _, s, e in got] == ["intro\n\n", "\n````\n```\n# x\n```\n````\nbody A\r\n", "body B"]
+
+
+# ---- issue 13: passages that fill the embedder's window, child windows --------------------------------
+
+
+def _notes(n_sections: int, sentences: int = 2) -> str:
+    parts = ["# Notes\n"]
+    for i in range(n_sections):
+        body = " ".join(f"Topic {i} sentence {j} explains one idea about adapters and attention." for j in range(sentences))
+        parts.append(f"## Topic {i}\n\n{body}\n")
+    return "\n".join(parts)
+
+
+def test_small_sections_are_packed_up_to_the_budget_with_their_headings(chunker, cutting, embedder):
+    text = _notes(12)
+    d = doc(text)
+    merged, cut = chunker.split(d), cutting.split(d)
+    assert len(cut) >= 12 and len(merged) <= len(cut) // 3
+    for c in merged:
+        assert d.text[c.span[0]:c.span[1]] == c.text
+        assert len(embedder.tokenizer(c.embed_text)["input_ids"]) <= embedder.max_tokens
+        # the section is the heading path where the passage starts; later headings stay in its text
+        first_heading = next(ln for ln in c.text.splitlines() if ln.startswith("## "))
+        assert c.section.endswith(first_heading[3:]) or c.section == "Notes"
+    # no section lost, headings shown to the model (a small section may repeat as the next one's overlap)
+    assert {ln for c in merged for ln in c.text.splitlines() if ln.startswith("## ")} == {f"## Topic {i}" for i in range(12)}
+
+
+def test_passages_end_at_sentence_ends(embedder):
+    ch = Chunker(embedder.tokenizer, embedder.max_tokens, chunk_tokens=60, overlap=0)
+    sentences = [f"Sentence number {i} describes how low-rank adapters are trained on frozen weights." for i in range(40)]
+    chunks = ch.split(doc("# Long\n\n" + " ".join(sentences)))
+    assert len(chunks) >= 5
+    for c in chunks:
+        assert c.text.rstrip().endswith("."), c.text[-40:]
+        assert c.text.lstrip("# Long\n").startswith("Sentence number")
+
+
+def test_heading_path_is_embedded_only_on_request(embedder):
+    text = "# Course\n\n## LoRA\n\nLoRA trains adapters.\n"
+    plain = Chunker(embedder.tokenizer, embedder.max_tokens).split(doc(text))[0]
+    headed = Chunker(embedder.tokenizer, embedder.max_tokens, embed_headings=True).split(doc(text))[0]
+    assert plain.section == headed.section == "Course"
+    assert plain.embed_text == plain.text
+    assert headed.embed_text.startswith("Course\n\n") and headed.embed_text.endswith(headed.text)
+
+
+def test_child_windows_carry_their_passage(embedder):
+    ch = Chunker(embedder.tokenizer, embedder.max_tokens, chunk_tokens=200, child_tokens=40)
+    d = doc(_notes(10, sentences=3))
+    parents = Chunker(embedder.tokenizer, embedder.max_tokens, chunk_tokens=200).split(d)
+    children = ch.split(d)
+    assert len(children) > len(parents) >= 2
+    assert ch.params()["child_tokens"] == 40
+    by_parent: dict[int, list] = {}
+    for c in children:
+        assert d.text[c.span[0]:c.span[1]] == c.text
+        assert len(embedder.tokenizer(c.embed_text)["input_ids"]) <= 40 + 20  # a window, not a passage
+        ps = c.metadata["parent_span"]
+        assert ps[0] <= c.span[0] and c.span[1] <= ps[1]
+        by_parent.setdefault(c.metadata["parent"], []).append(c)
+    assert sorted(by_parent) == sorted(p.id for p in parents)
+    for p in parents:
+        kids = by_parent[p.id]
+        assert kids[0].metadata["parent_text"] == p.text
+        assert not any("parent_text" in k.metadata for k in kids[1:])
+        assert " ".join(k.text for k in kids).split() == p.text.split()  # the windows tile the passage

@@ -1,10 +1,20 @@
-"""Loading: every supported kind reads, every bad kind is skipped with a message naming the problem."""
+"""Loading: every supported kind reads, every bad kind is skipped with a message naming the problem.
+
+Issue 11: text decoded by BOM (UTF-16/32), every entry the walk sees indexed or skipped with its reason,
+identical files loaded once, HTML <pre> kept as code, and one-line errors for files a command reads.
+"""
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
-from rag.ingest.loaders import load_documents
+import pytest
+
+from rag.errors import RagError
+from rag.ingest.chunking import sections
+from rag.ingest.loaders import load_documents, read_lines, read_text, walk_corpus
 from tests.pdfgen import make_pdf
 
 
@@ -22,7 +32,7 @@ def test_loads_md_txt_html_pdf_recursively(tmp_path: Path):
     docs, skipped = load_documents(root)
     by = {d.source: d for d in docs}
     assert set(by) == {"a.md", "sub/b.txt", "sub/deeper/c.html", "d.pdf"}
-    assert skipped == []
+    assert {s.source for s in skipped} == {"notes.docx", ".hidden.md"}  # listed with their reasons (issue 11)
     html = by["sub/deeper/c.html"].text
     assert "## Attention" in html and "Heads attend." in html and "- one" in html
     assert "alert" not in html and "x{}" not in html
@@ -56,3 +66,125 @@ def test_markdown_images_become_their_alt_text(tmp_path: Path):
     (root / "a.md").write_text("Before ![Attention diagram](img/Untitled%2052.png) after ![](x.png).", encoding="utf-8")
     docs, _ = load_documents(root)
     assert docs[0].text == "Before Attention diagram after ."
+
+
+TEXT = "Temperature scales the logits before sampling; top-p keeps the smallest likely set. Ünïcödé — ok.\n"
+
+
+def test_utf16_and_utf32_text_is_decoded_by_its_bom(tmp_path: Path):
+    """What Windows editors save as "Unicode" (UTF-16 LE with a BOM) was skipped as a binary file."""
+    root = tmp_path / "c"
+    root.mkdir()
+    for name, encoding in [("le16.txt", "utf-16-le"), ("be16.md", "utf-16-be"), ("le32.txt", "utf-32-le"),
+                           ("be32.txt", "utf-32-be")]:
+        bom = {"utf-16-le": b"\xff\xfe", "utf-16-be": b"\xfe\xff", "utf-32-le": b"\xff\xfe\x00\x00",
+               "utf-32-be": b"\x00\x00\xfe\xff"}[encoding]
+        (root / name).write_bytes(bom + TEXT.replace("\n", "\r\n").encode(encoding))
+    (root / "sig.txt").write_bytes(b"\xef\xbb\xbf" + TEXT.encode("utf-8"))
+    (root / "page.html").write_bytes(b"\xff\xfe" + f"<p>{TEXT}</p>".encode("utf-16-le"))
+    (root / "nobom.txt").write_bytes(TEXT.encode("utf-16-le"))  # no BOM: not guessed
+    docs, skipped = load_documents(root)
+    by = {d.source: d.text for d in docs}
+    assert set(by) == {"le16.txt", "be16.md", "le32.txt", "be32.txt", "sig.txt", "page.html"}
+    for name in ["le16.txt", "be16.md", "le32.txt", "be32.txt", "sig.txt"]:
+        assert by[name] == TEXT, name  # no BOM left, \r\n normalised
+    assert TEXT.strip() in by["page.html"]
+    assert [(s.source, "UTF-16" in s.reason) for s in skipped] == [("nobom.txt", True)]
+
+
+def test_every_entry_the_walk_sees_is_indexed_or_skipped_with_its_reason(tmp_path: Path):
+    """.docx and other types were passed over without a word; so were links, hidden files, special files."""
+    root = tmp_path / "c"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.md").write_text("# A\n\nreadable", encoding="utf-8")
+    (root / "sub" / "b.txt").write_text("plain text in a folder", encoding="utf-8")
+    (root / "notes.docx").write_bytes(b"PK\x03\x04 a word file")
+    (root / "diagram.png").write_bytes(b"\x89PNG\r\n")
+    (root / "Makefile").write_text("all:\n", encoding="utf-8")
+    (root / ".hidden.md").write_text("secret", encoding="utf-8")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref", encoding="utf-8")
+    (root / "broken.md").symlink_to(root / "nowhere.md")
+    (root / "loop.md").symlink_to(root / "loop.md")  # a file link that points at itself
+    (root / "sub" / "up").symlink_to(root)  # a folder link back to an ancestor
+    outside = tmp_path / "shared"
+    outside.mkdir()
+    (outside / "s.md").write_text("# Shared\n\nlinked in from elsewhere", encoding="utf-8")
+    (root / "shared").symlink_to(outside)  # a folder link elsewhere: followed
+    os.mkfifo(root / "pipe.txt")  # reading it would block forever
+    files, walk_skipped = walk_corpus(root)
+    assert [f.relative_to(root).as_posix() for f in files] == ["a.md", "shared/s.md", "sub/b.txt"]
+    docs, skipped = load_documents(root)
+    assert [d.source for d in docs] == ["a.md", "shared/s.md", "sub/b.txt"]
+    reasons = {s.source: s.reason for s in skipped}
+    assert reasons == {s.source: s.reason for s in walk_skipped}
+    assert set(reasons) == {"notes.docx", "diagram.png", "Makefile", ".hidden.md", ".git/", "broken.md",
+                            "loop.md", "sub/up/", "pipe.txt"}
+    assert reasons["notes.docx"].startswith("unsupported file type .docx") and ".md" in reasons["notes.docx"]
+    assert "unsupported file type (no extension)" in reasons["Makefile"]
+    assert "hidden" in reasons[".hidden.md"] and "hidden folder" in reasons[".git/"]
+    assert "broken symlink" in reasons["broken.md"]
+    assert "symlink loop" in reasons["loop.md"] and "symlink loop" in reasons["sub/up/"]
+    assert "not a regular file" in reasons["pipe.txt"]
+
+
+def test_a_corpus_that_is_a_symlink_loop_is_one_error(tmp_path: Path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(RagError, match="symlink loop"):
+        load_documents(loop)
+    with pytest.raises(RagError, match="does not exist"):
+        load_documents(tmp_path / "missing")
+
+
+def test_identical_files_are_loaded_once(tmp_path: Path):
+    root = tmp_path / "c"
+    root.mkdir()
+    body = "# LoRA\n\nLoRA freezes the pre-trained weights and trains two low-rank matrices."
+    for name in ["b-copy.md", "a.md", "c.md"]:
+        (root / name).write_text(body, encoding="utf-8")
+    (root / "other.md").write_text(body + " Different.", encoding="utf-8")
+    docs, skipped = load_documents(root)
+    assert [d.source for d in docs] == ["a.md", "other.md"]
+    assert {s.source: s.reason for s in skipped} == {
+        "b-copy.md": "same content as a.md (identical files are indexed once)",
+        "c.md": "same content as a.md (identical files are indexed once)"}
+
+
+def test_html_pre_blocks_stay_code_not_headings(tmp_path: Path):
+    """A `# comment` line in a <pre> block became a heading of everything after it."""
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "p.html").write_text(
+        "<h1>Setup</h1><pre># install the package\npip install x\n``` odd fence ```\n</pre>"
+        "<p>Then run it.</p><h2>Usage</h2><p>Call it.</p>", encoding="utf-8")
+    doc = load_documents(root)[0][0]
+    paths = [p for p, start, end in sections(doc.text) if doc.text[start:end].strip()]
+    assert paths == ["Setup", "Setup > Usage"]
+    assert "# install the package" in doc.text and "Then run it." in doc.text
+
+
+def test_read_text_gives_one_line_errors_and_decodes_by_bom(tmp_path: Path):
+    good = tmp_path / "q.txt"
+    good.write_bytes(b"\xff\xfe" + "first\nsecond\n".encode("utf-16-le"))
+    assert read_text(good, "queries file") == "first\nsecond\n"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nnot \xff utf-8\n")
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    cases = {bad: "not valid UTF-8 (byte 9)", tmp_path / "none.txt": "not found", tmp_path: "is a folder",
+             loop: "symlink loop"}
+    for path, expected in cases.items():
+        with pytest.raises(RagError) as exc:
+            read_text(path, "queries file")
+        msg = str(exc.value)
+        assert expected in msg and str(path) in msg and "queries file" in msg and "\n" not in msg
+
+
+def test_read_lines_streams_utf8_and_reads_utf16_whole():
+    assert list(read_lines(io.BytesIO(b"\xef\xbb\xbfone\r\ntwo\n"), "stdin")) == ["one", "two"]
+    assert list(read_lines(io.BytesIO(b"\xff\xfe" + "one\ntwo".encode("utf-16-le")), "stdin")) == ["one", "two"]
+    lines = read_lines(io.BytesIO(b"one\nbad \xc3\x28\n"), "stdin")
+    assert next(lines) == "one"
+    with pytest.raises(RagError, match=r"stdin line 2: not valid UTF-8"):
+        next(lines)

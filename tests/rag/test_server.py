@@ -1,0 +1,445 @@
+"""`rag serve` as a real process on 127.0.0.1: OpenAI conformance through the official `openai` client,
+fairness under load (bounded request loops, order and status codes, never timings), access rules; and
+the per-call settings of RagPipeline.ask() it relies on. The bundled model answers with a few tokens
+(`-k 2` keeps prompts short on a 2-core CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from rag.answering.pipeline import MAX_TURN_CHARS
+from rag.api import make_pipeline
+from rag.errors import RagError
+from rag.generation.base import GenerationParams
+from rag.generation.http import OpenAIGenerator
+from tests.conftest import ROOT
+
+KEY = "test-key-4a1f"
+ON_TOPIC = "What does LoRA freeze?"
+OFF_TOPIC = "How do I bake sourdough bread at home?"
+LONG = 1000  # tokens for a request that must hold the model until the test lets it go
+POLL_S = 120  # bound of every polling loop (the answer comes much sooner; this only stops a hung test)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """A running `rag serve`: its base URL, the key to use, and helpers to poll /health."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        self.url, self.key = url, key
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def client(self, **kw: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key or "none", max_retries=0, **kw)
+
+    def health(self) -> dict[str, Any]:
+        r = httpx.get(self.url + "/health", headers=self.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_queue(self, **expected: int) -> dict[str, Any]:
+        """Poll /health until every queue stat in `expected` has that value."""
+        deadline = time.monotonic() + POLL_S
+        while True:
+            q = self.health()["queue"]
+            if all(q[k] == v for k, v in expected.items()):
+                return q
+            assert time.monotonic() < deadline, f"queue never reached {expected}: {q}"
+            time.sleep(0.05)
+
+    def post(self, body: Any, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.post(self.url + "/v1/chat/completions", json=body, headers=headers, timeout=POLL_S, **kw)
+
+
+@contextlib.contextmanager
+def start_server(index_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 key: str | None = None) -> Iterator[Served]:
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
+                             str(index_dir), "--max-tokens", "8", "-k", "2", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    served = Served(f"http://127.0.0.1:{port}", key)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(served.url + "/health", headers=served.headers, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read())
+        assert time.monotonic() < deadline, "rag serve did not start"
+        time.sleep(0.5)
+    try:
+        yield served
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(course_index) -> Iterator[Served]:
+    """The main server: an API key, one allowed CORS origin, at most 4 requests waiting for the model."""
+    with start_server(course_index.index_dir, "--api-key", KEY, "--max-queue", "4",
+                      "--cors-origin", "http://allowed.example", key=KEY) as served:
+        yield served
+
+
+def msgs(question: str = ON_TOPIC) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": question}]
+
+
+def body(question: str = ON_TOPIC, **fields: Any) -> dict[str, Any]:
+    return {"model": "course-rag", "messages": msgs(question), "max_tokens": 4, **fields}
+
+
+# ---- OpenAI conformance, through the official client ---------------------------------------------
+
+def test_openai_client_stream_and_non_stream_give_the_same_answer(server):
+    client = server.client()
+    assert [m.id for m in client.models.list()] == ["course-rag"]
+    done = client.chat.completions.create(model="course-rag", messages=msgs(), max_tokens=6)
+    choice = done.choices[0]
+    assert done.object == "chat.completion" and done.id.startswith("chatcmpl-") and done.model == "course-rag"
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length") and len(done.choices) == 1
+    assert done.usage.completion_tokens <= 6
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens > 0
+    assert done.model_extra["sources"] and done.model_extra["abstained"] is False
+
+    chunks = list(client.chat.completions.create(model="course-rag", messages=msgs(), max_tokens=6, stream=True,
+                                                 stream_options={"include_usage": True}))
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert text.strip() == choice.message.content  # greedy: the same answer either way
+    assert [c.choices[0].finish_reason for c in with_choices].count(None) == len(with_choices) - 1
+    assert with_choices[-1].choices[0].finish_reason == choice.finish_reason
+    assert with_choices[-1].model_extra["sources"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == done.usage.total_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_text_parts_and_system_messages_are_read(server):
+    client = server.client()
+    plain = client.chat.completions.create(model="course-rag", messages=msgs(), max_tokens=4)
+    parts = client.chat.completions.create(model="course-rag", max_tokens=4, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "What does LoRA"}, {"type": "text", "text": "freeze?"}]}])
+    assert parts.choices[0].message.content.strip()
+    assert parts.model_extra["sources"][0]["source"] == plain.model_extra["sources"][0]["source"]
+    system = client.chat.completions.create(model="course-rag", max_tokens=4, messages=[
+        {"role": "system", "content": "Answer in one word."}, {"role": "developer", "content": "Be formal."},
+        *msgs()])
+    assert system.usage.prompt_tokens > plain.usage.prompt_tokens  # the instructions reached the prompt
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"n": 2}, "n"),
+    ({"stop": [5]}, "stop[0]"),
+    ({"stop": {"a": 1}}, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stream": "false"}, "stream"),
+    ({"temperature": 3}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 100_000}, "max_tokens"),
+    ({"logprobs": True}, "logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format.type"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"modalities": ["audio"]}, "modalities"),
+    ({"store": True}, "store"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"best_of": 2}, "best_of"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}, *msgs()]}, "messages[0].role"),
+    ({"messages": [*msgs(), {"role": "assistant", "content": "..."}]}, "messages"),
+    ({"messages": []}, "messages"),
+])
+def test_unsupported_or_invalid_fields_are_400_naming_them(server, fields, param):
+    client = server.client()
+    kw = {"model": "course-rag", "messages": msgs(), "max_tokens": 4}
+    extra = {k: v for k, v in fields.items() if k != "messages"}
+    kw.update({k: v for k, v in fields.items() if k == "messages"})
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**kw, extra_body=extra)
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param and param.split("[")[0].split(".")[0] in err.value.body["message"]
+
+
+def test_refusals_come_before_any_stream_starts(server):
+    r = server.post(body(stop=[5], stream=True))  # was a dropped connection without [DONE]
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["param"] == "stop[0]"
+
+
+def test_malformed_bodies_are_400_not_500(server):
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"model": "course-rag", "messages": [' + b"{" * 50_000,
+                b"not json", b"[1, 2]", b'{"model": "course-rag", "messages": [], "temperature": NaN}'):
+        r = httpx.post(server.url + "/v1/chat/completions", content=raw, timeout=60,
+                       headers={**server.headers, "Content-Type": "application/json"})
+        assert r.status_code == 400, (raw[:40], r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    nan = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                     headers={**server.headers, "Content-Type": "application/json"},
+                     content=b'{"model": "course-rag", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}')
+    assert nan.json()["error"]["param"] == "temperature"
+
+
+def test_unknown_model_is_404(server):
+    with pytest.raises(openai.NotFoundError) as err:
+        server.client().chat.completions.create(model="gpt-4o", messages=msgs(), max_tokens=4)
+    assert err.value.body["param"] == "model" and "course-rag" in err.value.body["message"]
+
+
+def test_the_projects_http_backend_reads_rag_serve(server):
+    gen = OpenAIGenerator(server.url + "/v1", model_name="course-rag", api_key=KEY)
+    pieces = list(gen.stream(msgs(), GenerationParams(max_new_tokens=6)))
+    assert pieces and "".join(pieces).strip()
+
+
+# ---- fair under load -----------------------------------------------------------------------------
+
+class Client(threading.Thread):
+    """One request in its own thread; records when its answer (or first streamed token) arrived.
+
+    `leave()` makes a streaming client hang up at the next event it receives (a waiting stream gets an
+    SSE comment every second, a generating one its tokens), as a closed browser tab does.
+    """
+
+    def __init__(self, server: Served, payload: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.server, self.payload = server, payload
+        self.first: float | None = None
+        self.status: int | None = None
+        self.result: Any = None
+        self.headers: dict[str, str] = {}
+        self._leave = threading.Event()
+        self.start()
+
+    def leave(self) -> None:
+        self._leave.set()
+        self.join(POLL_S)
+
+    def run(self) -> None:
+        if not self.payload.get("stream"):
+            r = self.server.post(self.payload)
+            self.first, self.status, self.headers = time.monotonic(), r.status_code, r.headers
+            self.result = r.json()
+            return
+        with httpx.stream("POST", self.server.url + "/v1/chat/completions", json=self.payload,
+                          headers=self.server.headers, timeout=POLL_S) as r:
+            self.status, self.headers = r.status_code, r.headers
+            events = []
+            for line in r.iter_lines():
+                if self._leave.is_set():
+                    return
+                if line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    if self.first is None and event.get("choices") and event["choices"][0]["delta"].get("content"):
+                        self.first = time.monotonic()
+                    events.append(event)
+            self.result = events
+
+
+def test_arrival_order_and_no_model_work_never_waits(server):
+    blocker = Client(server, body(max_tokens=LONG, stream=True))
+    server.wait_queue(running=1)
+    stopped = server.health()["queue"]["stopped"]
+    line = []
+    for i, stream in enumerate([False, True, False, True]):  # each is in line before the next is sent
+        line.append(Client(server, body(stream=stream)))
+        server.wait_queue(waiting=i + 1)
+    assert server.health()["queue"]["waiting"] == 4  # /health answers whatever the queue
+    off_topic = Client(server, body(OFF_TOPIC))
+    off_topic.join(POLL_S)
+    assert off_topic.status == 200 and off_topic.result["abstained"] is True
+    assert all(c.first is None for c in line)  # the abstention did not wait behind any of them
+    blocker.leave()  # a client that disconnects mid-answer: the model stops and the line moves on
+    for c in line:
+        c.join(POLL_S)
+        assert c.status == 200
+    firsts = [c.first for c in line]
+    assert None not in firsts and firsts == sorted(firsts)  # served in arrival order, streams or not
+    assert server.wait_queue(running=0, waiting=0)["stopped"] == stopped + 1
+
+
+def test_full_queue_gets_429_and_clients_that_leave_free_their_place(server):
+    blocker = Client(server, body(max_tokens=LONG, stream=True))
+    server.wait_queue(running=1)
+    waiting = [Client(server, body(stream=True)) for _ in range(4)]
+    server.wait_queue(waiting=4)
+    refused = server.post(body())
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "queue_full"
+    with pytest.raises(openai.RateLimitError):  # what the official client sees (it would retry after Retry-After)
+        server.client().chat.completions.create(model="course-rag", messages=msgs(), max_tokens=4)
+    assert server.post(body(OFF_TOPIC)).status_code == 200  # an abstention needs no place in line
+    for c in waiting:
+        c.leave()
+    assert server.wait_queue(waiting=0)["running"] == 1  # they left the line; the blocker still runs
+    stopped = server.health()["queue"]["stopped"]
+    blocker.leave()
+    assert server.wait_queue(running=0)["stopped"] == stopped + 1
+    assert server.post(body()).status_code == 200  # and the model serves the next one
+
+
+def test_a_non_streaming_client_that_disconnects_frees_the_model(server):
+    stopped = server.health()["queue"]["stopped"]
+    payload = json.dumps(body(max_tokens=LONG)).encode()
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nAuthorization: Bearer " + KEY.encode() +
+                     b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        server.wait_queue(running=1)
+    assert server.wait_queue(running=0)["stopped"] == stopped + 1
+
+
+def test_per_request_settings_do_not_leak_between_concurrent_requests(server):
+    short = Client(server, body(max_tokens=1))
+    longer = Client(server, body(max_tokens=6))
+    short.join(POLL_S), longer.join(POLL_S)
+    assert len(short.result["choices"][0]["message"]["content"].split()) <= 1
+    assert short.result["choices"][0]["finish_reason"] == "length"
+    assert longer.result["usage"]["completion_tokens"] > 1
+    top1 = server.post(body(OFF_TOPIC, retrieval_top_k=1, retrieval_mode="bm25")).json()
+    assert len(top1["sources"]) == 1
+
+
+def test_body_and_conversation_size_caps(server):
+    huge = "x" * (5 * 1024 * 1024)
+    r = server.post({"model": "course-rag", "messages": [{"role": "user", "content": huge}, *msgs()]})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
+    turns = [{"role": "user", "content": "y" * 30_000}, {"role": "assistant", "content": "z" * 30_000}, *msgs()]
+    r = server.post({"model": "course-rag", "messages": turns, "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "characters long" in r.json()["error"]["message"]
+
+
+# ---- closed to strangers -------------------------------------------------------------------------
+
+def test_api_key_is_required_everywhere(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+            r = httpx.request(method, server.url + path, headers=headers, json=body(), timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (headers, path)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_only_json_bodies_and_loopback_hosts(server):
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
+        r = httpx.post(server.url + "/v1/chat/completions", content=json.dumps(body()),
+                       headers={**server.headers, "Content-Type": ctype}, timeout=30)
+        assert r.status_code == 415, ctype
+    r = httpx.get(server.url + "/health", headers={**server.headers, "Host": "attacker.example"}, timeout=30)
+    assert r.status_code == 400  # a DNS-rebinding page cannot reach the server through a browser
+
+
+def test_cors_allows_only_configured_origins_and_docs_are_off(server):
+    def preflight(origin: str) -> httpx.Response:
+        return httpx.options(server.url + "/v1/chat/completions", timeout=30, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+
+    ok = preflight("http://allowed.example")
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://allowed.example"
+    assert "access-control-allow-origin" not in preflight("http://evil.example").headers
+    r = httpx.get(server.url + "/v1/models", headers={**server.headers, "Origin": "http://evil.example"}, timeout=30)
+    assert "access-control-allow-origin" not in r.headers
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(server.url + path, headers=server.headers, timeout=30).status_code == 404
+
+
+def test_key_from_the_environment_and_docs_on_request(course_index):
+    with start_server(course_index.index_dir, "--docs", env={"RAG_SERVER_API_KEY": "env-key"}, key="env-key") as served:
+        assert httpx.get(served.url + "/docs", timeout=30).status_code == 401
+        assert httpx.get(served.url + "/docs", headers=served.headers, timeout=30).status_code == 200
+        spec = httpx.get(served.url + "/openapi.json", headers=served.headers, timeout=30).json()
+        assert "/v1/chat/completions" in spec["paths"]
+        assert "access-control-allow-origin" not in httpx.options(
+            served.url + "/v1/models", headers={"Origin": "http://a.example", "Access-Control-Request-Method": "GET"},
+            timeout=30).headers  # no CORS origins configured: none allowed
+
+
+def test_every_readme_server_command_binds_loopback():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if re.search(r"\b(streamlit run|rag serve|uvicorn)\b", line)
+                and not line.lstrip().startswith(("|", "`rag serve`", "-"))]
+    assert commands
+    for line in commands:
+        if "streamlit run" in line:
+            assert "--server.address 127.0.0.1" in line or "0.0.0.0" in line and "RAG_ADMIN_SECRET" in readme, line
+        if "--host" in line:
+            assert "127.0.0.1" in line or "--api-key" in line, line
+    config = (ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8")
+    assert re.search(r'address\s*=\s*"127\.0\.0\.1"', config)  # a bare `streamlit run` here binds loopback too
+
+
+# ---- RagPipeline.ask per-call settings (what the server relies on) -------------------------------
+
+@pytest.fixture(scope="module")
+def pipe(course_index):
+    return make_pipeline(course_index.model_copy(update={"max_new_tokens": 12, "top_k": 3}))
+
+
+def test_ask_takes_per_call_settings_and_leaves_the_pipeline_alone(pipe):
+    before = (pipe.params, pipe.top_k, pipe.mode)
+    resp = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=2), top_k=2, mode="bm25")
+    assert [h.chunk.id for h in resp.hits] == [h.chunk.id for h in pipe.retriever.search(ON_TOPIC, 2, "bm25")]
+    assert resp.text().strip() and pipe.generator.count_tokens(resp.text()) <= 3 and resp.finish_reason == "length"
+    assert (pipe.params, pipe.top_k, pipe.mode) == before
+    assert len(pipe.ask(OFF_TOPIC).hits) == 3  # the pipeline's own defaults still apply
+    for bad in ({"top_k": 0}, {"top_k": 101}, {"mode": "semantic"}, {"params": GenerationParams(top_p=0)}):
+        with pytest.raises(RagError):
+            pipe.ask(ON_TOPIC, **bad)
+
+
+def test_ask_does_the_no_model_work_up_front_and_clips_long_turns(pipe):
+    history = [{"role": "user", "content": "LoRA " * 400_000}, {"role": "assistant", "content": "..."},
+               {"role": "system", "content": "Answer in French."}]
+    resp = pipe.ask("And what does it freeze?", history, params=GenerationParams(max_new_tokens=1))
+    assert resp.needs_model and resp.prompt_tokens > 0 and resp.messages  # prompt fitted before generation
+    assert all(len(m["content"]) <= MAX_TURN_CHARS + 1 for m in resp.history)
+    assert "Answer in French." in resp.messages[0]["content"] and resp.messages[0]["role"] == "system"
+    assert resp.completion_tokens == 0  # nothing generated until iterated
+    resp.close()  # never started: closing is safe and leaves the model free
+    assert not pipe.ask(OFF_TOPIC).needs_model
+
+
+def test_cancel_stops_the_model_at_once_from_any_point(pipe):
+    before = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=400))
+    before.cancel()  # before iteration: the model stops at its first layer, nothing is generated
+    assert list(before) == [] and before.completion_tokens == 0
+    during = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=400))
+    first = next(during)
+    during.cancel()  # thread-safe; here from the iterating thread itself
+    rest = list(during)
+    assert first and pipe.generator.count_tokens(first + "".join(rest)) < 40
+    after = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=3))
+    assert after.text().strip()  # the model is free for the next answer
+

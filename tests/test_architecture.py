@@ -1,0 +1,79 @@
+"""The shape of the house (issue 10), checked on the source text so it cannot drift back.
+
+- no import cycle between the project's modules, counting imports inside functions (a lazy import that
+  closes a cycle is still a cycle: it only moves the failure to run time);
+- no private name (`_x`) imported from another module;
+- no module in rag/, raft/ or ui/ over 500 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("rag", "raft", "ui")
+MAX_LINES = 500
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(path: Path, module: str, known: set[str]) -> list[tuple[str, list[str]]]:
+    """(imported module, names) for every import statement anywhere in the file, resolved to project modules."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] in PACKAGES]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] not in PACKAGES:
+                continue
+            names = [a.name for a in node.names]
+            # `from rag.generation import teacher` imports the submodule rag.generation.teacher
+            subs = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in known]
+            out += [(s, []) for s in subs] or [(node.module, names)]
+    return out
+
+
+def test_no_import_cycle() -> None:
+    modules = _modules()
+    graph = {m: {i for i, _ in _imports(p, m, set(modules)) if i in modules and i != m} for m, p in modules.items()}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_crosses_modules() -> None:
+    modules = _modules()
+    bad = []
+    for m, path in modules.items():
+        for target, names in _imports(path, m, set(modules)):
+            bad += [f"{path.relative_to(ROOT)} imports {target}.{n}" for n in names
+                    if n.startswith("_") and not n.startswith("__")]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_module_over_500_lines() -> None:
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in _modules().values()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
+    assert not long, "\n".join(long)
