@@ -48,7 +48,10 @@ def main() -> None:
     cov = retriever.index.bm25.term_coverage
     on_q = [q["question"] for q in load_questions(on_file)]
     off_q = [q for q in off_file.read_text().splitlines() if q.strip()]
-    pipe = make_pipeline(settings, retriever=retriever, generator=object())  # the model is not needed here
+    # the model is not needed here: should_abstain() reads only the hits and the index
+    from types import SimpleNamespace
+
+    pipe = make_pipeline(settings, retriever=retriever, generator=SimpleNamespace(small_model=True))
     wrong_on = [q for q in on_q if pipe.should_abstain(q, retriever.search(q, k=5))]
     wrong_off = [q for q in off_q if not pipe.should_abstain(q, retriever.search(q, k=5))]
     print(f"off-topic term coverage: max {max(cov(q) for q in off_q):.2f}; on-topic: min {min(cov(q) for q in on_q):.2f}")

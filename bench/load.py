@@ -9,8 +9,9 @@ after a streaming client disconnects, mid-answer and during prompt prefill.
 
     python bench/load.py [--levels 1,4,20] [--max-tokens 8] [--max-queue 16] [--baseline-ref REF]
 
-`--baseline-ref HEAD` first runs the same load against the server as it was at that git commit (its
-rag/server.py, before this rework), in a separate process, for a before/after table in one run.
+`--baseline-ref e5b8d60` (the last commit with the single-lock rag/server.py) also runs that server, from
+its own source, in a separate process; each level then runs on both in turn, for a before/after table
+measured under the same machine load.
 Results: bench/results/load.json and load.md. Timings are measured here, never asserted in tests.
 """
 
@@ -32,11 +33,23 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import ROOT, LoadMeter, finish_run, fmt, machine_info, md_table, percentile  # noqa: E402
+from benchutil import (
+    ROOT,
+    LoadMeter,
+    finish_run,
+    fmt,
+    machine_info,
+    md_table,
+    percentile,
+    wait_for_quiet,
+)
 
 sys.path.insert(0, str(ROOT))
 MODEL = "course-rag"
 HEALTH_EVERY_S = 0.25
+# Two streams count as sent in order when sent this far apart: 20 client threads on a busy 2-core machine
+# can start a request a few hundred ms after taking its timestamp.
+ORDER_GAP_S = 0.5
 
 # The server of an older commit, run from its own source (git show REF:rag/server.py) for the baseline.
 BASELINE_MAIN = """
@@ -72,7 +85,8 @@ def start_server(args: argparse.Namespace, baseline: str | None, tmp: Path) -> t
         cmd = [str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
                str(args.index_dir), "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue),
                "-k", str(args.top_k)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    env = {**os.environ, **({"RAG_ANSWER_MODE": args.answer_mode} if args.answer_mode else {})}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -126,7 +140,14 @@ def one_request(url: str, job: dict[str, Any], max_tokens: int) -> dict[str, Any
             row["status"], row["retry_after"] = r.status_code, r.headers.get("retry-after")
             row["ok"] = r.status_code == 200
             if row["ok"]:
-                row["abstained"] = r.json().get("abstained")
+                reply = r.json()
+                row["abstained"] = reply.get("abstained")
+                t = reply.get("timings") or {}
+                if not row["abstained"] and {"generate", "first_token"} <= set(t):
+                    # when its first token came, from the server's own timings: answer arrival minus the
+                    # generation and attribution that followed it
+                    row["first_token_at"] = (time.monotonic() - row["sent"] - t["generate"] - t.get("attribute", 0)
+                                             + t["first_token"])
     except httpx.HTTPError as exc:
         row["status"], row["ok"], row["error"] = None, False, f"{type(exc).__name__}: {exc}"
     row["latency"] = time.monotonic() - row["sent"]
@@ -173,7 +194,6 @@ def run_level(url: str, concurrency: int, args: argparse.Namespace) -> dict[str,
                 time.sleep(min(float(row.get("retry_after") or 1), args.max_retry_wait))
 
     health = HealthSampler(url)
-    meter = LoadMeter()
     t0 = time.monotonic()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for t in threads:
@@ -183,19 +203,24 @@ def run_level(url: str, concurrency: int, args: argparse.Namespace) -> dict[str,
     wall = time.monotonic() - t0
     health.halt.set()
     health.join()
-    return summarize(concurrency, rows, health, wall, meter.stop())
+    return summarize(concurrency, rows, health, wall)
 
 
-def summarize(c: int, rows: list[dict[str, Any]], health: HealthSampler, wall: float, load: dict) -> dict[str, Any]:
+def summarize(c: int, rows: list[dict[str, Any]], health: HealthSampler, wall: float) -> dict[str, Any]:
     ok = [r for r in rows if r["ok"]]
 
     def pct(values: list[float]) -> dict[str, float | None]:
         return {"p50": percentile(values, 50) if values else None, "p95": percentile(values, 95) if values else None}
 
-    # Streams that were in line together: did first tokens come in the order the requests were sent?
-    streams = sorted((r for r in ok if r["kind"] == "stream" and "ttft" in r), key=lambda r: r["sent"])
-    inversions = sum(1 for a, b in itertools.combinations(streams, 2)
-                     if b["sent"] - a["sent"] > 0.05 and a["sent"] + a["ttft"] > b["sent"] + b["ttft"])
+    # Did the model take requests in the order they were sent, streamed or not? A pair is out of order when
+    # the later one's first token came first (streams: seen by the client; non-streamed: from the timings).
+    streams = [r for r in ok if r["kind"] == "stream" and "ttft" in r]
+    for r in streams:
+        r["first_token_at"] = r["ttft"]
+    model = sorted((r for r in ok if "first_token_at" in r), key=lambda r: r["sent"])
+    inversions = sum(1 for a, b in itertools.combinations(model, 2)
+                     if b["sent"] - a["sent"] > ORDER_GAP_S
+                     and a["sent"] + a["first_token_at"] > b["sent"] + b["first_token_at"])
     return {
         "concurrency": c, "requests": len(rows), "ok": len(ok), "wall_s": round(wall, 1),
         "status_429": sum(r.get("status") == 429 for r in rows),
@@ -207,8 +232,8 @@ def summarize(c: int, rows: list[dict[str, Any]], health: HealthSampler, wall: f
         "abstained_off_topic": sum(bool(r.get("abstained")) for r in ok if r["kind"] == "off-topic"),
         "health": {**pct(health.samples), "max": max(health.samples) if health.samples else None,
                    "n": len(health.samples), "failures": health.failures},
-        "max_waiting_seen": health.max_waiting, "stream_order_inversions": inversions,
-        "load": load, "rows": rows,
+        "max_waiting_seen": health.max_waiting, "order_inversions": inversions,
+        "rows": rows,
     }
 
 
@@ -235,26 +260,29 @@ def disconnect_probe(url: str, phase: str, repeats: int) -> list[float]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"# `rag serve` under load ({results['max_tokens']}-token answers, bundled model, -k {results['top_k']})", ""]
+    title = (f"# `rag serve` under load ({results['max_tokens']}-token answers, bundled model, -k {results['top_k']}, "
+             f"answer mode {results.get('answer_mode', 'configured')})")
+    lines = [title, ""]
     for name, levels in results["servers"].items():
         lines += [f"## {name}", "", md_table(
             ["concurrency", "requests", "ok", "429", "other errors", "p50 / p95 all (s)",
              "p50 / p95 non-stream (s)", "p50 / p95 stream first token (s)", "p50 / p95 off-topic (s)",
-             "/health p50 / p95 / max (s)", "most waiting", "stream order inversions"],
+             "/health p50 / p95 / max (s)", "most waiting", "pairs out of arrival order", "others' load before (cores)"],
             [[lv["concurrency"], lv["requests"], lv["ok"], lv["status_429"], lv["other_errors"],
               f"{fmt(lv['latency_all']['p50'])} / {fmt(lv['latency_all']['p95'])}",
               f"{fmt(lv['latency_model']['p50'])} / {fmt(lv['latency_model']['p95'])}",
               f"{fmt(lv['ttft_stream']['p50'])} / {fmt(lv['ttft_stream']['p95'])}",
               f"{fmt(lv['latency_off_topic']['p50'])} / {fmt(lv['latency_off_topic']['p95'])}",
               f"{fmt(lv['health']['p50'])} / {fmt(lv['health']['p95'])} / {fmt(lv['health']['max'])}",
-              lv["max_waiting_seen"], lv["stream_order_inversions"]] for lv in levels]), ""]
+              lv["max_waiting_seen"], lv["order_inversions"], lv.get("others_before")] for lv in levels]),
+                  ""]
     if results.get("disconnect"):
         d = results["disconnect"]
         lines += ["Model busy after a streaming client hangs up (s, each try): mid-answer "
                   + ", ".join(fmt(x) for x in d["decode"]) + "; during prompt prefill "
                   + ", ".join(fmt(x) for x in d["prefill"]), ""]
-    lines.append(f"Machine: {results['machine'].get('cpu', '?')}, {results['machine'].get('cpus')} cores; "
-                 f"other processes kept {results['load_whole_run'].get('other_cores', '?')} cores busy on average.")
+    lines.append(f"Machine: {results['machine'].get('cpu', '?')}, {results['machine'].get('cpus')} cores, shared: "
+                 "\"others' load before\" is what other processes used just before each row (the servers idle).")
     return "\n".join(lines)
 
 
@@ -269,6 +297,10 @@ def main() -> None:
     ap.add_argument("--baseline-ref", default=None, help="also run the server of this git commit first")
     ap.add_argument("--disconnect-repeats", type=int, default=3)
     ap.add_argument("--name", default="load")
+    ap.add_argument("--answer-mode", choices=["auto", "grounded", "free"], default=None,
+                    help="the servers' answer mode (default: the configured one)")
+    ap.add_argument("--quiet-wait", type=float, default=60.0,
+                    help="before each level, wait up to this long for other processes to calm down (s)")
     args = ap.parse_args()
     if args.index_dir is None:
         from rag.config import load_settings
@@ -277,22 +309,32 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, Any] = {"machine": machine_info(), "max_tokens": args.max_tokens, "top_k": args.top_k,
+                               "answer_mode": args.answer_mode or "configured",
                                "max_queue": args.max_queue, "levels": levels, "servers": {}}
     whole, t_start = LoadMeter(), time.time()
+    runs = ([(f"before: rag/server.py at {args.baseline_ref}", args.baseline_ref)] if args.baseline_ref else [])
+    runs.append((f"now: rag serve --max-queue {args.max_queue}", None))
+    procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = ([(f"before: rag/server.py at {args.baseline_ref}", args.baseline_ref)] if args.baseline_ref else [])
-        runs.append((f"now: rag serve --max-queue {args.max_queue}", None))
-        for name, ref in runs:
-            proc, url = start_server(args, ref, Path(tmp))
-            try:
+        try:
+            urls = {}
+            for name, ref in runs:  # all servers up first, then each level runs on each in turn: the
+                proc, urls[name] = start_server(args, ref, Path(tmp))  # machine's load drifts alike for both
+                procs.append(proc)
                 results["servers"][name] = []
-                for c in levels:
+            for c in levels:
+                for name, _ in runs:
+                    quiet = wait_for_quiet(max_wait=args.quiet_wait)
                     print(f"{name}: concurrency {c} ...", file=sys.stderr)
-                    results["servers"][name].append(run_level(url, c, args))
-                if ref is None and args.disconnect_repeats:
-                    results["disconnect"] = {"decode": disconnect_probe(url, "decode", args.disconnect_repeats),
-                                             "prefill": disconnect_probe(url, "prefill", args.disconnect_repeats)}
-            finally:
+                    level = run_level(urls[name], c, args)
+                    level["others_before"] = quiet["other_cores_before"]
+                    results["servers"][name].append(level)
+            if args.disconnect_repeats:
+                url = urls[runs[-1][0]]
+                results["disconnect"] = {"decode": disconnect_probe(url, "decode", args.disconnect_repeats),
+                                         "prefill": disconnect_probe(url, "prefill", args.disconnect_repeats)}
+        finally:
+            for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=30)
     finish_run(results, whole, t_start, render, args.name)

@@ -15,7 +15,7 @@ Run (from the project folder, ~5 min on 2 cores):
     . .venv/bin/activate
     python eval/retrieval_benchmark.py                    # default vs LangChain, all sets
     python eval/retrieval_benchmark.py --ablations        # + each change of issue 13 switched off alone
-Writes eval/results/retrieval_benchmark.md and .json.
+Writes eval/results/retrieval_benchmark.md and .json, and the drawn cloze questions (cloze_questions.jsonl).
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def main() -> None:
     report = {"script": "eval/retrieval_benchmark.py", "args": {k: str(v) for k, v in vars(args).items()},
               "default_mode": default_mode, "sets": {}}
     md = ["# Retrieval benchmark (issue 13)", "",
-          f"Default = `{default_mode}` mode with the shipped settings; LangChain = RecursiveCharacterTextSplitter"
-          f"(1000, 200) + faiss.IndexFlatIP over the same MiniLM. tokens@5 = prompt tokens of the top-5 passages; "
-          f"recall@{args.budget}tok = a hit among the passages that fit {args.budget} prompt tokens, best first.", ""]
+          (f"Default = `{default_mode}` mode with the shipped settings; LangChain = RecursiveCharacterTextSplitter"
+           f"(1000, 200) + faiss.IndexFlatIP over the same MiniLM. tokens@5 = prompt tokens of the top-5 passages; "
+           f"recall@{args.budget}tok = a hit among the passages that fit {args.budget} prompt tokens, best first."), ""]
     with tempfile.TemporaryDirectory(prefix="rag-retrieval-bench-") as td:
         work = Path(td)
         sets = [make_quiz_set(args.course, questions, work / "quiz")]
@@ -132,6 +132,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "retrieval_benchmark.json", report)
     write_text_atomic(args.out / "retrieval_benchmark.md", "\n".join(md) + "\n")
+    # the drawn cloze questions, for inspection (they are made again, identically, by every run)
+    write_text_atomic(args.out / "cloze_questions.jsonl",
+                      "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in sets[-1].questions))
     print(f"wrote {args.out / 'retrieval_benchmark.md'} ({report['seconds']:.0f} s)", file=sys.stderr)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from raft.records import DEFAULT_SPLIT
-from rag.cli import index_dir_option, user_errors
+from rag.cli import check_engine_flags, engine_options, index_dir_option, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,20 +44,34 @@ def cli() -> None:
 @click.option("--no-index", is_flag=True, help="Use the index as it is; don't update it from FOLDER first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @index_dir_option
+@engine_options
 @user_errors
 def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: float, strategy: str,
              model: str | None, model_name: str | None, workers: int, max_new_tokens: int | None,
              batch_size: int, answer_mode: str, limit: int | None, seed: int, allow_no_quote: bool, no_index: bool, as_json: bool,
-             index_dir: Path | None) -> None:
+             index_dir: Path | None, engine: str, address: str | None, ray_workers: int | None,
+             gpus_per_worker: float) -> None:
     """Generate (or resume) a RAFT dataset from the course files in FOLDER."""
+    import contextlib
+
     from raft.synth.run import RaftConfig, format_stats, run
     from rag.config import load_settings
+
+    check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens)
     config = RaftConfig(corpus=str(folder), questions=questions, distractors=distractors, p=p, strategy=strategy,
                         seed=seed, require_quote=not allow_no_quote, limit=limit, workers=workers,
                         batch_size=batch_size, answer_mode=answer_mode)
-    stats = run(folder, out_dir, settings, config, index_first=not no_index)
+    with contextlib.ExitStack() as stack:
+        raft_engine = None
+        if engine == "ray":  # imported only here: without --engine ray nothing imports Ray
+            from raft.synth.ray_engine import RaftRayEngine
+            from rag.index.ray_engine import RayCluster
+
+            cluster = stack.enter_context(RayCluster(address))
+            raft_engine = RaftRayEngine(cluster, ray_workers, gpus_per_worker=gpus_per_worker)
+        stats = run(folder, out_dir, settings, config, index_first=not no_index, engine=raft_engine)
     if as_json:
         click.echo(json.dumps(stats, indent=1))
         return

@@ -27,6 +27,26 @@ def index_dir_option(f: Callable) -> Callable:
                         help="Index folder (default: data/index in the project; env RAG_INDEX_DIR).")(f)
 
 
+def engine_options(f: Callable) -> Callable:
+    """--engine, --address, --ray-workers, --gpus-per-worker: where a batch job runs (`rag index`, `raft generate`)."""
+    f = click.option("--gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="With --engine ray: GPUs each embedding worker reserves (0 = embed on CPU).")(f)
+    f = click.option("--ray-workers", type=click.IntRange(1), default=None,
+                     help="With --engine ray: actors per stage (default: as many as the cluster's CPUs hold).")(f)
+    f = click.option("--address", default=None,
+                     help="With --engine ray: a running Ray cluster (HOST:6379; 'auto' = the one `ray start` "
+                          "started here). Default: a one-machine cluster on 127.0.0.1 for this command.")(f)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local = this process; ray = Ray Data pipelines on a Ray cluster "
+                             "(pip install -e '.[ray]'; README, Scale out on Ray).")(f)
+
+
+def check_engine_flags(engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
+    """Refuse the Ray flags without `--engine ray` (exit 2), so a forgotten --engine cannot run locally unnoticed."""
+    if engine != "ray" and (address is not None or ray_workers is not None or gpus_per_worker):
+        raise click.UsageError("--address, --ray-workers and --gpus-per-worker need --engine ray")
+
+
 def user_errors(f: Callable) -> Callable:
     """Turn RagError, and an OSError no check caught, into one line `Error: message` and exit 1."""
 
@@ -70,13 +90,19 @@ def cli() -> None:
               help="flat = exact (default); hnsw/ivf = approximate, for large corpora.")
 @click.option("--chunk-tokens", type=int, default=None, help="Target chunk size in embedder tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@engine_options
 @user_errors
 def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_model: str | None,
-          faiss_type: str | None, chunk_tokens: int | None, as_json: bool) -> None:
+          faiss_type: str | None, chunk_tokens: int | None, as_json: bool, engine: str, address: str | None,
+          ray_workers: int | None, gpus_per_worker: float) -> None:
     """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
+    import contextlib
+
     from tqdm import tqdm
 
     from rag.api import index_corpus
+
+    check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens)
     corpus = corpus or settings.corpus_dir
@@ -95,7 +121,14 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
         bar.refresh()
 
     try:
-        report = index_corpus(corpus, settings, rebuild=rebuild, on_progress=progress)
+        with contextlib.ExitStack() as stack:
+            build_engine = None
+            if engine == "ray":  # imported only here: without --engine ray nothing imports Ray
+                from rag.index.ray_engine import RayCluster, RayEngine
+
+                cluster = stack.enter_context(RayCluster(address))
+                build_engine = RayEngine(cluster, ray_workers, gpus_per_worker=gpus_per_worker)
+            report = index_corpus(corpus, settings, rebuild=rebuild, on_progress=progress, engine=build_engine)
     except NoDocuments as exc:
         for s in exc.skipped:
             click.echo(f"skipped {s.source}: {s.reason}", err=True)
@@ -125,7 +158,7 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
 @click.argument("query", required=False)
 @index_dir_option
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="How many passages (default 5).")
-@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default dense: see README, Retrieval quality).")
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default hybrid: see README, Retrieval quality).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of hits.")
 @click.option("--queries-file", type=click.Path(allow_dash=True, path_type=Path), default=None,
               help="One query a line ('-' = stdin; UTF-8, or UTF-16 with a BOM); prints one JSON line per query.")
@@ -207,7 +240,7 @@ EVAL_MAX_NEW_TOKENS = 128  # keeps a 29-question run of the bundled model (~15-2
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for results.jsonl, summary.json and summary.md.")
 @index_dir_option
-@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default dense).")
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default hybrid).")
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None,
               help="Passages given to the model (default 5); retrieval metrics always look 10 deep.")
 @click.option("--model", default=None, help="bundled (default), teacher, a model folder, a .gguf file, a `raft train` output, or an OpenAI-compatible base URL.")
@@ -269,14 +302,18 @@ def generation_options(f: Callable) -> Callable:
 @index_dir_option
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: question, answer, abstained, sources, timings.")
+@click.option("--answer-mode", type=click.Choice(["auto", "grounded", "free"]), default=None,
+              help="grounded: quote the supporting sentence, then a short answer (default for local models); "
+                   "free: the model writes the answer (default for HTTP models).")
 @user_errors
-def ask(question: str, index_dir: Path | None, as_json: bool, **gen: Any) -> None:
-    """Answer QUESTION from the course documents, streaming the answer, then its sources."""
+def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str | None, **gen: Any) -> None:
+    """Answer QUESTION from the course documents, streaming the answer, then every passage given to the
+    model (the ones that support the answer first, marked *)."""
     from rag.answering.pipeline import validate_question
     from rag.api import make_pipeline
 
     validate_question(question)
-    settings = _settings(index_dir=index_dir, **gen)
+    settings = _settings(index_dir=index_dir, answer_mode=answer_mode, **gen)
     resp = make_pipeline(settings).ask(question)
     for piece in resp:
         if not as_json:
@@ -291,7 +328,9 @@ def ask(question: str, index_dir: Path | None, as_json: bool, **gen: Any) -> Non
     click.secho("\nNearest passages:" if answer.abstained else "\nSources:", bold=True)
     for s in answer.sources:
         where = s.source + (f" > {s.section}" if s.section else "")
-        click.echo(f"[{s.n}] {where}  (score {s.score:.3f})")
+        mark = "*" if s.cited else " "
+        label = "quoted" if s.quote else ("supports" if s.cited else "given")
+        click.echo(f"{mark}[{s.n}] {where}  (score {s.score:.3f}, {label})")
         click.echo(f"    \"{' '.join(s.snippet.split())[:240]}\"")
 
 

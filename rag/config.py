@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     abstain_coverage: float = Field(default=0.9, ge=0.0, le=1.0)
     max_context_tokens: int = Field(default=1536, ge=128)  # prompt budget: fewer tokens, faster CPU prefill
     condense: Literal["auto", "llm", "concat", "off"] = "auto"
+    # grounded: quote the supporting sentence first, then a short answer (README, Answers); auto = grounded
+    # for in-process models, free for HTTP ones
+    answer_mode: Literal["auto", "grounded", "free"] = "auto"
+    quote_retriever_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # retriever's share in the quote choice
 
     # access (README, "Serving" and "Running the app for a class")
     admin_secret: SecretStr | None = None  # unlocks adding/removing documents in the app; unset: nobody can

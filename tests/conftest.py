@@ -91,3 +91,55 @@ def course_index(tmp_path_factory, embedder):
     settings = Settings(index_dir=base / "index", corpus_dir=corpus)
     build_index(corpus, settings.index_dir, embedder, make_chunker(embedder, settings))
     return settings
+
+
+# --------------------------------------------------------------------------- the `llm` mark
+# `pytest -m "not llm"` runs everything that needs no language model (the embedder, FAISS, BM25, files,
+# the CLI, the server's validation) in under two minutes. The mark is kept honest here rather than by
+# memory: every in-process run of a causal language model (its forward pass or its loading) is counted,
+# and a test that is not marked `llm` but ran one fails with a message saying so. Tests that run a model
+# only in a subprocess carry the mark by hand.
+_LLM_CALLS = [0]
+
+
+def _count_llm_calls() -> None:
+    from transformers.modeling_utils import PreTrainedModel
+
+    if getattr(PreTrainedModel, "_course_rag_counted", False):
+        return
+    forward, load = PreTrainedModel.__call__, PreTrainedModel.from_pretrained.__func__
+
+    def counted_call(self, *args, **kwargs):
+        if "CausalLM" in type(self).__name__:
+            _LLM_CALLS[0] += 1
+        return forward(self, *args, **kwargs)
+
+    def counted_load(cls, *args, **kwargs):
+        if "CausalLM" in cls.__name__:
+            _LLM_CALLS[0] += 1
+        return load(cls, *args, **kwargs)
+
+    PreTrainedModel.__call__ = counted_call
+    PreTrainedModel.from_pretrained = classmethod(counted_load)
+    PreTrainedModel._course_rag_counted = True
+
+
+def pytest_sessionstart(session) -> None:
+    _count_llm_calls()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_setup(item):
+    item.llm_calls_before = _LLM_CALLS[0]  # before module fixtures too: a model loaded there counts
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    ran_llm = _LLM_CALLS[0] > getattr(item, "llm_calls_before", _LLM_CALLS[0])
+    if call.when == "call" and report.passed and ran_llm and item.get_closest_marker("llm") is None:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} loaded or ran a causal language model in-process: mark it "
+                           "@pytest.mark.llm (or pytestmark = pytest.mark.llm for the module)")

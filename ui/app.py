@@ -267,8 +267,10 @@ def show_sources(sources: list[Source], abstained: bool) -> None:
     st.caption("Nearest passages" if abstained else "Sources")
     for src in sources:
         with st.expander(source_label(src)):
-            if not src.cited:
-                st.caption("Retrieved for this question; no answer sentence was matched to it.")
+            if src.quote is not None:
+                st.caption("Quoted in the answer (highlighted).")
+            elif not src.cited:
+                st.caption("Given to the model; no answer sentence was matched to it.")
             st.markdown(passage_html(src.text, src.snippet, highlight=src.cited), unsafe_allow_html=True)
 
 

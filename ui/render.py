@@ -51,7 +51,8 @@ def passage_html(text: str, snippet: str = "", highlight: bool = True) -> str:
 def source_label(src: Source) -> str:
     """The expander title of one source: number, file, heading and score."""
     where = src.source + (f" › {src.section}" if src.section and src.section != src.source else "")
-    return md_escape(f"[{src.n}] {where}") + f" · score {src.score:.2f}"
+    mark = " · quoted" if src.quote is not None else (" · supports the answer" if src.cited else "")
+    return md_escape(f"[{src.n}] {where}") + f" · score {src.score:.2f}{mark}"
 
 
 def display_path(path: Path) -> str:

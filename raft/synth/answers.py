@@ -27,13 +27,20 @@ from raft.prompts import (
     ANSWER_MARK,
     BEGIN_QUOTE,
     END_QUOTE,
+    QUOTE,
     answer_messages,
     is_small_model,
+)
+from rag.answering.grounding import (  # the one implementation of quote candidates and the model's choice
+    GUIDED_FINAL,
+    GUIDED_REASON,
+    MAX_CANDIDATES,  # noqa: F401  (re-exported: raft callers read it here)
+    pick_quote,
+    quote_candidates,
 )
 
 SNAP_SCORE = 90.0  # partial_ratio at or above which a quote is snapped to the oracle's words
 MIN_QUOTE_CHARS = 8  # shorter "quotes" are too weak to verify anything
-_QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 # Any spelling of the markers a model may write ("<Answer>:", "</ANSWER>", "## BEGIN_QUOTE ##", "##end quote#"):
 # only the canonical spellings count, every other one is a malformed marker.
 _LOOSE_ANSWER = re.compile(r"<\s*(/?)\s*answer\s*>(?:[ \t]*:)?", re.IGNORECASE)
@@ -177,7 +184,7 @@ def parse_answer(text: str) -> tuple[str | None, str | None]:
     bad_quotes = _quote_structure(text)
     if bad_quotes:
         return None, bad_quotes
-    quotes = [(q.start(), q.end()) for q in _QUOTE.finditer(text)]
+    quotes = [(q.start(), q.end()) for q in QUOTE.finditer(text)]
     marks = list(_LOOSE_ANSWER.finditer(text))
     if any(a < m.start() < b for m in marks for a, b in quotes):
         return None, "answer_in_quote"
@@ -213,7 +220,7 @@ def verify_answer(raw: str, oracle: str, require_quote: bool = True) -> AnswerRe
     """
     text = raw.strip()
     final, reason = parse_answer(text)
-    checks = [check_quote(q, oracle) for q in _QUOTE.findall(text)]
+    checks = [check_quote(q, oracle) for q in QUOTE.findall(text)]
     if reason is None and is_degenerate(final):
         reason = "degenerate_answer"
     elif reason is None and any(c.status == "fabricated" for c in checks):
@@ -225,7 +232,7 @@ def verify_answer(raw: str, oracle: str, require_quote: bool = True) -> AnswerRe
     if reason:
         return AnswerResult(False, reason, text, final or "", checks, raw)
     it = iter(checks)
-    cot = _QUOTE.sub(lambda _m: f"{BEGIN_QUOTE}{next(it).text}{END_QUOTE}", text)
+    cot = QUOTE.sub(lambda _m: f"{BEGIN_QUOTE}{next(it).text}{END_QUOTE}", text)
     # keep one final answer line, as in the reference ("... <ANSWER>: final")
     head = cot[: cot.index(ANSWER_MARK)].rstrip()
     cot = f"{head}\n{ANSWER_MARK} {final}" if head else f"{ANSWER_MARK} {final}"
@@ -235,43 +242,7 @@ def verify_answer(raw: str, oracle: str, require_quote: bool = True) -> AnswerRe
     return AnswerResult(True, None, cot, final, checks, raw)
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9*])")
-_LINE_MARKER = re.compile(r"^(?:#{1,6}|[-*+•>]|\d{1,3}[.)]|\*\*\d{1,3}\.\*\*)\s+")
-GUIDED_REASON = '##Reason: The answer to "{question}" is in this sentence: '
-GUIDED_FINAL = "Short answer:"  # what the small model continues best; stored as `<ANSWER>:`
 _ANSWER_LEAD = re.compile(r"^(?:the\s+)?(?:short\s+)?answer(?:\s+is)?\s*[:\-]\s*", re.IGNORECASE)
-MAX_CANDIDATES = 24  # quote candidates scored per question (the longest sentences when there are more)
-
-
-def _lines(text: str) -> list[str]:
-    """Logical lines: a hard-wrapped line (lower-case start, previous line not ended) joins the previous one."""
-    out: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            out.append("")
-            continue
-        if out and out[-1] and not _LINE_MARKER.match(line) and line[0].islower() and out[-1][-1] not in ".!?:":
-            out[-1] = f"{out[-1]} {line}"
-        else:
-            out.append(line)
-    return out
-
-
-def quote_candidates(oracle: str) -> list[str]:
-    """The oracle's sentences and list items worth quoting, in order (markdown markers stripped)."""
-    out: list[str] = []
-    for line in _lines(oracle):
-        if line.startswith("#"):
-            continue  # headings are titles, not statements
-        for piece in _SENTENCE.split(_LINE_MARKER.sub("", line)):
-            text = " ".join(piece.split()).strip()
-            if len(text) >= MIN_QUOTE_CHARS and len(text.split()) >= 3 and text not in out:
-                out.append(text)
-    if len(out) > MAX_CANDIDATES:
-        keep = set(sorted(out, key=len, reverse=True)[:MAX_CANDIDATES])
-        out = [t for t in out if t in keep]
-    return out
 
 
 def _scores_continuations(generator) -> bool:
@@ -332,8 +303,7 @@ class AnswerWriter:
             cands = quote_candidates(oracle)
             head = reason
             if cands:
-                scores = self.generator.score_continuations(msgs, reason + BEGIN_QUOTE, cands)
-                best = cands[max(range(len(cands)), key=scores.__getitem__)]
+                best = cands[pick_quote(self.generator, msgs, reason + BEGIN_QUOTE, cands)]
                 head = f"{reason}{BEGIN_QUOTE}{best}{END_QUOTE}\n"
             messages.append(msgs)
             heads.append(head)

@@ -4,8 +4,8 @@ that support it (embedding similarity or verbatim overlap), and drop [n] markers
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from rapidfuzz import fuzz

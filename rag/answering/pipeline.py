@@ -1,4 +1,11 @@
-"""The RAG loop: condense -> retrieve -> (abstain?) -> prompt -> stream -> attribute citations.
+"""The RAG loop: condense -> retrieve -> (abstain?) -> prompt -> [quote] -> stream -> attribute citations.
+
+Two answer modes (issue 14). "grounded", the default for in-process models: the supporting sentence is
+chosen first among the passages' own sentences (rag.answering.grounding: the model's log-probabilities
+combined with the retriever's score), shown as a quote verified against its passage, and a short answer is
+generated with the quote already written in the assistant's turn. "free": the model writes the answer from
+the passages, as before. Either way every passage given to the model is listed in `sources`, the ones
+that support the answer marked (`cited`) and first.
 
 Settings that vary per request (generation parameters, top-k, retrieval mode) are arguments of
 `RagPipeline.ask()`, never swapped on the shared pipeline: `rag serve` answers many requests with one
@@ -13,23 +20,28 @@ tokenised again on every passage-dropping step of `fit_prompt` (35-41 s and +350
 
 from __future__ import annotations
 
+import inspect
 import re
+import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from rag.answering import prompts
+from rag.answering import grounding, prompts
 from rag.answering.attribution import Support, attribute, clean_markers
 from rag.errors import RagError
-from rag.generation.base import GenerationParams, Generator
+from rag.generation.base import GenerationParams, Generator, cancel_scope
 from rag.retrieval.retriever import MODES, Hit, Retriever
 
 MAX_QUESTION_CHARS = 4000
 MAX_TURN_CHARS = 4000  # an earlier turn longer than this is clipped (end kept) before it reaches the prompt
 MAX_TOP_K = 100
+ANSWER_MODES = ("auto", "grounded", "free")  # auto: grounded for in-process models, free for HTTP ones
+SHORT_ANSWER_TOKENS = 48  # the grounded mode's answer after the quote is one short line
 INSTRUCTION_ROLES = ("system", "developer")  # the caller's instructions, added to the RAG system prompt
 _FOLLOW_UP = re.compile(r"^\s*(and|also|but|so|what about|how about)\b|\b(it|its|they|them|their|this|that|these|those|"
-                        r"he|she|the same|the other|the former|the latter)\b", re.I)
+                        r"he|she|the same|the other|the former|the latter)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -44,10 +56,14 @@ class Source:
     snippet: str
     text: str
     cited: bool = True
+    quote: grounding.Quote | None = None  # the verified supporting sentence, when it comes from this passage
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; `cited` marks a supporting passage, `quote` (text, start, end: character offsets in
+        the passage) the sentence quoted in the answer."""
         return {"n": self.n, "chunk_id": self.chunk_id, "source": self.source, "section": self.section,
-                "score": round(self.score, 4), "snippet": self.snippet, "cited": self.cited}
+                "score": round(self.score, 4), "snippet": self.snippet, "cited": self.cited,
+                "quote": self.quote.to_dict() if self.quote else None}
 
 
 @dataclass
@@ -61,10 +77,15 @@ class Answer:
     supports: list[Support] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    answer_mode: str = "free"
+    quote: grounding.Quote | None = None
+    short_answer: str = ""  # the answer without the quote (grounded mode); the whole text in free mode
 
     def to_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "query": self.query, "answer": self.text, "abstained": self.abstained,
-                "sources": [s.to_dict() for s in self.sources],
+        """JSON form: question, answer, short_answer, answer_mode, quote, abstained, sources, timings, notes."""
+        return {"question": self.question, "query": self.query, "answer": self.text, "short_answer": self.short_answer,
+                "answer_mode": self.answer_mode, "quote": self.quote.to_dict() if self.quote else None,
+                "abstained": self.abstained, "sources": [s.to_dict() for s in self.sources],
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}, "notes": self.notes}
 
 
@@ -112,9 +133,13 @@ class Response:
     returns once the model is free.
     """
 
-    def __init__(self, pipeline: "RagPipeline", question: str, history: Sequence[dict], *,
-                 params: GenerationParams | None = None, top_k: int | None = None, mode: str | None = None):
+    def __init__(self, pipeline: RagPipeline, question: str, history: Sequence[dict], *,
+                 params: GenerationParams | None = None, top_k: int | None = None, mode: str | None = None,
+                 answer_mode: str | None = None):
         self.pipeline = pipeline
+        self.answer_mode = pipeline.resolve_answer_mode(answer_mode)
+        self.quote: grounding.Quote | None = None
+        self.short_answer = ""
         self.question = validate_question(question)
         self.params = params or pipeline.params
         self.top_k = top_k or pipeline.top_k
@@ -146,6 +171,7 @@ class Response:
         self._answer: Answer | None = None
         self._stream: Any = None
         self._cancelled = False
+        self._cancel_event = threading.Event()  # what the model checks (rag.generation.base.cancel_scope)
         self._iter = self._run()
 
     @property
@@ -157,7 +183,9 @@ class Response:
         return self
 
     def __next__(self) -> str:
-        return next(self._iter)
+        # All model work done for this answer happens inside next() calls, in this scope: cancel() reaches it.
+        with cancel_scope(self._cancel_event):
+            return next(self._iter)
 
     def close(self) -> None:
         """Stop generating (if started) and release the model; the answer keeps the text so far.
@@ -169,10 +197,13 @@ class Response:
     def cancel(self) -> None:
         """Ask the model to stop as soon as it can; safe from any thread, and before iteration starts.
 
-        A backend whose stream has `cancel()` (the in-process model: within one decoder layer, even during
-        the prompt prefill) ends the iteration early; with others the iterating thread's `close()` stops it.
+        The in-process model stops within one decoder layer, whatever it is doing for this answer (reading
+        the prompt, streaming, scoring quote candidates): a stream then ends early, other model calls raise
+        GenerationCancelled out of the iteration. With other backends the iterating thread's `close()`
+        stops it after the current piece.
         """
         self._cancelled = True
+        self._cancel_event.set()
         stream = self._stream
         if stream is not None and hasattr(stream, "cancel"):
             stream.cancel()
@@ -182,6 +213,9 @@ class Response:
             self._pieces.append(prompts.ABSTAIN)
             self._done = True
             yield prompts.ABSTAIN
+            return
+        if self.answer_mode == "grounded":
+            yield from self._run_grounded()
             return
         p = self.pipeline
         t0 = time.perf_counter()
@@ -207,6 +241,45 @@ class Response:
         if self.completion_tokens >= self.params.max_new_tokens:
             self.finish_reason = "length"
 
+    def _run_grounded(self) -> Iterator[str]:
+        """Quote first (chosen and verified), then the short answer generated after it."""
+        p = self.pipeline
+        t0 = time.perf_counter()
+        texts = [h.chunk.text for h in self.used_hits]
+        quote = grounding.choose_quote(p.generator, self.messages, self.question, texts, p.retriever.embedder,
+                                       weight=p.retriever_weight)
+        self.timings["quote"] = time.perf_counter() - t0
+        if quote is None or not grounding.verify_quote(quote, texts[quote.passage - 1]):
+            self.notes.append("no sentence of the passages could be quoted; answering freely")
+            self.answer_mode = "free"
+            yield from self._run()
+            return
+        self.quote = quote
+        head = f"\"{' '.join(quote.text.split())}\" [{quote.passage}]\n\n"
+        self.timings["first_token"] = time.perf_counter() - t0
+        self._pieces.append(head)
+        yield head
+        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, SHORT_ANSWER_TOKENS),
+                         stop=["\n", *self.params.stop])
+        if self._cancelled:
+            self._done = True
+            return
+        if "prefixes" in inspect.signature(p.generator.generate_batch).parameters:
+            # the quote prefilled in the assistant's turn, RAFT style; one short line, so not streamed
+            prefix = grounding.answer_prefix(self.question, quote.text)
+            short = p.generator.generate_batch([self.messages], params, prefixes=[prefix])[0]
+        else:  # an HTTP model: the quote goes into the question
+            msgs = prompts.grounded_messages(self.messages, quote.text)
+            short = "".join(p.generator.stream(msgs, params))
+        short = grounding.clean_short_answer(short)
+        if not short:
+            short = " ".join(quote.text.split())
+        self.short_answer = short
+        self._pieces.append(short)
+        yield short
+        self.timings["generate"] = time.perf_counter() - t0
+        self._done = True
+
     @property
     def completion_tokens(self) -> int:
         """Model tokens in the text generated so far, by re-tokenising it (capped at max_new_tokens, which
@@ -217,7 +290,7 @@ class Response:
 
     def text(self) -> str:
         """The whole raw answer (streams it to the end if needed)."""
-        for _ in self._iter:
+        for _ in self:
             pass
         return "".join(self._pieces)
 
@@ -230,7 +303,7 @@ class Response:
         if self.abstained:
             sources = [_source(i, h, h.chunk.text[:200], cited=False) for i, h in enumerate(self.hits, start=1)]
             self._answer = Answer(self.question, self.query, raw, True, sources, self.hits,
-                                  timings=self.timings, notes=self.notes)
+                                  timings=self.timings, notes=self.notes, answer_mode=self.answer_mode)
             return self._answer
         hits = self.used_hits
         text = clean_markers(raw, len(hits)).strip()
@@ -240,22 +313,26 @@ class Response:
         by_passage: dict[int, list[Support]] = {}
         for s in supports:
             by_passage.setdefault(s.passage, []).append(s)
-        sources = []
-        for n, h in enumerate(hits, start=1):
-            if n in by_passage:
-                best = max(by_passage[n], key=lambda s: s.score)
-                sources.append(_source(n, h, best.snippet))
-        if not sources:
+        quote = self.quote
+        cited, rest = [], []
+        for n, h in enumerate(hits, start=1):  # every passage the model was given, the supporting ones first
+            if quote is not None and n == quote.passage:
+                cited.insert(0, _source(n, h, quote.text, quote=quote))
+            elif n in by_passage:
+                cited.append(_source(n, h, max(by_passage[n], key=lambda s: s.score).snippet))
+            else:
+                rest.append(_source(n, h, h.chunk.text[:200], cited=False))
+        if not cited:
             self.notes.append("no answer sentence could be matched to a passage; showing the passages retrieved")
-            sources = [_source(n, h, h.chunk.text[:200], cited=False) for n, h in enumerate(hits, start=1)]
-        self._answer = Answer(self.question, self.query, text, False, sources, self.hits, supports,
-                              self.timings, self.notes)
+        short = self.short_answer if self.answer_mode == "grounded" else text
+        self._answer = Answer(self.question, self.query, text, False, cited + rest, self.hits, supports,
+                              self.timings, self.notes, self.answer_mode, quote, short)
         return self._answer
 
 
-def _source(n: int, hit: Hit, snippet: str, cited: bool = True) -> Source:
+def _source(n: int, hit: Hit, snippet: str, cited: bool = True, quote: grounding.Quote | None = None) -> Source:
     return Source(n, hit.chunk.id, hit.chunk.source, hit.chunk.section, hit.scores.get("dense", hit.score),
-                  snippet, hit.chunk.text, cited)
+                  snippet, hit.chunk.text, cited, quote)
 
 
 class RagPipeline:
@@ -264,7 +341,12 @@ class RagPipeline:
     def __init__(self, retriever: Retriever, generator: Generator, *, top_k: int = 5, mode: str | None = None,
                  params: GenerationParams | None = None, abstain_threshold: float = 0.3,
                  abstain_coverage: float = 0.9,
-                 max_context_tokens: int | None = None, condense: str = "auto", small_model: bool | None = None):
+                 max_context_tokens: int | None = None, condense: str = "auto", small_model: bool | None = None,
+                 answer_mode: str = "auto", retriever_weight: float = grounding.RETRIEVER_WEIGHT):
+        if answer_mode not in ANSWER_MODES:
+            raise RagError(f"unknown answer mode {answer_mode!r}: use one of {', '.join(ANSWER_MODES)}")
+        self.answer_mode = answer_mode
+        self.retriever_weight = retriever_weight
         self.retriever = retriever
         self.generator = generator
         self.top_k = top_k
@@ -276,6 +358,19 @@ class RagPipeline:
         self.condense_mode = condense
         self.small_model = generator.small_model if small_model is None else small_model  # declared by the backend
 
+    def resolve_answer_mode(self, answer_mode: str | None = None) -> str:
+        """"grounded" or "free" for one answer: the given mode, else the pipeline's; "auto" is grounded
+        for in-process models and free for HTTP ones (which can use either).
+
+        :raises RagError: for a mode not in ANSWER_MODES.
+        """
+        mode = answer_mode or self.answer_mode
+        if mode not in ANSWER_MODES:
+            raise RagError(f"unknown answer mode {mode!r}: use one of {', '.join(ANSWER_MODES)}")
+        if mode == "auto":
+            mode = "grounded" if self.generator.local else "free"
+        return mode
+
     def should_abstain(self, query: str, hits: list[Hit]) -> bool:
         """Abstain when the best passage is far from the question (dense cosine) and the question's
         rarer words are not in the course either (the embedder misses jargon such as "PEFT")."""
@@ -285,7 +380,7 @@ class RagPipeline:
         return not hits or self.retriever.index.bm25.term_coverage(query) < self.abstain_coverage
 
     def ask(self, question: str, history: Sequence[dict] = (), *, params: GenerationParams | None = None,
-            top_k: int | None = None, mode: str | None = None) -> Response:
+            top_k: int | None = None, mode: str | None = None, answer_mode: str | None = None) -> Response:
         """Start answering `question`: everything but generation happens now, generation as the Response is iterated.
 
         Per-call settings apply to this answer only; the pipeline's own settings are never changed, so
@@ -298,6 +393,7 @@ class RagPipeline:
         :param params: generation settings for this answer (default: the pipeline's `params`).
         :param top_k: passages to retrieve, 1..MAX_TOP_K (default: the pipeline's `top_k`).
         :param mode: retrieval mode, one of rag.retrieval.retriever.MODES (default: the pipeline's `mode`).
+        :param answer_mode: "grounded", "free" or "auto" (default: the pipeline's `answer_mode`).
         :returns: a Response; `.abstained` is known already, iterate it for text pieces, `.answer()` for sources.
         :raises RagError: a bad question or setting, or a question whose best passage does not fit the
             model's window; GeneratorError for out-of-range generation settings.
@@ -308,7 +404,8 @@ class RagPipeline:
             raise RagError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
         if mode is not None and mode not in MODES:
             raise RagError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
-        return Response(self, question, history, params=params, top_k=top_k, mode=mode)
+        self.resolve_answer_mode(answer_mode)
+        return Response(self, question, history, params=params, top_k=top_k, mode=mode, answer_mode=answer_mode)
 
     def condense(self, question: str, history: Sequence[dict]) -> str:
         """A standalone retrieval query for a follow-up question, using the conversation so far."""

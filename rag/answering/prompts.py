@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rag.retrieval.retriever import Hit
 
@@ -48,3 +48,15 @@ def rag_messages(question: str, hits: Sequence[Hit], small_model: bool = False,
 def condense_messages(question: str, history: Sequence[dict]) -> list[dict]:
     convo = "\n".join(f"{m['role']}: {m['content'].strip()[:500]}" for m in history[-6:])
     return [{"role": "user", "content": CONDENSE.format(history=convo, question=question.strip())}]
+
+
+GROUNDED_HINT = ("The sentence that answers it, quoted from the passages: \"{quote}\"\n"
+                 "Answer the question in one short sentence.")
+
+
+def grounded_messages(messages: list[dict], quote: str) -> list[dict]:
+    """`messages` (from `rag_messages`) with the chosen quote added to the last user turn: the grounded
+    mode's prompt for a model whose reply cannot be prefilled (an HTTP server)."""
+    last = messages[-1]
+    hint = GROUNDED_HINT.format(quote=" ".join(quote.split()))
+    return [*messages[:-1], {**last, "content": f"{last['content']}\n\n{hint}"}]

@@ -14,9 +14,10 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -131,9 +132,14 @@ class ProductSearcher:
 
 def build_product(corpus: Path, embedder: Embedder, settings_overrides: dict[str, Any],
                   workdir: Path) -> tuple[Any, float, list[int]]:
-    """Index `corpus` with the product's build and the given settings; return (Retriever, seconds, passage sizes).
+    """Index `corpus` with the product's own build and the given settings, from scratch.
 
-    :param settings_overrides: `rag.config.Settings` fields (chunk_tokens, rrf_k, ...); mode is chosen per search.
+    :param corpus: the evaluation corpus folder.
+    :param embedder: the embedder (shared by every pipeline of a run).
+    :param settings_overrides: `rag.config.Settings` fields (chunk_tokens, child_tokens, dense_weight, ...);
+        the mode is chosen per search.
+    :param workdir: folder for the index (a fresh sub-folder is made).
+    :returns: (Retriever over the new index, build seconds, character length of each passage).
     """
     from rag.api import make_chunker
     from rag.config import Settings
@@ -146,20 +152,9 @@ def build_product(corpus: Path, embedder: Embedder, settings_overrides: dict[str
     build_index(corpus, index_dir, embedder, make_chunker(embedder, settings), faiss_type=settings.faiss_type,
                 rebuild=True)
     seconds = time.perf_counter() - t0
-    retriever = Retriever(index_dir, embedder, settings.mode, settings.top_k, settings.rrf_k,
-                          auto_reload=False, **_retriever_extras(settings))
+    retriever = Retriever(index_dir, embedder, settings.mode, settings.top_k, settings.rrf_k, auto_reload=False,
+                          dense_weight=settings.dense_weight, collapse_duplicates=settings.collapse_duplicates)
     return retriever, seconds, [len(c.text) for c in retriever.passages().passages]
-
-
-def _retriever_extras(settings: Any) -> dict[str, Any]:
-    """Retriever keyword settings beyond the classic four, when the Retriever takes them."""
-    import inspect
-
-    from rag.retrieval.retriever import Retriever
-
-    params = inspect.signature(Retriever.__init__).parameters
-    return {name: getattr(settings, name) for name in params if name not in
-            ("self", "index_dir", "embedder", "mode", "top_k", "rrf_k", "auto_reload") and hasattr(settings, name)}
 
 
 class LangChainBaseline:
@@ -168,6 +163,12 @@ class LangChainBaseline:
     """
 
     def __init__(self, corpus: Path, embedder: Embedder, chunk_size: int = 1000, chunk_overlap: int = 200):
+        """
+        :param corpus: the evaluation corpus folder (read with the product's loaders, so the text is the same).
+        :param embedder: the same MiniLM the product uses.
+        :param chunk_size: characters per chunk (LangChain's length function is `len`).
+        :param chunk_overlap: characters of overlap.
+        """
         import faiss
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 

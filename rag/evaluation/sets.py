@@ -23,9 +23,10 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rapidfuzz import fuzz
 
@@ -34,10 +35,10 @@ from rag.evaluation.retrieval import contains_evidence
 from rag.ingest.loaders import Document, load_documents, normalize_ws
 
 # A numbered quiz item at the start of a line (same forms as the chunker's QUESTION_START).
-_ITEM = re.compile(r"^[ \t]*(?:\*\*|__)?(?:(?:Question|Q)[ \t]*\d{1,3}\b|\d{1,3}[.)](?=[ \t*_]))", re.M)
+_ITEM = re.compile(r"^[ \t]*(?:\*\*|__)?(?:(?:Question|Q)[ \t]*\d{1,3}\b|\d{1,3}[.)](?=[ \t*_]))", re.MULTILINE)
 # An answer option line: checkbox lists, ballot boxes, lettered options, arrow-marked choices.
-_OPTION = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?(?:\[[ xX]\]|[☐☒☑✓✗]|\(?[A-Ha-h][.)](?=[ \t])|→|‚Üí)", re.M)
-_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+\S", re.M)
+_OPTION = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?(?:\[[ xX]\]|[☐☒☑✓✗]|\(?[A-Ha-h][.)](?=[ \t])|→|‚Üí)", re.MULTILINE)
+_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+\S", re.MULTILINE)
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 MAX_ITEM_CHARS = 1500  # a quiz item (stem, options, explanation) is cut at most this long
 STEM_MATCH = 90.0  # fuzzy score (0-100) at which an item's opening is the asked question's stem
@@ -165,7 +166,7 @@ def make_quiz_set(corpus: Path, questions: list[dict[str, Any]], out: Path) -> E
 
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])")
 _PROSE = re.compile(r"^[A-Za-z\"'(]")
-_LIST = re.compile(r"^[ \t]*[-*+•][ \t]", re.M)
+_LIST = re.compile(r"^[ \t]*[-*+•][ \t]", re.MULTILINE)
 _URL = re.compile(r"https?://|www\.|\]\(|\|")
 
 
@@ -245,8 +246,7 @@ def make_cloze_set(corpus: Path, out: Path, n: int = 40, seed: int = 13) -> Eval
     texts = {d.source: d.text for d in docs}
     for c in chosen:  # remove each drawn sentence wherever it occurs (duplicate files included)
         pat = re.compile(r"\s+".join(re.escape(w) for w in c["sentence"].split()) + r"[ \t]*")
-        for src in texts:
-            texts[src] = pat.sub("", texts[src])
+        texts = {src: pat.sub("", text) for src, text in texts.items()}
     _write(out, [Document(texts[d.source], d.source, d.sha256, d.metadata) for d in docs])
     questions = [{"id": f"c{i:02d}", "question": c["sentence"], "evidence": [c["before"], c["after"]],
                   "source": c["source"]} for i, c in enumerate(chosen, start=1)]

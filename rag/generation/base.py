@@ -8,14 +8,48 @@ teacher) says what it can do in one place and every caller follows.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rag.errors import GeneratorError
 
 Messages = list[dict[str, Any]]
+
+
+class GenerationCancelled(GeneratorError):
+    """The model work was cancelled (its `cancel_scope` event was set) before it finished."""
+
+
+_scope = threading.local()
+
+
+@contextmanager
+def cancel_scope(event: threading.Event | None) -> Iterator[None]:
+    """Let model work started in this thread while the scope is open stop early once `event` is set.
+
+    Why: `rag serve` must free the model within a second of a client hanging up, whatever the model is
+    doing for it (streaming, scoring quote candidates, a batch); the work runs deep in the pipeline, so the
+    event travels with the thread instead of through every signature. The in-process backend honours it
+    within one decoder layer (raising GenerationCancelled from non-streaming calls, ending a stream early);
+    backends that do not just finish their call.
+
+    :param event: set it (from any thread) to cancel; None opens no scope.
+    """
+    previous = getattr(_scope, "event", None)
+    _scope.event = event
+    try:
+        yield
+    finally:
+        _scope.event = previous
+
+
+def current_cancel() -> threading.Event | None:
+    """The event of the innermost `cancel_scope` open in this thread, if any."""
+    return getattr(_scope, "event", None)
 
 
 @dataclass

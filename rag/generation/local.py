@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rag.errors import GeneratorError
-from rag.generation.base import GenerationParams, Generator, Messages, apply_stop
+from rag.generation.base import (
+    GenerationCancelled,
+    GenerationParams,
+    Generator,
+    Messages,
+    apply_stop,
+    current_cancel,
+)
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model
 from rag.generation.spec import ModelSpec, resolve_model
 
 
-class _Interrupted(Exception):
-    """Raised inside the model's forward pass to abandon a generation that was cancelled."""
+class _Interrupted(BaseException):  # control flow, like GeneratorExit: no `except Exception` swallows it
+    """Raised inside the model's forward pass to abandon work that was cancelled."""
 
 
 class GenerationStream:
@@ -80,6 +88,32 @@ class LocalGenerator(Generator):
     def tokenizer(self) -> Any:
         """The model's tokenizer (for callers that need to trim text to a token budget)."""
         return self._loaded.tokenizer
+
+    @contextmanager
+    def _interruptible(self, stop: Callable[[], bool] | None) -> Iterator[None]:
+        """While open (holding the model's lock), every decoder layer first checks `stop()` and abandons
+        the forward pass when it is true: a cancel lands within one layer, even mid-prefill.
+
+        :raises GenerationCancelled: when the work inside was abandoned.
+        """
+        if stop is None:
+            yield
+            return
+        import torch
+
+        def check(*_: Any) -> None:
+            if stop():
+                raise _Interrupted()
+
+        layers = [layer for m in self._loaded.model.modules() if isinstance(m, torch.nn.ModuleList) for layer in m]
+        hooks = [layer.register_forward_pre_hook(check) for layer in layers]
+        try:
+            yield
+        except _Interrupted:
+            raise GenerationCancelled(f"{self.model_id}: cancelled") from None
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def _encode(self, messages: Messages) -> dict[str, Any]:
         try:
@@ -152,7 +186,8 @@ class LocalGenerator(Generator):
             kwargs = self._generate_kwargs(params, int(enc["input_ids"].shape[1]))
             if params.stop:
                 kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
-            with self._loaded.lock, torch.inference_mode():
+            scope = current_cancel()
+            with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 try:
@@ -190,7 +225,8 @@ class LocalGenerator(Generator):
             ids[r, : len(c)] = torch.tensor(c)
             mask[r, : len(c)] = 1
         model = self._loaded.model
-        with self._loaded.lock, torch.inference_mode():
+        scope = current_cancel()
+        with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set):
             first = model(**prompt, use_cache=True)
             cache = first.past_key_values
             cache.batch_repeat_interleave(n)
@@ -209,10 +245,10 @@ class LocalGenerator(Generator):
         inputs = self._encode(messages)
         kwargs = self._generate_kwargs(params, int(inputs["input_ids"].shape[1]))
         cancel = threading.Event()
-        return GenerationStream(self._stream(inputs, kwargs, params, cancel), cancel)
+        return GenerationStream(self._stream(inputs, kwargs, params, cancel, current_cancel()), cancel)
 
     def _stream(self, inputs: dict[str, Any], kwargs: dict[str, Any], params: GenerationParams,
-                cancel: threading.Event | None = None) -> Iterator[str]:
+                cancel: threading.Event | None = None, scope: threading.Event | None = None) -> Iterator[str]:
         import torch
         from transformers import (
             StoppingCriteria,
@@ -222,27 +258,24 @@ class LocalGenerator(Generator):
 
         cancel = cancel or threading.Event()
 
+        def cancelled() -> bool:  # the stream's own cancel(), or the caller's cancel_scope
+            return cancel.is_set() or (scope is not None and scope.is_set())
+
         class _Cancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+                return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool)
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
         loaded = self._loaded
 
-        def interrupt(*_: Any) -> None:
-            if cancel.is_set():
-                raise _Interrupted()  # abandons the forward pass (a long prompt prefill) at the next layer
-
         def work() -> None:
             while not loaded.lock.acquire(timeout=0.1):
-                if cancel.is_set():  # the consumer left while another generation held the model
+                if cancelled():  # the consumer left while another generation held the model
                     streamer.end()
                     return
-            layers = [layer for m in loaded.model.modules() if isinstance(m, torch.nn.ModuleList) for layer in m]
-            hooks = [layer.register_forward_pre_hook(interrupt) for layer in layers]
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._interruptible(cancelled):
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
                     loaded.model.generate(
@@ -251,14 +284,12 @@ class LocalGenerator(Generator):
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_Cancelled()]),
                     )
-            except _Interrupted:
-                streamer.end()  # cancelled: the consumer's iteration ends
+            except GenerationCancelled:
+                streamer.end()  # cancelled: the consumer's iteration ends, without an error
             except BaseException as e:  # handed to the consumer thread below
                 failure.append(e)
                 streamer.end()  # unblock the consumer
             finally:
-                for hook in hooks:
-                    hook.remove()
                 loaded.lock.release()
 
         thread = threading.Thread(target=work, name="rag-generate", daemon=True)

@@ -14,8 +14,11 @@ Two pipelines, with the driver in between:
      id, so this step is a barrier), sorts them longest first as the local build does, and sends the texts
      through `map_batches(EmbedWorker, ActorPoolStrategy)`, each actor holding one embedder.
 Results carry their position, so Ray Data may return them in any order. Vectors match a local build within
-float tolerance (another thread count and other batch boundaries change the last bits; measured max abs
-difference in tests/rag/index/test_ray.py).
+float tolerance: other batch boundaries and thread counts change the last bits (measured in
+tests/rag/index/test_ray.py with 2-text batches in bf16: max abs difference 1.5e-3, cosine >= 0.99997).
+Measured (bench/ray_scaling.py, 8,140 chunks): one 1-CPU worker embeds 151 chunks/s while computing (a
+local one-thread build: 138/s); a stage pays ~8 s to start its actors and load the model in each, and
+a local cluster ~5 s to start, so Ray only pays off when the embedding takes minutes.
 
 The cluster: `--address` connects to a running one (`ray start --head` on the first node, `ray start
 --address HEAD:6379` on the others); without it a one-machine cluster is started for the command and
@@ -35,8 +38,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +53,7 @@ from rag.ingest.chunking import Chunk, Chunker
 INSTALL_HINT = "install the ray extra: pip install -e '.[ray]' (or pip install 'ray[data]')"
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 FILES_PER_BATCH = 8
+ACTOR_START_TIMEOUT_S = 600
 # What the workers inherit: never download a model, no tokenizer thread pools next to torch's.
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -65,7 +71,7 @@ def import_ray(local: bool = False) -> Any:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
-        import ray.data  # noqa: F401  (registers ray.data on the module)
+        import ray.data
     except ImportError:
         raise RagError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
@@ -105,6 +111,8 @@ class RayCluster:
         if self._ray is not None:
             return self._ray
         ray = import_ray(local=self.address is None)
+        if self.address is not None:
+            reachable(self.address)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False,
                                       "runtime_env": {"env_vars": dict(WORKER_ENV)}}
@@ -124,6 +132,9 @@ class RayCluster:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI shows its own
         context.print_on_execution_start = False
+        # Start a stage only once all its actors are up (model loaded): work then spreads over all of them,
+        # and a pool the cluster cannot hold fails with Ray's "Timed out while starting actors" instead of waiting.
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         _quiet_ray_data()
         self._ray = ray
         return ray
@@ -138,11 +149,30 @@ class RayCluster:
             self._ray.shutdown()
         self._ray, self._owned = None, False
 
-    def __enter__(self) -> "RayCluster":
+    def __enter__(self) -> RayCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing listens at: `ray.init` would wait for minutes (measured:
+    still waiting after 5 min for 127.0.0.1:1). "auto" and bare names are left to Ray.
+
+    :raises RagError: nothing accepts a TCP connection at the address's host and port.
+    """
+    import socket
+
+    text = address.removeprefix("ray://")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RagError(f"cannot connect to the Ray cluster at {address}: {exc.strerror or exc}; start it with "
+                       "`ray start --head` (or leave out --address for a one-machine cluster)") from None
 
 
 def _quiet_ray_data() -> None:
@@ -208,15 +238,29 @@ def set_threads(n: float) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
+def worker_name() -> str:
+    """pid@host of this process: which actor did a row's work (RayEngine.stats counts them)."""
+    import socket
+
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def accounting(name: str, n: int, seconds: float) -> dict[str, np.ndarray]:
+    """The "worker" and "busy_s" columns of n output rows: who did them, and each row's share of the time."""
+    return {"worker": np.array([name] * n, dtype=object), "busy_s": np.full(n, seconds / max(n, 1))}
+
+
 class ChunkWorker:
     """A Ray Data actor: reads and chunks files with the driver's Chunker settings.
 
     Rows in: {"i", "path", "source"}; rows out: {"i", "result": file_chunks_to_json(...) | "",
-    "error": "" | the reason this worker cannot chunk (bad settings, model tokenizer missing on its node)}.
+    "error": "" | the reason this worker cannot chunk (bad settings, model tokenizer missing on its node),
+    "worker", "busy_s" (see `accounting`)}.
     """
 
     def __init__(self, embed: dict[str, Any], chunker: dict[str, Any], params: dict[str, Any]) -> None:
         self.error = ""
+        self.name = worker_name()
         try:
             tokenizer = Embedder(embed["model"], dtype=embed["dtype"], batch_size=embed["batch_size"]).tokenizer
             self.chunker = Chunker(tokenizer, **chunker)
@@ -227,6 +271,7 @@ class ChunkWorker:
             self.error = str(exc)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         results, errors = [], []
         for path, source in zip(batch["path"], batch["source"]):
             if self.error:
@@ -235,14 +280,17 @@ class ChunkWorker:
                 continue
             results.append(file_chunks_to_json(read_and_chunk(Path(str(path)), str(source), self.chunker)))
             errors.append("")
-        return {"i": batch["i"], "result": np.array(results, dtype=object), "error": np.array(errors, dtype=object)}
+        return {"i": batch["i"], "result": np.array(results, dtype=object), "error": np.array(errors, dtype=object),
+                **accounting(self.name, len(results), time.perf_counter() - t0)}
 
 
 class EmbedWorker:
-    """A Ray Data actor holding one embedder. Rows in: {"pos", "text"}; rows out: {"pos", "vector", "error"}."""
+    """A Ray Data actor holding one embedder. Rows in: {"pos", "text"}; rows out: {"pos", "vector", "error",
+    "worker", "busy_s"}."""
 
     def __init__(self, embed: dict[str, Any], threads: float = 1, gpus: float = 0) -> None:
         self.error = ""
+        self.name = worker_name()
         set_threads(threads)
         try:
             self.embedder = Embedder(embed["model"], dtype=embed["dtype"], batch_size=embed["batch_size"])
@@ -262,15 +310,23 @@ class EmbedWorker:
         n = len(batch["pos"])
         if self.error:
             return {"pos": batch["pos"], "vector": np.zeros((n, self.dim), np.float32),
-                    "error": np.array([self.error] * n, dtype=object)}
+                    "error": np.array([self.error] * n, dtype=object), **accounting(self.name, n, 0.0)}
+        t0 = time.perf_counter()
         vectors = self.embedder.encode([str(t) for t in batch["text"]])
-        return {"pos": batch["pos"], "vector": vectors, "error": np.array([""] * n, dtype=object)}
+        return {"pos": batch["pos"], "vector": vectors, "error": np.array([""] * n, dtype=object),
+                **accounting(self.name, n, time.perf_counter() - t0)}
 
 
-def _batches(ds: Any, what: str) -> Iterator[dict[str, np.ndarray]]:
-    """Stream a dataset's output batches as they finish; Ray's failures become one RagError; the pipeline
-    is stopped when the caller stops early."""
-    ray = __import__("ray")
+def stream_batches(ds: Any, what: str) -> Iterator[dict[str, np.ndarray]]:
+    """A dataset's output batches (numpy) as they finish, in completion order; the pipeline is stopped when
+    the caller stops early.
+
+    :param ds: a Ray dataset whose rows have an "error" column ("" = fine).
+    :param what: the step, for messages ("embedding").
+    :raises RagError: a row's error (a worker that could not start), or Ray's own failure, in one line.
+    """
+    import ray
+
     it = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
     try:
         while True:
@@ -294,24 +350,40 @@ class RayEngine:
     """`build_index`'s engine on a Ray cluster (rag.index.build.BuildEngine): ChunkWorker and EmbedWorker pools."""
 
     def __init__(self, cluster: RayCluster, workers: int | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0) -> None:
+                 gpus_per_worker: float = 0.0, files_per_batch: int = FILES_PER_BATCH,
+                 texts_per_batch: int | None = None) -> None:
         """
         :param cluster: the cluster to run on (connected on first use: a build with nothing to read or embed
             never starts Ray).
         :param workers: actors per stage; None = as many as the cluster's CPUs hold (its GPUs, for the
-            embedding stage when `gpus_per_worker` > 0).
+            embedding stage when `gpus_per_worker` > 0). A stage never gets more actors than batches.
         :param cpus_per_worker: CPUs each actor reserves (= its torch threads).
         :param gpus_per_worker: GPUs each embedding actor reserves (0 = embed on CPU).
+        :param files_per_batch: files per ChunkWorker call.
+        :param texts_per_batch: texts per EmbedWorker call; None = the local build's slice, max(4 x the
+            embedder's batch size, 256).
         :raises RagError: a count below its minimum.
         """
         if workers is not None and workers < 1:
             raise RagError(f"--ray-workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise RagError(f"CPUs per worker must be > 0 and GPUs >= 0, got {cpus_per_worker} and {gpus_per_worker}")
+        if files_per_batch < 1 or (texts_per_batch is not None and texts_per_batch < 1):
+            raise RagError(f"batch sizes must be >= 1, got {files_per_batch} files and {texts_per_batch} texts")
         self.cluster = cluster
         self.workers = workers
         self.cpus = cpus_per_worker
         self.gpus = gpus_per_worker
+        self.files_per_batch = files_per_batch
+        self.texts_per_batch = texts_per_batch
+        self.stats: dict[str, dict[str, Any]] = {}  # per stage, of its last run: see `_account`
+
+    def _account(self, stage: str, t0: float, items: int, batches: list[dict[str, np.ndarray]]) -> None:
+        """Record a stage's wall seconds, items, distinct workers and their summed busy seconds."""
+        workers = {str(w) for b in batches for w in b["worker"]}
+        busy = float(sum(float(b["busy_s"].sum()) for b in batches))
+        self.stats[stage] = {"seconds": round(time.perf_counter() - t0, 3), "items": items,
+                             "workers": len(workers), "busy_s": round(busy, 3)}
 
     def read_files(self, jobs: Sequence[tuple[Path, str]], chunker: Chunker, embedder: Embedder,
                    on_progress: ProgressFn | None = None) -> list[FileChunks]:
@@ -323,12 +395,13 @@ class RayEngine:
         """
         if not jobs:
             return []
+        t0 = time.perf_counter()
         ray = self.cluster.ray()
-        n_batches = math.ceil(len(jobs) / FILES_PER_BATCH)
+        n_batches = math.ceil(len(jobs) / self.files_per_batch)
         size = pool_size(self.cluster, self.workers, self.cpus, 0, n_batches)
         rows = [{"i": i, "path": str(Path(p).resolve()), "source": s} for i, (p, s) in enumerate(jobs)]
         ds = ray.data.from_items(rows, override_num_blocks=n_batches).map_batches(
-            ChunkWorker, batch_size=FILES_PER_BATCH, batch_format="numpy", num_cpus=self.cpus,
+            ChunkWorker, batch_size=self.files_per_batch, batch_format="numpy", num_cpus=self.cpus,
             compute=ray.data.ActorPoolStrategy(size=size),
             fn_constructor_kwargs={"embed": embedder_spec(embedder), "chunker": chunker_spec(chunker),
                                    "params": chunker.params()})
@@ -336,19 +409,22 @@ class RayEngine:
         done = 0
         if on_progress:
             on_progress("read", 0, len(jobs))
-        for batch in _batches(ds, "reading and chunking"):
+        seen: list[dict[str, np.ndarray]] = []
+        for batch in stream_batches(ds, "reading and chunking"):
             for i, text in zip(batch["i"], batch["result"]):
                 out[int(i)] = file_chunks_from_json(str(text))
                 done += 1
+            seen.append({"worker": batch["worker"], "busy_s": batch["busy_s"]})
             if on_progress:
                 on_progress("read", done, len(jobs))
+        self._account("read", t0, len(jobs), seen)
         missing = [jobs[i][1] for i, r in enumerate(out) if r is None]
         if missing:
             raise RagError(f"the Ray cluster returned no result for {len(missing)} file(s), e.g. {missing[0]}; rerun")
         return [r for r in out if r is not None]
 
     def embed(self, texts: Sequence[str], embedder: Embedder, on_progress: ProgressFn | None = None) -> np.ndarray:
-        """Embed `texts` on EmbedWorker actors in slices of max(4 x batch size, 256), as the local build.
+        """Embed `texts` on EmbedWorker actors, `texts_per_batch` per call.
 
         :returns: (len(texts), dim) float32 unit vectors in the order of `texts`.
         :raises RagError: a worker could not load the embedder, or the Ray job failed.
@@ -357,8 +433,9 @@ class RayEngine:
         vectors = np.zeros((len(texts), dim), dtype=np.float32)
         if not len(texts):
             return vectors
+        t0 = time.perf_counter()
         ray = self.cluster.ray()
-        batch = max(embedder.batch_size * 4, 256)
+        batch = self.texts_per_batch or max(embedder.batch_size * 4, 256)
         n_batches = math.ceil(len(texts) / batch)
         size = pool_size(self.cluster, self.workers, self.cpus, self.gpus, n_batches)
         rows = [{"pos": j, "text": t} for j, t in enumerate(texts)]
@@ -369,9 +446,11 @@ class RayEngine:
             fn_constructor_kwargs={"embed": embedder_spec(embedder), "threads": self.cpus, "gpus": self.gpus},
             **remote)
         seen = np.zeros(len(texts), dtype=bool)
+        work: list[dict[str, np.ndarray]] = []
         if on_progress:
             on_progress("embed", 0, len(texts))
-        for out in _batches(ds, "embedding"):
+        for out in stream_batches(ds, "embedding"):
+            work.append({"worker": out["worker"], "busy_s": out["busy_s"]})
             pos = out["pos"].astype(np.int64)
             got = np.asarray(out["vector"], dtype=np.float32)
             if got.shape != (len(pos), dim):
@@ -383,4 +462,5 @@ class RayEngine:
                 on_progress("embed", int(seen.sum()), len(texts))
         if not seen.all():
             raise RagError(f"the Ray cluster returned no vector for {int((~seen).sum())} chunk(s); rerun")
+        self._account("embed", t0, len(texts), work)
         return vectors

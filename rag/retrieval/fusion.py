@@ -1,21 +1,24 @@
 """Rank fusion and near-duplicate collapse: the two steps between the raw rankings and the top-k.
 
 Weighted reciprocal rank fusion (Cormack, Clarke & Büttcher 2009, with per-ranking weights as in
-Elasticsearch's and Vespa's weighted RRF): each ranking adds weight / (k + rank). On the course
-evaluation (README, Retrieval quality), dense weight 0.8 against BM25 0.2 gave recall@5 +3 to +5
-points over dense alone at 1-3 points lower MRR@10, and beat the even 0.5/0.5 split on MRR@10 on all
-three sets; even weights let BM25's weaker top ranks push good dense passages down.
+Elasticsearch's and Vespa's weighted RRF): each ranking adds weight / (k + rank). On
+eval/retrieval_benchmark.py (README, Retrieval quality), dense weight 0.8 against BM25 0.2 gave recall@5
+level or +3 points over dense alone (MRR@10 −0.03 to +0.02), and beat the even 0.5/0.5 split on MRR@10
+on all four sets (+0.02 to +0.09); even weights let BM25's weaker top ranks push good dense passages
+down. On other authors' notes (issue 13) BM25 alone beat dense on MRR, which is why BM25 keeps a say.
 
 Collapse: a course often holds the same text twice (a file and its copy, slides and the notes made
 from them); two copies of one passage in the top-k waste the prompt. A passage whose whitespace- and
 case-normalised text is at least `threshold` similar (rapidfuzz Indel ratio) to a better-ranked one
-is dropped, and the next passage moves up. On the course + its copy in shared seeds, this lifted hybrid
-recall@5 from 0.586 to 0.621 and MRR@10 from 0.396 to 0.438; without duplicates it changes nothing.
+is dropped, and the next passage moves up. On the course + its near-copy in shared seeds (quiz-dup),
+this lifted hybrid recall@5 from 0.552 to 0.621 and MRR@10 from 0.357 to 0.397; without duplicates it
+changes nothing.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Sequence, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
 
 from rapidfuzz import fuzz
 

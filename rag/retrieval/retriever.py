@@ -70,7 +70,7 @@ class Retriever:
         self.dense_weight = dense_weight
         self.collapse_duplicates = collapse_duplicates
         self._lock = threading.Lock()
-        self._passages: "weakref.WeakKeyDictionary[VectorIndex, Passages]" = weakref.WeakKeyDictionary()
+        self._passages: weakref.WeakKeyDictionary[VectorIndex, Passages] = weakref.WeakKeyDictionary()
         self._index = VectorIndex.load(self.index_dir, embedder)
 
     @property

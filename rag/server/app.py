@@ -2,7 +2,8 @@
 
 The last message is the question, earlier ones the conversation (system/developer messages are added
 to the RAG instructions); the reply is a normal chat completion, or an SSE stream of chunks, with the
-extra fields `sources`, `abstained` and `timings`. rag.server.schemas says which request fields do what.
+extra fields `sources`, `abstained` and `timings`. rag.server.schemas says which request fields do what,
+rag.server.responses what a reply holds.
 
 Fair under load (rag.server.queue): requests reach the model in arrival order; validation, retrieval
 and abstention never wait for it; /health is answered on the event loop; at most `max_queue` requests
@@ -43,13 +44,8 @@ from rag.answering.pipeline import Answer, RagPipeline, Response
 from rag.errors import GeneratorError, RagError
 from rag.generation.base import GenerationParams
 from rag.server.queue import GenerationRun, ModelQueue, QueueFull, Ticket
-from rag.server.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    RequestError,
-    parse_request,
-)
+from rag.server.responses import ChatCompletion, ChatCompletionChunk
+from rag.server.schemas import ChatCompletionRequest, RequestError, parse_request
 
 log = logging.getLogger("course_rag.server")
 
@@ -200,7 +196,9 @@ def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) 
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     slots = cfg.parallel_slots if getattr(pipeline.generator, "parallel_requests", False) else 1
     state: dict[str, Any] = {}
-    retrieval = anyio.CapacityLimiter(1)  # one retrieval at a time, in arrival order (the embedder is shared)
+    # Retrievals run one at a time in arrival order for an in-process model (they share its 2 cores); with a
+    # server backend as many as it has slots, since condensing a follow-up then calls that server.
+    retrieval = anyio.CapacityLimiter(slots)
     health_limiter = anyio.CapacityLimiter(2)  # /health never waits behind request threads
 
     def model_queue() -> ModelQueue:

@@ -263,7 +263,7 @@ class ChatCompletionRequest(_Strict):
     max_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] | None = None
     temperature: Annotated[Finite, Field(ge=0, le=2)] | None = None
     top_p: Annotated[Finite, Field(ge=0, le=1)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # torch takes a 64-bit seed
     stop: Stop | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
@@ -412,82 +412,3 @@ def parse_request(body: bytes, *, max_conversation_chars: int = DEFAULT_MAX_CONV
             body, context={"max_conversation_chars": max_conversation_chars})
     except ValidationError as exc:
         raise _request_error(exc) from None
-
-
-# ---- the response --------------------------------------------------------------------------------
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class SourceOut(BaseModel):
-    """Extension: a passage the answer used (see rag.answering.pipeline.Source)."""
-
-    n: int
-    chunk_id: int
-    source: str
-    section: str
-    score: float
-    snippet: str
-    cited: bool
-
-
-class AssistantOut(BaseModel):
-    role: Literal["assistant"]
-    content: str | None
-    refusal: str | None
-    annotations: list[dict[str, Any]]
-
-
-class Choice(BaseModel):
-    index: int
-    message: AssistantOut
-    logprobs: None
-    finish_reason: Literal["stop", "length"]
-
-
-class ChatCompletion(BaseModel):
-    """The non-streamed response (reference fields, then the extensions)."""
-
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage
-    system_fingerprint: str | None
-    service_tier: str | None
-    sources: list[SourceOut] = []
-    abstained: bool = False
-    timings: dict[str, float] = {}
-
-
-class Delta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    refusal: str | None = None
-
-
-class ChunkChoice(BaseModel):
-    index: int
-    delta: Delta
-    logprobs: None
-    finish_reason: Literal["stop", "length"] | None
-
-
-class ChatCompletionChunk(BaseModel):
-    """One SSE event of a streamed response; dumped with exclude_unset, so only fields given are sent."""
-
-    id: str
-    object: Literal["chat.completion.chunk"]
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    system_fingerprint: str | None
-    service_tier: str | None
-    usage: Usage | None = None
-    sources: list[SourceOut] | None = None
-    abstained: bool | None = None

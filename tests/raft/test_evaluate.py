@@ -165,6 +165,7 @@ def test_questions_are_the_test_split_of_export(dataset_dir: Path, tmp_path: Pat
 # --------------------------------------------------------------------------- end to end, real model
 
 
+@pytest.mark.llm
 def test_raft_eval_end_to_end_with_the_bundled_model(dataset_dir: Path, tmp_path: Path) -> None:
     from raft.cli import cli
     from rag.generation.models import bundled_gguf_path, convert_gguf

@@ -25,7 +25,7 @@ import pytest
 from rag.answering.pipeline import MAX_TURN_CHARS
 from rag.api import make_pipeline
 from rag.errors import RagError
-from rag.generation.base import GenerationParams
+from rag.generation.base import GenerationCancelled, GenerationParams
 from rag.generation.http import OpenAIGenerator
 from tests.conftest import ROOT
 
@@ -76,10 +76,12 @@ class Served:
 def start_server(index_dir: Path, *args: str, env: dict[str, str] | None = None,
                  key: str | None = None) -> Iterator[Served]:
     port = free_port()
+    # Free answers: the model streams every token, which is what the queue, max_tokens and cancel tests need
+    # (the grounded mode's quote is rag/answering's to test).
     proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
                              str(index_dir), "--max-tokens", "8", "-k", "2", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, "RAG_ANSWER_MODE": "free", **(env or {})})
     served = Served(f"http://127.0.0.1:{port}", key)
     deadline = time.monotonic() + 300
     while True:
@@ -99,11 +101,22 @@ def start_server(index_dir: Path, *args: str, env: dict[str, str] | None = None,
         proc.wait(timeout=30)
 
 
+GATE_ARGS = ("--api-key", KEY, "--max-queue", "4", "--cors-origin", "http://allowed.example")
+
+
 @pytest.fixture(scope="module")
 def server(course_index) -> Iterator[Served]:
-    """The main server: an API key, one allowed CORS origin, at most 4 requests waiting for the model."""
-    with start_server(course_index.index_dir, "--api-key", KEY, "--max-queue", "4",
-                      "--cors-origin", "http://allowed.example", key=KEY) as served:
+    """`rag serve` with the bundled model: an API key, one allowed CORS origin, at most 4 waiting."""
+    with start_server(course_index.index_dir, *GATE_ARGS, key=KEY) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def gate(course_index) -> Iterator[Served]:
+    """The same `rag serve`, but its model is a server nobody runs: for what must be refused before any
+    model is asked (validation, limits, access), without loading a language model."""
+    with start_server(course_index.index_dir, *GATE_ARGS, "--model", f"http://127.0.0.1:{free_port()}/v1",
+                      key=KEY) as served:
         yield served
 
 
@@ -117,6 +130,7 @@ def body(question: str = ON_TOPIC, **fields: Any) -> dict[str, Any]:
 
 # ---- OpenAI conformance, through the official client ---------------------------------------------
 
+@pytest.mark.llm
 def test_openai_client_stream_and_non_stream_give_the_same_answer(server):
     client = server.client()
     assert [m.id for m in client.models.list()] == ["course-rag"]
@@ -142,6 +156,7 @@ def test_openai_client_stream_and_non_stream_give_the_same_answer(server):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+@pytest.mark.llm
 def test_text_parts_and_system_messages_are_read(server):
     client = server.client()
     plain = client.chat.completions.create(model="course-rag", messages=msgs(), max_tokens=4)
@@ -165,6 +180,7 @@ def test_text_parts_and_system_messages_are_read(server):
     ({"top_p": 1.5}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 100_000}, "max_tokens"),
+    ({"seed": 2**70}, "seed"),
     ({"logprobs": True}, "logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"tool_choice": "required"}, "tool_choice"),
@@ -180,8 +196,8 @@ def test_text_parts_and_system_messages_are_read(server):
     ({"messages": [*msgs(), {"role": "assistant", "content": "..."}]}, "messages"),
     ({"messages": []}, "messages"),
 ])
-def test_unsupported_or_invalid_fields_are_400_naming_them(server, fields, param):
-    client = server.client()
+def test_unsupported_or_invalid_fields_are_400_naming_them(gate, fields, param):
+    client = gate.client()
     kw = {"model": "course-rag", "messages": msgs(), "max_tokens": 4}
     extra = {k: v for k, v in fields.items() if k != "messages"}
     kw.update({k: v for k, v in fields.items() if k == "messages"})
@@ -191,31 +207,32 @@ def test_unsupported_or_invalid_fields_are_400_naming_them(server, fields, param
     assert err.value.body["param"] == param and param.split("[")[0].split(".")[0] in err.value.body["message"]
 
 
-def test_refusals_come_before_any_stream_starts(server):
-    r = server.post(body(stop=[5], stream=True))  # was a dropped connection without [DONE]
+def test_refusals_come_before_any_stream_starts(gate):
+    r = gate.post(body(stop=[5], stream=True))  # was a dropped connection without [DONE]
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
     assert r.json()["error"]["param"] == "stop[0]"
 
 
-def test_malformed_bodies_are_400_not_500(server):
+def test_malformed_bodies_are_400_not_500(gate):
     for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"model": "course-rag", "messages": [' + b"{" * 50_000,
                 b"not json", b"[1, 2]", b'{"model": "course-rag", "messages": [], "temperature": NaN}'):
-        r = httpx.post(server.url + "/v1/chat/completions", content=raw, timeout=60,
-                       headers={**server.headers, "Content-Type": "application/json"})
+        r = httpx.post(gate.url + "/v1/chat/completions", content=raw, timeout=60,
+                       headers={**gate.headers, "Content-Type": "application/json"})
         assert r.status_code == 400, (raw[:40], r.text)
         assert r.json()["error"]["type"] == "invalid_request_error"
-    nan = httpx.post(server.url + "/v1/chat/completions", timeout=60,
-                     headers={**server.headers, "Content-Type": "application/json"},
+    nan = httpx.post(gate.url + "/v1/chat/completions", timeout=60,
+                     headers={**gate.headers, "Content-Type": "application/json"},
                      content=b'{"model": "course-rag", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}')
     assert nan.json()["error"]["param"] == "temperature"
 
 
-def test_unknown_model_is_404(server):
+def test_unknown_model_is_404(gate):
     with pytest.raises(openai.NotFoundError) as err:
-        server.client().chat.completions.create(model="gpt-4o", messages=msgs(), max_tokens=4)
+        gate.client().chat.completions.create(model="gpt-4o", messages=msgs(), max_tokens=4)
     assert err.value.body["param"] == "model" and "course-rag" in err.value.body["message"]
 
 
+@pytest.mark.llm
 def test_the_projects_http_backend_reads_rag_serve(server):
     gen = OpenAIGenerator(server.url + "/v1", model_name="course-rag", api_key=KEY)
     pieces = list(gen.stream(msgs(), GenerationParams(max_new_tokens=6)))
@@ -266,6 +283,7 @@ class Client(threading.Thread):
             self.result = events
 
 
+@pytest.mark.llm
 def test_arrival_order_and_no_model_work_never_waits(server):
     blocker = Client(server, body(max_tokens=LONG, stream=True))
     server.wait_queue(running=1)
@@ -288,6 +306,7 @@ def test_arrival_order_and_no_model_work_never_waits(server):
     assert server.wait_queue(running=0, waiting=0)["stopped"] == stopped + 1
 
 
+@pytest.mark.llm
 def test_full_queue_gets_429_and_clients_that_leave_free_their_place(server):
     blocker = Client(server, body(max_tokens=LONG, stream=True))
     server.wait_queue(running=1)
@@ -308,6 +327,7 @@ def test_full_queue_gets_429_and_clients_that_leave_free_their_place(server):
     assert server.post(body()).status_code == 200  # and the model serves the next one
 
 
+@pytest.mark.llm
 def test_a_non_streaming_client_that_disconnects_frees_the_model(server):
     stopped = server.health()["queue"]["stopped"]
     payload = json.dumps(body(max_tokens=LONG)).encode()
@@ -319,6 +339,7 @@ def test_a_non_streaming_client_that_disconnects_frees_the_model(server):
     assert server.wait_queue(running=0)["stopped"] == stopped + 1
 
 
+@pytest.mark.llm
 def test_per_request_settings_do_not_leak_between_concurrent_requests(server):
     short = Client(server, body(max_tokens=1))
     longer = Client(server, body(max_tokens=6))
@@ -330,53 +351,54 @@ def test_per_request_settings_do_not_leak_between_concurrent_requests(server):
     assert len(top1["sources"]) == 1
 
 
-def test_body_and_conversation_size_caps(server):
+def test_body_and_conversation_size_caps(gate):
     huge = "x" * (5 * 1024 * 1024)
-    r = server.post({"model": "course-rag", "messages": [{"role": "user", "content": huge}, *msgs()]})
+    r = gate.post({"model": "course-rag", "messages": [{"role": "user", "content": huge}, *msgs()]})
     assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
     turns = [{"role": "user", "content": "y" * 30_000}, {"role": "assistant", "content": "z" * 30_000}, *msgs()]
-    r = server.post({"model": "course-rag", "messages": turns, "max_tokens": 4})
+    r = gate.post({"model": "course-rag", "messages": turns, "max_tokens": 4})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert "characters long" in r.json()["error"]["message"]
 
 
 # ---- closed to strangers -------------------------------------------------------------------------
 
-def test_api_key_is_required_everywhere(server):
+def test_api_key_is_required_everywhere(gate):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
-            r = httpx.request(method, server.url + path, headers=headers, json=body(), timeout=30)
+            r = httpx.request(method, gate.url + path, headers=headers, json=body(), timeout=30)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (headers, path)
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        openai.OpenAI(base_url=gate.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
-def test_only_json_bodies_and_loopback_hosts(server):
+def test_only_json_bodies_and_loopback_hosts(gate):
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
-        r = httpx.post(server.url + "/v1/chat/completions", content=json.dumps(body()),
-                       headers={**server.headers, "Content-Type": ctype}, timeout=30)
+        r = httpx.post(gate.url + "/v1/chat/completions", content=json.dumps(body()),
+                       headers={**gate.headers, "Content-Type": ctype}, timeout=30)
         assert r.status_code == 415, ctype
-    r = httpx.get(server.url + "/health", headers={**server.headers, "Host": "attacker.example"}, timeout=30)
+    r = httpx.get(gate.url + "/health", headers={**gate.headers, "Host": "attacker.example"}, timeout=30)
     assert r.status_code == 400  # a DNS-rebinding page cannot reach the server through a browser
 
 
-def test_cors_allows_only_configured_origins_and_docs_are_off(server):
+def test_cors_allows_only_configured_origins_and_docs_are_off(gate):
     def preflight(origin: str) -> httpx.Response:
-        return httpx.options(server.url + "/v1/chat/completions", timeout=30, headers={
+        return httpx.options(gate.url + "/v1/chat/completions", timeout=30, headers={
             "Origin": origin, "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization, content-type"})
 
     ok = preflight("http://allowed.example")
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://allowed.example"
     assert "access-control-allow-origin" not in preflight("http://evil.example").headers
-    r = httpx.get(server.url + "/v1/models", headers={**server.headers, "Origin": "http://evil.example"}, timeout=30)
+    r = httpx.get(gate.url + "/v1/models", headers={**gate.headers, "Origin": "http://evil.example"}, timeout=30)
     assert "access-control-allow-origin" not in r.headers
     for path in ("/docs", "/redoc", "/openapi.json"):
-        assert httpx.get(server.url + path, headers=server.headers, timeout=30).status_code == 404
+        assert httpx.get(gate.url + path, headers=gate.headers, timeout=30).status_code == 404
 
 
 def test_key_from_the_environment_and_docs_on_request(course_index):
-    with start_server(course_index.index_dir, "--docs", env={"RAG_SERVER_API_KEY": "env-key"}, key="env-key") as served:
+    with start_server(course_index.index_dir, "--docs", "--model", f"http://127.0.0.1:{free_port()}/v1",
+                      env={"RAG_SERVER_API_KEY": "env-key"}, key="env-key") as served:
         assert httpx.get(served.url + "/docs", timeout=30).status_code == 401
         assert httpx.get(served.url + "/docs", headers=served.headers, timeout=30).status_code == 200
         spec = httpx.get(served.url + "/openapi.json", headers=served.headers, timeout=30).json()
@@ -388,25 +410,32 @@ def test_key_from_the_environment_and_docs_on_request(course_index):
 
 def test_every_readme_server_command_binds_loopback():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    commands = [line for line in readme.splitlines() if re.search(r"\b(streamlit run|rag serve|uvicorn)\b", line)
-                and not line.lstrip().startswith(("|", "`rag serve`", "-"))]
-    assert commands
-    for line in commands:
-        if "streamlit run" in line:
-            assert "--server.address 127.0.0.1" in line or "0.0.0.0" in line and "RAG_ADMIN_SECRET" in readme, line
-        if "--host" in line:
-            assert "127.0.0.1" in line or "--api-key" in line, line
+    apps = re.findall(r"streamlit run [^`\n#]*", readme)
+    servers = re.findall(r"rag serve[^`\n#]*", readme)
+    assert apps and servers
+    for command in apps:  # an explicit address; the network only next to the admin secret it needs
+        address = re.search(r"--server\.address (\S+)", command)
+        assert address, command
+        assert address.group(1) == "127.0.0.1" or "export RAG_ADMIN_SECRET" in readme, command
+    for command in servers:  # rag serve's default host is 127.0.0.1; another host only with a key
+        host = re.search(r"--host (\S+)", command)
+        assert host is None or host.group(1) == "127.0.0.1" or "--api-key" in command, command
+    assert "--server.address 127.0.0.1" in (ROOT / "scripts" / "run.sh").read_text(encoding="utf-8")
     config = (ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8")
     assert re.search(r'address\s*=\s*"127\.0\.0\.1"', config)  # a bare `streamlit run` here binds loopback too
+    help_text = subprocess.run([str(Path(sys.executable).parent / "rag"), "serve", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert re.search(r"--host TEXT.*\[default: 127\.0\.0\.1\]", " ".join(help_text.split()))
 
 
 # ---- RagPipeline.ask per-call settings (what the server relies on) -------------------------------
 
 @pytest.fixture(scope="module")
 def pipe(course_index):
-    return make_pipeline(course_index.model_copy(update={"max_new_tokens": 12, "top_k": 3}))
+    return make_pipeline(course_index.model_copy(update={"max_new_tokens": 12, "top_k": 3, "answer_mode": "free"}))
 
 
+@pytest.mark.llm
 def test_ask_takes_per_call_settings_and_leaves_the_pipeline_alone(pipe):
     before = (pipe.params, pipe.top_k, pipe.mode)
     resp = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=2), top_k=2, mode="bm25")
@@ -419,6 +448,7 @@ def test_ask_takes_per_call_settings_and_leaves_the_pipeline_alone(pipe):
             pipe.ask(ON_TOPIC, **bad)
 
 
+@pytest.mark.llm
 def test_ask_does_the_no_model_work_up_front_and_clips_long_turns(pipe):
     history = [{"role": "user", "content": "LoRA " * 400_000}, {"role": "assistant", "content": "..."},
                {"role": "system", "content": "Answer in French."}]
@@ -431,6 +461,7 @@ def test_ask_does_the_no_model_work_up_front_and_clips_long_turns(pipe):
     assert not pipe.ask(OFF_TOPIC).needs_model
 
 
+@pytest.mark.llm
 def test_cancel_stops_the_model_at_once_from_any_point(pipe):
     before = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=400))
     before.cancel()  # before iteration: the model stops at its first layer, nothing is generated
@@ -442,4 +473,16 @@ def test_cancel_stops_the_model_at_once_from_any_point(pipe):
     assert first and pipe.generator.count_tokens(first + "".join(rest)) < 40
     after = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=3))
     assert after.text().strip()  # the model is free for the next answer
+
+
+@pytest.mark.llm
+def test_cancel_reaches_a_grounded_answers_quote_scoring(course_index, pipe):
+    grounded = make_pipeline(course_index.model_copy(update={"answer_mode": "grounded", "max_new_tokens": 4}),
+                             retriever=pipe.retriever, generator=pipe.generator)
+    resp = grounded.ask(ON_TOPIC)
+    assert resp.answer_mode == "grounded"
+    resp.cancel()  # the quote is chosen with the model's log-probabilities: that forward pass is abandoned
+    with pytest.raises(GenerationCancelled):
+        list(resp)
+    assert grounded.ask(ON_TOPIC).text().strip()  # and the model is free for the next answer
 

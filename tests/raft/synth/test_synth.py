@@ -364,6 +364,7 @@ def test_export_errors(tmp_path):
     assert parse_split("1") == [1.0]
 
 
+@pytest.mark.llm
 def test_raft_generate_cli_end_to_end_with_the_bundled_model(small_corpus, tmp_path):
     """The real `raft generate` with the real bundled model on one chunk, one question, few tokens:
     the 135M model rarely writes a verifiable answer in 24 tokens, so 0 kept samples is fine; the run
@@ -394,6 +395,7 @@ def test_raft_generate_cli_end_to_end_with_the_bundled_model(small_corpus, tmp_p
     assert usage.returncode == 2
 
 
+@pytest.mark.llm
 def test_guided_answers_quote_the_oracle_with_the_real_model():
     """The small-model mode: the real 135M model picks an oracle sentence to quote and writes the answer."""
     from rag.generation.base import GenerationParams

@@ -113,6 +113,7 @@ def test_reads_a_chat_export_the_same_way(tiny_dataset: Path, tmp_path: Path) ->
     assert sorted(map(key, from_chat)) == sorted(map(key, from_records))
 
 
+@pytest.mark.llm
 def test_labels_cover_the_answer_and_end_of_turn_only(base) -> None:
     _, tok = base
     ex = Example("x", ["Distractor text about cats.", "LoRA trains small matrices."], "What does LoRA train?",
@@ -127,6 +128,7 @@ def test_labels_cover_the_answer_and_end_of_turn_only(base) -> None:
     assert not enc.truncated
 
 
+@pytest.mark.llm
 def test_long_prompts_lose_distractors_never_answer_tokens(base) -> None:
     _, tok = base
     filler = " ".join(["Unrelated words about the weather and other things."] * 6)
@@ -145,6 +147,7 @@ def test_long_prompts_lose_distractors_never_answer_tokens(base) -> None:
 # ------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.llm
 def test_training_moves_the_lora_weights(trained) -> None:
     from safetensors.torch import load_file
 
@@ -160,6 +163,7 @@ def test_training_moves_the_lora_weights(trained) -> None:
     assert (out / "loss.png").stat().st_size > 1000
 
 
+@pytest.mark.llm
 def test_training_lowers_the_loss_on_its_data(trained, tiny_dataset: Path, base) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -174,6 +178,7 @@ def test_training_lowers_the_loss_on_its_data(trained, tiny_dataset: Path, base)
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.llm
 def test_merged_model_generates_through_local_generator(trained) -> None:
     from raft.prompts import student_messages
     from rag.generation.base import GenerationParams
@@ -190,6 +195,7 @@ def test_merged_model_generates_through_local_generator(trained) -> None:
     assert get_generator(str(out)).model_dir == out / MERGED
 
 
+@pytest.mark.llm
 def test_resume_continues_at_the_saved_step_and_matches(trained, tiny_dataset: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -221,6 +227,7 @@ def test_resume_continues_at_the_saved_step_and_matches(trained, tiny_dataset: P
     assert again["already_trained"]
 
 
+@pytest.mark.llm
 def test_different_arguments_against_an_existing_out_are_refused(trained, tiny_dataset: Path) -> None:
     out, _ = trained
     with pytest.raises(RagError, match=r"other arguments \(lr: 0\.003 before, 0\.01 now\)"):

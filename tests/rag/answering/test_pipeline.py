@@ -39,6 +39,7 @@ class CountingGenerator(Generator):
         return self.inner.count_tokens(m)
 
 
+@pytest.mark.llm
 def test_answer_streams_then_lists_sources(pipe):
     resp = pipe.ask("What does LoRA freeze?")
     assert any("LoRA" in h.chunk.text for h in resp.hits)
@@ -52,6 +53,7 @@ def test_answer_streams_then_lists_sources(pipe):
     assert d["timings"]["first_token"] <= d["timings"]["generate"]
 
 
+@pytest.mark.llm
 def test_off_topic_question_abstains_without_calling_the_model(course_index, pipe):
     counting = CountingGenerator(pipe.generator)
     p = make_pipeline(course_index, retriever=pipe.retriever, generator=counting)

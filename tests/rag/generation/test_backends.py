@@ -62,6 +62,7 @@ def _live_generation_threads() -> list[threading.Thread]:
 # --------------------------------------------------------------------------- cache
 
 
+@pytest.mark.llm
 def test_conversion_writes_a_complete_cache_and_nothing_else(model_cache: Path) -> None:
     assert (model_cache / "config.json").is_file()
     assert (model_cache / "model.safetensors").is_file()
@@ -71,6 +72,7 @@ def test_conversion_writes_a_complete_cache_and_nothing_else(model_cache: Path) 
     assert [p.name for p in model_cache.parent.iterdir()] == [model_cache.name]  # no temp dirs left
 
 
+@pytest.mark.llm
 def test_second_load_reuses_the_cache(model_cache: Path, gen: LocalGenerator) -> None:
     weights = model_cache / "model.safetensors"
     before = weights.stat()
@@ -112,6 +114,7 @@ def test_missing_bundled_package_says_how_to_install(monkeypatch: pytest.MonkeyP
 # --------------------------------------------------------------------------- local generation
 
 
+@pytest.mark.llm
 def test_model_facts(gen: LocalGenerator) -> None:
     assert gen.model_id == BUNDLED_MODEL_ID
     assert gen.context_window == 8192
@@ -120,6 +123,7 @@ def test_model_facts(gen: LocalGenerator) -> None:
     assert 0 < gen.count_tokens(text) < gen.count_tokens(QUESTION)  # the chat template adds tokens
 
 
+@pytest.mark.llm
 def test_stream_yields_pieces_that_join_to_generate(gen: LocalGenerator) -> None:
     pieces = list(gen.stream(QUESTION, GREEDY))
     assert len(pieces) >= 2
@@ -127,6 +131,7 @@ def test_stream_yields_pieces_that_join_to_generate(gen: LocalGenerator) -> None
     assert "".join(pieces) == gen.generate(QUESTION, GREEDY)
 
 
+@pytest.mark.llm
 def test_greedy_is_deterministic(gen: LocalGenerator) -> None:
     first = gen.generate(QUESTION, GREEDY)
     assert first.strip()
@@ -135,6 +140,7 @@ def test_greedy_is_deterministic(gen: LocalGenerator) -> None:
     assert gen.generate(QUESTION, GenerationParams(max_new_tokens=8, temperature=0.9, do_sample=False)) == first
 
 
+@pytest.mark.llm
 def test_seed_makes_sampling_reproducible(gen: LocalGenerator) -> None:
     def sample(seed: int) -> str:
         return gen.generate(QUESTION, GenerationParams(max_new_tokens=8, temperature=1.2, seed=seed))
@@ -144,6 +150,7 @@ def test_seed_makes_sampling_reproducible(gen: LocalGenerator) -> None:
     assert any(sample(seed) != first for seed in (2, 3))
 
 
+@pytest.mark.llm
 @pytest.mark.parametrize("limit", [1, 6])
 def test_max_new_tokens_is_respected(gen: LocalGenerator, limit: int) -> None:
     out = gen.generate(QUESTION, GenerationParams(max_new_tokens=limit))
@@ -151,6 +158,7 @@ def test_max_new_tokens_is_respected(gen: LocalGenerator, limit: int) -> None:
     assert gen.count_tokens(out) <= limit
 
 
+@pytest.mark.llm
 def test_stop_string_ends_the_answer_before_it(gen: LocalGenerator) -> None:
     full = gen.generate(QUESTION, GenerationParams(max_new_tokens=12))
     words = full.split()
@@ -161,6 +169,7 @@ def test_stop_string_ends_the_answer_before_it(gen: LocalGenerator) -> None:
     assert not _live_generation_threads()
 
 
+@pytest.mark.llm
 def test_leaving_the_stream_early_stops_generation(gen: LocalGenerator) -> None:
     stream = gen.stream(QUESTION, GenerationParams(max_new_tokens=500))
     assert next(stream)
@@ -170,6 +179,7 @@ def test_leaving_the_stream_early_stops_generation(gen: LocalGenerator) -> None:
     assert not _live_generation_threads()
 
 
+@pytest.mark.llm
 def test_failure_in_the_generation_thread_reaches_the_caller(gen: LocalGenerator) -> None:
     import torch
 
@@ -196,6 +206,7 @@ def test_invalid_settings_are_refused(gen: LocalGenerator) -> None:
         LocalGenerator(dtype="float8")
 
 
+@pytest.mark.llm
 def test_bfloat16_weights_still_answer(model_cache: Path) -> None:
     import torch
 
@@ -469,6 +480,7 @@ def test_token_count_is_an_estimate(server: FakeServer) -> None:
 
 
 
+@pytest.mark.llm
 def test_concurrent_streams_take_turns_on_the_model(gen: LocalGenerator) -> None:
     expected = gen.generate(QUESTION, GREEDY)
     busy = gen.stream(QUESTION, GenerationParams(max_new_tokens=500))
@@ -487,6 +499,7 @@ def test_concurrent_streams_take_turns_on_the_model(gen: LocalGenerator) -> None
 # --------------------------------------------------------------------------- batches and scoring
 
 
+@pytest.mark.llm
 def test_batched_generation_matches_one_at_a_time(gen: LocalGenerator) -> None:
     prompts = [[{"role": "user", "content": q}] for q in
                ("What is a transformer?", "Name a colour.", "Explain fine-tuning of a language model in one line.")]
@@ -494,6 +507,7 @@ def test_batched_generation_matches_one_at_a_time(gen: LocalGenerator) -> None:
     assert gen.generate_batch(prompts, params, batch_size=3) == [gen.generate(p, params) for p in prompts]
 
 
+@pytest.mark.llm
 def test_batch_prefix_is_continued_and_stop_applies_per_answer(gen: LocalGenerator) -> None:
     prompts = [[{"role": "user", "content": "Count from one to five, one number per line."}]] * 2
     params = GenerationParams(max_new_tokens=20, stop=["\n"])
@@ -504,6 +518,7 @@ def test_batch_prefix_is_continued_and_stop_applies_per_answer(gen: LocalGenerat
         gen.generate_batch(prompts, params, prefixes=["x"])
 
 
+@pytest.mark.llm
 def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator) -> None:
     import torch
 

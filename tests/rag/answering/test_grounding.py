@@ -1,0 +1,124 @@
+"""Grounded answers (issue 14) with the real bundled model at tiny settings on the shared small corpus
+(tests/conftest.py: a LoRA passage, an attention passage, a sampling passage), real embedder and FAISS."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from rag.answering import grounding
+from rag.answering.pipeline import RagPipeline
+from rag.api import make_pipeline
+from rag.errors import RagError
+
+pytestmark = pytest.mark.llm  # runs the bundled causal model in-process
+
+LORA_Q = "What does LoRA freeze during fine-tuning?"
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, embedder):
+    from rag.api import make_chunker
+    from rag.config import Settings
+    from rag.index.build import build_index
+    from tests.conftest import ATTENTION_MD, LORA_MD, SAMPLING_TXT
+
+    base = tmp_path_factory.mktemp("grounded")
+    corpus = base / "corpus"
+    (corpus / "week2").mkdir(parents=True)
+    (corpus / "fine-tuning.md").write_text(LORA_MD, encoding="utf-8")
+    (corpus / "week2" / "attention.md").write_text(ATTENTION_MD, encoding="utf-8")
+    (corpus / "sampling.txt").write_text(SAMPLING_TXT, encoding="utf-8")
+    settings = Settings(index_dir=base / "index", corpus_dir=corpus, max_new_tokens=12, top_k=3)
+    build_index(corpus, settings.index_dir, embedder, make_chunker(embedder, settings))
+    return settings
+
+
+@pytest.fixture(scope="module")
+def pipe(small_index) -> RagPipeline:
+    return make_pipeline(small_index)
+
+
+def test_quote_candidates_and_spans_are_the_passage_own_words():
+    text = "# Title\n\nLoRA freezes the\nweights of the model. It trains two small matrices!\n- a list item here"
+    cands = grounding.quote_candidates(text)
+    assert cands == ["LoRA freezes the weights of the model.", "It trains two small matrices!", "a list item here"]
+    start, end = grounding.find_span(text, cands[0])
+    assert text[start:end] == "LoRA freezes the\nweights of the model."  # the passage's own line break kept
+    assert grounding.find_span(text, "not in the passage at all") is None
+
+
+def test_combine_weights_the_retriever_against_the_model():
+    model, retr = [-1.0, -3.0], [0.1, 0.9]
+    assert grounding.combine(model, retr, 0.0).argmax() == 0
+    assert grounding.combine(model, retr, 1.0).argmax() == 1
+    assert grounding.combine(None, retr, 0.0).argmax() == 1  # no log-probabilities: the retriever decides
+
+
+def test_lora_question_quotes_the_lora_passage_listed_first_and_marked(pipe):
+    resp = pipe.ask(LORA_Q)
+    assert resp.answer_mode == "grounded"  # the default for the in-process model
+    pieces = list(resp)
+    ans = resp.answer()
+    assert pieces[0].startswith('"') and ans.quote is not None
+    first = ans.sources[0]
+    assert "LoRA" in first.text and "freezes" in ans.quote.text
+    assert first.cited and first.quote is ans.quote and first.n == ans.quote.passage
+    # the quote is the passage's own text at its span, and is shown in the answer
+    assert first.text[ans.quote.start:ans.quote.end] == ans.quote.text
+    assert grounding.verify_quote(ans.quote, first.text)
+    assert " ".join(ans.quote.text.split()) in ans.text and f"[{first.n}]" in ans.text
+    assert ans.short_answer and ans.short_answer in ans.text
+
+
+def test_sources_list_every_passage_given_supporting_first(pipe):
+    resp = pipe.ask(LORA_Q)
+    ans = resp.answer()
+    assert sorted(s.n for s in ans.sources) == list(range(1, len(resp.used_hits) + 1))
+    assert [s.chunk_id for s in sorted(ans.sources, key=lambda s: s.n)] == [h.chunk.id for h in resp.used_hits]
+    cited = [s.cited for s in ans.sources]
+    assert cited[0] and cited == sorted(cited, reverse=True)  # every marked one before every unmarked one
+    d = ans.to_dict()
+    assert d["answer_mode"] == "grounded" and d["quote"]["text"] == ans.quote.text
+    assert d["sources"][0]["quote"] == d["quote"]
+    assert all(s["quote"] is None for s in d["sources"][1:])
+
+
+def test_free_mode_still_answers_and_lists_every_passage(pipe):
+    resp = pipe.ask(LORA_Q, answer_mode="free")
+    text = "".join(resp)
+    ans = resp.answer()
+    assert ans.answer_mode == "free" and ans.quote is None and text.strip()
+    assert len(ans.sources) == len(resp.used_hits)
+    assert not any(s.quote for s in ans.sources)
+
+
+def test_retriever_only_choice_needs_no_log_probabilities(pipe):
+    texts = [h.chunk.text for h in pipe.retriever.search(LORA_Q, 3)]
+    q = grounding.choose_quote(pipe.generator, [], LORA_Q, texts, pipe.retriever.embedder, weight=1.0)
+    assert q is not None and "LoRA" in q.text and grounding.verify_quote(q, texts[q.passage - 1])
+
+
+def test_unknown_answer_mode_is_one_clear_error(pipe):
+    with pytest.raises(RagError, match="unknown answer mode 'quoted'"):
+        pipe.ask(LORA_Q, answer_mode="quoted")
+
+
+def test_cli_json_carries_quote_span_and_all_sources(small_index, monkeypatch):
+    from rag.cli import cli
+
+    monkeypatch.setenv("RAG_MAX_NEW_TOKENS", "8")
+    monkeypatch.setenv("RAG_TOP_K", "2")
+    res = CliRunner().invoke(cli, ["ask", "--index-dir", str(small_index.index_dir), "--json", LORA_Q])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output[res.output.index("{"):])
+    assert d["answer_mode"] == "grounded" and len(d["sources"]) == 2
+    q, src = d["quote"], d["sources"][0]
+    assert src["cited"] and src["quote"] == q and "LoRA" in q["text"]
+    res = CliRunner().invoke(cli, ["ask", "--index-dir", str(small_index.index_dir), "--answer-mode", "free", LORA_Q])
+    assert res.exit_code == 0 and "Sources:" in res.output
+    listed = re.findall(r"^[ *]\[(\d+)\] ", res.output, re.MULTILINE)
+    assert sorted(listed) == ["1", "2"]  # both passages given to the model, marked or not
