@@ -9,9 +9,7 @@ server for what a vLLM server would do, since no such model runs here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,23 +26,7 @@ from rag.config import Settings
 from tests.conftest import CORPUS, ROOT
 from tests.raft.synth.test_synth import ScriptedTeacher
 
-# Every cluster here is on this machine: keep Ray on loopback even when a test that joins one imports it first.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-NO_RAY = importlib.util.find_spec("ray") is None
-needs_ray = pytest.mark.skipif(NO_RAY, reason="ray is not installed: pip install -e '.[ray]' (scripts/test.sh does)")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One local Ray cluster for the module: 2 CPUs, 512 MiB object store, loopback only; shut down after."""
-    if NO_RAY:
-        pytest.skip("ray is not installed: pip install -e '.[ray]' (scripts/test.sh does)")
-    from rag.index.ray_engine import RayCluster
-
-    c = RayCluster(num_cpus=2)
-    c.ray()
-    yield c
-    c.close()
+from tests.raycluster import NO_RAY, cluster, needs_ray  # noqa: F401  (cluster: a fixture)
 
 
 class TeacherServer:
