@@ -115,13 +115,13 @@ def workload(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def one_request(url: str, job: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+def one_request(client: httpx.Client, url: str, job: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     body = {"model": MODEL, "messages": [{"role": "user", "content": job["question"]}], "max_tokens": max_tokens,
             "stream": job["kind"] == "stream"}
     row: dict[str, Any] = {"kind": job["kind"], "sent": time.monotonic()}
     try:
         if body["stream"]:
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+            with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
                 row["status"] = r.status_code
                 row["retry_after"] = r.headers.get("retry-after")
                 ok = r.status_code == 200
@@ -136,7 +136,7 @@ def one_request(url: str, job: dict[str, Any], max_tokens: int) -> dict[str, Any
                         row["ttft"] = time.monotonic() - row["sent"]
                 row["ok"] = ok
         else:
-            r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+            r = client.post(url + "/v1/chat/completions", json=body)
             row["status"], row["retry_after"] = r.status_code, r.headers.get("retry-after")
             row["ok"] = r.status_code == 200
             if row["ok"]:
@@ -182,12 +182,18 @@ def run_level(url: str, concurrency: int, args: argparse.Namespace) -> dict[str,
     rows: list[dict[str, Any]] = []
 
     def client() -> None:
+        # One httpx client per thread, made before its first request is timed: making one per request (its
+        # TLS context) took long enough on the busy machine to reorder requests sent together.
+        with httpx.Client(timeout=600) as http:
+            run_client(http)
+
+    def run_client(http: httpx.Client) -> None:
         while True:
             with lock:
                 job = next(queue, None)
             if job is None:
                 return
-            row = one_request(url, job, args.max_tokens)
+            row = one_request(http, url, job, args.max_tokens)
             with lock:
                 rows.append(row)
             if row.get("status") == 429:

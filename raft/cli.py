@@ -1,4 +1,4 @@
-"""`raft` command: a thin shell over raft.generate and raft.export. Exit codes: 0 ok, 1 user error (one line), 2 usage."""
+"""`raft` command: a thin shell over raft.synth (generate), raft.export, raft.train and raft.evaluate. Exit codes: 0 ok, 1 user error (one line), 2 usage."""
 
 from __future__ import annotations
 
@@ -110,22 +110,39 @@ def export(dataset_dir: Path, fmt: str, kind: str, split: str, out_dir: Path | N
               show_default=True, help="Report folder (results.jsonl, summary.json/.md, chart.png). Same args = resume.")
 @click.option("--split", default=DEFAULT_SPLIT, show_default=True,
               help="Same fractions as `raft export`/`raft train`: the test (else last) split is evaluated.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, --limit and oracle placement.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split, --limit, oracle placement and the bootstrap.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N questions (seeded choice).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=192, show_default=True)
 @click.option("--settings", "settings_", default="oracle,distractors,closed", show_default=True,
-              help="oracle = oracle + distractors; distractors = without the oracle; closed = question alone.")
+              help="oracle = oracle + distractors; distractors = without the oracle; closed = question alone; "
+                   "retrieved = the top -k passages the product's retriever finds in --index-dir (the real use).")
+@index_dir_option
+@click.option("-k", "--top-k", "top_k", type=click.IntRange(1, 100), default=None,
+              help="retrieved setting: passages per question (default: the configured top_k, 5).")
+@click.option("--baseline", default=None,
+              help="Model the others are compared with, question by question (default: the first of --models).")
+@click.option("--resamples", type=click.IntRange(1), default=2000, show_default=True,
+              help="Bootstrap resamples of the 95% intervals.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table.")
 @user_errors
 def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir: Path, split: str, seed: int,
-             limit: int | None, max_new_tokens: int, settings_: str, batch_size: int, as_json: bool) -> None:
-    """Score models on the held-out questions of DATASET_DIR with the oracle, distractors only, closed book."""
-    from raft.evaluate import SETTINGS, format_markdown, parse_list, run_eval
+             limit: int | None, max_new_tokens: int, settings_: str, index_dir: Path | None, top_k: int | None,
+             baseline: str | None, resamples: int, batch_size: int, as_json: bool) -> None:
+    """Score models on the held-out questions of DATASET_DIR (oracle, distractors only, closed book, retrieved),
+    with 95% bootstrap intervals and a paired comparison with --baseline."""
+    import sys
+
+    from raft.eval_report import format_markdown
+    from raft.evaluate import SETTINGS, parse_list, run_eval
+    from raft.runinfo import command_line
 
     summary = run_eval(dataset_dir, parse_list(models, "--models"), report_dir, split=split, seed=seed, limit=limit,
                        max_new_tokens=max_new_tokens, settings=parse_list(settings_, "--settings", SETTINGS),
-                       model_name=model_name, batch_size=batch_size, log=lambda m: click.echo(m, err=True))
+                       model_name=model_name, batch_size=batch_size, index_dir=index_dir, k=top_k,
+                       baseline=baseline, resamples=resamples, command=command_line(sys.argv),
+                       log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
         return
@@ -138,6 +155,12 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models/raft-smollm2"),
               show_default=True, help="Output folder (adapter/, merged/, checkpoints/, loss.png, train_report.json).")
 @click.option("--base", default="bundled", show_default=True, help="Base model: bundled, teacher, a model folder, a .gguf file or a `raft train` output.")
+@click.option("--method", type=click.Choice(["raft", "dsf"]), default="raft", show_default=True,
+              help="raft = documents + question -> answer; dsf = question -> answer without documents (the RAFT "
+                   "paper's domain-specific fine-tuning baseline), same split, seed and LoRA settings.")
+@click.option("--oracle-fraction", type=click.FloatRange(0, 1), default=None,
+              help="Re-draw which train samples show the oracle: exactly this fraction do (e.g. 1.0 for the P = 1 "
+                   "ablation); default: as generated (`raft generate --p`).")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True, help="Peak learning rate.")
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
@@ -161,12 +184,15 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: all available cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print train_report.json.")
 @user_errors
-def train(dataset_dir: Path, out_dir: Path, base: str, epochs: float, lr: float, lora_r: int, lora_alpha: float,
+def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fraction: float | None, epochs: float, lr: float, lora_r: int, lora_alpha: float,
           lora_dropout: float, batch_size: int, grad_accum: int, max_length: int, max_samples: int | None,
           max_val_samples: int, split: str, seed: int, dtype: str, resume: bool, save_steps: int,
           threads: int | None, as_json: bool) -> None:
     """LoRA fine-tune the model on the train split of DATASET_DIR; same args = resume, different = refused."""
     import os
+    import sys
+
+    from raft.runinfo import command_line
 
     # 2 busy-waiting OpenMP threads slow to a crawl when other processes share the cores (must precede torch).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -174,11 +200,11 @@ def train(dataset_dir: Path, out_dir: Path, base: str, epochs: float, lr: float,
     from raft.train.loop import train as run_train
     from raft.train.report import format_report
 
-    config = TrainConfig(base=base, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+    config = TrainConfig(base=base, method=method, oracle_fraction=oracle_fraction, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, batch_size=batch_size, grad_accum=grad_accum,
                          max_length=max_length, max_samples=max_samples, split=split, seed=seed, dtype=dtype,
                          max_val_samples=max_val_samples, save_steps=save_steps, threads=threads)
-    report = run_train(dataset_dir, out_dir, config, resume=resume)
+    report = run_train(dataset_dir, out_dir, config, resume=resume, command=command_line(sys.argv))
     click.echo(json.dumps(report, indent=1, ensure_ascii=False) if as_json else format_report(report))
 
 

@@ -1,5 +1,6 @@
 """Robustness evaluation of RAFT students: answer the held-out questions with the oracle, with distractors only,
-and closed book, for one or more models, and score the final answers side by side.
+closed book and with the product's own retrieved passages, for one or more models, and score the final
+answers side by side with 95% bootstrap intervals and a paired comparison (raft.eval_report).
 
 Questions come from the TEST split of `raft.splits.split_by_chunk` (same fractions and seed as `raft export`;
 `raft train` trains on the TRAIN split of the same function), so no evaluated question's oracle chunk was
@@ -11,6 +12,9 @@ Settings (documents shown with the question, conversation = raft.prompts.student
                distractor at a seeded position, so the oracle is always shown (k+1 documents)
   distractors  the record's documents without the oracle (k documents, or k+1 when the record had dropped it)
   closed       the question alone
+  retrieved    the top-k passages the product's retriever (rag.api.open_retriever: --index-dir, -k, the
+               configured mode) returns for the question: the real use. The oracle is shown when a passage
+               holds its text (or is held by it: the index may hold child windows of a passage)
 
 Scores per answer: the final answer is the text after the last `<ANSWER>:` (compliant), else the last
 non-empty line (non-compliant); normalised exact match and token F1 against the record's `final_answer`;
@@ -22,30 +26,47 @@ shows in the quote rate), and the mean answer length in the model's tokens (an e
 
 Report folder: run.json (what decides the answers), results.jsonl (one line per model, setting, question,
 appended as batches finish: a re-run with the same arguments skips what is done), summary.json,
-summary.md, chart.png.
+summary.md, chart.png. summary.json's `run` records the session (command, seed, times, peak memory).
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
+from raft.eval_report import (
+    bootstrap_info,
+    check_baseline,
+    compare,
+    format_markdown,
+    summarize,
+    write_chart,
+)
 from raft.prompts import ANSWER_MARK, QUOTE, student_messages
-from raft.records import DATASET, DEFAULT_SPLIT, check_unique_ids, derive_rng, load_records
+from raft.records import (
+    DATASET,
+    DEFAULT_SPLIT,
+    check_unique_ids,
+    derive_rng,
+    documents_with_oracle,
+    documents_without_oracle,
+    load_records,
+)
+from raft.runinfo import Session
 from raft.splits import SPLIT_NAMES, parse_split, split_by_chunk
 from raft.synth.answers import check_quote
-from rag.common.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from rag.common.runfolder import FolderLock, append_jsonl, check_identity, read_jsonl, repair_jsonl
+from rag.common.atomic import write_json_atomic, write_text_atomic
+from rag.common.runfolder import FolderLock, append_jsonl, check_identity, differences, read_jsonl, repair_jsonl
 from rag.errors import GeneratorError, RagError
+from rag.evaluation.bootstrap import DEFAULT_RESAMPLES
 from rag.evaluation.metrics import exact_match, token_f1
 
-SETTINGS = ("oracle", "distractors", "closed")
-SETTING_LABELS = {"oracle": "oracle + distractors", "distractors": "distractors only", "closed": "closed book"}
+SETTINGS = ("oracle", "distractors", "closed", "retrieved")
+DEFAULT_SETTINGS = ("oracle", "distractors", "closed")
 RESULTS = "results.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -128,29 +149,58 @@ def _flat_context(record: dict) -> dict:
     return record
 
 
-def setting_documents(record: dict, setting: str, seed: int = 0) -> tuple[list[str], int]:
-    """The document texts shown in `setting` and the oracle's position among them (-1 when not shown)."""
-    texts = list(record["context"]["sentences"])
-    oracle = record["oracle_context"]
-    present = bool(record.get("oracle_present"))
-    at = int(record.get("oracle_index", -1)) if present else -1
-    if present and not (0 <= at < len(texts) and texts[at] == oracle):
-        at = texts.index(oracle) if oracle in texts else -1
+Retrieved = dict[str, tuple[list[str], int]]  # record id -> (retrieved passage texts, oracle's rank or -1)
+
+
+def setting_documents(record: dict, setting: str, seed: int = 0,
+                      retrieved: Retrieved | None = None) -> tuple[list[str], int]:
+    """The document texts shown in `setting` and the oracle's position among them (-1 when not shown).
+
+    :param retrieved: the `retrieve_documents` result, needed for the retrieved setting.
+    :raises RagError: an unknown setting, or the retrieved setting without `retrieved` for this record.
+    """
     if setting == "oracle":
-        if at >= 0:
-            return texts, at
-        if oracle in texts:  # a distractor with the oracle's very text
-            return texts, texts.index(oracle)
-        if not texts:
-            return [oracle], 0
-        pos = derive_rng(seed, "eval-oracle", record["id"]).randrange(len(texts))
-        texts[pos] = oracle
-        return texts, pos
+        return documents_with_oracle(record, seed, "eval-oracle")
     if setting == "distractors":
-        return [t for i, t in enumerate(texts) if i != at and t != oracle], -1
+        return documents_without_oracle(record), -1
     if setting == "closed":
         return [], -1
+    if setting == "retrieved":
+        if retrieved is None or record["id"] not in retrieved:
+            raise RagError(f"no retrieved passages for {record['id']}: call retrieve_documents first")
+        texts, at = retrieved[record["id"]]
+        return list(texts), at
     raise RagError(f"unknown setting {setting!r}: use {', '.join(SETTINGS)}")
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def retrieve_documents(records: list[dict], index_dir: Path | None = None,
+                       k: int | None = None) -> tuple[Retrieved, dict[str, Any]]:
+    """Each record's question searched with the product's retriever, as `rag search`/`rag ask` would.
+
+    :param index_dir: the index (default: rag.config's, i.e. data/index, RAG_INDEX_DIR or rag.toml).
+    :param k: passages per question (default: the configured top_k, 5).
+    :returns: ({id: (passage texts best first, 0-based rank of the first passage holding the oracle or -1)},
+        {index_dir, generation, k, mode, dense_weight}: what decides the passages).
+    :raises RagError: no index there, a damaged index, or one built with another embedder (rag.errors).
+    """
+    from rag.api import open_retriever
+    from rag.config import load_settings
+
+    settings = load_settings(index_dir=index_dir, top_k=k)
+    retriever = open_retriever(settings)
+    out: Retrieved = {}
+    for rec in records:
+        texts = [h.chunk.text for h in retriever.search(rec["question"], settings.top_k)]
+        oracle = _squash(rec["oracle_context"])
+        at = next((i for i, t in enumerate(texts) if t.strip() and (oracle in _squash(t) or _squash(t) in oracle)), -1)
+        out[rec["id"]] = (texts, at)
+    info = {"index_dir": str(Path(settings.index_dir).resolve()), "generation": retriever.index.generation,
+            "k": settings.top_k, "mode": settings.mode, "dense_weight": settings.dense_weight}
+    return out, info
 
 
 # --------------------------------------------------------------------------- scoring
@@ -189,91 +239,6 @@ def score_prediction(prediction: str, gold: str, docs: list[str], setting: str =
             **quotes}
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def summarize(rows: Iterable[dict], models: list[str], settings: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{model: {setting: n, f1, em, format, quote_rate, quote_valid, answer_tokens}} from result rows."""
-    out: dict[str, dict[str, dict[str, Any]]] = {m: {s: {} for s in settings} for m in models}
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["setting"]), []).append(r)
-    for m in models:
-        for s in settings:
-            rs = groups.get((m, s), [])
-            quoting = [r for r in rs if r["n_quotes"]]
-            valid = [float(r["quotes_valid"]) for r in quoting if r["quotes_valid"] is not None]
-            out[m][s] = {
-                "n": len(rs),
-                "f1": _mean([r["f1"] for r in rs]),
-                "em": _mean([r["em"] for r in rs]),
-                "format": _mean([float(r["compliant"]) for r in rs]),
-                "quote_rate": _mean([float(bool(r["n_quotes"])) for r in rs]),
-                "quote_valid": None if s == "closed" else _mean(valid),
-                "answer_tokens": _mean([float(r["answer_tokens"]) for r in rs]),
-            }
-    return out
-
-
-def _num(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def format_markdown(summary: dict[str, Any]) -> str:
-    """The side-by-side tables: rows = setting, columns = model; cells F1 / EM / format / quote-valid."""
-    models, settings, res = summary["models"], summary["settings"], summary["results"]
-    head = "| setting | " + " | ".join(f"`{m}`" for m in models) + " |"
-    rule = "|---|" + "---|" * len(models)
-    n = summary["questions"]
-    lines = [f"# RAFT evaluation: {n} question{'s' if n != 1 else ''} ({summary['split_used']} split of "
-             f"`{summary['source']}`)", ""]
-    if summary.get("note"):
-        lines += [f"Note: {summary['note']}.", ""]
-    lines += ["Cells: token F1 / exact match / `<ANSWER>:` format rate / quote validity (of the answers that "
-              "quote; – = none quoted, or closed book).", "", head, rule]
-    for s in settings:
-        cells = [" / ".join([_num(res[m][s]["f1"]), _num(res[m][s]["em"]), _num(res[m][s]["format"]),
-                             _num(res[m][s]["quote_valid"])]) for m in models]
-        lines.append(f"| {SETTING_LABELS[s]} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: answers quoting at all / mean answer length in tokens.", "", head, rule]
-    for s in settings:
-        cells = [f"{_num(res[m][s]['quote_rate'])} / {_num(res[m][s]['answer_tokens'], 1)}" for m in models]
-        lines.append(f"| {SETTING_LABELS[s]} | " + " | ".join(cells) + " |")
-    lines += ["", f"Greedy decoding, at most {summary['max_new_tokens']} new tokens; split "
-              f"{summary.get('split', '-')} seed {summary['seed']}."]
-    return "\n".join(lines) + "\n"
-
-
-def write_chart(summary: dict[str, Any], path: Path) -> None:
-    """Grouped bar chart of token F1 per setting, one labelled bar per model, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models, settings, res = summary["models"], summary["settings"], summary["results"]
-    width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(settings) * max(1, len(models)) ** 0.5 + 2), 4.2))
-    try:
-        for j, m in enumerate(models):
-            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(settings))]
-            ys = [res[m][s]["f1"] or 0.0 for s in settings]
-            bars = ax.bar(xs, ys, width * 0.95, label=m)
-            ax.bar_label(bars, labels=[_num(res[m][s]["f1"]) for s in settings], fontsize=8, padding=2)
-        ax.set_xticks(range(len(settings)), [SETTING_LABELS[s] for s in settings])
-        ax.set_ylim(0, 1.08)
-        ax.set_ylabel("token F1 of the final answer")
-        ax.set_title(f"RAFT eval: {summary['questions']} held-out question{'s' if summary['questions'] != 1 else ''}")
-        ax.legend(fontsize=8, loc="upper right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -307,16 +272,23 @@ def _questions_key(records: list[dict]) -> str:
 
 
 def _open_report(report: Path, config: dict[str, Any], fingerprints: dict[str, str],
-                 log: Callable[[str], None] | None = None) -> list[dict]:
-    """Check run.json against this run (refuse other arguments or a changed model); return the finished rows.
+                 log: Callable[[str], None] | None = None, retrieval: dict[str, Any] | None = None) -> list[dict]:
+    """Check run.json against this run (refuse other arguments, a changed model, or other retrieved passages:
+    another index generation, k or mode); return the finished rows.
 
     Called under the report folder's lock. results.jsonl is repaired for appending (rag.common.runfolder):
     a torn last line is cut, damaged lines go to results.jsonl.damaged (their answers are made again).
     """
     run_path, results = report / RUN, report / RESULTS
     old = check_identity(report, RUN, config, what="results", option="--report", leftovers=(RESULTS,),
-                         ignore=("models",), write=False)
+                         ignore=("models", "retrieval"), write=False)
     models = dict(fingerprints)
+    before_retrieval = (old or {}).get("retrieval")
+    if retrieval and before_retrieval and before_retrieval != retrieval:
+        diffs = differences(before_retrieval, retrieval) if isinstance(before_retrieval, dict) else ["run.json"]
+        raise RagError(f"the retrieved passages changed since the answers in {report} were made "
+                       f"({'; '.join(diffs)}): use another --report, or delete the report folder")
+    kept = retrieval or before_retrieval  # the passages the retrieved answers in results.jsonl were given
     if old is not None:
         before = old.get("models") if isinstance(old.get("models"), dict) else {}
         changed = [m for m, fp in fingerprints.items() if m in before and before[m] != fp]
@@ -324,7 +296,7 @@ def _open_report(report: Path, config: dict[str, Any], fingerprints: dict[str, s
             raise RagError(f"{', '.join(changed)} changed since its answers in {report} were made: "
                            "use another --report, or delete the report folder")
         models = {**before, **fingerprints}
-    write_json_atomic(run_path, {**config, "models": models})
+    write_json_atomic(run_path, {**config, "models": models, **({"retrieval": kept} if kept else {})})
     repaired = repair_jsonl(results, validate=_check_result)
     if (note := repaired.note()) and log:
         log(f"note: {note}")
@@ -352,21 +324,32 @@ def _free(local: bool) -> None:
 
 def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFAULT_SPLIT, seed: int = 0,
              limit: int | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-             settings: list[str] | tuple[str, ...] = SETTINGS, model_name: str | None = None,
-             batch_size: int = DEFAULT_BATCH, progress: bool = True,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             settings: list[str] | tuple[str, ...] = DEFAULT_SETTINGS, model_name: str | None = None,
+             batch_size: int = DEFAULT_BATCH, index_dir: Path | None = None, k: int | None = None,
+             baseline: str | None = None, resamples: int = DEFAULT_RESAMPLES, command: str | None = None,
+             progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Answer the held-out questions with every model in every setting; write the report folder; return the summary.
 
-    One `raft eval` at a time per report folder (its .lock); the same arguments resume.
+    One `raft eval` at a time per report folder (its .lock); the same arguments resume. `index_dir` and `k`
+    choose the retrieved setting's passages (see retrieve_documents); `baseline` (default: the first model)
+    and `resamples` only shape the summary (raft.eval_report), never the answers. `command` is recorded in
+    summary.json's `run` (default: this process's command line).
+
+    :raises RagError: an unknown setting or baseline, no model, bad numbers, or what loading the questions,
+        the index or a model raises.
     """
+    session = Session(seed, command)
     settings = list(settings)
     for s in settings:
         if s not in SETTINGS:
             raise RagError(f"unknown setting {s!r}: use {', '.join(SETTINGS)}")
     if not models:
         raise RagError("no model to evaluate: give --models bundled,PATH,...")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise RagError(f"--max-new-tokens and --batch-size must be >= 1, got {max_new_tokens} and {batch_size}")
+    if max_new_tokens < 1 or batch_size < 1 or resamples < 1:
+        raise RagError(f"--max-new-tokens, --batch-size and --resamples must be >= 1, got {max_new_tokens}, "
+                       f"{batch_size} and {resamples}")
+    baseline = baseline if baseline is not None else models[0]
+    check_baseline(baseline, models)
     records, info = load_questions(Path(source), split, seed, limit)
     if info.get("note") and log:
         log(f"note: {info['note']}")
@@ -374,22 +357,41 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
     config = {"source": str(Path(source).resolve()), "questions": _questions_key(records), "split": split,
               "seed": seed, "limit": limit, "max_new_tokens": max_new_tokens, "model_name": model_name}
     fingerprints = {m: model_fingerprint(m, model_name) for m in models}
+    retrieved, retrieval = (retrieve_documents(records, index_dir, k) if "retrieved" in settings else (None, None))
     with FolderLock(report, f"another `raft eval` is writing {report}: wait for it to finish, or use another "
                     "--report", what="report folder", hint="fix its permissions or use another --report"):
-        rows = _open_report(report, config, fingerprints, log)
-        return _answer_and_report(records, info, rows, source=source, models=models, report=report,
-                                  settings=settings, split=split, seed=seed, limit=limit,
-                                  max_new_tokens=max_new_tokens, model_name=model_name, batch_size=batch_size,
-                                  progress=progress)
+        rows = _open_report(report, config, fingerprints, log, retrieval)
+        rows = _answer(records, rows, models=models, report=report, settings=settings, seed=seed,
+                       max_new_tokens=max_new_tokens, model_name=model_name, batch_size=batch_size,
+                       retrieved=retrieved, progress=progress)
+        wanted = {(m, s, r["id"]) for m in models for s in settings for r in records}
+        latest = {(r["model"], r["setting"], r["id"]): r for r in rows if (r["model"], r["setting"], r["id"]) in wanted}
+        summary = {
+            "source": str(source), "split_used": info["split"], "split": split if info["split"] != "file" else None,
+            "note": info.get("note"), "seed": seed, "limit": limit, "questions": len(records),
+            "available_questions": info["available"], "max_new_tokens": max_new_tokens, "models": list(models),
+            "settings": settings, "retrieval": retrieval,
+            "quote_valid_definition": "fraction of quoting answers whose quotes are all found (exact or snapped) "
+            "in the documents shown; null when no answer quotes and for closed book",
+            "bootstrap": bootstrap_info(resamples, seed),
+            "results": summarize(latest.values(), list(models), settings, resamples=resamples, seed=seed),
+            "comparison": compare(latest.values(), list(models), settings, baseline, resamples=resamples, seed=seed),
+            "files": {k: str(report / v) for k, v in (("results", RESULTS), ("summary_json", SUMMARY_JSON),
+                                                      ("summary_md", SUMMARY_MD), ("chart", CHART))},
+        }
+        write_chart(summary, report / CHART)
+        summary["run"] = session.finish()
+        write_json_atomic(report / SUMMARY_JSON, summary)
+        write_text_atomic(report / SUMMARY_MD, format_markdown(summary))
+        return summary
 
 
-def _answer_and_report(records: list[dict], info: dict[str, Any], rows: list[dict], *, source: Path,
-                       models: list[str], report: Path, settings: list[str], split: str, seed: int,
-                       limit: int | None, max_new_tokens: int, model_name: str | None, batch_size: int,
-                       progress: bool) -> dict[str, Any]:
-    """run_eval under the report folder's lock: answer what is not done yet, then write the summary files."""
-    from tqdm import tqdm
-
+def _answer(records: list[dict], rows: list[dict], *, models: list[str], report: Path, settings: list[str],
+            seed: int, max_new_tokens: int, model_name: str | None, batch_size: int, retrieved: Retrieved | None,
+            progress: bool) -> list[dict]:
+    """run_eval under the report folder's lock: answer what is not done yet (appended to results.jsonl as each
+    batch finishes); return every row, old and new."""
+    from rag.common.progress import progress_bar
     from rag.generation.base import GenerationParams
     from rag.generation.factory import get_generator
 
@@ -397,8 +399,7 @@ def _answer_and_report(records: list[dict], info: dict[str, Any], rows: list[dic
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
     total = len(models) * len(settings) * len(records)
     todo_all = sum((m, s, r["id"]) not in done for m in models for s in settings for r in records)
-    bar = tqdm(total=total, initial=total - todo_all, desc="raft eval", unit="answer", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=total - todo_all, desc="raft eval", unit="answer", enabled=progress)
     try:
         for m in models:
             todo = [(s, r) for s in settings for r in records if (m, s, r["id"]) not in done]
@@ -409,7 +410,7 @@ def _answer_and_report(records: list[dict], info: dict[str, Any], rows: list[dic
             try:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start:start + batch_size]
-                    shown = [setting_documents(r, s, seed) for s, r in batch]
+                    shown = [setting_documents(r, s, seed, retrieved) for s, r in batch]
                     answers = generator.generate_batch(
                         [student_messages(docs, r["question"]) for (docs, _), (s, r) in zip(shown, batch)], params)
                     if len(answers) != len(batch):
@@ -430,27 +431,8 @@ def _answer_and_report(records: list[dict], info: dict[str, Any], rows: list[dic
                 _free(local)
     finally:
         bar.close()
-    wanted = {(m, s, r["id"]) for m in models for s in settings for r in records}
-    latest: dict[tuple[str, str, str], dict] = {}
-    for r in rows:
-        key = (r["model"], r["setting"], r["id"])
-        if key in wanted:
-            latest[key] = r
-    summary = {
-        "source": str(source), "split_used": info["split"], "split": split if info["split"] != "file" else None,
-        "note": info.get("note"), "seed": seed, "limit": limit, "questions": len(records),
-        "available_questions": info["available"], "max_new_tokens": max_new_tokens, "models": list(models),
-        "settings": settings, "quote_valid_definition": "fraction of quoting answers whose quotes are all found "
-        "(exact or snapped) in the documents shown; null when no answer quotes and for closed book",
-        "results": summarize(latest.values(), list(models), settings),
-        "files": {k: str(report / v) for k, v in
-                  (("results", RESULTS), ("summary_json", SUMMARY_JSON), ("summary_md", SUMMARY_MD), ("chart", CHART))},
-    }
-    write_json_atomic(report / SUMMARY_JSON, summary)
-    write_text_atomic(report / SUMMARY_MD, format_markdown(summary))
-    write_chart(summary, report / CHART)
-    return summary
+    return rows
 
 
-__all__ = ["SETTINGS", "load_questions", "setting_documents", "extract_final", "check_quotes", "score_prediction",
-           "summarize", "format_markdown", "write_chart", "parse_list", "model_fingerprint", "run_eval"]
+__all__ = ["SETTINGS", "DEFAULT_SETTINGS", "load_questions", "setting_documents", "retrieve_documents", "extract_final",
+           "check_quotes", "score_prediction", "parse_list", "model_fingerprint", "run_eval"]

@@ -135,9 +135,44 @@ def derive_rng(seed: int, *parts: Any) -> random.Random:
     return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
 
 
+def oracle_position(record: dict) -> int:
+    """Where the record's oracle is among its documents (`context.sentences`); -1 when the record dropped it."""
+    texts, oracle = record["context"]["sentences"], record["oracle_context"]
+    at = int(record.get("oracle_index", -1)) if record.get("oracle_present") else -1
+    if 0 <= at < len(texts) and texts[at] == oracle:
+        return at
+    return texts.index(oracle) if oracle in texts else -1
+
+
+def documents_with_oracle(record: dict, seed: int = 0, purpose: str = "eval-oracle") -> tuple[list[str], int]:
+    """(documents, oracle position): the record's documents with its oracle shown.
+
+    A record that kept its oracle is returned as stored. One that dropped it (and so holds one more
+    distractor) gets the oracle back in place of one distractor, at a position drawn from
+    derive_rng(seed, purpose, id): the same every run, independent of order. `purpose` separates the draws
+    of `raft eval` ("eval-oracle") from those of `raft train --oracle-fraction`.
+    """
+    texts = list(record["context"]["sentences"])
+    at = oracle_position(record)
+    if at >= 0:
+        return texts, at
+    if not texts:
+        return [record["oracle_context"]], 0
+    pos = derive_rng(seed, purpose, record["id"]).randrange(len(texts))
+    texts[pos] = record["oracle_context"]
+    return texts, pos
+
+
+def documents_without_oracle(record: dict) -> list[str]:
+    """The record's documents with the oracle (and any distractor of the oracle's very text) left out."""
+    at, oracle = oracle_position(record), record["oracle_context"]
+    return [t for i, t in enumerate(record["context"]["sentences"]) if i != at and t != oracle]
+
+
 def title_of(chunk) -> str:
     return chunk.source + (f" > {chunk.section}" if chunk.section else "")
 
 
 __all__ = ["DATASET", "PROGRESS", "REJECTED", "RUN", "STATS", "DEFAULT_SPLIT", "RaftRecord", "RECORD_FIELDS",
-           "check_record", "check_unique_ids", "load_records", "read_jsonl", "derive_rng", "title_of"]
+           "check_record", "check_unique_ids", "load_records", "read_jsonl", "derive_rng", "oracle_position",
+           "documents_with_oracle", "documents_without_oracle", "title_of"]

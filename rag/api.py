@@ -78,7 +78,7 @@ def make_pipeline(settings: Settings, retriever: Retriever | None = None, genera
                        top_k=settings.top_k, mode=settings.mode, params=generation_params(settings),
                        abstain_threshold=settings.abstain_threshold,
                        abstain_coverage=settings.abstain_coverage,
-                       max_context_tokens=settings.max_context_tokens, condense=settings.condense,
+                       max_context_tokens=settings.max_context_tokens, condense_mode=settings.condense,
                        answer_mode=settings.answer_mode, retriever_weight=settings.quote_retriever_weight)
 
 

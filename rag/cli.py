@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -98,27 +99,25 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
     """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
     import contextlib
 
-    from tqdm import tqdm
-
     from rag.api import index_corpus
+    from rag.common.progress import progress_bar
 
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens)
     corpus = corpus or settings.corpus_dir
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, Any] = {}
     labels = {"read": "reading files", "embed": "embedding chunks", "index": "writing index"}
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = tqdm(total=total, desc=labels[stage], unit="file" if stage == "read" else "chunk" if stage == "embed" else "step",
-                               file=sys.stderr, leave=False, disable=None)
+            unit = "file" if stage == "read" else "chunk" if stage == "embed" else "step"
+            bars[stage] = progress_bar(total=total, desc=labels[stage], unit=unit, leave=False)
         bar = bars[stage]
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)
 
     try:
         with contextlib.ExitStack() as stack:
@@ -194,7 +193,7 @@ def search(query: str | None, index_dir: Path | None, top_k: int | None, mode: s
     for h in hits:
         where = h.chunk.source + (f" > {h.chunk.section}" if h.chunk.section else "")
         click.secho(f"[{h.rank}] {h.score:.4f}  {where}", bold=True)
-        text = " ".join(h.chunk.text.split())
+        text = " ".join(h.snippet.split())  # the window that matched, inside the passage the model reads
         click.echo("    " + (text[:300] + ("..." if len(text) > 300 else "")))
 
 
@@ -369,11 +368,30 @@ def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, 
     config = ServerConfig(model_name=served_model_name, api_key=key, docs=docs,
                           cors_origins=tuple(settings.cors_origins),
                           allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback else None, max_queue=max_queue)
+    listener = listen(host, port)  # before the model loads: a port in use is known in a second, not after 30
     pipeline = make_pipeline(settings)
     pipeline.retriever.search("warm-up", 1)  # loads the embedder now, not during the first request
-    click.echo(f"serving {settings.index_dir} with {pipeline.generator.model_id} on http://{host}:{port}/v1"
+    port = listener.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {settings.index_dir} with {pipeline.generator.model_id} on http://{shown}:{port}/v1"
                f"{' (API key required)' if key else ''}", err=True)
-    uvicorn.run(create_app(pipeline, config), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(pipeline, config), log_level="warning"))
+    server.run(sockets=[listener])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv6 when `host` has a colon; port 0 = any free port).
+
+    Bound here rather than by uvicorn so that `rag serve` says a port is taken before it loads a model.
+    :raises SystemExit: code 3 with a one-line error naming host and port when it cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port}: {os_reason(exc)} (another `rag serve` or program may "
+                   f"use it: choose another --port)", err=True)
+        sys.exit(3)
 
 
 def main() -> None:

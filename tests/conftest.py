@@ -93,9 +93,13 @@ def course_index(tmp_path_factory, embedder):
     return settings
 
 
-# --------------------------------------------------------------------------- the `llm` mark
-# `pytest -m "not llm"` runs everything that needs no language model (the embedder, FAISS, BM25, files,
-# the CLI, the server's validation) in under two minutes. The mark is kept honest here rather than by
+# --------------------------------------------------------------------------- the `llm` and `slow` marks
+# `pytest -m "not llm and not slow"` is the developer run (under two minutes): everything that needs no
+# language model (the embedder, FAISS, BM25, files, the CLI, the server's validation) except what is
+# inherently slow, marked `slow` by hand: a Ray cluster, a browser, a GGUF conversion, a subprocess that
+# loads torch (the installed commands end to end, kill -9 crash/resume). Keep a fast in-process test
+# beside each slow one where the point allows (e.g. test_build.py's simulated crash beside its kill -9).
+# The full suite (scripts/test.sh, CI) runs both marks. The `llm` mark is kept honest here rather than by
 # memory: every in-process run of a causal language model (its forward pass or its loading) is counted,
 # and a test that is not marked `llm` but ran one fails with a message saying so. Tests that run a model
 # only in a subprocess carry the mark by hand.

@@ -284,10 +284,10 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     kept = 0
     rejected: Counter = Counter()
 
-    from tqdm import tqdm
+    from rag.common.progress import progress_bar
 
-    bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="raft chunks", unit="chunk",
-               disable=not config.progress or None, dynamic_ncols=True)
+    bar = progress_bar(total=len(chosen), initial=len(chosen) - len(todo), desc="raft chunks", unit="chunk",
+                       enabled=config.progress)
 
     failed: list[str] = []
     streak = 0

@@ -19,6 +19,7 @@ ADAPTER = "adapter"
 MERGED = "merged"
 PLOT = "loss.png"
 DTYPES = ("float32", "bfloat16")
+METHODS = ("raft", "dsf")  # raft: documents + question -> CoT answer; dsf: question -> CoT answer, no documents
 KEEP_CHECKPOINTS = 2
 MAX_GRAD_NORM = 1.0
 WARMUP_FRACTION = 0.1
@@ -27,9 +28,19 @@ _NOT_IDENTITY = ("save_steps", "threads")  # change how the run goes, not the mo
 
 @dataclass
 class TrainConfig:
-    """The settings of one `raft train` run (CLI flags map 1:1)."""
+    """The settings of one `raft train` run (CLI flags map 1:1).
+
+    method: `raft` trains on the documents + question (RAFT, Zhang et al. 2024); `dsf` is the paper's
+    domain-specific fine-tuning baseline (Table 1, "DSF"): the same samples, split, seed and LoRA
+    settings, but the question alone in the user turn (no documents), the same CoT answer as target.
+    oracle_fraction: None keeps each sample's documents as `raft generate` drew them (its --p); a value P
+    re-draws, from the stored documents, which samples show the oracle: exactly round(P * n) samples
+    (a seeded choice) do, the others don't (raft datasets and --method raft only).
+    """
 
     base: str = "bundled"
+    method: str = "raft"
+    oracle_fraction: float | None = None
     epochs: float = 1.0
     lr: float = 2e-4
     lora_r: int = 8
@@ -59,6 +70,11 @@ class TrainConfig:
             (self.max_length < 32, f"--max-length must be >= 32 tokens, got {self.max_length}"),
             (self.max_samples is not None and self.max_samples < 1,
              f"--max-samples must be >= 1, got {self.max_samples}"),
+            (self.method not in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.oracle_fraction is not None and not 0.0 <= self.oracle_fraction <= 1.0,
+             f"--oracle-fraction must be in [0, 1], got {self.oracle_fraction}"),
+            (self.oracle_fraction is not None and self.method == "dsf",
+             "--oracle-fraction needs --method raft: DSF shows no documents"),
             (self.dtype not in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.max_val_samples < 0, f"--max-val-samples must be >= 0, got {self.max_val_samples}"),
             (self.save_steps < 1, f"--save-steps must be >= 1, got {self.save_steps}"),
@@ -70,10 +86,18 @@ class TrainConfig:
         parse_split(self.split)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide the trained model (a re-run must match them to resume)."""
+        """The settings that decide the trained model (a re-run must match them to resume).
+
+        `method` and `oracle_fraction` are left out at their defaults (raft, None), so folders trained
+        before they existed still resume; any other value is part of the identity, so a changed method
+        or fraction against an existing --out is refused.
+        """
         d = asdict(self)
         for k in _NOT_IDENTITY:
             d.pop(k)
+        for k, default in (("method", "raft"), ("oracle_fraction", None)):
+            if d[k] == default:
+                d.pop(k)
         if d["base"] != "bundled":
             d["base"] = str(Path(d["base"]).expanduser().resolve())
         return d

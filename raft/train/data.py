@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from raft.prompts import QUOTE, instruction, student_messages
-from raft.records import DATASET, check_unique_ids, derive_rng, load_records
+from raft.records import (
+    DATASET,
+    check_unique_ids,
+    derive_rng,
+    documents_with_oracle,
+    documents_without_oracle,
+    load_records,
+)
 from raft.splits import parse_split, split_by_chunk
 from raft.train.config import TrainConfig
 from rag.common.runfolder import read_jsonl
@@ -104,8 +111,42 @@ def _sample(items: list, n: int | None, seed: int, what: str) -> list:
     return [items[i] for i in keep]
 
 
+def with_oracle_fraction(records: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Copies of `records` where exactly round(fraction * n) show their oracle, re-drawn from the stored documents.
+
+    Which records show it is a seeded choice (derive_rng(seed, "oracle-fraction", id)), independent of
+    order. A record chosen to show the oracle gets it back in place of one distractor if it had dropped it
+    (raft.records.documents_with_oracle, purpose "train-oracle"); one chosen not to loses it (its k
+    distractors stay; the generator's extra distractor of a dropped-oracle sample does not exist here).
+    """
+    ranked = sorted(records, key=lambda r: derive_rng(seed, "oracle-fraction", r["id"]).random())
+    keep = {r["id"] for r in ranked[: round(fraction * len(records))]}
+    out = []
+    for rec in records:
+        if rec["id"] in keep:
+            docs, at = documents_with_oracle(rec, seed, "train-oracle")
+        else:
+            docs, at = documents_without_oracle(rec), -1
+        titles = list(rec["context"]["title"])
+        titles = titles[: len(docs)] + [""] * (len(docs) - len(titles))  # titles are not trained on
+        out.append({**rec, "context": {"title": titles, "sentences": docs}, "oracle_present": at >= 0,
+                    "oracle_index": at})
+    return out
+
+
+def _as_method(examples: list[Example], method: str) -> list[Example]:
+    """DSF (the RAFT paper's domain-specific fine-tuning baseline): the same examples without documents."""
+    if method != "dsf":
+        return examples
+    return [Example(e.id, [], e.question, e.answer, -1, e.system) for e in examples]
+
+
 def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """(train, validation, info) from a `raft generate` folder or a `raft export --format chat` folder/file."""
+    """(train, validation, info) from a `raft generate` folder or a `raft export --format chat` folder/file.
+
+    --method dsf drops every example's documents; --oracle-fraction re-draws which samples show the oracle
+    (raft datasets only: a chat export does not say which document is the oracle; RagError otherwise).
+    """
     path = Path(dataset)
     if not path.exists():
         raise RagError(f"no dataset at {path}: run `raft generate FOLDER --out {path}` first")
@@ -114,12 +155,16 @@ def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], li
         records = load_records(source)  # a damaged line or a duplicate id: refused, naming the line
         if not records:
             raise RagError(f"{source} has no samples: run or finish `raft generate` first")
-        examples = [_from_record(r, f"line {i + 1} of {source}") for i, r in enumerate(records)]
-        by_id = {id(r): e for r, e in zip(records, examples)}
+        where = {r["id"]: f"line {i + 1} of {source}" for i, r in enumerate(records)}  # ids are unique
         parts = split_by_chunk(records, parse_split(config.split), config.seed)
-        train = [by_id[id(r)] for r in parts["train"]]
-        val = [by_id[id(r)] for r in parts.get("validation", [])]
+        if config.oracle_fraction is not None:
+            parts = {k: with_oracle_fraction(v, config.oracle_fraction, config.seed) for k, v in parts.items()}
+        train = [_from_record(r, where[r["id"]]) for r in parts["train"]]
+        val = [_from_record(r, where[r["id"]]) for r in parts.get("validation", [])]
         info = {"format": "raft", "source": str(source), "records": len(records), "split": config.split}
+    elif config.oracle_fraction is not None:
+        raise RagError(f"--oracle-fraction needs a `raft generate` folder ({DATASET}); {path} is not one (a chat "
+                       "export does not say which document is the oracle)")
     elif path.is_dir() and (train_file := _chat_file(path, "train")) is not None:
         train = [_from_chat(r, f"row {i + 1} of {train_file}") for i, r in enumerate(_read_rows(train_file))]
         val_file = _chat_file(path, "validation")
@@ -137,9 +182,10 @@ def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], li
     if not train:
         raise RagError(f"the train split of {info['source']} is empty ({info['records']} samples, split "
                        f"{info['split']}): generate more samples or change --split")
-    train = _sample(train, config.max_samples, config.seed, "max-samples")
-    val = _sample(val, config.max_val_samples, config.seed, "max-val-samples")
-    info.update(train=len(train), validation=len(val))
+    train = _as_method(_sample(train, config.max_samples, config.seed, "max-samples"), config.method)
+    val = _as_method(_sample(val, config.max_val_samples, config.seed, "max-val-samples"), config.method)
+    info.update(train=len(train), validation=len(val), method=config.method, oracle_fraction=config.oracle_fraction,
+                train_oracle_shown=round(sum(e.oracle_index >= 0 for e in train) / len(train), 4))
     return train, val, info
 
 

@@ -9,6 +9,8 @@ template's end-of-turn token, carry loss; the prompt is labelled -100. A sample 
 loses documents first, never answer tokens: randomly chosen distractors are dropped (the oracle stays,
 every shown document stays whole), and only if the oracle alone is still too long are the documents'
 tails cut. Samples whose question + answer alone don't fit are skipped. All of it is counted in the report.
+--method dsf trains the same samples without documents (the RAFT paper's DSF baseline; raft.train.config);
+--oracle-fraction P re-draws which samples show the oracle (raft.train.data.with_oracle_fraction).
 
 Why a plain torch loop rather than TRL's SFTTrainer or transformers.Trainer: TRL is not installed (and
 would only add a dependency for what is ~100 lines here); Trainer checkpoints pickle their optimizer,
@@ -34,7 +36,7 @@ Output folder OUT:
   train_log.jsonl          one line per optimizer step (step, loss, lr, ...) and the validation losses
   adapter/                 the peft adapter (adapter_config.json + adapter_model.safetensors)
   merged/                  the merged full model (config, model.safetensors, tokenizer, generation_config)
-  loss.png, train_report.json
+  loss.png, train_report.json   (the report's `run`: command, seed, start/end, duration, peak memory)
   .lock                    held while a run writes OUT (a second run on the same OUT is refused)
 """
 
@@ -43,7 +45,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import time
 import uuid
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from raft.records import derive_rng
+from raft.runinfo import Session, peak_rss_mb
 from raft.train.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
@@ -162,15 +164,19 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume: bool = True,
-          progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None,
+          command: str | None = None) -> dict[str, Any]:
     """Fine-tune the base model with LoRA on the dataset's train split; write OUT; return the report.
 
     Re-running with the same arguments resumes from the newest checkpoint (or returns the finished report).
-    `on_step` is called after every optimizer step (and its checkpoint) with the step's log line.
+    `on_step` is called after every optimizer step (and its checkpoint) with the step's log line. The
+    report's `run` records this session (`command`, default this process's command line; seed; start and
+    end times; duration; peak memory); `seconds` counts the training steps of every session.
     """
     import torch
 
     config = config or TrainConfig()
+    session = Session(config.seed, command)
     config.validate()
     out = Path(out)
     train_ex, val_ex, data_info = load_examples(dataset, config)
@@ -189,7 +195,10 @@ def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume
         threads_before = torch.get_num_threads()
         torch.set_num_threads(config.threads or _available_cpus())
         try:
-            return _run(out, config, model_dir, base_id, train_ex, val_ex, data_info, progress, on_step)
+            report = _run(out, config, model_dir, base_id, train_ex, val_ex, data_info, progress, on_step)
+            report["run"] = session.finish()
+            write_json_atomic(out / REPORT, report)
+            return report
         finally:
             torch.set_num_threads(threads_before)
 
@@ -198,7 +207,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
          val_ex: list[Example], data_info: dict[str, Any], progress: bool,
          on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     import torch
-    from tqdm.auto import tqdm
+    from rag.common.progress import progress_bar
 
     from rag.generation.models import is_valid_model_cache
 
@@ -240,8 +249,8 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
 
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=total_micro, initial=min(start_step * config.grad_accum, total_micro), disable=not progress,
-               desc="raft train", unit="sample" if config.batch_size == 1 else "batch", dynamic_ncols=True)
+    bar = progress_bar(total=total_micro, initial=min(start_step * config.grad_accum, total_micro), enabled=progress,
+                       desc="raft train", unit="sample" if config.batch_size == 1 else "batch")
     last = next((r for r in reversed(log) if "loss" in r), None)
     if last:
         bar.set_postfix(step=f"{start_step}/{total_steps}", loss=f"{last['loss']:.3f}")
@@ -316,6 +325,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "base_model": base_id,
         "base_dir": str(model_dir),
         "args": asdict(config),
+        "method": config.method,
         "target_modules": targets,
         "trainable_params": sum(p.numel() for p in params),
         "samples": len(encoded),
@@ -336,7 +346,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "seconds_this_session": round(time.perf_counter() - run_started, 1),  # + loading, validation, saving
         "seconds_per_sample": round(train_seconds / max(samples_seen, 1), 2),
         "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "initial_loss": step_rows[0]["loss"] if step_rows else None,
         "final_loss": step_rows[-1]["loss"] if step_rows else None,
@@ -346,5 +356,4 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "files": {"adapter": str(out / ADAPTER), "merged": str(out / MERGED), "loss_plot": str(out / PLOT),
                   "log": str(log_path)},
     }
-    write_json_atomic(out / REPORT, report)
-    return report
+    return report  # written by train(), with the session's record

@@ -12,7 +12,8 @@ def format_report(report: dict[str, Any]) -> str:
 
     lines = [
         ("already trained (same arguments): " if report.get("already_trained") else "")
-        + f"{report['samples']} samples x {report['epochs']:g} epochs = {report['steps']} steps in "
+        + f"{report.get('method', 'raft').upper()}: {report['samples']} samples x {report['epochs']:g} epochs = "
+        f"{report['steps']} steps in "
         f"{report['seconds']:.0f} s ({report['seconds_per_sample']:.2f} s/sample, peak RSS "
         f"{report['peak_rss_mb']:.0f} MB, {report['threads']} threads"
         + (f", resumed from step {report['resumed_from_step']})" if report.get("resumed_from_step") else ")"),

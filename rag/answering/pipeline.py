@@ -301,7 +301,7 @@ class Response:
         raw = self.text()
         p = self.pipeline
         if self.abstained:
-            sources = [_source(i, h, h.chunk.text[:200], cited=False) for i, h in enumerate(self.hits, start=1)]
+            sources = [_source(i, h, h.snippet[:200], cited=False) for i, h in enumerate(self.hits, start=1)]
             self._answer = Answer(self.question, self.query, raw, True, sources, self.hits,
                                   timings=self.timings, notes=self.notes, answer_mode=self.answer_mode)
             return self._answer
@@ -321,7 +321,7 @@ class Response:
             elif n in by_passage:
                 cited.append(_source(n, h, max(by_passage[n], key=lambda s: s.score).snippet))
             else:
-                rest.append(_source(n, h, h.chunk.text[:200], cited=False))
+                rest.append(_source(n, h, h.snippet[:200], cited=False))
         if not cited:
             self.notes.append("no answer sentence could be matched to a passage; showing the passages retrieved")
         short = self.short_answer if self.answer_mode == "grounded" else text
@@ -335,28 +335,43 @@ def _source(n: int, hit: Hit, snippet: str, cited: bool = True, quote: grounding
                   snippet, hit.chunk.text, cited, quote)
 
 
+@dataclass(eq=False)
 class RagPipeline:
-    """Answers course questions from retrieved passages with a streaming generator."""
+    """Answers course questions from retrieved passages with a streaming generator.
 
-    def __init__(self, retriever: Retriever, generator: Generator, *, top_k: int = 5, mode: str | None = None,
-                 params: GenerationParams | None = None, abstain_threshold: float = 0.3,
-                 abstain_coverage: float = 0.9,
-                 max_context_tokens: int | None = None, condense: str = "auto", small_model: bool | None = None,
-                 answer_mode: str = "auto", retriever_weight: float = grounding.RETRIEVER_WEIGHT):
-        if answer_mode not in ANSWER_MODES:
-            raise RagError(f"unknown answer mode {answer_mode!r}: use one of {', '.join(ANSWER_MODES)}")
-        self.answer_mode = answer_mode
-        self.retriever_weight = retriever_weight
-        self.retriever = retriever
-        self.generator = generator
-        self.top_k = top_k
-        self.mode = mode
-        self.params = params or GenerationParams()
-        self.abstain_threshold = abstain_threshold
-        self.abstain_coverage = abstain_coverage
-        self.max_context_tokens = max_context_tokens
-        self.condense_mode = condense
-        self.small_model = generator.small_model if small_model is None else small_model  # declared by the backend
+    :param retriever: finds the passages.
+    :param generator: writes the answer (its declared capabilities choose the answer mode for "auto").
+    :param top_k: passages per question; `mode`: retrieval mode (None = the retriever's own).
+    :param params: default generation settings; `ask()` takes per-call ones.
+    :param abstain_threshold: below this dense cosine of the best passage, and with less than
+        `abstain_coverage` of the question's words in the passages, answer "not in the course" without the model.
+    :param max_context_tokens: prompt budget (None = the model's window).
+    :param condense_mode: follow-up rewriting: "auto", "model", "heuristic" or "off".
+    :param small_model: None = the generator's declaration.
+    :param answer_mode: one of ANSWER_MODES.
+    :param retriever_weight: the grounded mode's weight of the retriever in choosing the quote.
+    :raises RagError: an unknown answer mode.
+    """
+
+    retriever: Retriever
+    generator: Generator
+    top_k: int = field(default=5, kw_only=True)
+    mode: str | None = field(default=None, kw_only=True)
+    params: GenerationParams = field(default_factory=GenerationParams, kw_only=True)
+    abstain_threshold: float = field(default=0.3, kw_only=True)
+    abstain_coverage: float = field(default=0.9, kw_only=True)
+    max_context_tokens: int | None = field(default=None, kw_only=True)
+    condense_mode: str = field(default="auto", kw_only=True)
+    small_model: bool | None = field(default=None, kw_only=True)
+    answer_mode: str = field(default="auto", kw_only=True)
+    retriever_weight: float = field(default=grounding.RETRIEVER_WEIGHT, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.answer_mode not in ANSWER_MODES:
+            raise RagError(f"unknown answer mode {self.answer_mode!r}: use one of {', '.join(ANSWER_MODES)}")
+        self.params = self.params or GenerationParams()
+        if self.small_model is None:
+            self.small_model = self.generator.small_model  # declared by the backend
 
     def resolve_answer_mode(self, answer_mode: str | None = None) -> str:
         """"grounded" or "free" for one answer: the given mode, else the pipeline's; "auto" is grounded

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -96,9 +95,8 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
     (mc_correct). Free answers: the real pipeline (abstention included, an abstention scores 0).
     `generator` may be None only when no question has options or an answer.
     """
-    from tqdm import tqdm
-
     from rag.api import make_pipeline
+    from rag.common.progress import progress_bar
     from rag.evaluation.loglik import supports_loglik
 
     started = time.perf_counter()
@@ -116,7 +114,7 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
     budget = min(generator.context_window, settings.max_context_tokens) if generator is not None else 0
 
     rows: list[dict[str, Any]] = []
-    for q in tqdm(questions, desc="rag eval", unit="question", file=sys.stderr, disable=None if progress else True):
+    for q in progress_bar(questions, total=len(questions), desc="rag eval", unit="question", enabled=progress):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"id": q["id"], "question": q["question"]}
         hits = retriever.search(q["question"], k=max(RETRIEVAL_DEPTH, k), mode=mode)

@@ -10,7 +10,8 @@ something else); and acceptance of a server that ignores `"stream": true` and se
 
 The key ($RAG_API_KEY, then $OPENAI_API_KEY, unless given; "" for none) goes only to the configured base
 URL: it is the client's bearer token for that base URL, and cross-origin redirects drop it (httpx). With
-no key the Authorization header is left out altogether, as local servers expect.
+no key the Authorization header is left out altogether, as local servers expect. Nothing else the `openai`
+client would read from the environment (organization, project, custom headers) is sent (`request_headers`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,27 @@ from rag.errors import GeneratorError
 from rag.generation.base import GenerationParams, Generator, Messages, apply_stop
 
 CHAT_PATH = "/chat/completions"
+
+
+def request_headers(key: str | None) -> dict[str, Any]:
+    """Per-request headers that make the configured key the only credential sent.
+
+    The `openai` client also reads $OPENAI_ORG_ID, $OPENAI_PROJECT_ID and $OPENAI_CUSTOM_HEADERS (which may
+    hold an `Authorization` that overrides the key) and sends them with every request. Those are settings for
+    api.openai.com; sent to a user's base URL they leak (issue 12). Per-request headers win over the client's
+    own, and `openai.Omit()` removes a header.
+
+    :param key: the bearer token for the configured base URL; None or "" sends no Authorization header.
+    :returns: the `extra_headers` of every `chat.completions.create` call.
+    """
+    import openai
+
+    ambient = os.environ.get("OPENAI_CUSTOM_HEADERS", "")
+    names = {line.split(":", 1)[0].strip() for line in ambient.splitlines() if ":" in line}
+    headers: dict[str, Any] = {name: openai.Omit() for name in names if name}
+    headers.update({"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()})
+    headers["Authorization"] = f"Bearer {key}" if key else openai.Omit()
+    return headers
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
@@ -120,7 +142,7 @@ class OpenAIGenerator(Generator):
             max_retries=self.retries - 1,
             timeout=openai.Timeout(read_timeout, connect=connect_timeout),
         )
-        self._headers: dict[str, Any] = {} if key else {"Authorization": openai.Omit()}
+        self._headers = request_headers(key)
 
     def count_tokens(self, messages_or_text: Messages | str) -> int:
         """An estimate, not exact: about 4 characters per token plus 4 per message for the chat markup."""
@@ -139,8 +161,7 @@ class OpenAIGenerator(Generator):
             "temperature": params.temperature if params.sampling else 0.0,
             "top_p": params.top_p,
         }
-        if self._headers:
-            request["extra_headers"] = self._headers
+        request["extra_headers"] = self._headers
         if params.seed is not None:
             request["seed"] = params.seed
         if params.stop:

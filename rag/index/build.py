@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from rag.common.runfolder import FolderLock
-from rag.errors import IndexNotFound, NoDocuments, RagError
+from rag.errors import IndexNotFound, NoDocuments
 from rag.index.bm25 import BM25Index
 from rag.index.embeddings import Embedder
 from rag.index.store import (

@@ -40,6 +40,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -346,37 +347,39 @@ def stream_batches(ds: Any, what: str) -> Iterator[dict[str, np.ndarray]]:
             close()
 
 
+@dataclass
 class RayEngine:
-    """`build_index`'s engine on a Ray cluster (rag.index.build.BuildEngine): ChunkWorker and EmbedWorker pools."""
+    """`build_index`'s engine on a Ray cluster (rag.index.build.BuildEngine): ChunkWorker and EmbedWorker pools.
 
-    def __init__(self, cluster: RayCluster, workers: int | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, files_per_batch: int = FILES_PER_BATCH,
-                 texts_per_batch: int | None = None) -> None:
-        """
-        :param cluster: the cluster to run on (connected on first use: a build with nothing to read or embed
-            never starts Ray).
-        :param workers: actors per stage; None = as many as the cluster's CPUs hold (its GPUs, for the
-            embedding stage when `gpus_per_worker` > 0). A stage never gets more actors than batches.
-        :param cpus_per_worker: CPUs each actor reserves (= its torch threads).
-        :param gpus_per_worker: GPUs each embedding actor reserves (0 = embed on CPU).
-        :param files_per_batch: files per ChunkWorker call.
-        :param texts_per_batch: texts per EmbedWorker call; None = the local build's slice, max(4 x the
-            embedder's batch size, 256).
-        :raises RagError: a count below its minimum.
-        """
-        if workers is not None and workers < 1:
-            raise RagError(f"--ray-workers must be >= 1, got {workers}")
-        if cpus_per_worker <= 0 or gpus_per_worker < 0:
-            raise RagError(f"CPUs per worker must be > 0 and GPUs >= 0, got {cpus_per_worker} and {gpus_per_worker}")
-        if files_per_batch < 1 or (texts_per_batch is not None and texts_per_batch < 1):
-            raise RagError(f"batch sizes must be >= 1, got {files_per_batch} files and {texts_per_batch} texts")
-        self.cluster = cluster
-        self.workers = workers
-        self.cpus = cpus_per_worker
-        self.gpus = gpus_per_worker
-        self.files_per_batch = files_per_batch
-        self.texts_per_batch = texts_per_batch
-        self.stats: dict[str, dict[str, Any]] = {}  # per stage, of its last run: see `_account`
+    :param cluster: the cluster to run on (connected on first use: a build with nothing to read or embed
+        never starts Ray).
+    :param workers: actors per stage; None = as many as the cluster's CPUs hold (its GPUs, for the
+        embedding stage when `gpus_per_worker` > 0). A stage never gets more actors than batches.
+    :param cpus_per_worker: CPUs each actor reserves (= its torch threads).
+    :param gpus_per_worker: GPUs each embedding actor reserves (0 = embed on CPU).
+    :param files_per_batch: files per ChunkWorker call.
+    :param texts_per_batch: texts per EmbedWorker call; None = the local build's slice, max(4 x the
+        embedder's batch size, 256).
+    :raises RagError: a count below its minimum.
+    """
+
+    cluster: RayCluster
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    files_per_batch: int = FILES_PER_BATCH
+    texts_per_batch: int | None = None
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)  # per stage, of its last run: `_account`
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise RagError(f"--ray-workers must be >= 1, got {self.workers}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise RagError(f"CPUs per worker must be > 0 and GPUs >= 0, got {self.cpus_per_worker} and "
+                           f"{self.gpus_per_worker}")
+        if self.files_per_batch < 1 or (self.texts_per_batch is not None and self.texts_per_batch < 1):
+            raise RagError(f"batch sizes must be >= 1, got {self.files_per_batch} files and {self.texts_per_batch} "
+                           f"texts")
 
     def _account(self, stage: str, t0: float, items: int, batches: list[dict[str, np.ndarray]]) -> None:
         """Record a stage's wall seconds, items, distinct workers and their summed busy seconds."""
@@ -398,10 +401,10 @@ class RayEngine:
         t0 = time.perf_counter()
         ray = self.cluster.ray()
         n_batches = math.ceil(len(jobs) / self.files_per_batch)
-        size = pool_size(self.cluster, self.workers, self.cpus, 0, n_batches)
+        size = pool_size(self.cluster, self.workers, self.cpus_per_worker, 0, n_batches)
         rows = [{"i": i, "path": str(Path(p).resolve()), "source": s} for i, (p, s) in enumerate(jobs)]
         ds = ray.data.from_items(rows, override_num_blocks=n_batches).map_batches(
-            ChunkWorker, batch_size=self.files_per_batch, batch_format="numpy", num_cpus=self.cpus,
+            ChunkWorker, batch_size=self.files_per_batch, batch_format="numpy", num_cpus=self.cpus_per_worker_per_worker,
             compute=ray.data.ActorPoolStrategy(size=size),
             fn_constructor_kwargs={"embed": embedder_spec(embedder), "chunker": chunker_spec(chunker),
                                    "params": chunker.params()})
@@ -437,13 +440,13 @@ class RayEngine:
         ray = self.cluster.ray()
         batch = self.texts_per_batch or max(embedder.batch_size * 4, 256)
         n_batches = math.ceil(len(texts) / batch)
-        size = pool_size(self.cluster, self.workers, self.cpus, self.gpus, n_batches)
+        size = pool_size(self.cluster, self.workers, self.cpus_per_worker, self.gpus_per_worker, n_batches)
         rows = [{"pos": j, "text": t} for j, t in enumerate(texts)]
-        remote: dict[str, Any] = {"num_gpus": self.gpus} if self.gpus > 0 else {}
+        remote: dict[str, Any] = {"num_gpus": self.gpus_per_worker} if self.gpus_per_worker > 0 else {}
         ds = ray.data.from_items(rows, override_num_blocks=n_batches).map_batches(
-            EmbedWorker, batch_size=batch, batch_format="numpy", num_cpus=self.cpus,
+            EmbedWorker, batch_size=batch, batch_format="numpy", num_cpus=self.cpus_per_worker_per_worker,
             compute=ray.data.ActorPoolStrategy(size=size),
-            fn_constructor_kwargs={"embed": embedder_spec(embedder), "threads": self.cpus, "gpus": self.gpus},
+            fn_constructor_kwargs={"embed": embedder_spec(embedder), "threads": self.cpus_per_worker, "gpus": self.gpus_per_worker},
             **remote)
         seen = np.zeros(len(texts), dtype=bool)
         work: list[dict[str, np.ndarray]] = []

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -124,18 +125,28 @@ def make_faiss(kind: str, dim: int, n: int):
 
 
 
+@dataclass(eq=False)
 class VectorIndex:
-    """A loaded index generation: chunks in order, their vectors, the FAISS index and the BM25 side."""
+    """A loaded index generation: chunks in order, their vectors, the FAISS index and the BM25 side.
 
-    def __init__(self, chunks: list[Chunk], vectors: np.ndarray, faiss_index: Any, bm25: BM25Index,
-                 manifest: dict[str, Any], path: Path | None = None):
-        self.chunks = chunks
-        self.vectors = vectors
-        self.faiss = faiss_index
-        self.bm25 = bm25
-        self.manifest = manifest
-        self.path = path
-        self.pos_by_id = {c.id: i for i, c in enumerate(chunks)}
+    :param chunks: the chunks, in the order of the rows of `vectors`.
+    :param vectors: float32 (n_chunks, dim), L2-normalised embeddings.
+    :param faiss: the FAISS `IndexIDMap2` over `vectors` (ids = chunk ids).
+    :param bm25: the BM25 side over the same chunks.
+    :param manifest: the generation's manifest (embedder, counts, settings).
+    :param path: the generation's folder when loaded from disk.
+    """
+
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    faiss: Any
+    bm25: BM25Index
+    manifest: dict[str, Any]
+    path: Path | None = None
+    pos_by_id: dict[int, int] = field(init=False, repr=False)  # chunk id -> row
+
+    def __post_init__(self) -> None:
+        self.pos_by_id = {c.id: i for i, c in enumerate(self.chunks)}
 
     def __len__(self) -> int:
         return len(self.chunks)

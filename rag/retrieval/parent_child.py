@@ -85,6 +85,13 @@ class Passages:
                 out.append((p, score))
         return out
 
+    def first_members(self, ranked: Sequence[tuple[int, float]]) -> dict[int, int]:
+        """passage -> the chunk position that ranks it (its best child in `ranked`, chunk-level, best first)."""
+        out: dict[int, int] = {}
+        for pos, _ in ranked:
+            out.setdefault(int(self.owner[pos]), int(pos))
+        return out
+
     def dense_score(self, passage: int, vectors: np.ndarray, qvec: np.ndarray) -> float:
         """A passage's dense score: the best cosine of its children with the query vector."""
         return float(np.max(vectors[self.members[passage]] @ qvec))

@@ -33,45 +33,59 @@ class Hit:
     score: float
     rank: int
     scores: dict[str, float] = field(default_factory=dict)  # per-retriever scores, e.g. dense cosine
+    match: str = ""  # the child window (small-to-big) that ranked the passage; "" when the passage is one chunk
+
+    @property
+    def snippet(self) -> str:
+        """What to show of the passage: its text from the window that matched on (a window can be as short
+        as a slide title), else the whole passage."""
+        at = self.chunk.text.find(self.match[:80]) if self.match else -1
+        return self.chunk.text[at:] if at > 0 else self.chunk.text
 
     def to_dict(self) -> dict[str, Any]:
         return {"chunk_id": self.chunk.id, "text": self.chunk.text, "score": round(self.score, 6),
                 "rank": self.rank, "source": self.chunk.source, "section": self.chunk.section,
                 "span": list(self.chunk.span), "scores": {k: round(v, 6) for k, v in self.scores.items()},
+                **({"match": self.match} if self.match else {}),
                 **({"page": self.chunk.metadata["page"]} if "page" in self.chunk.metadata else {})}
 
 
+@dataclass(eq=False)
 class Retriever:
-    """Searches one index directory; reloads by itself when `rag index` publishes a new generation."""
+    """Searches one index directory; reloads by itself when `rag index` publishes a new generation.
 
-    def __init__(self, index_dir: Path, embedder: Embedder, mode: str = "hybrid", top_k: int = 5, rrf_k: int = 60,
-                 auto_reload: bool = True, dense_weight: float = 0.8, collapse_duplicates: bool = True):
-        """
-        :param index_dir: the index directory (its CURRENT generation is loaded).
-        :param embedder: the embedder the index was built with (checked against the manifest).
-        :param mode: default mode, one of MODES.
-        :param top_k: default number of passages.
-        :param rrf_k: the reciprocal rank fusion constant (hybrid).
-        :param auto_reload: switch to a newly published generation on the next search.
-        :param dense_weight: hybrid: weight of the dense ranking in the fusion; BM25 gets 1 - dense_weight.
-        :param collapse_duplicates: drop passages near-identical to a better-ranked one.
-        :raises RagError: unknown mode, a weight outside [0, 1], or no loadable index.
-        """
-        if mode not in MODES:
-            raise RagError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
-        if not 0.0 <= dense_weight <= 1.0:
-            raise RagError(f"dense_weight {dense_weight} is outside 0..1: use e.g. 0.8 (dense) against 0.2 (BM25)")
-        self.index_dir = Path(index_dir)
-        self.embedder = embedder
-        self.mode = mode
-        self.top_k = top_k
-        self.rrf_k = rrf_k
-        self.auto_reload = auto_reload
-        self.dense_weight = dense_weight
-        self.collapse_duplicates = collapse_duplicates
-        self._lock = threading.Lock()
-        self._passages: weakref.WeakKeyDictionary[VectorIndex, Passages] = weakref.WeakKeyDictionary()
-        self._index = VectorIndex.load(self.index_dir, embedder)
+    :param index_dir: the index directory (its CURRENT generation is loaded).
+    :param embedder: the embedder the index was built with (checked against the manifest).
+    :param mode: default mode, one of MODES.
+    :param top_k: default number of passages.
+    :param rrf_k: the reciprocal rank fusion constant (hybrid).
+    :param auto_reload: switch to a newly published generation on the next search.
+    :param dense_weight: hybrid: weight of the dense ranking in the fusion; BM25 gets 1 - dense_weight.
+    :param collapse_duplicates: drop passages near-identical to a better-ranked one.
+    :raises RagError: unknown mode, a weight outside [0, 1], or no loadable index.
+    """
+
+    index_dir: Path
+    embedder: Embedder
+    mode: str = "hybrid"
+    top_k: int = 5
+    rrf_k: int = 60
+    auto_reload: bool = True
+    dense_weight: float = 0.8
+    collapse_duplicates: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _passages: weakref.WeakKeyDictionary[VectorIndex, Passages] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
+    _index: VectorIndex = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RagError(f"unknown retrieval mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if not 0.0 <= self.dense_weight <= 1.0:
+            raise RagError(f"dense_weight {self.dense_weight} is outside 0..1: use e.g. 0.8 (dense) against 0.2 "
+                           f"(BM25)")
+        self.index_dir = Path(self.index_dir)
+        self._index = VectorIndex.load(self.index_dir, self.embedder)
 
     @property
     def index(self) -> VectorIndex:
@@ -117,12 +131,16 @@ class Retriever:
         chunk_depth = depth * groups.fanout
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
+        matched: dict[int, int] = {}  # passage -> position of the child window that ranked it
         qvec = None
         if mode in ("dense", "hybrid"):
             qvec = self.embedder.encode_query(query)
-            dense = groups.best(index.search_dense(qvec, chunk_depth))
+            dense_chunks = index.search_dense(qvec, chunk_depth)
+            dense, matched = groups.best(dense_chunks), groups.first_members(dense_chunks)
         if mode in ("bm25", "hybrid"):
-            lexical = groups.best(index.bm25.search(query, chunk_depth))
+            lexical_chunks = index.bm25.search(query, chunk_depth)
+            lexical = groups.best(lexical_chunks)
+            matched = {**groups.first_members(lexical_chunks), **matched}  # the dense window first
         dense_score = dict(dense)
         bm25_score = dict(lexical)
         if mode == "dense":
@@ -149,5 +167,7 @@ class Retriever:
             scores = {"dense": dense_score[p]}
             if p in bm25_score:
                 scores["bm25"] = bm25_score[p]
-            hits.append(Hit(groups.passages[p], float(score), rank, scores))
+            child = index.chunks[matched[p]] if p in matched else None
+            match = child.text if child is not None and child.id != groups.passages[p].id else ""
+            hits.append(Hit(groups.passages[p], float(score), rank, scores, match))
         return hits

@@ -2,8 +2,9 @@
 
 The reference's fields come first in each model and are always sent (null where the server has nothing,
 e.g. `logprobs`, `system_fingerprint`); the extensions (`sources`, `abstained`, `timings`; `sources` and
-`abstained` on the last streamed chunk) follow. Chunks are dumped with exclude_unset, so a chunk carries
-only the fields given (`usage` only when the request asked for `stream_options.include_usage`).
+`abstained` on the last streamed chunk) follow. A source's JSON is defined once, by
+`rag.answering.pipeline.Source.to_dict` (the CLI's `--json` prints the same), not mirrored here. Chunks are
+dumped with exclude_unset, so a chunk carries only the fields given (`usage` only when the request asked for `stream_options.include_usage`).
 """
 
 from __future__ import annotations
@@ -17,30 +18,6 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-
-
-class QuoteOut(BaseModel):
-    """Extension: the sentence quoted in a grounded answer, `text` == the passage's text[start:end]."""
-
-    passage: int
-    text: str
-    start: int
-    end: int
-    score: float
-
-
-class SourceOut(BaseModel):
-    """Extension: a passage given to the model (see rag.answering.pipeline.Source); `cited` marks the ones
-    that support the answer, listed first; `quote` is set on the passage the answer quotes."""
-
-    n: int
-    chunk_id: int
-    source: str
-    section: str
-    score: float
-    snippet: str
-    cited: bool
-    quote: QuoteOut | None = None
 
 
 class AssistantOut(BaseModel):
@@ -68,7 +45,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None
     service_tier: str | None
-    sources: list[SourceOut] = []
+    sources: list[dict[str, Any]] = []  # rag.answering.pipeline.Source.to_dict(), its one definition
     abstained: bool = False
     timings: dict[str, float] = {}
 
@@ -98,5 +75,5 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None
     service_tier: str | None
     usage: Usage | None = None
-    sources: list[SourceOut] | None = None
+    sources: list[dict[str, Any]] | None = None  # as ChatCompletion.sources
     abstained: bool | None = None

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from raft.eval_report import summarize
 from raft.evaluate import (
     check_quotes,
     extract_final,
     load_questions,
     score_prediction,
     setting_documents,
-    summarize,
 )
 from raft.export import export
 from raft.prompts import instruction
@@ -83,6 +83,14 @@ def test_documents_when_the_record_dropped_its_oracle() -> None:
     assert setting_documents(rec, "closed") == ([], -1)
     with pytest.raises(RagError, match="unknown setting"):
         setting_documents(rec, "open")
+
+
+def test_retrieved_documents_are_what_the_retriever_returned() -> None:
+    rec = RECORDS[0]
+    retrieved = {rec["id"]: ([TOPK, LORA], 1)}
+    assert setting_documents(rec, "retrieved", retrieved=retrieved) == ([TOPK, LORA], 1)
+    with pytest.raises(RagError, match="no retrieved passages for r-lora"):
+        setting_documents(rec, "retrieved")
 
 
 # --------------------------------------------------------------------------- answers and quotes

@@ -86,6 +86,7 @@ def test_eval_retrieval_on_the_dev_set(course_index):
     assert max(s["recall@10"] for s in scores.values()) >= 0.5
 
 
+@pytest.mark.slow  # two subprocesses that each load torch and the embedder
 def test_installed_console_script_and_env_index_dir(small_corpus, tmp_path):
     """The real `rag` entry point in a subprocess, index dir from RAG_INDEX_DIR."""
     env = {**os.environ, "RAG_INDEX_DIR": str(tmp_path / "envidx")}

@@ -32,13 +32,16 @@ from tests.conftest import ROOT
 KEY = "test-key-4a1f"
 ON_TOPIC = "What does LoRA freeze?"
 OFF_TOPIC = "How do I bake sourdough bread at home?"
-LONG = 1000  # tokens for a request that must hold the model until the test lets it go
+LONG = 1024  # tokens for a request that must hold the model until the test lets it go (the server's most)
+# With a repetition penalty below 1 the model repeats itself instead of ending its answer: a blocker that
+# really runs to LONG tokens, whatever the question (at 1.1 the answer is often done in 15 tokens).
+HOLD = {"max_tokens": LONG, "repetition_penalty": 0.3}
 POLL_S = 120  # bound of every polling loop (the answer comes much sooner; this only stops a hung test)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(ipv6: bool = False) -> int:
+    with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as s:
+        s.bind(("::1" if ipv6 else "127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -74,15 +77,15 @@ class Served:
 
 @contextlib.contextmanager
 def start_server(index_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 key: str | None = None) -> Iterator[Served]:
-    port = free_port()
+                 key: str | None = None, ipv6: bool = False) -> Iterator[Served]:
+    port = free_port(ipv6)
     # Free answers: the model streams every token, which is what the queue, max_tokens and cancel tests need
     # (the grounded mode's quote is rag/answering's to test).
     proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
                              str(index_dir), "--max-tokens", "8", "-k", "2", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAG_ANSWER_MODE": "free", **(env or {})})
-    served = Served(f"http://127.0.0.1:{port}", key)
+    served = Served(f"http://{'[::1]' if ipv6 else '127.0.0.1'}:{port}", key)
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -259,14 +262,17 @@ class Client(threading.Thread):
         self.start()
 
     def leave(self) -> None:
-        self._leave.set()
-        self.join(POLL_S)
+        leave(self)
 
     def run(self) -> None:
         if not self.payload.get("stream"):
             r = self.server.post(self.payload)
-            self.first, self.status, self.headers = time.monotonic(), r.status_code, r.headers
+            arrived, self.status, self.headers = time.monotonic(), r.status_code, r.headers
             self.result = r.json()
+            # When its first token was made: the reply arrives only after the whole answer, by which time the
+            # next in line may already stream; the server's timings say how long the answer took after it.
+            t = self.result.get("timings") or {}
+            self.first = arrived - max(0.0, t.get("generate", 0.0) - t.get("first_token", 0.0)) - t.get("attribute", 0.0)
             return
         with httpx.stream("POST", self.server.url + "/v1/chat/completions", json=self.payload,
                           headers=self.server.headers, timeout=POLL_S) as r:
@@ -283,9 +289,17 @@ class Client(threading.Thread):
             self.result = events
 
 
+def leave(*clients: Client) -> None:
+    """Make streaming clients hang up (all at once), and wait until they have."""
+    for c in clients:
+        c._leave.set()
+    for c in clients:
+        c.join(POLL_S)
+
+
 @pytest.mark.llm
 def test_arrival_order_and_no_model_work_never_waits(server):
-    blocker = Client(server, body(max_tokens=LONG, stream=True))
+    blocker = Client(server, body(**HOLD, stream=True))
     server.wait_queue(running=1)
     stopped = server.health()["queue"]["stopped"]
     line = []
@@ -308,7 +322,7 @@ def test_arrival_order_and_no_model_work_never_waits(server):
 
 @pytest.mark.llm
 def test_full_queue_gets_429_and_clients_that_leave_free_their_place(server):
-    blocker = Client(server, body(max_tokens=LONG, stream=True))
+    blocker = Client(server, body(**HOLD, stream=True))
     server.wait_queue(running=1)
     waiting = [Client(server, body(stream=True)) for _ in range(4)]
     server.wait_queue(waiting=4)
@@ -318,8 +332,7 @@ def test_full_queue_gets_429_and_clients_that_leave_free_their_place(server):
     with pytest.raises(openai.RateLimitError):  # what the official client sees (it would retry after Retry-After)
         server.client().chat.completions.create(model="course-rag", messages=msgs(), max_tokens=4)
     assert server.post(body(OFF_TOPIC)).status_code == 200  # an abstention needs no place in line
-    for c in waiting:
-        c.leave()
+    leave(*waiting)
     assert server.wait_queue(waiting=0)["running"] == 1  # they left the line; the blocker still runs
     stopped = server.health()["queue"]["stopped"]
     blocker.leave()
@@ -330,7 +343,7 @@ def test_full_queue_gets_429_and_clients_that_leave_free_their_place(server):
 @pytest.mark.llm
 def test_a_non_streaming_client_that_disconnects_frees_the_model(server):
     stopped = server.health()["queue"]["stopped"]
-    payload = json.dumps(body(max_tokens=LONG)).encode()
+    payload = json.dumps(body(**HOLD)).encode()
     with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nAuthorization: Bearer " + KEY.encode() +
@@ -396,6 +409,7 @@ def test_cors_allows_only_configured_origins_and_docs_are_off(gate):
         assert httpx.get(gate.url + path, headers=gate.headers, timeout=30).status_code == 404
 
 
+@pytest.mark.slow  # another `rag serve` process (~12 s)
 def test_key_from_the_environment_and_docs_on_request(course_index):
     with start_server(course_index.index_dir, "--docs", "--model", f"http://127.0.0.1:{free_port()}/v1",
                       env={"RAG_SERVER_API_KEY": "env-key"}, key="env-key") as served:
@@ -486,3 +500,24 @@ def test_cancel_reaches_a_grounded_answers_quote_scoring(course_index, pipe):
         list(resp)
     assert grounded.ask(ON_TOPIC).text().strip()  # and the model is free for the next answer
 
+
+
+def test_a_port_in_use_is_one_line_and_exit_3_before_any_model_loads(course_index):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
+                               str(course_index.index_dir)], capture_output=True, text=True, timeout=POLL_S)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], done.stderr
+
+
+@pytest.mark.slow  # another `rag serve` process (~12 s)
+def test_ipv6_loopback_host_is_served(course_index):
+    with start_server(course_index.index_dir, "--host", "::1", "--model", f"http://127.0.0.1:{free_port()}/v1",
+                      ipv6=True) as served:
+        r = httpx.get(served.url + "/health", timeout=30)  # httpx sends Host: [::1]:port
+        assert r.status_code == 200, r.text
+        assert httpx.get(served.url + "/health", headers={"Host": "evil.example"}, timeout=30).status_code == 400

@@ -211,6 +211,7 @@ finally:
 """
 
 
+@pytest.mark.slow  # a subprocess that loads torch, builds an index and runs the generation
 def test_raft_generate_without_engine_ray_never_imports_ray(teacher, small_corpus, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", NO_RAY_IMPORT, "generate", str(small_corpus), "--out", str(out),

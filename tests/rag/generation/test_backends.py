@@ -535,3 +535,17 @@ def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator) -> 
         expected = torch.log_softmax(logits.float(), -1).gather(-1, c[0].unsqueeze(-1)).mean()
         assert score == pytest.approx(float(expected), abs=1e-3)
     assert scores[0] > scores[1] + 3  # the true continuation is far more likely
+
+
+@pytest.mark.parametrize("key", ["secret", ""])
+def test_openai_environment_settings_are_never_sent_to_the_configured_server(
+        server: FakeServer, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    # The openai client reads these for api.openai.com; a course server (or any base URL) must not get them.
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-private")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-private")
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "admin-private")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "X-Private: header-private\nAuthorization: Bearer env-private")
+    assert "".join(server.client(api_key=key).stream(QUESTION)) == "ok"
+    headers = server.requests[0]["headers"]
+    assert headers.get("authorization") == ("Bearer secret" if key else None)
+    assert not [v for v in headers.values() if "private" in v], headers

@@ -110,6 +110,7 @@ index_corpus(Path(sys.argv[1]), Settings(index_dir=Path(sys.argv[2])))
 """
 
 
+@pytest.mark.slow  # kill -9 of a subprocess that loads torch; test_crash_mid_build_leaves_old_index is the fast crash
 def test_sigkill_during_save_leaves_previous_index_loadable(small_corpus, settings, embedder, tmp_path):
     build(small_corpus, settings, embedder)
     gen = current_generation(settings.index_dir)

@@ -49,6 +49,7 @@ def report_facts(r) -> dict:
     return {k: v for k, v in d.items() if k not in ("seconds", "index_dir")}
 
 
+@pytest.mark.slow  # starts the module's Ray cluster
 @needs_ray
 def test_local_cluster_listens_on_loopback_only(cluster):
     ray = cluster.ray()
@@ -153,6 +154,7 @@ finally:
 """
 
 
+@pytest.mark.slow  # a subprocess that loads torch and builds an index
 def test_rag_index_without_engine_ray_never_imports_ray(small_corpus, tmp_path):
     proc = subprocess.run([sys.executable, "-c", NO_RAY_IMPORT, "index", str(small_corpus), "--index-dir",
                            str(tmp_path / "i"), "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)

@@ -83,6 +83,14 @@ def test_children_are_searched_and_their_passage_is_returned(small_corpus, setti
     windows = [c for c in chunks if c.metadata["parent"] == hit.chunk.id]
     assert len(windows) >= 2 and all(w.text in hit.chunk.text for w in windows)
     assert -1.0 <= hit.scores["dense"] <= 1.0
+    # what is shown: the passage from the window that matched, so a match late in a passage is visible
+    assert hit.match in [w.text for w in windows] and hit.to_dict()["match"] == hit.match
+    assert hit.snippet == hit.chunk.text[hit.chunk.text.index(hit.match[:80]):]
+
+
+def test_first_members_name_the_child_that_ranked_each_passage():
+    g = Passages.of([_child(1, "alpha", 100, "alpha beta"), _child(2, "beta", 100), _child(3, "lone", None)])
+    assert g.first_members([(1, 0.9), (0, 0.5), (2, 0.1)]) == {0: 1, 1: 2}
 
 
 def test_an_index_without_children_is_searched_chunk_by_chunk(small_corpus, settings):
