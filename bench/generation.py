@@ -1,11 +1,32 @@
-"""Generation speed: time to first token and decode tokens/s for a 5-passage RAG prompt.
+"""Local generation speed: our decoders vs llama.cpp vs plain transformers, and a fresh `rag ask`, in one run.
 
-Compares, in one process and on the same prompt: plain `model.generate` (baseline), our
-LocalGenerator.stream (same model, same greedy settings), and the HTTP backend through a real
-`rag serve` on 127.0.0.1 (whole RAG loop: retrieval + prompt + generation + attribution).
-Also: model load time cold (GGUF -> safetensors conversion) and warm (cache), peak RSS.
+Part 1, engines: the same 5-passage RAG prompt (token ids, identical for everyone) goes to each contender,
+which must write exactly --tokens new tokens (EOS masked), greedy with repetition penalty 1.1:
 
-    python bench/generation.py [--quick] [--tokens 64]
+* transformers        `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
+* ours-int4/int8/fp32 LocalGenerator's decoder: transformers pre-fills, ONNX Runtime decodes
+                      (rag/generation/onnx.py)
+* llama.cpp           llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
+* ort-genai-int4      (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
+
+Each contender lives in its own worker process (a runtime's idle threads never sit in another's process)
+and loads once; then every round runs each contender once, in a rotated order, on a prompt whose first
+token differs per round (so no engine can reuse a cached prefix). Reported: medians of prefill seconds
+(time to the first new token) and decode tokens/s (tokens 2..N over their time), and the median of the
+per-round ratios to transformers (robust to load that drifts between rounds on a shared machine), plus
+how many tokens equal transformers' greedy tokens on round 0's prompt.
+
+Part 2, fidelity: every engine answers the RAG prompts of eval/dev_questions.jsonl greedily (EOS allowed):
+share of answers identical to transformers', token F1 against transformers' text and against the reference.
+
+Part 3, cold start: a fresh `rag ask QUESTION` process per run (retrieval, generation of up to
+--ask-tokens tokens, attribution), interleaved between RAG_DECODER=transformers, fp32, int8 (and the default):
+seconds from process start to the first answer byte on stdout and to exit (medians).
+
+    python bench/generation.py [--rounds 5] [--tokens 64] [--threads 1] [--index-dir DIR] [--all]
+                               [--fidelity 29] [--cold-runs 3] [--skip-cold] [--quick]
+
+Writes bench/results/generation.json and generation.md (or generation_<--tag>.*).
 """
 
 from __future__ import annotations
@@ -13,137 +34,365 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import ROOT, LoadMeter, finish_run, fmt, machine_info, md_table
+
 sys.path.insert(0, str(ROOT))
+QUESTION = "What is the difference between RAG and fine-tuning?"
+ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32", "llama.cpp"]
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ------------------------------------------------------------------------------------------ workers
 
 
-def timed_stream(pieces_iter):
+def _worker(kind: str, threads: int) -> None:
+    """Load one contender, then answer JSON commands {"ids": [...], "n": N} on stdin, one per line."""
+    import torch
+
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    first = None
-    text = []
-    for piece in pieces_iter:
-        if first is None:
-            first = time.perf_counter() - t0
-        text.append(piece)
-    return first, time.perf_counter() - t0, "".join(text)
+    run = _make_runner(kind, threads)
+    print(json.dumps({"ready": True, "load_s": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        prefill, decode_s, tokens = run(cmd["ids"], cmd["n"], cmd.get("free", False))
+        print(json.dumps({"prefill_s": prefill, "decode_s": decode_s, "tokens": tokens}), flush=True)
+
+
+def _hf_style(generate: Any) -> Any:
+    """Time a `model.generate`-like callable: a stopping criterion notes when each new token exists."""
+    import torch
+    from transformers import StoppingCriteria
+
+    def run(ids: list[int], n: int, free: bool = False) -> tuple[float, float, list[int]]:
+        stamps: list[float] = []
+
+        class Stamp(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+                stamps.append(time.perf_counter())
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+        x = torch.tensor([ids])
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                           min_new_tokens=0 if free else n, do_sample=False, repetition_penalty=1.1,
+                           pad_token_id=2, stopping_criteria=[Stamp()])
+        return stamps[0] - t0, stamps[-1] - stamps[0], out[0, len(ids):].tolist()
+
+    return run
+
+
+def _make_runner(kind: str, threads: int) -> Any:
+    from rag.generation.local import LocalGenerator
+
+    if kind == "transformers":
+        return _hf_style(LocalGenerator("bundled", decoder="transformers")._loaded.model.generate)
+    if kind.startswith("ours-"):
+        return _hf_style(LocalGenerator("bundled", decoder=kind.split("-", 1)[1])._decoder.generate)
+    if kind == "ort-genai-int4":
+        import onnxruntime_genai as og
+
+        onnx_dir = LocalGenerator("bundled", decoder="int4")._decoder.onnx_dir
+        config = og.Config(str(onnx_dir))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        model = og.Model(config)
+
+        def run_og(ids: list[int], n: int, free: bool = False) -> tuple[float, float, list[int]]:
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False,
+                                      repetition_penalty=1.1)
+            gen = og.Generator(model, params)
+            t0 = time.perf_counter()
+            gen.append_tokens(ids)
+            gen.generate_next_token()
+            t1 = time.perf_counter()
+            out = [int(gen.get_next_tokens()[0])]
+            while not gen.is_done():
+                gen.generate_next_token()
+                out.append(int(gen.get_next_tokens()[0]))
+            return t1 - t0, time.perf_counter() - t1, out
+
+        return run_og
+    if kind == "llama.cpp":
+        import llama_cpp
+        import llama_cpp.llama as llama_module
+
+        from rag.generation.models import bundled_gguf_path
+
+        # ggml's AMX kernels crash on Q4_1 on this CPU (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp
+        # issue 20824); extra buffer types (AMX, repacking) off = the plain AVX-512 kernels.
+        default_params = llama_cpp.llama_model_default_params
+
+        def no_extra_buffers() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        llama_module.llama_cpp.llama_model_default_params = no_extra_buffers
+        llm = llama_cpp.Llama(model_path=str(bundled_gguf_path()), n_ctx=4096, n_batch=512, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+
+        def run_llama(ids: list[int], n: int, free: bool = False) -> tuple[float, float, list[int]]:
+            llm.reset()  # no prefix reuse between rounds
+            out: list[int] = []
+            t0 = time.perf_counter()
+            t1 = 0.0
+            for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.1):
+                if not out:
+                    t1 = time.perf_counter()
+                out.append(int(token))
+                if len(out) == n or (free and llm.token_eos() == token):
+                    break
+            return t1 - t0, time.perf_counter() - t1, out
+
+        return run_llama
+    raise SystemExit(f"unknown engine {kind}")
+
+
+class Worker:
+    """A contender in its own process (see _worker)."""
+
+    def __init__(self, kind: str, threads: int) -> None:
+        self.kind = kind
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            self.close()
+            raise RuntimeError(err[-1] if err else "worker exited")
+        self.load_s = json.loads(line)["load_s"]
+
+    def run(self, ids: list[int], n: int, free: bool = False) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps({"ids": ids, "n": n, "free": free}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} worker died: {self.proc.stderr.read()[-500:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ------------------------------------------------------------------------------------------ part 1
+
+
+def prompt_ids(index_dir: Path | None, questions: list[str]) -> tuple[list[list[int]], Any]:
+    """The bundled model's token ids of the 5-passage RAG prompt of each question (real retrieval)."""
+    from transformers import AutoTokenizer
+
+    from rag.answering.prompts import rag_messages
+    from rag.api import open_retriever
+    from rag.config import load_settings
+    from rag.generation.spec import resolve_model
+
+    settings = load_settings(index_dir=index_dir) if index_dir else load_settings()
+    retriever = open_retriever(settings)
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("bundled").local_dir()), local_files_only=True)
+    out = []
+    for q in questions:
+        messages = rag_messages(q, retriever.search(q, k=5), small_model=True)
+        out.append(list(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]))
+    return out, tok
+
+
+def engines_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    rows_q = [json.loads(line) for line in (ROOT / "eval" / "dev_questions.jsonl").read_text().splitlines()
+              if line.strip()][: args.fidelity]
+    prompts, tok = prompt_ids(args.index_dir, [QUESTION] + [r["question"] for r in rows_q])
+    ids = prompts[0]
+    results["prompt_tokens"] = len(ids)
+    kinds = ENGINES + (["ort-genai-int4"] if args.all else [])
+    workers: dict[str, Worker] = {}
+    results["skipped"] = {}
+    for kind in kinds:
+        try:
+            workers[kind] = Worker(kind, args.threads)
+        except (RuntimeError, OSError) as e:
+            results["skipped"][kind] = str(e)[:300]
+            print(f"skipping {kind}: {str(e)[:200]}", file=sys.stderr)
+    if "transformers" not in workers:
+        raise SystemExit("the transformers baseline did not start: " + results["skipped"].get("transformers", ""))
+    names = list(workers)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
+    meter = LoadMeter()
+    try:
+        for w in workers.values():  # warm-up, not counted (first-call allocations, lazy kernels)
+            w.run([99] + ids, 4)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for kind in order:
+                runs[kind].append(workers[kind].run([100 + r] + ids, args.tokens))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        answers: dict[str, list[list[int]]] = {k: [] for k in names}
+        for q_ids in prompts[1:]:  # part 3: free greedy answers (EOS allowed) to the dev questions
+            for kind in names:
+                answers[kind].append(workers[kind].run(q_ids, args.fidelity_tokens, free=True)["tokens"])
+    finally:
+        for w in workers.values():
+            w.close()
+    results["load_engines"] = meter.stop()
+    base = runs["transformers"]
+    rows = []
+    for kind in names:
+        rs = runs[kind]
+        decode = [(len(x["tokens"]) - 1) / x["decode_s"] for x in rs]
+        base_decode = [(len(x["tokens"]) - 1) / x["decode_s"] for x in base]
+        same = 0
+        for a, b in zip(rs[0]["tokens"], base[0]["tokens"]):
+            if a != b:
+                break
+            same += 1
+        rows.append({
+            "engine": kind, "load_s": workers[kind].load_s,
+            "prefill_s": statistics.median(x["prefill_s"] for x in rs),
+            "decode_tok_s": statistics.median(decode),
+            "prefill_ratio": statistics.median(x["prefill_s"] / b["prefill_s"] for x, b in zip(rs, base)),
+            "decode_ratio": statistics.median(d / b for d, b in zip(decode, base_decode)),
+            "same_prefix": same, "tokens": len(rs[0]["tokens"]),
+            "text_round0": tok.decode(rs[0]["tokens"], skip_special_tokens=True),
+            "samples": rs,
+        })
+    results["engines"] = rows
+    if rows_q:
+        from rag.evaluation.metrics import token_f1
+
+        gold = [r["answer"] for r in rows_q]
+        ref = [tok.decode(a, skip_special_tokens=True) for a in answers["transformers"]]
+        fid = []
+        for kind in names:
+            texts = [tok.decode(a, skip_special_tokens=True) for a in answers[kind]]
+            fid.append({"engine": kind, "questions": len(texts),
+                        "same_text": sum(t == r for t, r in zip(texts, ref)) / len(texts),
+                        "f1_vs_transformers": statistics.mean(token_f1(t, r) for t, r in zip(texts, ref)),
+                        "f1_vs_gold": statistics.mean(token_f1(t, g) for t, g in zip(texts, gold)),
+                        "texts": texts})
+        results["fidelity"] = fid
+
+
+# ------------------------------------------------------------------------------------------ part 3
+
+
+def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from rag.generation.onnx import DEFAULT_DECODER
+
+    rag = str(Path(sys.executable).parent / "rag")
+    cmd = [rag, "ask", QUESTION, "--max-tokens", str(args.ask_tokens)]
+    if args.index_dir:
+        cmd += ["--index-dir", str(args.index_dir)]
+    decoders = list(dict.fromkeys(["transformers", DEFAULT_DECODER, "fp32", "int8"]))  # the default and its rivals
+    runs: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
+    for r in range(args.cold_runs):
+        for d in decoders if r % 2 == 0 else decoders[::-1]:
+            env = {**os.environ, "RAG_DECODER": d, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            first = proc.stdout.read(1)
+            t_first = time.perf_counter() - t0
+            rest = proc.stdout.read()
+            proc.wait()
+            total = time.perf_counter() - t0
+            if proc.returncode != 0 or not first:
+                raise SystemExit(f"`rag ask` failed with RAG_DECODER={d} (exit {proc.returncode})")
+            answer = (first + rest).decode("utf-8", "replace").split("\nSources:")[0].split("\nNearest passages:")[0]
+            runs[d].append({"first_byte_s": t_first, "total_s": total, "answer_chars": len(answer.strip())})
+        print(f"cold run {r + 1}/{args.cold_runs} done", file=sys.stderr)
+    results["cold"] = [{"decoder": d, "first_byte_s": statistics.median(x["first_byte_s"] for x in runs[d]),
+                        "total_s": statistics.median(x["total_s"] for x in runs[d]),
+                        "answer_chars": statistics.median(x["answer_chars"] for x in runs[d]), "samples": runs[d]}
+                       for d in decoders]
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown tables of a run (parts that did not run are left out)."""
+    a = results["args"]
+    out: list[str] = []
+    if results.get("engines"):
+        out += [(f"## Generation speed ({results['prompt_tokens']}-token RAG prompt, {a['tokens']} new tokens, "
+                 f"greedy, repetition penalty 1.1, {a['threads']} thread(s), median of {a['rounds']} interleaved "
+                 "rounds)"), ""]
+        out.append(md_table(
+            ["engine", "prefill s", "prefill / transformers", "decode tok/s", "decode / transformers",
+             "greedy tokens equal to transformers", "load s"],
+            [[r["engine"], r["prefill_s"], r["prefill_ratio"], r["decode_tok_s"], r["decode_ratio"],
+              f"{r['same_prefix']}/{r['tokens']}", r["load_s"]] for r in results["engines"]]))
+    for kind, why in results.get("skipped", {}).items():
+        out.append(f"\n{kind}: not measured ({why})")
+    if results.get("fidelity"):
+        out += ["", (f"## Greedy answers to the {results['fidelity'][0]['questions']} dev questions (RAG prompt, "
+                     f"up to {a['fidelity_tokens']} tokens, EOS allowed)"), ""]
+        out.append(md_table(["engine", "same text as transformers", "token F1 vs transformers' text",
+                             "token F1 vs the reference answer"],
+                            [[f["engine"], f["same_text"], f["f1_vs_transformers"], f["f1_vs_gold"]]
+                             for f in results["fidelity"]]))
+    if "load_engines" in results:
+        out.append(f"\nOther processes kept {fmt(results['load_engines'].get('other_cores'))} of the 2 cores busy "
+                   "during part 1 (ratios come from the same rounds, so they hold under that load; absolute times "
+                   "do not).")
+    if results.get("cold"):
+        out += ["", (f"## Fresh `rag ask` (new process each run, up to {a['ask_tokens']} tokens, median of "
+                     f"{a['cold_runs']})"), ""]
+        out.append(md_table(["decoder", "first answer byte s", "whole answer + sources s", "answer chars"],
+                            [[c["decoder"], c["first_byte_s"], c["total_s"], c["answer_chars"]]
+                             for c in results["cold"]]))
+        whole = results.get("load_whole_run", {})
+        out.append(f"\nOther processes kept {fmt(whole.get('other_cores'))} of the 2 cores busy over the whole run.")
+    return "\n".join(out)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help="threads for every engine (default 1: on a shared "
+                    "2-core machine 2 OpenMP threads collapse whenever another process runs)")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--index-dir", type=Path, default=None)
+    ap.add_argument("--all", action="store_true", help="also onnxruntime-genai alone")
+    ap.add_argument("--fidelity", type=int, default=29, help="dev questions answered freely by every engine "
+                    "(0 = skip)")
+    ap.add_argument("--fidelity-tokens", type=int, default=64)
+    ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--ask-tokens", type=int, default=256)
+    ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--cold-only", action="store_true", help="part 3 only (fresh `rag ask` per decoder)")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, 16 tokens, 1 cold run each")
+    ap.add_argument("--tag", default="", help="results file suffix")
     args = ap.parse_args()
-    reps = 1 if args.quick else args.repeats
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from rag.api import open_retriever
-    from rag.config import load_settings
-    from rag.generation.base import GenerationParams
-    from rag.generation.local import LocalGenerator
-    from rag.generation.http import OpenAIGenerator
-    from rag.generation.models import bundled_gguf_path, convert_gguf
-    from rag.answering.prompts import rag_messages
-
-    results: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        convert_gguf(bundled_gguf_path(), tmp)
-        results["load_cold_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    gen = LocalGenerator("bundled")  # default cache: converted already by earlier runs
-    results["load_warm_s"] = time.perf_counter() - t0
-
-    settings = load_settings()
-    retriever = open_retriever(settings)
-    hits = retriever.search("What is the difference between RAG and fine-tuning?", k=5)
-    messages = rag_messages("What is the difference between RAG and fine-tuning?", hits, small_model=True)
-    prompt_tokens = gen.count_tokens(messages)
-    results["prompt_tokens"] = prompt_tokens
-    params = GenerationParams(max_new_tokens=args.tokens, temperature=0.0, repetition_penalty=1.1)
-    model, tok = gen._loaded.model, gen.tokenizer
-    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-
-    def plain():
-        import threading
-
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        th = threading.Thread(target=lambda: model.generate(**inputs, max_new_tokens=args.tokens, do_sample=False,
-                                                            repetition_penalty=1.1, streamer=streamer,
-                                                            pad_token_id=tok.pad_token_id))
-        with torch.inference_mode():
-            th.start()
-            out = timed_stream(streamer)
-            th.join()
-        return out
-
-    rows = {"plain model.generate": [], "LocalGenerator.stream": []}
-    for _ in range(reps):
-        rows["plain model.generate"].append(plain())
-        rows["LocalGenerator.stream"].append(timed_stream(gen.stream(messages, params)))
-
-    # HTTP backend through a real `rag serve`
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port),
-                             "--max-tokens", str(args.tokens)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import httpx
-
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        http = OpenAIGenerator(url + "/v1", model_name="course-rag")
-        rows["rag serve via HTTP (whole RAG loop)"] = []
-        for _ in range(reps):
-            rows["rag serve via HTTP (whole RAG loop)"].append(timed_stream(http.stream(
-                [{"role": "user", "content": "What is the difference between RAG and fine-tuning?"}], params)))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-    base_ttft = statistics.median(r[0] for r in rows["plain model.generate"])
-    base_total = statistics.median(r[1] for r in rows["plain model.generate"])
-    table = []
-    for name, runs in rows.items():
-        ttft = statistics.median(r[0] for r in runs)
-        total = statistics.median(r[1] for r in runs)
-        n_tok = statistics.median(len(tok(r[2], add_special_tokens=False)["input_ids"]) for r in runs)
-        decode = (n_tok - 1) / max(total - ttft, 1e-9)
-        table.append({"backend": name, "ttft_s": ttft, "total_s": total, "tokens": n_tok, "decode_tok_s": decode,
-                      "ttft_ratio": ttft / base_ttft, "total_ratio": total / base_total})
-    results["rows"] = table
-    results["peak_rss_mb"] = peak_mb()
-    print(f"prompt: {prompt_tokens} tokens (5 passages), {args.tokens} new tokens, greedy, median of {reps}")
-    print(f"model load: cold (GGUF conversion) {results['load_cold_s']:.1f}s, warm (safetensors cache) "
-          f"{results['load_warm_s']:.2f}s; peak RSS {results['peak_rss_mb']:.0f} MB")
-    print("| backend | TTFT s | total s | tokens | decode tok/s | TTFT ratio | total ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for r in table:
-        print(f"| {r['backend']} | {r['ttft_s']:.2f} | {r['total_s']:.2f} | {r['tokens']:.0f} | "
-              f"{r['decode_tok_s']:.1f} | {r['ttft_ratio']:.2f} | {r['total_ratio']:.2f} |")
-    out = ROOT / "bench" / "results" / "generation.json"
-    out.write_text(json.dumps(results, indent=1))
+    if args.worker:
+        _worker(args.worker, args.threads)
+        return
+    if args.quick:
+        args.rounds, args.tokens, args.cold_runs, args.fidelity = 2, 16, 1, min(args.fidelity, 3)
+    t_start = time.time()
+    whole = LoadMeter()
+    results: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                               "machine": machine_info()}
+    if not args.cold_only:
+        engines_part(args, results)
+    if not args.skip_cold:
+        cold_part(args, results)
+    finish_run(results, whole, t_start, render, "generation" + (f"_{args.tag}" if args.tag else ""))
 
 
 if __name__ == "__main__":

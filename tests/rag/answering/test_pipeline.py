@@ -8,7 +8,7 @@ import pytest
 
 from rag.answering.attribution import attribute, clean_markers
 from rag.answering.pipeline import validate_question
-from rag.api import make_pipeline
+from rag.api import make_pipeline, open_retriever
 from rag.errors import GeneratorError, RagError
 from rag.generation.base import Generator
 from rag.generation.http import OpenAIGenerator
@@ -18,6 +18,15 @@ from rag.generation.http import OpenAIGenerator
 def pipe(course_index):
     s = course_index.model_copy(update={"max_new_tokens": 12, "top_k": 3})
     return make_pipeline(s)
+
+
+@pytest.fixture(scope="module")
+def quiet_pipe(course_index):
+    """The real pipeline and retriever with no language model: its generator is a server on a closed port, so
+    any call to the model fails the test. Declared small, as the bundled model is (condense by concatenation)."""
+    p = make_pipeline(course_index, generator=OpenAIGenerator("http://127.0.0.1:9/v1"))
+    p.small_model = True
+    return p
 
 
 class CountingGenerator(Generator):
@@ -62,11 +71,12 @@ def test_off_topic_question_abstains_without_calling_the_model(course_index, pip
     assert "do not" in ans.text and ans.sources and not any(s.cited for s in ans.sources)
 
 
-def test_attribution_picks_the_passage_a_sentence_was_copied_from(pipe):
-    hits = pipe.retriever.search("What does LoRA freeze?", k=5)
+def test_attribution_picks_the_passage_a_sentence_was_copied_from(course_index):
+    retriever = open_retriever(course_index)  # no language model: attribution is the embedder's work
+    hits = retriever.search("What does LoRA freeze?", k=5)
     target = next(i for i, h in enumerate(hits, start=1) if "LoRA" in h.chunk.text)
     copied = hits[target - 1].chunk.text.strip().split("\n")[0][:160]
-    supports = attribute(f"Here is what the course says. {copied}", hits, pipe.retriever.embedder)
+    supports = attribute(f"Here is what the course says. {copied}", hits, retriever.embedder)
     assert any(s.passage == target and s.score >= 0.8 for s in supports)
 
 
@@ -75,9 +85,9 @@ def test_markers_pointing_at_nothing_are_removed():
         "LoRA freezes weights [1]. Adapters are small [2]."
 
 
-def test_follow_up_is_condensed_with_history(pipe):
-    q = pipe.condense("and how does it compare to prompt tuning?",
-                      [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}])
+def test_follow_up_is_condensed_with_history(quiet_pipe):
+    q = quiet_pipe.condense("and how does it compare to prompt tuning?",
+                            [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}])
     assert "LoRA" in q and "prompt tuning" in q
 
 
@@ -88,7 +98,8 @@ def test_bad_questions_get_clear_messages(bad, msg):
         validate_question(bad)
 
 
-def test_prompt_drops_lowest_passages_to_fit(pipe):
+def test_prompt_drops_lowest_passages_to_fit(quiet_pipe):
+    pipe = quiet_pipe
     hits = pipe.retriever.search("What is LoRA?", k=5)
     saved = pipe.max_context_tokens
     try:
@@ -114,12 +125,12 @@ def test_server_down_error_names_the_url():
         gen.generate([{"role": "user", "content": "hi"}])
 
 
-def test_bm25_mode_abstains_too(course_index, pipe):
-    p = make_pipeline(course_index.model_copy(update={"mode": "bm25"}), retriever=pipe.retriever,
-                      generator=CountingGenerator(pipe.generator))
+def test_bm25_mode_abstains_too(course_index, quiet_pipe):
+    p = make_pipeline(course_index.model_copy(update={"mode": "bm25"}), retriever=quiet_pipe.retriever,
+                      generator=CountingGenerator(quiet_pipe.generator))
     assert p.ask("How do I bake sourdough bread at home?").abstained
 
 
-def test_self_contained_short_question_is_not_merged_with_history(pipe):
+def test_self_contained_short_question_is_not_merged_with_history(quiet_pipe):
     history = [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}]
-    assert pipe.condense("What is PEFT?", history) == "What is PEFT?"
+    assert quiet_pipe.condense("What is PEFT?", history) == "What is PEFT?"

@@ -189,12 +189,14 @@ def test_failure_in_the_generation_thread_reaches_the_caller(gen: LocalGenerator
     assert not _live_generation_threads()
 
 
+@pytest.mark.llm
 def test_prompt_longer_than_the_context_window_is_refused(gen: LocalGenerator) -> None:
     huge = [{"role": "user", "content": "token " * 9000}]
     with pytest.raises(GeneratorError, match="8192"):
         gen.generate(huge, GREEDY)
 
 
+@pytest.mark.llm
 def test_invalid_settings_are_refused(gen: LocalGenerator) -> None:
     with pytest.raises(GeneratorError, match="top_p"):
         gen.generate(QUESTION, GenerationParams(top_p=0))
@@ -210,7 +212,7 @@ def test_invalid_settings_are_refused(gen: LocalGenerator) -> None:
 def test_bfloat16_weights_still_answer(model_cache: Path) -> None:
     import torch
 
-    bf16 = LocalGenerator(model_cache, dtype="bfloat16")
+    bf16 = LocalGenerator(model_cache, dtype="bfloat16", cache_dir=model_cache.parent)
     assert bf16._loaded.model.dtype == torch.bfloat16
     assert bf16.generate(QUESTION, GenerationParams(max_new_tokens=4)).strip()
 
@@ -228,10 +230,11 @@ def test_apply_stop_handles_stop_strings_split_across_pieces() -> None:
 # --------------------------------------------------------------------------- factory
 
 
+@pytest.mark.slow  # converts the bundled GGUF (~15-50 s)
 def test_factory_picks_the_backend(model_cache: Path) -> None:
     bundled = get_generator("bundled", cache_dir=model_cache.parent)
     assert isinstance(bundled, LocalGenerator) and bundled.model_id == BUNDLED_MODEL_ID
-    folder = get_generator(str(model_cache))
+    folder = get_generator(str(model_cache), cache_dir=model_cache.parent)  # its decoder stays in the tmp cache
     assert isinstance(folder, LocalGenerator) and folder.model_dir == model_cache
     remote = get_generator("http://127.0.0.1:9/v1", model_name="qwen2.5:0.5b", api_key="k")
     assert isinstance(remote, OpenAIGenerator)

@@ -115,7 +115,8 @@ def _commands(spec: str, name: str | None) -> dict[str, Callable[[], Any]]:
     }
 
 
-CASES = ["bundled", " Bundled ", "gguf", "folder", "folder/", "raft-output", "http", "teacher", "Qwen2.5-Coder-0.5B",
+LOADING = ["bundled", " Bundled ", "gguf", "folder", "folder/", "raft-output"]  # these build a LocalGenerator
+CASES = [*(pytest.param(c, marks=pytest.mark.llm) for c in LOADING), "http", "teacher", "Qwen2.5-Coder-0.5B",
          "missing", "typo", "not-a-model"]
 
 
@@ -264,6 +265,7 @@ def test_backends_declare_what_they_can_do(bundled_folder: Path) -> None:
         remote.continuation_logprobs(messages, "", ["x"])
 
 
+@pytest.mark.llm  # LocalGenerator loads the model it is given
 def test_the_local_backend_takes_a_resolved_spec_but_not_a_server(bundled_folder: Path) -> None:
     spec = resolve_model(str(bundled_folder))
     assert isinstance(spec, ModelSpec)

@@ -1,0 +1,90 @@
+"""Reading a prompt through the transformers model, reusing the key/value cache of the last prompt it read.
+
+Why: a grounded answer (rag/answering/grounding.py, the default `rag ask`) reads the same ~1,400-token RAG
+prompt twice: once to score the quote candidates (`continuation_logprobs`) and once more, with the chosen
+quote appended, to write the short answer. The second read was a whole prefill again (3-4 s of a fresh
+`rag ask`'s ~17 s on the shared 2-core CPU); with the first prompt's cache kept, it reads only the quote and
+the answer cue (tens of tokens). llama.cpp and vLLM keep a prompt cache for the same reason.
+
+One cache per loaded model (LoadedModel.prompt_cache), used under the model's lock; it holds one prompt
+(about 65 MB for 1,400 tokens of SmolLM2-135M in fp32). The reused part is computed exactly as before, so
+only the split of the prompt into two matrix products changes: logits move by ~1e-5 (measured in
+tests/rag/generation/test_onnx.py), below anything a greedy argmax or a multiple-choice ranking notices.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+#: Shorter common prefixes are read again: reusing them would save less than copying the cache costs.
+MIN_REUSE_TOKENS = 64
+
+
+def cache_kwarg(model: Any) -> str:
+    """The forward argument that takes a KV cache: `cache` in transformers >= 5.x, else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a model output (`cache` in transformers >= 5.x, else `past_key_values`)."""
+    cache = out.get("cache")
+    return cache if cache is not None else out.past_key_values
+
+
+class PromptCache:
+    """The token ids and KV cache of the last prompt a model read; hands out copies of its longest prefix."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.layers: list[tuple[Any, Any]] = []
+
+    def clear(self) -> None:
+        """Forget the stored prompt (frees its memory)."""
+        self.ids, self.layers = [], []
+
+    def common_prefix(self, ids: list[int]) -> int:
+        """Tokens at the start of `ids` whose cache is stored; always leaves at least one token to read."""
+        n = 0
+        for a, b in zip(self.ids, ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        return n if n >= MIN_REUSE_TOKENS else 0
+
+    def store(self, ids: list[int], cache: Any) -> None:
+        """Keep a copy of `cache` (batch 1, covering exactly `ids`) for the next prompt."""
+        self.layers = [(layer.keys[:, :, : len(ids)].clone(), layer.values[:, :, : len(ids)].clone())
+                       for layer in cache.layers]
+        self.ids = list(ids)
+
+    def prefix_cache(self, n: int, config: Any) -> Any:
+        """A fresh DynamicCache holding copies of the first `n` stored positions."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in self.layers],
+                            config=config)
+
+
+def read_prompt(model: Any, prompt_cache: PromptCache | None, input_ids: Any, logits_to_keep: int = 1) -> Any:
+    """Run a batch-1 prompt through `model` and return its output (logits of the last position, cache).
+
+    :param model: a transformers causal LM (call inside `torch.inference_mode()` and the model's lock).
+    :param prompt_cache: the model's PromptCache (None: no reuse, nothing stored).
+    :param input_ids: LongTensor [1, n] (no padding).
+    :param logits_to_keep: positions at the end whose logits are computed (1: the next-token logits only).
+    :returns: the model output; `output_cache(out)` covers all n tokens; `out.logits` [1, logits_to_keep, V].
+    """
+    import torch
+
+    ids = input_ids[0].tolist()
+    reuse = prompt_cache.common_prefix(ids) if prompt_cache is not None else 0
+    kwargs: dict[str, Any] = {"use_cache": True, "logits_to_keep": logits_to_keep}
+    if reuse:
+        kwargs[cache_kwarg(model)] = prompt_cache.prefix_cache(reuse, model.config)
+        out = model(input_ids=input_ids[:, reuse:], attention_mask=torch.ones_like(input_ids), **kwargs)
+    else:
+        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+    if prompt_cache is not None:
+        prompt_cache.store(ids, output_cache(out))
+    return out

@@ -1,0 +1,323 @@
+"""The ONNX Runtime decoder (rag/generation/onnx.py) and the prompt cache (rag/generation/prefill.py), against
+the real bundled model, real ONNX decoders built by onnxruntime-genai's builder, and a real merged LoRA model
+(no mocks). Speed is measured by bench/generation.py, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from rag.errors import GeneratorError
+from rag.generation.base import GenerationCancelled, GenerationParams, cancel_scope
+from rag.generation.local import LocalGenerator
+from rag.generation.models import bundled_gguf_path, convert_gguf
+from rag.generation.onnx import (
+    DECODER_ENV,
+    build_onnx_decoder,
+    prune_stale_decoders,
+    resolve_decoder,
+)
+
+pytestmark = pytest.mark.llm
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Explain in a few sentences what a language model is."}],
+    [{"role": "system", "content": "Answer in one sentence."},
+     {"role": "user", "content": "Why does fine-tuning need labelled examples?"}],
+]
+GREEDY = GenerationParams(max_new_tokens=24, repetition_penalty=1.1)
+PASSAGE = ("LoRA (low-rank adaptation) freezes all the weights of the pre-trained model and trains two small "
+           "low-rank matrices whose product is added to the frozen weight matrix. Only the adapter is stored. ") * 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch (and so one ONNX Runtime) thread."""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh model cache: the GGUF conversion, then the ONNX decoders the tests build into it."""
+    root = tmp_path_factory.mktemp("models")
+    convert_gguf(bundled_gguf_path(), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ref(root: Path) -> LocalGenerator:
+    return LocalGenerator(cache_dir=root, decoder="transformers")
+
+
+@pytest.fixture(scope="module")
+def fp32(root: Path) -> LocalGenerator:
+    return LocalGenerator(cache_dir=root, decoder="fp32")
+
+
+@pytest.fixture(scope="module")
+def int8(root: Path) -> LocalGenerator:
+    return LocalGenerator(cache_dir=root, decoder="int8")
+
+
+def _live_generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rag-generate" and t.is_alive()]
+
+
+# --------------------------------------------------------------------------- choosing the decoder
+
+
+def test_decoder_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DECODER_ENV, raising=False)
+    assert resolve_decoder("auto") == resolve_decoder(None) == "fp32"
+    assert resolve_decoder("fp32") == "fp32"
+    monkeypatch.setenv(DECODER_ENV, "transformers")
+    assert resolve_decoder("auto") == "transformers"
+    assert resolve_decoder("int4") == "int4"  # an explicit choice beats the environment
+    monkeypatch.setenv(DECODER_ENV, "int3")
+    with pytest.raises(GeneratorError, match=r"unknown RAG_DECODER 'int3': choose auto, int4, int8, fp32, transformers"):
+        resolve_decoder("auto")
+    with pytest.raises(GeneratorError, match=r"unknown decoder 'fast'"):
+        resolve_decoder("fast")
+
+
+def test_transformers_decoder_is_plain_generate(ref: LocalGenerator) -> None:
+    assert ref.decoder == "transformers" and ref._decoder is None
+    assert ref._generate_fn(None) == ref._loaded.model.generate
+
+
+# --------------------------------------------------------------------------- the decoder cache
+
+
+def test_decoders_are_built_once_and_reused(root: Path, fp32: LocalGenerator) -> None:
+    folder = fp32._decoder.onnx_dir
+    assert folder.parent == root and (folder / "model.onnx").is_file()
+    manifest = json.loads((folder / "rag_decoder.json").read_text())
+    assert manifest["precision"] == "fp32" and manifest["data_bytes"] == (folder / "model.onnx.data").stat().st_size
+    before = (folder / "model.onnx.data").stat().st_mtime_ns
+    assert build_onnx_decoder(fp32.model_dir, "fp32", root) == folder
+    assert (folder / "model.onnx.data").stat().st_mtime_ns == before  # not rebuilt
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_a_damaged_decoder_is_rebuilt_and_every_build_says_so(root: Path, fp32: LocalGenerator, tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "cache"
+    orphan = _fake_decoder(other / "gone-onnx-int8-0", tmp_path / "deleted-run" / "merged", "int8", "0")
+    first = build_onnx_decoder(fp32.model_dir, "int4", other)
+    assert not orphan.exists()  # a build prunes the decoders of folders that are gone
+    said = capfd.readouterr().err
+    assert "rag: building the ONNX int4 decoder of" in said and "read 15/30 layers" in said
+    assert "rag: built the ONNX int4 decoder of" in said
+    assert build_onnx_decoder(fp32.model_dir, "int4", other) == first
+    assert "rag:" not in capfd.readouterr().err  # a cached decoder is reused silently
+    (first / "model.onnx.data").write_bytes(b"truncated")
+    again = build_onnx_decoder(fp32.model_dir, "int4", other)
+    assert again == first and (again / "model.onnx.data").stat().st_size > 1_000_000
+    assert "rag: building the ONNX int4 decoder of" in capfd.readouterr().err
+
+
+def _fake_decoder(folder: Path, model_dir: Path, precision: str, source: str) -> Path:
+    """A decoder folder as far as pruning can tell (its manifest)."""
+    folder.mkdir(parents=True)
+    (folder / "rag_decoder.json").write_text(json.dumps({"model_dir": str(model_dir), "precision": precision,
+                                                         "source": source}))
+    return folder
+
+
+def test_stale_decoders_are_pruned_and_current_ones_kept(fp32: LocalGenerator, tmp_path: Path) -> None:
+    current = fp32._decoder.onnx_dir.name.rsplit("-", 1)[1]  # the fingerprint of the model folder as it is
+    cache = tmp_path / "cache"
+    kept = _fake_decoder(cache / "m-onnx-fp32-cur", fp32.model_dir, "fp32", current)
+    changed = _fake_decoder(cache / "m-onnx-fp32-old", fp32.model_dir, "fp32", "old")  # before a retrain
+    gone = _fake_decoder(cache / "merged-onnx-fp32-x", tmp_path / "no-such-run" / "merged", "fp32", "x")
+    spared = _fake_decoder(cache / "merged-onnx-fp32-y", tmp_path / "no-such-run" / "merged", "fp32", "y")
+    unknown = cache / "notes-onnx-draft"
+    unknown.mkdir()  # no manifest: not ours
+    assert sorted(prune_stale_decoders(cache, keep=spared)) == sorted([changed, gone])
+    assert kept.is_dir() and spared.is_dir() and unknown.is_dir()
+    assert not changed.exists() and not gone.exists()
+
+
+def test_bad_build_requests_are_one_line_errors(fp32: LocalGenerator, tmp_path: Path) -> None:
+    with pytest.raises(GeneratorError, match=r"unknown ONNX decoder precision 'bf16'"):
+        build_onnx_decoder(fp32.model_dir, "bf16", tmp_path)
+    with pytest.raises(GeneratorError, match=r"cannot read .*config.json"):
+        build_onnx_decoder(tmp_path, "int8", tmp_path)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    with pytest.raises(GeneratorError, match=r"cannot create the model cache folder"):
+        build_onnx_decoder(fp32.model_dir, "int8", a_file)
+
+
+def test_a_model_the_builder_rejects_falls_back_to_transformers_unless_named(
+        fp32: LocalGenerator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A transformers folder of an architecture onnxruntime-genai's builder does not know (a tiny GPT-2)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-gpt2"
+    config = GPT2Config(vocab_size=len(fp32.tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    fp32.tokenizer.save_pretrained(folder)
+    cache = tmp_path / "cache"
+    monkeypatch.delenv(DECODER_ENV, raising=False)
+    fallback = LocalGenerator(folder, cache_dir=cache)
+    assert fallback.decoder == "transformers" and fallback._decoder is None
+    assert "answering with plain transformers instead" in capfd.readouterr().err
+    assert isinstance(fallback.generate(PROMPTS[0], GenerationParams(max_new_tokens=3)), str)
+    with pytest.raises(GeneratorError, match=r"cannot build the ONNX fp32 decoder of tiny-gpt2"):
+        LocalGenerator(folder, cache_dir=cache, decoder="fp32")
+    monkeypatch.setenv(DECODER_ENV, "int8")
+    with pytest.raises(GeneratorError, match=r"cannot build the ONNX int8 decoder of tiny-gpt2"):
+        LocalGenerator(folder, cache_dir=cache)
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+# --------------------------------------------------------------------------- same answers as transformers
+
+
+def test_fp32_decoder_writes_transformers_greedy_text(ref: LocalGenerator, fp32: LocalGenerator) -> None:
+    for messages in PROMPTS:
+        fp32._loaded.prompt_cache.clear()
+        assert fp32.generate(messages, GREEDY) == ref.generate(messages, GREEDY)
+
+
+def test_fp32_decoder_samples_like_transformers_with_a_seed(ref: LocalGenerator, fp32: LocalGenerator) -> None:
+    params = GenerationParams(max_new_tokens=16, temperature=0.8, top_p=0.9, top_k=40, seed=7)
+    assert fp32.generate(PROMPTS[1], params) == ref.generate(PROMPTS[1], params)
+
+
+def test_left_padded_batches_match_single_runs_and_transformers(ref: LocalGenerator, fp32: LocalGenerator,
+                                                                 int8: LocalGenerator) -> None:
+    batch = fp32.generate_batch(PROMPTS, GREEDY, batch_size=3)
+    assert batch == ref.generate_batch(PROMPTS, GREEDY, batch_size=3)
+    assert batch == [fp32.generate(m, GREEDY) for m in PROMPTS]
+    assert int8.generate_batch(PROMPTS, GREEDY, batch_size=3) == [int8.generate(m, GREEDY) for m in PROMPTS]
+
+
+def test_int8_starts_like_transformers(ref: LocalGenerator, int8: LocalGenerator) -> None:
+    """The first token comes from the fp32 prefill; the int8 decoder writes the rest."""
+    one = GenerationParams(max_new_tokens=1)
+    for messages in PROMPTS:
+        assert int8.generate(messages, one) == ref.generate(messages, one)
+        assert int8.generate(messages, GREEDY).strip()
+
+
+def test_streaming_and_stop_strings(int8: LocalGenerator) -> None:
+    params = GenerationParams(max_new_tokens=40, repetition_penalty=1.1)
+    pieces = list(int8.stream(PROMPTS[1], params))
+    whole = "".join(pieces)
+    assert len(pieces) > 3 and whole == int8.generate(PROMPTS[1], params)
+    stop = whole.split()[3]
+    cut = int8.generate(PROMPTS[1], GenerationParams(max_new_tokens=40, repetition_penalty=1.1, stop=[stop]))
+    assert stop not in cut and whole.startswith(cut)
+    answers = int8.generate_batch(PROMPTS[1:], GenerationParams(max_new_tokens=40, stop=["."]))
+    assert all("." not in a for a in answers)
+
+
+def test_leaving_a_stream_early_frees_the_model(int8: LocalGenerator) -> None:
+    stream = int8.stream(PROMPTS[1], GenerationParams(max_new_tokens=200))
+    next(iter(stream))
+    stream.close()
+    assert not _live_generation_threads()
+    assert int8._loaded.lock.acquire(timeout=5)
+    int8._loaded.lock.release()
+
+
+def test_a_cancelled_stream_ends_without_error(int8: LocalGenerator) -> None:
+    stream = int8.stream(PROMPTS[1], GenerationParams(max_new_tokens=200))
+    pieces = [next(iter(stream))]
+    stream.cancel()
+    pieces += list(stream)  # ends early, no exception
+    assert len(pieces) < 60
+
+
+def test_a_cancel_scope_stops_a_batch_between_decode_steps(int8: LocalGenerator,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rag serve` cancels a grounded answer's batch through cancel_scope: the ONNX steps must check it."""
+    event = threading.Event()
+    session = int8._decoder.session
+    real, steps = session.run_with_iobinding, []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        steps.append(1)
+        if len(steps) == 3:
+            event.set()  # as a server thread would when the client hangs up
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "run_with_iobinding", counted)
+    with cancel_scope(event), pytest.raises(GenerationCancelled):
+        int8.generate_batch(PROMPTS[1:], GenerationParams(max_new_tokens=200))  # both answer in > 10 tokens
+    assert len(steps) == 3  # checked before the 4th step
+    assert int8._loaded.lock.acquire(timeout=5)
+    int8._loaded.lock.release()
+
+
+# --------------------------------------------------------------------------- log-probabilities and the prompt cache
+
+
+def _plain_logprobs(gen: LocalGenerator, messages: list, prefix: str, continuation: str) -> float:
+    tok = gen.tokenizer
+    prompt = tok(gen._prompt_text(messages, prefix), add_special_tokens=False)["input_ids"]
+    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = gen._loaded.model(input_ids=torch.tensor([prompt + cont])).logits[0].float()
+    logp = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+    return float(logp.gather(-1, torch.tensor(cont)[:, None]).sum())
+
+
+def test_logprobs_equal_a_plain_forward_pass_with_and_without_the_prompt_cache(int8: LocalGenerator) -> None:
+    messages = [{"role": "user", "content": f"Passage: {PASSAGE}\nWhat does LoRA freeze?"}]
+    prefix = "The answer is in this sentence: "
+    conts = ["LoRA freezes all the weights of the pre-trained model.", "Only the adapter is stored."]
+    int8._loaded.prompt_cache.clear()
+    fresh = int8.continuation_logprobs(messages, prefix, conts)
+    assert int8._loaded.prompt_cache.ids  # the prompt was kept
+    reused_prefix = int8._loaded.prompt_cache.common_prefix(
+        int8.tokenizer(int8._prompt_text(messages, prefix + "x"), add_special_tokens=False)["input_ids"])
+    assert reused_prefix > 100
+    again = int8.continuation_logprobs(messages, prefix, conts)  # read through the cache this time
+    for (a, n), (b, m), cont in zip(fresh, again, conts):
+        assert n == m
+        assert a == pytest.approx(b, abs=1e-3)
+        assert a == pytest.approx(_plain_logprobs(int8, messages, prefix, cont), abs=1e-3)
+
+
+def test_an_answer_after_a_scored_prompt_reads_only_the_new_tokens(fp32: LocalGenerator) -> None:
+    """The grounded-answer flow: score quotes, then answer after the chosen one (prompt cache reused)."""
+    messages = [{"role": "user", "content": f"Passage: {PASSAGE}\nWhat does LoRA freeze?"}]
+    prefix = "The answer is in this sentence: "
+    quote = "LoRA freezes all the weights of the pre-trained model."
+    fp32._loaded.prompt_cache.clear()
+    cold = fp32.generate_batch([messages], GREEDY, prefixes=[prefix + quote + "\nShort answer:"])
+    fp32._loaded.prompt_cache.clear()
+    fp32.continuation_logprobs(messages, prefix, [quote])
+    warm = fp32.generate_batch([messages], GREEDY, prefixes=[prefix + quote + "\nShort answer:"])
+    assert warm == cold and warm[0].strip()
+
+
+# --------------------------------------------------------------------------- a model merged by `raft train`
+
+
+def test_a_merged_lora_model_gets_its_own_decoder(root: Path, fp32: LocalGenerator, tmp_path: Path) -> None:
+    """`raft train` writes merge_and_unload() + save_pretrained into OUT/merged; the same here, without training."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(fp32.model_dir, dtype=torch.float32, local_files_only=True)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    out = tmp_path / "run"
+    lora.merge_and_unload().save_pretrained(out / "merged", safe_serialization=True)
+    AutoTokenizer.from_pretrained(fp32.model_dir).save_pretrained(out / "merged")
+
+    tuned = LocalGenerator(out, cache_dir=root, decoder="fp32")
+    plain = LocalGenerator(out, cache_dir=root, decoder="transformers")
+    assert tuned._decoder.onnx_dir != fp32._decoder.onnx_dir and tuned._decoder.onnx_dir.parent == root
+    assert tuned.generate(PROMPTS[0], GREEDY) == plain.generate(PROMPTS[0], GREEDY)
