@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
 
 from rag.common.atomic import write_bytes_atomic
 from rag.errors import RagError
@@ -107,8 +107,19 @@ def compare(rows: Iterable[dict], models: list[str], settings: list[str], baseli
     return {"baseline": baseline, "metric": COMPARED_METRIC, "pairs": pairs}
 
 
-def bootstrap_info(resamples: int, seed: int) -> dict[str, Any]:
-    """What summary.json says about how its intervals were made."""
+class BootstrapInfo(TypedDict):
+    """summary.json's "bootstrap": how its intervals were made (a TypedDict: the JSON is unchanged)."""
+
+    method: str  # "percentile" (scipy.stats.bootstrap; Efron & Tibshirani 1993, ch. 13)
+    resamples: int  # bootstrap resamples per interval
+    confidence: float  # the intervals' level, a fraction (0.95)
+    seed: int  # seeds the resampling: the same data and seed give the same intervals
+    unit: str  # what is resampled: "question"
+    paired_metric: str  # the score of the paired comparison with the baseline ("f1")
+
+
+def bootstrap_info(resamples: int, seed: int) -> BootstrapInfo:
+    """What summary.json says about how its intervals were made (see `BootstrapInfo` for each key)."""
     return {"method": METHOD, "resamples": resamples, "confidence": DEFAULT_CONFIDENCE, "seed": seed,
             "unit": "question", "paired_metric": COMPARED_METRIC}
 
@@ -201,5 +212,5 @@ def write_chart(summary: dict[str, Any], path: Path) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-__all__ = ["SETTING_LABELS", "INTERVAL_METRICS", "summarize", "check_baseline", "compare", "bootstrap_info",
-           "format_markdown", "write_chart"]
+__all__ = ["SETTING_LABELS", "INTERVAL_METRICS", "summarize", "check_baseline", "compare", "BootstrapInfo",
+           "bootstrap_info", "format_markdown", "write_chart"]

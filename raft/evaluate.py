@@ -36,7 +36,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, TypedDict
 
 from raft.eval_report import (
     bootstrap_info,
@@ -217,10 +217,36 @@ def extract_final(prediction: str) -> tuple[str, bool]:
     return (_STOP_TAIL.sub("", lines[-1]).strip() if lines else ""), False
 
 
-def check_quotes(prediction: str, docs: list[str]) -> dict[str, Any]:
-    """Quotes of `prediction` checked against the documents shown: counts and whether all are valid (None: no quote)."""
+# The scores below are fields of each results.jsonl line; TypedDicts change nothing at runtime (the file stays
+# byte-identical, which the resume of a report folder relies on).
+QuoteStatus = Literal["exact", "snapped", "fabricated"]
+
+
+class QuoteCheck(TypedDict):
+    """The quotes (##begin_quote##...##end_quote##) of one answer, checked against the documents shown."""
+
+    n_quotes: int  # quotes in the answer
+    n_valid_quotes: int  # of those, found exact or snapped in a document shown
+    quote_statuses: list[QuoteStatus]  # one per quote, in order (raft.synth.answers.check_quote)
+    quotes_valid: bool | None  # all quotes valid; None when the answer quotes nothing (and always closed book)
+
+
+class PredictionScore(QuoteCheck):
+    """The scores of one answer against the gold final answer (plus its `QuoteCheck` keys)."""
+
+    final: str  # the final answer extracted by `extract_final`
+    compliant: bool  # the answer ends with a non-empty `<ANSWER>:` line
+    em: float  # exact match after SQuAD normalisation: 0.0 or 1.0
+    f1: float  # token F1 after the same normalisation, in [0, 1]
+
+
+def check_quotes(prediction: str, docs: list[str]) -> QuoteCheck:
+    """Quotes of `prediction` checked against the documents shown: counts and whether all are valid (None: no quote).
+
+    A quote is "exact" or "snapped" when raft.synth.answers.check_quote finds it in one of `docs`, else "fabricated".
+    """
     quotes = QUOTE.findall(prediction or "")
-    statuses = []
+    statuses: list[QuoteStatus] = []
     for q in quotes:
         found = [check_quote(q, d).status for d in docs]
         statuses.append("exact" if "exact" in found else "snapped" if "snapped" in found else "fabricated")
@@ -229,8 +255,14 @@ def check_quotes(prediction: str, docs: list[str]) -> dict[str, Any]:
             "quotes_valid": (valid == len(quotes)) if quotes else None}
 
 
-def score_prediction(prediction: str, gold: str, docs: list[str], setting: str = "oracle") -> dict[str, Any]:
-    """Scores of one answer: final answer, compliance, EM, token F1, quote checks (quotes_valid None closed book)."""
+def score_prediction(prediction: str, gold: str, docs: list[str], setting: str = "oracle") -> PredictionScore:
+    """Scores of one answer: final answer, compliance, EM, token F1, quote checks (quotes_valid None closed book).
+
+    :param prediction: the model's whole reply.
+    :param gold: the record's `final_answer`.
+    :param docs: the document texts shown with the question (empty closed book).
+    :param setting: one of SETTINGS; "closed" sets quotes_valid to None.
+    """
     final, compliant = extract_final(prediction)
     quotes = check_quotes(prediction, docs)
     if setting == "closed":
@@ -435,4 +467,5 @@ def _answer(records: list[dict], rows: list[dict], *, models: list[str], report:
 
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "load_questions", "setting_documents", "retrieve_documents", "extract_final",
-           "check_quotes", "score_prediction", "parse_list", "model_fingerprint", "run_eval"]
+           "QuoteCheck", "PredictionScore", "check_quotes", "score_prediction", "parse_list", "model_fingerprint",
+           "run_eval"]

@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from raft.records import STATS, derive_rng
 from raft.synth.answers import AnswerWriter
@@ -163,8 +163,67 @@ class ChunkProcessor:
         return results
 
 
-def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    """The report of the whole output folder (all runs that built it)."""
+# stats.json's shape. TypedDicts change nothing at runtime: stats.json stays byte-identical. Rates are fractions.
+class DocumentCounts(TypedDict):
+    """stats.json "documents": documents the samples show against those asked for (see `document_counts`)."""
+
+    per_sample: int  # documents asked for per sample: --distractors + 1
+    short_samples: int  # samples showing fewer
+    missing: int  # documents missing, summed over the short samples
+    no_documents_dropped: int  # samples rejected because they would show none (reason no_documents)
+
+
+class ThisRun(TypedDict):
+    """stats.json "this_run": the last `raft generate` call only (the rest of stats.json covers the folder)."""
+
+    chunks: int  # chunks this call worked on (the others were done before)
+    samples: int  # samples it added to dataset.jsonl
+    seconds: float  # its wall-clock time, 0.1 s resolution
+    samples_per_minute: float
+    resumed: bool  # it continued an earlier run's folder
+    dropped_unfinished: int  # samples of unfinished chunks dropped on resume (those chunks are redone)
+    damaged_lines_moved: dict[str, int]  # file name -> damaged lines moved aside
+    repairs: list[str]  # one note per repaired file
+    limit: int | None  # --limit (chunks), None for all
+    workers: int
+    batch_size: int
+    engine: str  # "local" or "ray"
+    failed_chunks: list[str]  # ids (16 hex digits) of the chunks the teacher failed on
+
+
+class RunInfo(TypedDict):
+    """What `run` adds to the folder's stats (compute_stats's `extra`)."""
+
+    generator_model: str  # the teacher's model id
+    seed: int
+    chunks_selected: int  # chunks chosen for the dataset, too-short ones included
+    this_run: ThisRun
+
+
+class GenerateStats(RunInfo):
+    """stats.json of a `raft generate` output folder (all runs that built it); counts are of dataset.jsonl."""
+
+    samples: int
+    chunks_done: int  # chunks with a progress.jsonl line
+    chunks_with_questions_asked: int
+    questions: int  # questions the teacher wrote
+    questions_per_chunk: float
+    answers_attempted: int
+    kept_fraction: float  # samples / answers_attempted
+    oracle_fraction: float | None  # share of samples that show the oracle (aim: --p); None without samples
+    p: float
+    distractors: int
+    distractor_strategy: str
+    rejections: dict[str, int]  # reason (question_*, answer_*, sample_*, chunk_*) -> count, sorted by reason
+    quotes: dict[str, int]  # total, exact, snapped, fabricated: the teacher's quotes by check status
+    quote_verification_rate: float | None  # (exact + snapped) / total; None without quotes
+    tokens_per_sample: float | None  # teacher tokens of instruction + CoT answer (len/4 without a tokenizer)
+    documents: DocumentCounts
+    warnings: list[str]  # from `document_warnings`
+
+
+def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: RunInfo) -> GenerateStats:
+    """The report of the whole output folder (all runs that built it); see `GenerateStats` for each key."""
     samples = writer.samples()
     progress = writer.progress
     rejected: Counter = Counter()
@@ -203,7 +262,7 @@ def compute_stats(writer: DatasetWriter, config: RaftConfig, extra: dict[str, An
     }
 
 
-def document_counts(samples: list[dict], wanted: int, dropped: int) -> dict[str, Any]:
+def document_counts(samples: list[dict], wanted: int, dropped: int) -> DocumentCounts:
     """How many documents the samples show against the `wanted` = distractors + 1 asked for.
 
     Counted from the samples on disk (not the per-chunk counts), so the numbers describe the dataset itself.
@@ -212,14 +271,14 @@ def document_counts(samples: list[dict], wanted: int, dropped: int) -> dict[str,
     :param wanted: documents asked for per sample.
     :param dropped: samples rejected because they would have shown no document (`sample_no_documents`).
     :returns: {"per_sample": wanted, "short_samples": samples with fewer, "missing": documents missing in all,
-        "no_documents_dropped": dropped}.
+        "no_documents_dropped": dropped} (`DocumentCounts`).
     """
     shown = [len(s["context"]["sentences"]) for s in samples]
     return {"per_sample": wanted, "short_samples": sum(k < wanted for k in shown),
             "missing": sum(max(0, wanted - k) for k in shown), "no_documents_dropped": dropped}
 
 
-def document_warnings(documents: dict[str, Any], n: int) -> list[str]:
+def document_warnings(documents: DocumentCounts, n: int) -> list[str]:
     """One line per document shortfall in `documents` (from `document_counts`); empty when there is none."""
     out = []
     if documents["short_samples"]:
@@ -233,7 +292,8 @@ def document_warnings(documents: dict[str, Any], n: int) -> list[str]:
     return out
 
 
-def format_stats(stats: dict[str, Any]) -> str:
+def format_stats(stats: GenerateStats) -> str:
+    """The stats as the one summary line `raft generate` prints."""
     rej = ", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"
     rate = stats["quote_verification_rate"]
     return (f"{stats['samples']} samples from {stats['chunks_done']} chunks "
@@ -246,7 +306,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=None, index_first: bool = True,
-        on_chunk: Callable[[ChunkResult], None] | None = None, engine=None) -> dict[str, Any]:
+        on_chunk: Callable[[ChunkResult], None] | None = None, engine=None) -> GenerateStats:
     """Generate (or resume) a RAFT dataset in `out_dir` from the course files in `folder`; return the stats.
 
     `generator` overrides the configured backend (tests, or an already loaded model); `on_chunk` is called

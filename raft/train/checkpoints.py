@@ -7,7 +7,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from raft.train.config import CHECKPOINTS, KEEP_CHECKPOINTS
 from rag.common.atomic import fsync_dir, fsync_path, write_json_atomic
@@ -63,13 +63,24 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
-    """Restore LoRA weights and optimizer state from a checkpoint folder; return its state.json."""
+class CheckpointState(TypedDict):
+    """A checkpoint's state.json (a TypedDict: the file is written and read as plain JSON, unchanged)."""
+
+    seconds: float  # training wall-clock time up to this checkpoint, summed over resumed runs
+    step: int  # optimizer steps done (the folder's step-N)
+    param_groups: list[dict[str, Any]]  # AdamW's param_groups (torch Optimizer.state_dict()), lr etc.
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any) -> CheckpointState:
+    """Restore LoRA weights and optimizer state from a checkpoint folder; return its state.json.
+
+    :raises RagError: when a file of the checkpoint is missing or damaged (saying to delete it or use --no-resume).
+    """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state: CheckpointState = json.loads((path / "state.json").read_text(encoding="utf-8"))
         set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
         opt_state: dict[int, dict[str, Any]] = {}
         for key, value in load_file(str(path / "optimizer.safetensors")).items():

@@ -19,7 +19,8 @@ answers (raft/synth/answers.py) call `quote_candidates` and `pick_quote` from he
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,9 @@ RETRIEVER_WEIGHT = 0.5
 #: Candidates the model scores: the retriever's best sentences (one batch over the shared prompt cache;
 #: all ~40-60 sentences of five passages took 20-60 s on the shared 2-core machine, 8 take a few seconds).
 MAX_SCORED = 8
+#: A sentence found in at least this many passages of the index is boilerplate (a "Refer: <course URL>" line
+#: under every quiz item, a slide footer, a copyright line): it supports no particular answer.
+BOILERPLATE_MIN_PASSAGES = 3
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9*])")
 _LINE_MARKER = re.compile(r"^(?:#{1,6}|[-*+•>]|\d{1,3}[.)]|\*\*\d{1,3}\.\*\*)\s+")
@@ -59,12 +63,13 @@ def _lines(text: str) -> list[str]:
     return out
 
 
-def quote_candidates(text: str, max_candidates: int = MAX_CANDIDATES) -> list[str]:
+def quote_candidates(text: str, max_candidates: int = MAX_CANDIDATES, exclude: Collection[str] = ()) -> list[str]:
     """The sentences and list items of `text` worth quoting, in order, whitespace collapsed, markdown
     line markers stripped, headings skipped, at least 3 words and MIN_QUOTE_CHARS characters.
 
     :param text: a passage (markdown or plain text).
     :param max_candidates: keep at most this many (the longest, in their original order).
+    :param exclude: sentences never to offer (`boilerplate_sentences` of the index).
     :returns: candidate quotes; each is in `text` up to whitespace (`find_span` locates it).
     """
     out: list[str] = []
@@ -73,12 +78,26 @@ def quote_candidates(text: str, max_candidates: int = MAX_CANDIDATES) -> list[st
             continue  # headings are titles, not statements
         for piece in _SENTENCE.split(_LINE_MARKER.sub("", line)):
             cand = " ".join(piece.split()).strip()
-            if len(cand) >= MIN_QUOTE_CHARS and len(cand.split()) >= 3 and cand not in out:
+            if len(cand) >= MIN_QUOTE_CHARS and len(cand.split()) >= 3 and cand not in out and cand not in exclude:
                 out.append(cand)
-    if len(out) > max_candidates:
+    if max_candidates and len(out) > max_candidates:
         keep = set(sorted(out, key=len, reverse=True)[:max_candidates])
         out = [t for t in out if t in keep]
     return out
+
+
+def boilerplate_sentences(passages: Iterable[str], min_passages: int = BOILERPLATE_MIN_PASSAGES) -> frozenset[str]:
+    """The quote candidates that recur in at least `min_passages` distinct passages: lines a course repeats
+    (a reference under every quiz item, a footer) that would otherwise win a quote by matching any question.
+
+    :param passages: every passage text of an index (about 1 ms per 100 passages).
+    :param min_passages: how many passages a sentence must be in to count as boilerplate.
+    :returns: the sentences, whitespace-collapsed as `quote_candidates` returns them.
+    """
+    counts: Counter[str] = Counter()
+    for text in passages:
+        counts.update(set(quote_candidates(text, max_candidates=0)))
+    return frozenset(c for c, n in counts.items() if n >= min_passages)
 
 
 def find_span(text: str, quote: str) -> tuple[int, int] | None:
@@ -150,10 +169,11 @@ def verify_quote(quote: Quote, passage_text: str) -> bool:
 
 def score_candidates(generator: Generator, messages: Messages, question: str, passages: Sequence[str],
                      embedder: Any, *, use_model: bool = True, max_scored: int = MAX_SCORED,
-                     ) -> tuple[list[tuple[int, str, int, int]], np.ndarray | None, np.ndarray]:
+                     exclude: Collection[str] = ()) -> tuple[list[tuple[int, str, int, int]], np.ndarray | None, np.ndarray]:
     """The candidate sentences of `passages` and their two scores, before combining.
 
     :param use_model: also score with the model (needs `generator.supports_logprobs`).
+    :param exclude: sentences never to offer (`boilerplate_sentences`).
     :param max_scored: the model scores only the retriever's `max_scored` best sentences (0 = all).
     :returns: (candidates as (passage number, exact passage text, start, end), the model's mean token
         log-probability per candidate or None, the retriever's cosine per candidate).
@@ -161,7 +181,7 @@ def score_candidates(generator: Generator, messages: Messages, question: str, pa
     """
     cands: list[tuple[int, str, int, int]] = []
     for n, text in enumerate(passages, start=1):
-        for c in quote_candidates(text):
+        for c in quote_candidates(text, exclude=exclude):
             span = find_span(text, c)
             if span:
                 cands.append((n, text[span[0]:span[1]], span[0], span[1]))
@@ -181,7 +201,7 @@ def score_candidates(generator: Generator, messages: Messages, question: str, pa
 
 def choose_quote(generator: Generator, messages: Messages, question: str, passages: Sequence[str],
                  embedder: Any, *, weight: float = RETRIEVER_WEIGHT, use_model: bool | None = None,
-                 max_scored: int = MAX_SCORED) -> Quote | None:
+                 max_scored: int = MAX_SCORED, exclude: Collection[str] = ()) -> Quote | None:
     """The best supporting sentence among the sentences of `passages`, by model and retriever together.
 
     :param generator: the chat model; its `score_continuations` is used when it `supports_logprobs`.
@@ -192,13 +212,14 @@ def choose_quote(generator: Generator, messages: Messages, question: str, passag
     :param weight: retriever share in `combine` (1.0 = retriever only, 0.0 = model only).
     :param use_model: score with the model (default: when it supports log-probabilities and weight < 1).
     :param max_scored: the model scores only the retriever's `max_scored` best sentences (0 = all).
+    :param exclude: sentences never to choose (`boilerplate_sentences` of the index).
     :returns: the chosen Quote (exact substring of its passage, with span), or None without candidates.
     :raises GeneratorError: when the model fails while scoring.
     """
     if use_model is None:
         use_model = bool(generator.supports_logprobs) and weight < 1.0
     cands, model, retr = score_candidates(generator, messages, question, passages, embedder,
-                                          use_model=use_model, max_scored=max_scored)
+                                          use_model=use_model, max_scored=max_scored, exclude=exclude)
     if not cands:
         return None
     total = combine(model, retr, weight if model is not None else 1.0)

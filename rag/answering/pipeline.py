@@ -247,7 +247,7 @@ class Response:
         t0 = time.perf_counter()
         texts = [h.chunk.text for h in self.used_hits]
         quote = grounding.choose_quote(p.generator, self.messages, self.question, texts, p.retriever.embedder,
-                                       weight=p.retriever_weight)
+                                       weight=p.retriever_weight, exclude=p.boilerplate())
         self.timings["quote"] = time.perf_counter() - t0
         if quote is None or not grounding.verify_quote(quote, texts[quote.passage - 1]):
             self.notes.append("no sentence of the passages could be quoted; answering freely")
@@ -365,6 +365,7 @@ class RagPipeline:
     small_model: bool | None = field(default=None, kw_only=True)
     answer_mode: str = field(default="auto", kw_only=True)
     retriever_weight: float = field(default=grounding.RETRIEVER_WEIGHT, kw_only=True)
+    _boilerplate: tuple[Any, frozenset[str]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ANSWER_MODES:
@@ -372,6 +373,15 @@ class RagPipeline:
         self.params = self.params or GenerationParams()
         if self.small_model is None:
             self.small_model = self.generator.small_model  # declared by the backend
+
+    def boilerplate(self) -> frozenset[str]:
+        """Sentences the course repeats across passages (grounding.boilerplate_sentences), never quoted;
+        computed once per index generation (the retriever's passages of a new one are a new object)."""
+        groups = self.retriever.passages()
+        cached = self._boilerplate
+        if cached is None or cached[0] is not groups:
+            cached = self._boilerplate = (groups, grounding.boilerplate_sentences(g.text for g in groups.passages))
+        return cached[1]
 
     def resolve_answer_mode(self, answer_mode: str | None = None) -> str:
         """"grounded" or "free" for one answer: the given mode, else the pipeline's; "auto" is grounded

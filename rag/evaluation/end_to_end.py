@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TypedDict
 
 from rag.common.atomic import write_json_atomic, write_text_atomic
 from rag.errors import RagError
@@ -86,7 +86,7 @@ def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget
 
 
 def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retriever, generator: Any | None,
-                 *, source: str | None = None, progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 *, source: str | None = None, progress: bool = True) -> tuple[FlatRunSummary, list[dict[str, Any]]]:
     """Evaluate retrieval, multiple choice and free answers on `questions`; returns (summary, per-question rows).
 
     Retrieval looks RETRIEVAL_DEPTH deep whatever settings.top_k; settings.top_k passages go to the model.
@@ -130,43 +130,117 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
                              **answer_scores(answer.text, q["answer"], answer.abstained)}
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-    summary = summarize(rows, n_mc=n_mc, mc_scored=can_mc)
-    summary.update({"questions": source, "mode": mode, "k": k, "retrieval_depth": RETRIEVAL_DEPTH,
-                    "model": generator.model_id if generator is not None else None,
-                    "max_new_tokens": settings.max_new_tokens, "mc_normalisation": "logprob per UTF-8 byte",
-                    "notes": notes, "seconds": round(time.perf_counter() - started, 1)})
+    summary: RunSummary = {**summarize(rows, n_mc=n_mc, mc_scored=can_mc),
+                           "questions": source, "mode": mode, "k": k, "retrieval_depth": RETRIEVAL_DEPTH,
+                           "model": generator.model_id if generator is not None else None,
+                           "max_new_tokens": settings.max_new_tokens, "mc_normalisation": "logprob per UTF-8 byte",
+                           "notes": notes, "seconds": round(time.perf_counter() - started, 1)}
     return with_flat_keys(summary), rows
 
 
-def summarize(rows: list[dict[str, Any]], *, n_mc: int | None = None, mc_scored: bool = True) -> dict[str, Any]:
-    """Metrics from per-question rows; a metric the questions cannot support is None (null in JSON)."""
+# --------------------------------------------------------------------------- the summary (summary.json)
+# TypedDicts describe the JSON and change nothing at runtime: summary.json stays byte-identical.
+# Every rate below is a fraction in [0, 1]; a metric the questions cannot support is None (null in JSON).
+
+RetrievalSummary = TypedDict("RetrievalSummary", {  # functional form: the keys hold "@"
+    "n": int,  # questions with evidence quotes (the only ones retrieval is scored on)
+    "recall@1": float | None, "recall@5": float | None, "recall@10": float | None,  # share with evidence in top k
+    "mrr@10": float | None,  # mean of 1/rank of the first passage with evidence (0 when not in the top 10)
+})
+
+
+class McSummary(TypedDict):
+    """Multiple choice: `n` questions with options; accuracies are None when the model gives no log-probabilities."""
+
+    n: int
+    accuracy_closed_book: float | None  # share right without passages
+    accuracy_rag: float | None  # share right with the top-k passages
+
+
+class AnswerSummary(TypedDict):
+    """Free answers through the RAG pipeline: `n` questions with a gold answer; an abstention scores 0."""
+
+    n: int
+    exact_match: float | None  # mean exact match (SQuAD normalisation) over all n
+    f1: float | None  # mean token F1 over all n
+    f1_answered: float | None  # mean token F1 over the answered ones only
+    answered: int
+    n_abstained: int
+    abstention_rate: float | None  # n_abstained / n
+
+
+class EvalSummary(TypedDict):
+    """What `summarize` returns: the question count and one block per section."""
+
+    n: int  # questions in the file
+    retrieval: RetrievalSummary
+    mc: McSummary
+    answer: AnswerSummary
+    abstained: float | None  # the same as answer.abstention_rate
+
+
+class RunSummary(EvalSummary):
+    """The summary of a `rag eval` run: the metrics plus how they were made."""
+
+    questions: str | None  # the question file
+    mode: str  # retrieval mode: dense, bm25 or hybrid
+    k: int  # passages given to the model
+    retrieval_depth: int  # passages deep retrieval is scored (RETRIEVAL_DEPTH)
+    model: str | None  # model id; None without a model
+    max_new_tokens: int
+    mc_normalisation: str
+    notes: list[str]  # what could not be scored, and why
+    seconds: float  # wall-clock time of the run, 0.1 s resolution
+
+
+FlatMetrics = TypedDict("FlatMetrics", {  # "section.metric" copies of the nested metrics (with_flat_keys)
+    "retrieval.n": int, "retrieval.recall@1": float | None, "retrieval.recall@5": float | None,
+    "retrieval.recall@10": float | None, "retrieval.mrr@10": float | None,
+    "mc.n": int, "mc.accuracy_closed_book": float | None, "mc.accuracy_rag": float | None,
+    "answer.n": int, "answer.exact_match": float | None, "answer.f1": float | None,
+    "answer.f1_answered": float | None, "answer.answered": int, "answer.n_abstained": int,
+    "answer.abstention_rate": float | None,
+})
+
+
+class FlatRunSummary(RunSummary, FlatMetrics):
+    """summary.json: the run summary with both the nested and the flat "section.metric" keys."""
+
+
+def summarize(rows: list[dict[str, Any]], *, n_mc: int | None = None, mc_scored: bool = True) -> EvalSummary:
+    """Metrics from per-question rows (see `EvalSummary` for each key and its unit).
+
+    :param rows: the per-question rows of `evaluate_rag` (results.jsonl).
+    :param n_mc: questions with options, counted even when they could not be scored (default: scored rows).
+    :param mc_scored: False when the model gives no log-probabilities: the accuracies are then None.
+    """
     ranks = [r["retrieval"]["rank"] for r in rows if "retrieval" in r]
-    retrieval: dict[str, Any] = {"n": len(ranks), "recall@1": None, "recall@5": None, "recall@10": None, "mrr@10": None}
+    retrieval: RetrievalSummary = {"n": len(ranks), "recall@1": None, "recall@5": None, "recall@10": None, "mrr@10": None}
     if ranks:
-        retrieval.update(score_ranks(ranks, (1, 5, 10)).to_dict())
+        retrieval.update(score_ranks(ranks, (1, 5, 10)).to_dict())  # type: ignore[typeddict-item]
 
     mc_rows = [r["mc"] for r in rows if "mc" in r]
-    mc = {"n": n_mc if n_mc is not None else len(mc_rows),
+    mc: McSummary = {"n": n_mc if n_mc is not None else len(mc_rows),
           "accuracy_closed_book": _mean([float(m["closed_book"]["right"]) for m in mc_rows]) if mc_scored else None,
           "accuracy_rag": _mean([float(m["rag"]["right"]) for m in mc_rows]) if mc_scored else None}
 
     answers = [r["answer"] for r in rows if "answer" in r]
     answered = [a for a in answers if not a["abstained"]]
     n_abstained = len(answers) - len(answered)
-    answer = {"n": len(answers), "exact_match": _mean([a["exact_match"] for a in answers]),
+    answer: AnswerSummary = {"n": len(answers), "exact_match": _mean([a["exact_match"] for a in answers]),
               "f1": _mean([a["f1"] for a in answers]), "f1_answered": _mean([a["f1"] for a in answered]),
               "answered": len(answered), "n_abstained": n_abstained,
               "abstention_rate": n_abstained / len(answers) if answers else None}
     return {"n": len(rows), "retrieval": retrieval, "mc": mc, "answer": answer, "abstained": answer["abstention_rate"]}
 
 
-def with_flat_keys(summary: dict[str, Any]) -> dict[str, Any]:
+def with_flat_keys(summary: RunSummary) -> FlatRunSummary:
     """Add "section.metric" top-level copies of the nested section metrics, so both readings work."""
-    flat = dict(summary)
+    flat: dict[str, Any] = dict(summary)
     for section in SECTIONS:
         for key, value in summary.get(section, {}).items():
             flat[f"{section}.{key}"] = value
-    return flat
+    return flat  # type: ignore[return-value]  # the keys of FlatMetrics, built from SECTIONS
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -21,10 +21,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from rag.common.atomic import fsync_dir, write_text_atomic
 from rag.config import folder_problem
@@ -46,44 +47,66 @@ def utc_now() -> str:
 REBUILD = "rebuild it with `rag index --rebuild`"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+# manifest.json's shape. One set of TypedDicts both types the manifest in code and is the schema
+# `validate_manifest` checks with pydantic (strict: no coercion); they change nothing at runtime, so
+# manifest.json is written and read byte-for-byte as before. (typing_extensions' TypedDict: pydantic
+# needs it before Python 3.12.)
+class ManifestEmbedding(TypedDict):
+    """The "embedding" block: the model the vectors come from (also normalized, dtype, max_tokens, vector_dtype)."""
+
+    model_id: str  # e.g. "sentence-transformers/all-MiniLM-L6-v2"
+    dim: Annotated[int, Field(gt=0)]  # vector length
 
 
-class _Embedding(_Strict):
-    model_id: str
-    dim: int = Field(gt=0)
+class ManifestFaiss(TypedDict):
+    """The "faiss" block: the index kind, "flat", "hnsw" or "ivf" (also its metric and ids)."""
 
-
-class _Faiss(_Strict):
     type: str
 
 
-class _FileEntry(_Strict):
-    sha256: str
-    chunks: int = Field(ge=0)
+class ManifestFile(TypedDict):
+    """One entry of "files" (keyed by the file's path relative to the corpus)."""
+
+    sha256: str  # hex digest of the file's bytes
+    chunks: Annotated[int, Field(ge=0)]  # its chunks in the index
 
 
-class _Counts(_Strict):
-    files: int = Field(ge=0)
-    chunks: int = Field(ge=0)
+class ManifestCounts(TypedDict):
+    """The "counts" block: totals over the generation; `files` must equal len(manifest["files"])."""
+
+    files: Annotated[int, Field(ge=0)]
+    chunks: Annotated[int, Field(ge=0)]  # = lines of chunks.jsonl = rows of vectors.npy
 
 
-class _Manifest(_Strict):
-    format_version: int
-    embedding: _Embedding
-    chunker: dict[str, Any]
-    faiss: _Faiss
-    files: dict[str, _FileEntry]
-    counts: _Counts
+class ManifestCore(TypedDict):
+    """The fields every reader of manifest.json relies on: what `validate_manifest` checks."""
+
+    format_version: int  # FORMAT_VERSION
+    embedding: ManifestEmbedding
+    chunker: dict[str, Any]  # the chunker's params(): a change re-chunks every file
+    faiss: ManifestFaiss
+    files: dict[str, ManifestFile]
+    counts: ManifestCounts
 
 
-def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
+class Manifest(ManifestCore, total=False):
+    """A generation's manifest.json (rag.index.build writes every key; only `ManifestCore`'s are checked)."""
+
+    bm25: dict[str, str]  # library, stemmer, stopwords
+    corpus_root: str  # the indexed folder, absolute
+    created: str  # ISO 8601 UTC, to the second: the first build of this index
+    updated: str  # ISO 8601 UTC, to the second: this generation
+
+
+_MANIFEST_SCHEMA = TypeAdapter(ManifestCore)
+
+
+def validate_manifest(manifest: Any, where: Path) -> Manifest:
     """Check a parsed manifest.json: a JSON object of this format version with every field the code reads.
 
     :param manifest: what json.loads returned.
     :param where: the generation folder, for messages.
-    :returns: `manifest`, unchanged.
+    :returns: `manifest`, unchanged (keys beyond `ManifestCore` are kept, not checked).
     :raises RagError: one line naming the first bad field (or another format version) and saying to rebuild.
     """
     if not isinstance(manifest, dict):
@@ -93,14 +116,14 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
         raise RagError(f"index at {where} has format {manifest.get('format_version')}, "
                        f"this version reads {FORMAT_VERSION}: {REBUILD}")
     try:
-        checked = _Manifest.model_validate(manifest)
+        checked = _MANIFEST_SCHEMA.validate_python(manifest, strict=True)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise RagError(f"index at {where} is damaged: manifest.json field {field!r}: {err['msg']}; {REBUILD}") from None
-    if checked.counts.files != len(checked.files):
-        raise RagError(f"index at {where} is damaged: manifest.json counts {checked.counts.files} files but lists "
-                       f"{len(checked.files)}; {REBUILD}")
+    if checked["counts"]["files"] != len(checked["files"]):
+        raise RagError(f"index at {where} is damaged: manifest.json counts {checked['counts']['files']} files but "
+                       f"lists {len(checked['files'])}; {REBUILD}")
     return manifest
 
 
@@ -141,7 +164,7 @@ class VectorIndex:
     vectors: np.ndarray
     faiss: Any
     bm25: BM25Index
-    manifest: dict[str, Any]
+    manifest: Manifest
     path: Path | None = None
     pos_by_id: dict[int, int] = field(init=False, repr=False)  # chunk id -> row
 
@@ -252,7 +275,7 @@ def _faiss_ids_match(fidx: Any, chunks: list[Chunk]) -> bool:
     return set(faiss.vector_to_array(id_map).tolist()) == {c.id for c in chunks}
 
 
-def check_embedder(manifest: dict[str, Any], embedder: Embedder, index_dir: Path) -> None:
+def check_embedder(manifest: Manifest, embedder: Embedder, index_dir: Path) -> None:
     """Raise IndexMismatch when the index's vectors come from another model than `embedder`."""
     built = manifest.get("embedding", {})
     if built.get("model_id") != embedder.model_id or int(built.get("dim", -1)) != embedder.dim:

@@ -51,6 +51,23 @@ def test_quote_candidates_and_spans_are_the_passage_own_words():
     assert grounding.find_span(text, "not in the passage at all") is None
 
 
+def test_sentences_repeated_across_passages_are_never_quoted(embedder):
+    refer = "Refer: Generative AI course by Example Academy, week one."
+    passages = [f"Question {i}: what does topic {i} mean?\n\n{refer}" for i in range(3)] + [
+        "LoRA freezes the weights of the pre-trained model and trains two small matrices."]
+    boiler = grounding.boilerplate_sentences(passages)
+    assert boiler == {refer}  # in 3 passages; each question is in one
+    assert refer not in grounding.quote_candidates(passages[0], exclude=boiler)
+    assert grounding.boilerplate_sentences(passages, min_passages=4) == frozenset()
+    # the retriever alone would pick the reference line for a question about the course's weeks
+    question = "Which course and week does this refer to?"
+    free = grounding.choose_quote(None, [], question, passages[:1], embedder, weight=1.0, use_model=False)
+    assert free is not None and free.text == refer
+    kept = grounding.choose_quote(None, [], question, passages[:1], embedder, weight=1.0, use_model=False,
+                                  exclude=boiler)
+    assert kept is not None and kept.text.startswith("Question 0")
+
+
 def test_combine_weights_the_retriever_against_the_model():
     model, retr = [-1.0, -3.0], [0.1, 0.9]
     assert grounding.combine(model, retr, 0.0).argmax() == 0
