@@ -404,7 +404,7 @@ class RayEngine:
         size = pool_size(self.cluster, self.workers, self.cpus_per_worker, 0, n_batches)
         rows = [{"i": i, "path": str(Path(p).resolve()), "source": s} for i, (p, s) in enumerate(jobs)]
         ds = ray.data.from_items(rows, override_num_blocks=n_batches).map_batches(
-            ChunkWorker, batch_size=self.files_per_batch, batch_format="numpy", num_cpus=self.cpus_per_worker_per_worker,
+            ChunkWorker, batch_size=self.files_per_batch, batch_format="numpy", num_cpus=self.cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=size),
             fn_constructor_kwargs={"embed": embedder_spec(embedder), "chunker": chunker_spec(chunker),
                                    "params": chunker.params()})
@@ -444,9 +444,10 @@ class RayEngine:
         rows = [{"pos": j, "text": t} for j, t in enumerate(texts)]
         remote: dict[str, Any] = {"num_gpus": self.gpus_per_worker} if self.gpus_per_worker > 0 else {}
         ds = ray.data.from_items(rows, override_num_blocks=n_batches).map_batches(
-            EmbedWorker, batch_size=batch, batch_format="numpy", num_cpus=self.cpus_per_worker_per_worker,
+            EmbedWorker, batch_size=batch, batch_format="numpy", num_cpus=self.cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=size),
-            fn_constructor_kwargs={"embed": embedder_spec(embedder), "threads": self.cpus_per_worker, "gpus": self.gpus_per_worker},
+            fn_constructor_kwargs={"embed": embedder_spec(embedder), "threads": self.cpus_per_worker,
+                                   "gpus": self.gpus_per_worker},
             **remote)
         seen = np.zeros(len(texts), dtype=bool)
         work: list[dict[str, np.ndarray]] = []
