@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz
@@ -262,7 +263,9 @@ class AnswerWriter:
     """
 
     def __init__(self, generator, params, small: bool | None = None, require_quote: bool = True,
-                 mode: str = "auto", answer_tokens: int = 64) -> None:
+                 mode: str = "auto", answer_tokens: int = 64, exclude: Collection[str] = ()) -> None:
+        """:param exclude: sentences a guided answer never quotes (`boilerplate_sentences` of the index)."""
+        self.exclude = frozenset(exclude)
         self.generator = generator
         self.params = params
         self.small = is_small_model(generator) if small is None else small
@@ -300,7 +303,7 @@ class AnswerWriter:
         for question, oracle in items:
             msgs = answer_messages(question, oracle, small=True)
             reason = GUIDED_REASON.format(question=" ".join(question.split()))
-            cands = quote_candidates(oracle)
+            cands = quote_candidates(oracle, exclude=self.exclude)
             head = reason
             if cands:
                 best = cands[pick_quote(self.generator, msgs, reason + BEGIN_QUOTE, cands)]

@@ -20,10 +20,13 @@ from raft.synth.answers import AnswerWriter
 from raft.synth.distractors import STRATEGIES, DistractorSampler
 from raft.synth.questions import QuestionGenerator
 from raft.synth.samples import DatasetWriter, SampleBuilder, make_record
+from rag.answering.grounding import boilerplate_sentences
 from rag.common.atomic import write_json_atomic
 from rag.errors import GeneratorError, RagError
 
-FORMAT = 1
+#: Version of what a run writes, in run.json (a run of another format is not resumed by this code).
+#: 2: guided answers never quote a sentence the course repeats in 3+ chunks (grounding.boilerplate_sentences).
+FORMAT = 2
 
 
 @dataclass
@@ -106,7 +109,8 @@ class ChunkProcessor:
         self.generator = generator
         self.config = config
         self.questions = QuestionGenerator(generator, config.questions, params)
-        self.answers = AnswerWriter(generator, params, require_quote=config.require_quote, mode=config.answer_mode)
+        self.answers = AnswerWriter(generator, params, require_quote=config.require_quote, mode=config.answer_mode,
+                                    exclude=boilerplate_sentences(c.text for c in index.chunks))
         self.builder = SampleBuilder(index, DistractorSampler(index, config.strategy), config.distractors, config.p)
 
     def _tokens(self, text: str) -> int:

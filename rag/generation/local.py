@@ -238,6 +238,12 @@ class LocalGenerator(Generator):
                 out[i] = "".join(apply_stop([text], params.stop))
         return out
 
+    def clear_prompt_cache(self) -> None:
+        """Forget the last prompt's key/value cache (rag/generation/prefill.py), e.g. so a benchmark times a
+        prompt read from scratch; the next call reads its whole prompt again."""
+        with self._loaded.lock:
+            self._loaded.prompt_cache.clear()
+
     def continuation_logprobs(self, messages: Messages, prefix: str, continuations: list[str],
                               first_tokens: int | None = None) -> list[tuple[float, int]]:
         """(summed log-probability, token count) of each continuation after the chat prompt + `prefix`.

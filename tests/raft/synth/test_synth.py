@@ -411,6 +411,11 @@ def test_guided_answers_quote_the_oracle_with_the_real_model():
         assert r.ok == bool(r.final_answer) and r.cot_answer.startswith("##Reason: The answer to")
     assert any(r.ok for r in results)
     assert "freezes all the weights" in results[0].quotes[0].text  # the sentence that answers it
+    # a sentence the course repeats everywhere (here: declared so) is never the quote
+    best = " ".join(results[0].quotes[0].text.split())
+    again = answers.AnswerWriter(gen, GenerationParams(max_new_tokens=24), exclude={best})
+    quote = again.many([("What does LoRA freeze?", ORACLE)])[0].quotes[0].text
+    assert " ".join(quote.split()) != best and " ".join(quote.split()) in answers.quote_candidates(ORACLE)
 
 
 def test_quote_candidates_are_sentences_and_items_of_the_oracle():
