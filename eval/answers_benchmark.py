@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                     mc = _score_mc(gen, q, hits, s.top_k, budget)
                     row["mc_closed"], row["mc_rag"] = mc["closed_book"]["right"], mc["rag"]["right"]
                 for mode in args.modes.split(","):
-                    if hasattr(gen, "clear_prompt_cache"):
-                        gen.clear_prompt_cache()  # time each answer from a cold prompt, not the last mode's cache
+                    gen.clear_prompt_cache()  # time each answer from a cold prompt, not the last mode's cache
                     t0 = time.perf_counter()
                     resp = pipe.ask(q["question"], answer_mode=mode)
                     first = None

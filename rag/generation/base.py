@@ -145,6 +145,10 @@ class Generator(ABC):
         raise GeneratorError(f"{self!r} gives no token log-probabilities: scoring continuations needs an "
                              "in-process model (bundled, teacher, a model folder or a .gguf file)")
 
+    def clear_prompt_cache(self) -> None:
+        """Forget any key/value cache kept from the last prompt, so the next call reads its prompt from scratch
+        (a benchmark timing cold answers). Backends that keep none do nothing."""
+
     def score_continuations(self, messages: Messages, prefix: str, continuations: list[str],
                             first_tokens: int | None = None) -> list[float]:
         """Mean log-probability per token of each continuation after the chat prompt + `prefix`.
