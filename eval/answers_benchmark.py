@@ -69,9 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict = {"id": q["id"]}
                 hits = retriever.search(q["question"], k=s.top_k, mode=s.mode)
                 if "options" in q:
-                    mc = _score_mc(gen, q, hits, s.top_k, budget)
+                    mc = _score_mc(gen, q, hits, s.top_k, budget, embedder, pipe.boilerplate())
                     row["mc_closed"], row["mc_rag"] = mc["closed_book"]["right"], mc["rag"]["right"]
-                for mode in args.modes.split(","):
+                    row["mc_rag_plain"] = mc["rag_plain"]["right"]
+                    row["mc_scores"] = {k: [o["per_byte"] for o in mc[k]["options"]] for k in ("closed_book", "rag_plain")}
+                    row["mc_scores"]["support"] = mc["rag"]["support"]
+                    row["mc_correct"] = mc["correct"]
+                for mode in [m for m in args.modes.split(",") if m]:
                     gen.clear_prompt_cache()  # time each answer from a cold prompt, not the last mode's cache
                     t0 = time.perf_counter()
                     resp = pipe.ask(q["question"], answer_mode=mode)
@@ -119,8 +123,9 @@ def _mean(xs: list) -> float | None:
 def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
     """Means over the questions: MC accuracy, and per mode EM/F1/quote validity/evidence/TTFT/total."""
     out = {"n": len(rows), "mc_closed": _mean([r.get("mc_closed") for r in rows]),
-           "mc_rag": _mean([r.get("mc_rag") for r in rows])}
-    for mode in args.modes.split(","):
+           "mc_rag": _mean([r.get("mc_rag") for r in rows]),
+           "mc_rag_plain": _mean([r.get("mc_rag_plain") for r in rows])}
+    for mode in [m for m in args.modes.split(",") if m]:
         rs = [r[mode] for r in rows if mode in r]
         out[mode] = {k: _mean([x.get(k) for x in rs]) for k in
                      ("em", "f1", "f1_with_quote", "quote_valid", "quote_evidence", "ttft", "total")}
@@ -130,24 +135,41 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
     return out
 
 
+def choice_accuracy(rows: list[dict], weight: float) -> float | None:
+    """Multiple-choice accuracy with passages when the options' support and the model's scores are combined
+    at `weight` (rag.answering.choices; 1.0 = support alone, 0.0 = the model's scores alone)."""
+    from rag.answering.grounding import combine
+    from rag.evaluation.end_to_end import mc_correct
+
+    right = [mc_correct(list(combine(r["mc_scores"]["rag_plain"] if weight < 1.0 else None,
+                                     r["mc_scores"]["support"], weight)), r["mc_correct"])
+             for r in rows if "mc_scores" in r]
+    return _mean(right)
+
+
 def table(report: dict) -> str:
     """The README table (markdown)."""
     def f(v: float | None, d: int = 3) -> str:
         return "–" if v is None else f"{v:.{d}f}"
 
-    lines = [("| model | mode | MC closed | MC with passages | EM | F1 | F1 (quote+answer) | quote valid | "
-              "quote holds evidence | TTFT s | total s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| model | mode | MC closed | MC with passages, model | MC with passages, grounded choice | EM | F1 | F1 (quote+answer) | "
+              "quote valid | quote holds evidence | TTFT s | total s |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sweep = []
     for name, m in report["models"].items():
         s = m["summary"]
         for mode, v in s.items():
             if not isinstance(v, dict):
                 continue
-            lines.append(f"| {name} | {mode} | {f(s['mc_closed'])} | {f(s['mc_rag'])} | {f(v['em'])} | {f(v['f1'])} | "
+            lines.append(f"| {name} | {mode} | {f(s['mc_closed'])} | {f(s.get('mc_rag_plain'))} | {f(s['mc_rag'])} | "
+                         f"{f(v['em'])} | {f(v['f1'])} | "
                          f"{f(v['f1_with_quote'])} | {f(v['quote_valid'])} | {f(v['quote_evidence'])} | "
                          f"{f(v['ttft'], 1)} | {f(v['total'], 1)} |")
             if v.get("sweep"):
                 sweep.append(f"| {name} | " + " | ".join(f(x) for x in v["sweep"].values()) + " |")
+    lines += ["", "Multiple choice with passages by the support's weight in the choice (rag.answering.choices):", "",
+              "| model | " + " | ".join(f"w={w}" for w in WEIGHTS) + " |", "|---|" + "---|" * len(WEIGHTS)]
+    for name, m in report["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f(choice_accuracy(m["rows"], w)) for w in WEIGHTS) + " |")
     if sweep:
         lines += ["", "Quote holds the evidence, by retriever weight in the quote choice:", "",
                   "| model | " + " | ".join(f"w={w}" for w in WEIGHTS) + " |",

@@ -79,7 +79,8 @@ def make_pipeline(settings: Settings, retriever: Retriever | None = None, genera
                        abstain_threshold=settings.abstain_threshold,
                        abstain_coverage=settings.abstain_coverage,
                        max_context_tokens=settings.max_context_tokens, condense_mode=settings.condense,
-                       answer_mode=settings.answer_mode, retriever_weight=settings.quote_retriever_weight)
+                       answer_mode=settings.answer_mode, retriever_weight=settings.quote_retriever_weight,
+                       choice_retriever_weight=settings.choice_retriever_weight)
 
 
 def search(query: str, settings: Settings, k: int | None = None, mode: str | None = None) -> list[Hit]:

@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     # for in-process models, free for HTTP ones
     answer_mode: Literal["auto", "grounded", "free"] = "auto"
     quote_retriever_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # retriever's share in the quote choice
+    # the options' support in the passages against the model's scores, for a question that lists options
+    choice_retriever_weight: float = Field(default=1.0, ge=0.0, le=1.0)
 
     # access (README, "Serving" and "Running the app for a class")
     admin_secret: SecretStr | None = None  # unlocks adding/removing documents in the app; unset: nobody can

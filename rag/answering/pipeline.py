@@ -28,7 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rag.answering import grounding, prompts
+from rag.answering import choices, grounding, prompts
+from rag.answering.answer import Answer, Source, make_source
 from rag.answering.attribution import Support, attribute, clean_markers
 from rag.errors import RagError
 from rag.generation.base import GenerationParams, Generator, cancel_scope
@@ -42,51 +43,6 @@ SHORT_ANSWER_TOKENS = 48  # the grounded mode's answer after the quote is one sh
 INSTRUCTION_ROLES = ("system", "developer")  # the caller's instructions, added to the RAG system prompt
 _FOLLOW_UP = re.compile(r"^\s*(and|also|but|so|what about|how about)\b|\b(it|its|they|them|their|this|that|these|those|"
                         r"he|she|the same|the other|the former|the latter)\b", re.IGNORECASE)
-
-
-@dataclass
-class Source:
-    """A passage the answer used: where it is, how well it matched, and the words that support the answer."""
-
-    n: int
-    chunk_id: int
-    source: str
-    section: str
-    score: float
-    snippet: str
-    text: str
-    cited: bool = True
-    quote: grounding.Quote | None = None  # the verified supporting sentence, when it comes from this passage
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form; `cited` marks a supporting passage, `quote` (text, start, end: character offsets in
-        the passage) the sentence quoted in the answer."""
-        return {"n": self.n, "chunk_id": self.chunk_id, "source": self.source, "section": self.section,
-                "score": round(self.score, 4), "snippet": self.snippet, "cited": self.cited,
-                "quote": self.quote.to_dict() if self.quote else None}
-
-
-@dataclass
-class Answer:
-    question: str
-    query: str
-    text: str
-    abstained: bool
-    sources: list[Source]
-    hits: list[Hit]
-    supports: list[Support] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    answer_mode: str = "free"
-    quote: grounding.Quote | None = None
-    short_answer: str = ""  # the answer without the quote (grounded mode); the whole text in free mode
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form: question, answer, short_answer, answer_mode, quote, abstained, sources, timings, notes."""
-        return {"question": self.question, "query": self.query, "answer": self.text, "short_answer": self.short_answer,
-                "answer_mode": self.answer_mode, "quote": self.quote.to_dict() if self.quote else None,
-                "abstained": self.abstained, "sources": [s.to_dict() for s in self.sources],
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "notes": self.notes}
 
 
 def validate_question(question: Any) -> str:
@@ -139,6 +95,7 @@ class Response:
         self.pipeline = pipeline
         self.answer_mode = pipeline.resolve_answer_mode(answer_mode)
         self.quote: grounding.Quote | None = None
+        self.choice: dict[str, Any] | None = None  # set when the question lists options (choices.py)
         self.short_answer = ""
         self.question = validate_question(question)
         self.params = params or pipeline.params
@@ -246,9 +203,24 @@ class Response:
         p = self.pipeline
         t0 = time.perf_counter()
         texts = [h.chunk.text for h in self.used_hits]
-        quote = grounding.choose_quote(p.generator, self.messages, self.question, texts, p.retriever.embedder,
+        choice = choices.parse_choice(self.question)
+        about = self.question
+        if choice is not None:  # a pasted quiz item: pick an option first, then quote what supports it
+            picked = choices.pick_option(p.generator, self.messages, choice.options, texts, p.retriever.embedder,
+                                         p.choice_retriever_weight, p.boilerplate())
+            self.choice = {"label": choice.labels[picked.index], "option": choice.options[picked.index],
+                           **picked.to_dict()}
+            about = f"{choice.stem} {choice.options[picked.index]}"
+            self.timings["choice"] = time.perf_counter() - t0
+        quote = grounding.choose_quote(p.generator, self.messages, about, texts, p.retriever.embedder,
                                        weight=p.retriever_weight, exclude=p.boilerplate())
         self.timings["quote"] = time.perf_counter() - t0
+        if (quote is None or not grounding.verify_quote(quote, texts[quote.passage - 1])) and self.choice:
+            self.short_answer = f"{self.choice['label']}. {self.choice['option']}"
+            self._pieces.append(self.short_answer)
+            self._done = True
+            yield self.short_answer
+            return
         if quote is None or not grounding.verify_quote(quote, texts[quote.passage - 1]):
             self.notes.append("no sentence of the passages could be quoted; answering freely")
             self.answer_mode = "free"
@@ -264,7 +236,9 @@ class Response:
         if self._cancelled:
             self._done = True
             return
-        if "prefixes" in inspect.signature(p.generator.generate_batch).parameters:
+        if self.choice is not None:  # the chosen option is the short answer: nothing left to generate
+            short = f"{self.choice['label']}. {self.choice['option']}"
+        elif "prefixes" in inspect.signature(p.generator.generate_batch).parameters:
             # the quote prefilled in the assistant's turn, RAFT style; one short line, so not streamed
             prefix = grounding.answer_prefix(self.question, quote.text)
             short = p.generator.generate_batch([self.messages], params, prefixes=[prefix])[0]
@@ -301,7 +275,7 @@ class Response:
         raw = self.text()
         p = self.pipeline
         if self.abstained:
-            sources = [_source(i, h, h.snippet[:200], cited=False) for i, h in enumerate(self.hits, start=1)]
+            sources = [make_source(i, h, h.snippet[:200], cited=False) for i, h in enumerate(self.hits, start=1)]
             self._answer = Answer(self.question, self.query, raw, True, sources, self.hits,
                                   timings=self.timings, notes=self.notes, answer_mode=self.answer_mode)
             return self._answer
@@ -317,22 +291,18 @@ class Response:
         cited, rest = [], []
         for n, h in enumerate(hits, start=1):  # every passage the model was given, the supporting ones first
             if quote is not None and n == quote.passage:
-                cited.insert(0, _source(n, h, quote.text, quote=quote))
+                cited.insert(0, make_source(n, h, quote.text, quote=quote))
             elif n in by_passage:
-                cited.append(_source(n, h, max(by_passage[n], key=lambda s: s.score).snippet))
+                cited.append(make_source(n, h, max(by_passage[n], key=lambda s: s.score).snippet))
             else:
-                rest.append(_source(n, h, h.snippet[:200], cited=False))
+                rest.append(make_source(n, h, h.snippet[:200], cited=False))
         if not cited:
             self.notes.append("no answer sentence could be matched to a passage; showing the passages retrieved")
         short = self.short_answer if self.answer_mode == "grounded" else text
         self._answer = Answer(self.question, self.query, text, False, cited + rest, self.hits, supports,
-                              self.timings, self.notes, self.answer_mode, quote, short)
+                              self.timings, self.notes, self.answer_mode, quote, short, self.choice)
         return self._answer
 
-
-def _source(n: int, hit: Hit, snippet: str, cited: bool = True, quote: grounding.Quote | None = None) -> Source:
-    return Source(n, hit.chunk.id, hit.chunk.source, hit.chunk.section, hit.scores.get("dense", hit.score),
-                  snippet, hit.chunk.text, cited, quote)
 
 
 @dataclass(eq=False)
@@ -350,6 +320,8 @@ class RagPipeline:
     :param small_model: None = the generator's declaration.
     :param answer_mode: one of ANSWER_MODES.
     :param retriever_weight: the grounded mode's weight of the retriever in choosing the quote.
+    :param choice_retriever_weight: the grounded mode's weight of the options' support in the passages against
+        the model's scores, when a question lists options (rag.answering.choices).
     :raises RagError: an unknown answer mode.
     """
 
@@ -365,6 +337,7 @@ class RagPipeline:
     small_model: bool | None = field(default=None, kw_only=True)
     answer_mode: str = field(default="auto", kw_only=True)
     retriever_weight: float = field(default=grounding.RETRIEVER_WEIGHT, kw_only=True)
+    choice_retriever_weight: float = field(default=choices.RETRIEVER_WEIGHT, kw_only=True)
     _boilerplate: tuple[Any, frozenset[str]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -70,18 +70,31 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget: int) -> dict[str, Any]:
+def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget: int, embedder: Any,
+              exclude: frozenset[str] = frozenset(), weight: float | None = None) -> dict[str, Any]:
+    """One multiple-choice question scored three ways: the model closed book, the model with the passages
+    (`rag_plain`), and the product's grounded choice (`rag`, as rag.answering.choices.pick_option makes it:
+    the options' support in the passages, `exclude` never counted, and at `weight` < 1 the model's scores
+    with the passages; default weight choices.RETRIEVER_WEIGHT)."""
+    from rag.answering.choices import RETRIEVER_WEIGHT, option_support
+    from rag.answering.grounding import combine
     from rag.evaluation.loglik import option_scores
 
+    weight = RETRIEVER_WEIGHT if weight is None else weight
     options, correct = q["options"], q["correct"]
     out: dict[str, Any] = {"correct": correct}
     used, rag_msgs = fit_mc_messages(generator, q["question"], options, hits[:k], budget)
-    for name, messages in (("closed_book", mc_messages(q["question"], options)), ("rag", rag_msgs)):
+    for name, messages in (("closed_book", mc_messages(q["question"], options)), ("rag_plain", rag_msgs)):
         scored = option_scores(generator, messages, options)
         norm = [s.per_byte for s in scored]
         out[name] = {"right": mc_correct(norm, correct), "predicted": mc_predicted(norm, len(correct)),
                      "options": [s.to_dict() for s in scored]}
-    out["rag"]["passages"] = len(used)
+    support = option_support(options, [h.chunk.text for h in used], embedder, exclude)
+    model = [o["per_byte"] for o in out["rag_plain"]["options"]] if weight < 1.0 else None
+    scores = [float(x) for x in combine(model, support, weight)]
+    out["rag"] = {"right": mc_correct(scores, correct), "predicted": mc_predicted(scores, len(correct)),
+                  "weight": weight, "support": [round(x, 5) for x in support], "scores": [round(x, 5) for x in scores]}
+    out["rag"]["passages"] = out["rag_plain"]["passages"] = len(used)
     return out
 
 
@@ -112,6 +125,7 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
                      "(use a local model folder or the bundled model)")
     pipeline = make_pipeline(settings, retriever=retriever, generator=generator) if generator is not None else None
     budget = min(generator.context_window, settings.max_context_tokens) if generator is not None else 0
+    boilerplate = pipeline.boilerplate() if pipeline is not None and n_mc else frozenset()
 
     rows: list[dict[str, Any]] = []
     for q in progress_bar(questions, total=len(questions), desc="rag eval", unit="question", enabled=progress):
@@ -123,7 +137,7 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
             row["retrieval"] = {"rank": rank,
                                 "top": [{"source": h.chunk.source, "section": h.chunk.section} for h in hits[:3]]}
         if "options" in q and can_mc:
-            row["mc"] = _score_mc(generator, q, hits, k, budget)
+            row["mc"] = _score_mc(generator, q, hits, k, budget, retriever.embedder, boilerplate)
         if "answer" in q and pipeline is not None:
             answer = pipeline.ask(q["question"]).answer()
             row["answer"] = {"gold": q["answer"], "prediction": answer.text, "abstained": answer.abstained,
@@ -154,7 +168,8 @@ class McSummary(TypedDict):
 
     n: int
     accuracy_closed_book: float | None  # share right without passages
-    accuracy_rag: float | None  # share right with the top-k passages
+    accuracy_rag: float | None  # share right with the top-k passages: the grounded choice (rag.answering.choices)
+    accuracy_rag_plain: float | None  # share right with the passages, options scored without the contrast
 
 
 class AnswerSummary(TypedDict):
@@ -197,6 +212,7 @@ FlatMetrics = TypedDict("FlatMetrics", {  # "section.metric" copies of the neste
     "retrieval.n": int, "retrieval.recall@1": float | None, "retrieval.recall@5": float | None,
     "retrieval.recall@10": float | None, "retrieval.mrr@10": float | None,
     "mc.n": int, "mc.accuracy_closed_book": float | None, "mc.accuracy_rag": float | None,
+    "mc.accuracy_rag_plain": float | None,
     "answer.n": int, "answer.exact_match": float | None, "answer.f1": float | None,
     "answer.f1_answered": float | None, "answer.answered": int, "answer.n_abstained": int,
     "answer.abstention_rate": float | None,
@@ -222,7 +238,9 @@ def summarize(rows: list[dict[str, Any]], *, n_mc: int | None = None, mc_scored:
     mc_rows = [r["mc"] for r in rows if "mc" in r]
     mc: McSummary = {"n": n_mc if n_mc is not None else len(mc_rows),
           "accuracy_closed_book": _mean([float(m["closed_book"]["right"]) for m in mc_rows]) if mc_scored else None,
-          "accuracy_rag": _mean([float(m["rag"]["right"]) for m in mc_rows]) if mc_scored else None}
+          "accuracy_rag": _mean([float(m["rag"]["right"]) for m in mc_rows]) if mc_scored else None,
+          "accuracy_rag_plain": _mean([float(m["rag_plain"]["right"]) for m in mc_rows if "rag_plain" in m])
+          if mc_scored else None}
 
     answers = [r["answer"] for r in rows if "answer" in r]
     answered = [a for a in answers if not a["abstained"]]
@@ -258,8 +276,9 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"| {_fmt(r['recall@1'])} | {_fmt(r['recall@5'])} | {_fmt(r['recall@10'])} | {_fmt(r['mrr@10'])} |", "",
              f"## Multiple choice (n {m['n']}: options ranked by log-likelihood per byte; right = every correct "
              "option above every wrong one)", "",
-             f"| closed book | RAG (top {summary['k']} passages) |", "|---|---|",
-             f"| {_fmt(m['accuracy_closed_book'])} | {_fmt(m['accuracy_rag'])} |", "",
+             f"| closed book | RAG (top {summary['k']} passages, grounded choice) | RAG, the model's scores |", "|---|---|---|",
+             f"| {_fmt(m['accuracy_closed_book'])} | {_fmt(m['accuracy_rag'])} | {_fmt(m.get('accuracy_rag_plain'))} |",
+             "",
              f"## Free answers (n {a['n']}: the RAG pipeline; an abstention scores 0)", "",
              "| exact match | F1 | F1 answered only | abstained |", "|---|---|---|---|",
              f"| {_fmt(a['exact_match'])} | {_fmt(a['f1'])} | {_fmt(a['f1_answered'])} | "

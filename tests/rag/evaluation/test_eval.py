@@ -92,7 +92,12 @@ def test_whole_pipeline_scores_on_a_tiny_index(tiny, retriever, generator):
 
     mc = by_id["mc"]["mc"]
     assert mc["closed_book"]["predicted"] == [0] and mc["rag"]["predicted"] == [0] and mc["rag"]["passages"] == 2
-    assert summary["mc"] == {"n": 1, "accuracy_closed_book": 1.0, "accuracy_rag": 1.0}
+    assert mc["rag_plain"]["predicted"] == [0]
+    # the reported RAG score is CAD's contrast of the two passes' per-byte scores (rag.answering.choices)
+    plain = [o["per_byte"] for o in mc["rag_plain"]["options"]]
+    closed = [o["per_byte"] for o in mc["closed_book"]["options"]]
+    assert mc["rag"]["scores"] == pytest.approx([2 * p - c for p, c in zip(plain, closed)], abs=1e-4)
+    assert summary["mc"] == {"n": 1, "accuracy_closed_book": 1.0, "accuracy_rag": 1.0, "accuracy_rag_plain": 1.0}
 
     on, off = by_id["on"]["answer"], by_id["off"]["answer"]
     assert off["abstained"] and off["f1"] == 0.0 and off["exact_match"] == 0.0
@@ -158,7 +163,7 @@ def test_http_backend_leaves_multiple_choice_null(tiny, retriever):
 
     http = OpenAIGenerator("http://127.0.0.1:9/v1")  # never contacted: no question needs an answer
     summary, rows = evaluate_rag([MC], tiny, retriever, http, progress=False)
-    assert summary["mc"] == {"n": 1, "accuracy_closed_book": None, "accuracy_rag": None}
+    assert summary["mc"] == {"n": 1, "accuracy_closed_book": None, "accuracy_rag": None, "accuracy_rag_plain": None}
     assert "log-probabilities" in summary["notes"][0] and "mc" not in rows[0]
 
 

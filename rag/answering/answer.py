@@ -1,0 +1,63 @@
+"""What `RagPipeline` returns: the Answer and its Sources (every passage given to the model, supporting ones
+first), with the JSON form that the CLI's `--json`, the server and the app all use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rag.answering import grounding
+from rag.answering.attribution import Support
+from rag.retrieval.retriever import Hit
+
+
+@dataclass
+class Source:
+    """A passage the answer used: where it is, how well it matched, and the words that support the answer."""
+
+    n: int
+    chunk_id: int
+    source: str
+    section: str
+    score: float
+    snippet: str
+    text: str
+    cited: bool = True
+    quote: grounding.Quote | None = None  # the verified supporting sentence, when it comes from this passage
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; `cited` marks a supporting passage, `quote` (text, start, end: character offsets in
+        the passage) the sentence quoted in the answer."""
+        return {"n": self.n, "chunk_id": self.chunk_id, "source": self.source, "section": self.section,
+                "score": round(self.score, 4), "snippet": self.snippet, "cited": self.cited,
+                "quote": self.quote.to_dict() if self.quote else None}
+
+
+@dataclass
+class Answer:
+    question: str
+    query: str
+    text: str
+    abstained: bool
+    sources: list[Source]
+    hits: list[Hit]
+    supports: list[Support] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    answer_mode: str = "free"
+    quote: grounding.Quote | None = None
+    short_answer: str = ""  # the answer without the quote (grounded mode); the whole text in free mode
+    choice: dict[str, Any] | None = None  # a multiple-choice question: label, option, index, scores (choices.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: question, answer, short_answer, answer_mode, quote, choice, abstained, sources, timings, notes."""
+        return {"question": self.question, "query": self.query, "answer": self.text, "short_answer": self.short_answer,
+                "answer_mode": self.answer_mode, "quote": self.quote.to_dict() if self.quote else None,
+                "choice": self.choice, "abstained": self.abstained, "sources": [s.to_dict() for s in self.sources],
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "notes": self.notes}
+
+
+def make_source(n: int, hit: Hit, snippet: str, cited: bool = True, quote: grounding.Quote | None = None) -> Source:
+    """The Source of passage `n` (1-based, as numbered in the prompt) showing `snippet`."""
+    return Source(n, hit.chunk.id, hit.chunk.source, hit.chunk.section, hit.scores.get("dense", hit.score),
+                  snippet, hit.chunk.text, cited, quote)
