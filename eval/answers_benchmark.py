@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "answers_benchmark")
+    ap.add_argument("--with-options", action="store_true",
+                    help="ask multiple-choice questions as a student pasting the quiz item: stem, then lettered options")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in [m for m in args.modes.split(",") if m]:
                     gen.clear_prompt_cache()  # time each answer from a cold prompt, not the last mode's cache
                     t0 = time.perf_counter()
-                    resp = pipe.ask(q["question"], answer_mode=mode)
+                    resp = pipe.ask(asked(q, args.with_options), answer_mode=mode)
                     first = None
                     for _ in resp:
                         if first is None:
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     total = time.perf_counter() - t0
                     pred = ans.short_answer or ans.text
                     r = {"ttft": first, "total": total, "abstained": ans.abstained,
+                         "choice_right": (ans.choice["index"] in q["correct"]) if ans.choice else None,
                          "em": exact_match(pred, q["answer"]), "f1": token_f1(pred, q["answer"]),
                          "f1_with_quote": token_f1(ans.text, q["answer"]), "answer": ans.text}
                     if ans.quote is not None:
@@ -115,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def asked(q: dict, with_options: bool) -> str:
+    """The question as asked: the stem, or with --with-options the stem and its options lettered A., B., ..."""
+    if not with_options or "options" not in q:
+        return q["question"]
+    return q["question"] + "\n\n" + "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(q["options"]))
+
+
 def _mean(xs: list) -> float | None:
     xs = [float(x) for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -128,7 +138,7 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
     for mode in [m for m in args.modes.split(",") if m]:
         rs = [r[mode] for r in rows if mode in r]
         out[mode] = {k: _mean([x.get(k) for x in rs]) for k in
-                     ("em", "f1", "f1_with_quote", "quote_valid", "quote_evidence", "ttft", "total")}
+                     ("em", "f1", "f1_with_quote", "quote_valid", "quote_evidence", "choice_right", "ttft", "total")}
         sweeps = [x["sweep"] for x in rs if "sweep" in x]
         if sweeps:
             out[mode]["sweep"] = {w: _mean([s[w] for s in sweeps]) for w in sweeps[0]}

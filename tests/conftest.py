@@ -61,14 +61,18 @@ def embedder():
     return Embedder("bundled")
 
 
-@pytest.fixture
-def small_corpus(tmp_path: Path) -> Path:
-    root = tmp_path / "corpus"
+def write_small_corpus(root: Path) -> Path:
+    """The small corpus (a LoRA passage, an attention passage in week2/, a sampling text) written into `root`."""
     (root / "week2").mkdir(parents=True)
     (root / "fine-tuning.md").write_text(LORA_MD, encoding="utf-8")
     (root / "week2" / "attention.md").write_text(ATTENTION_MD, encoding="utf-8")
     (root / "sampling.txt").write_text(SAMPLING_TXT, encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    return write_small_corpus(tmp_path / "corpus")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from rag.evaluation.end_to_end import (
 )
 from rag.evaluation.metrics import token_f1
 from rag.evaluation.retrieval import load_questions
-from tests.conftest import ATTENTION_MD, LORA_MD, SAMPLING_TXT
+from tests.conftest import write_small_corpus
 
 # Dense ranks on the tiny corpus for "What does LoRA freeze?": 1 the LoRA section, 2 sampling.txt,
 # 3 the full fine-tuning section, 4 attention.md.
@@ -50,11 +50,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, embedder):
     from rag.index.build import build_index
 
     base = tmp_path_factory.mktemp("eval")
-    corpus = base / "corpus"
-    (corpus / "week2").mkdir(parents=True)
-    (corpus / "fine-tuning.md").write_text(LORA_MD, encoding="utf-8")
-    (corpus / "week2" / "attention.md").write_text(ATTENTION_MD, encoding="utf-8")
-    (corpus / "sampling.txt").write_text(SAMPLING_TXT, encoding="utf-8")
+    corpus = write_small_corpus(base / "corpus")
     # One chunk per section, as the ranks above assume (the default packs small sections: issue 13).
     settings = Settings(index_dir=base / "index", corpus_dir=corpus, mode="dense", top_k=2, max_new_tokens=8,
                         merge_sections=False, child_tokens=0)
