@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "answers_benchmark")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the quote-weight sweep (and quote-holds-evidence)")
     ap.add_argument("--with-options", action="store_true",
                     help="ask multiple-choice questions as a student pasting the quiz item: stem, then lettered options")
     args = ap.parse_args(argv)
@@ -96,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                         src = next(x for x in ans.sources if x.n == ans.quote.passage)
                         r["quote_valid"] = grounding.verify_quote(ans.quote, src.text)
                         r["quote_evidence"] = contains_evidence(ans.quote.text, q.get("evidence", []))
-                        cands, msc, retr = grounding.score_candidates(
-                            gen, resp.messages, q["question"], [h.chunk.text for h in resp.used_hits], embedder)
-                        r["sweep"] = {}
-                        for w in WEIGHTS:
-                            best = cands[int(np.argmax(grounding.combine(msc, retr, w)))] if cands else None
-                            r["sweep"][str(w)] = bool(best and contains_evidence(best[1], q.get("evidence", [])))
+                        if not args.no_sweep:
+                            cands, msc, retr = grounding.score_candidates(
+                                gen, resp.messages, q["question"], [h.chunk.text for h in resp.used_hits], embedder)
+                            r["sweep"] = {}
+                            for w in WEIGHTS:
+                                best = cands[int(np.argmax(grounding.combine(msc, retr, w)))] if cands else None
+                                r["sweep"][str(w)] = bool(best and contains_evidence(best[1], q.get("evidence", [])))
                     elif not ans.abstained:
                         # free mode: the answer's sentences matched to a passage (attribution), as its "quotes"
                         r["quote_valid"] = None

@@ -107,7 +107,9 @@ class Response:
         self.prompt_tokens = 0
         self.finish_reason = "stop"
         t0 = time.perf_counter()
-        self.query = pipeline.condense(self.question, self.history)
+        # a pasted quiz item is searched by its stem: its wrong options would pull in passages about them
+        self._choice = choices.parse_choice(self.question)
+        self.query = pipeline.condense(self._choice.stem if self._choice else self.question, self.history)
         self.timings["condense"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.hits = pipeline.retriever.search(self.query, self.top_k, self.mode)
@@ -203,7 +205,7 @@ class Response:
         p = self.pipeline
         t0 = time.perf_counter()
         texts = [h.chunk.text for h in self.used_hits]
-        choice = choices.parse_choice(self.question)
+        choice = self._choice
         about = self.question
         if choice is not None:  # a pasted quiz item: pick an option first, then quote what supports it
             picked = choices.pick_option(p.generator, self.messages, choice.options, texts, p.retriever.embedder,

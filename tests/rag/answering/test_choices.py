@@ -98,3 +98,14 @@ def test_the_model_takes_part_in_the_choice_below_weight_one(small_index):
     assert ans.choice is not None and ans.choice["model"] is not None and len(ans.choice["model"]) == 4
     assert ans.choice["scores"] == pytest.approx(
         list(choices.combine(ans.choice["model"], ans.choice["support"], 0.5)), abs=1e-3)
+
+
+def test_a_pasted_quiz_item_is_searched_by_its_stem(small_index):
+    from rag.api import make_pipeline
+    from rag.generation.http import OpenAIGenerator
+
+    # no model call happens before iteration; the generator is a closed port so one would fail the test
+    pipe = make_pipeline(small_index, generator=OpenAIGenerator("http://127.0.0.1:9/v1"))
+    resp = pipe.ask(LORA_MC)
+    assert resp.query == "Which of the following best describes how LoRA works?"
+    assert pipe.ask("What does LoRA freeze?").query == "What does LoRA freeze?"
