@@ -89,10 +89,11 @@ def test_whole_pipeline_scores_on_a_tiny_index(tiny, retriever, generator):
     mc = by_id["mc"]["mc"]
     assert mc["closed_book"]["predicted"] == [0] and mc["rag"]["predicted"] == [0] and mc["rag"]["passages"] == 2
     assert mc["rag_plain"]["predicted"] == [0]
-    # the reported RAG score is CAD's contrast of the two passes' per-byte scores (rag.answering.choices)
-    plain = [o["per_byte"] for o in mc["rag_plain"]["options"]]
-    closed = [o["per_byte"] for o in mc["closed_book"]["options"]]
-    assert mc["rag"]["scores"] == pytest.approx([2 * p - c for p, c in zip(plain, closed)], abs=1e-4)
+    # the reported RAG choice is the product's: the options' support in the passages (rag.answering.choices)
+    from rag.answering.grounding import combine
+
+    assert mc["rag"]["weight"] == 1.0 and len(mc["rag"]["support"]) == len(MC["options"])
+    assert mc["rag"]["scores"] == pytest.approx(list(combine(None, mc["rag"]["support"], 1.0)), abs=1e-3)
     assert summary["mc"] == {"n": 1, "accuracy_closed_book": 1.0, "accuracy_rag": 1.0, "accuracy_rag_plain": 1.0}
 
     on, off = by_id["on"]["answer"], by_id["off"]["answer"]
