@@ -5,8 +5,9 @@ option gets two scores, combined as the grounded quote choice combines its two (
 standardised over the options, `weight` on the retriever):
 
 * support: the retriever's embedder, the option's best cosine with a sentence of the passages given to the
-  model (the candidate sentences of `grounding.quote_candidates`, boilerplate excluded): how directly the
-  course states it;
+  model (the candidate sentences of `grounding.quote_candidates`, boilerplate excluded, and the options
+  themselves excluded where the course holds the quiz item: `restated_options`): how directly the course
+  states it;
 * model: the option's log-likelihood per UTF-8 byte as the start of the model's reply to the RAG prompt, as
   lm-evaluation-harness scores options (acc_norm, `rag.evaluation.loglik`).
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rapidfuzz import fuzz
 
 from rag.answering.grounding import combine, quote_candidates
 from rag.generation.base import Generator, Messages
@@ -99,6 +101,31 @@ def parse_choice(question: str) -> Choice | None:
     return None
 
 
+_LABEL = re.compile(r"^\s*(?:[-*+•]\s+)?(?:\(?[A-Ha-h][.):]\s+|\[[ xX]\]\s*|[☐☒☑]\s*)")
+#: A passage sentence this similar (rapidfuzz ratio, 0-100) to an option is that option restated.
+RESTATED = 90.0
+#: ... and so is one that holds an option (or the stem) of at least this many characters word for word.
+MIN_CONTAINED = 30
+
+
+def restated_options(passages: Sequence[str], options: Sequence[str]) -> frozenset[str]:
+    """The candidate sentences of `passages` that are one of `options` restated: the quiz item itself, when
+    the course holds it. Such a sentence supports every option equally well (each is in it word for word),
+    so it is neither support nor a quote. Pass the stem among `options` to exclude the restated question too.
+
+    :returns: the sentences as `grounding.quote_candidates` returns them; compare after stripping an option
+        label (`A.`, `[ ]`, ☐) and case, by rapidfuzz's ratio >= RESTATED.
+    """
+    wanted = [" ".join(o.split()).lower() for o in options]
+    out = set()
+    for text in passages:
+        for cand in quote_candidates(text, max_candidates=0):
+            bare = " ".join(_LABEL.sub("", cand).split()).lower()
+            if any(fuzz.ratio(bare, o) >= RESTATED or (len(o) >= MIN_CONTAINED and o in bare) for o in wanted):
+                out.add(cand)
+    return frozenset(out)
+
+
 def option_support(options: Sequence[str], passages: Sequence[str], embedder: Any,
                    exclude: Collection[str] = ()) -> list[float]:
     """Each option's best cosine with a candidate sentence of `passages` (0.0 for all when none has one).
@@ -155,11 +182,12 @@ def pick_option(generator: Generator, messages: Messages, options: Sequence[str]
     :param passages: the passage texts of that prompt.
     :param embedder: the retriever's embedder.
     :param weight: the support's share, 0..1 (1.0 = support alone).
-    :param exclude: sentences never to count as support (`grounding.boilerplate_sentences`).
+    :param exclude: sentences never to count as support (`grounding.boilerplate_sentences`); the options
+        restated in the passages (`restated_options`) never count either.
     :returns: Picked (index of the best option, its scores).
     :raises GeneratorError: when the model fails while scoring.
     """
-    support = option_support(options, passages, embedder, exclude)
+    support = option_support(options, passages, embedder, frozenset(exclude) | restated_options(passages, options))
     model = (option_logprobs(generator, messages, options)
              if weight < 1.0 and generator.supports_logprobs else None)
     scores = [float(x) for x in combine(model, support, weight)]
@@ -167,4 +195,4 @@ def pick_option(generator: Generator, messages: Messages, options: Sequence[str]
     return Picked(best, scores, support, model)
 
 
-__all__ = ["RETRIEVER_WEIGHT", "Choice", "parse_choice", "option_support", "option_logprobs", "Picked", "pick_option"]
+__all__ = ["RETRIEVER_WEIGHT", "Choice", "parse_choice", "restated_options", "option_support", "option_logprobs", "Picked", "pick_option"]

@@ -207,15 +207,17 @@ class Response:
         texts = [h.chunk.text for h in self.used_hits]
         choice = self._choice
         about = self.question
+        exclude = p.boilerplate()
         if choice is not None:  # a pasted quiz item: pick an option first, then quote what supports it
+            exclude = exclude | choices.restated_options(texts, [*choice.options, choice.stem])  # no support, no quote
             picked = choices.pick_option(p.generator, self.messages, choice.options, texts, p.retriever.embedder,
-                                         p.choice_retriever_weight, p.boilerplate())
+                                         p.choice_retriever_weight, exclude)
             self.choice = {"label": choice.labels[picked.index], "option": choice.options[picked.index],
                            **picked.to_dict()}
             about = f"{choice.stem} {choice.options[picked.index]}"
             self.timings["choice"] = time.perf_counter() - t0
         quote = grounding.choose_quote(p.generator, self.messages, about, texts, p.retriever.embedder,
-                                       weight=p.retriever_weight, exclude=p.boilerplate())
+                                       weight=p.retriever_weight, exclude=exclude)
         self.timings["quote"] = time.perf_counter() - t0
         if (quote is None or not grounding.verify_quote(quote, texts[quote.passage - 1])) and self.choice:
             self.short_answer = f"{self.choice['label']}. {self.choice['option']}"

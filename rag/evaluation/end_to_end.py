@@ -76,7 +76,7 @@ def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget
     (`rag_plain`), and the product's grounded choice (`rag`, as rag.answering.choices.pick_option makes it:
     the options' support in the passages, `exclude` never counted, and at `weight` < 1 the model's scores
     with the passages; default weight choices.RETRIEVER_WEIGHT)."""
-    from rag.answering.choices import RETRIEVER_WEIGHT, option_support
+    from rag.answering.choices import RETRIEVER_WEIGHT, option_support, restated_options
     from rag.answering.grounding import combine
     from rag.evaluation.loglik import option_scores
 
@@ -89,7 +89,8 @@ def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget
         norm = [s.per_byte for s in scored]
         out[name] = {"right": mc_correct(norm, correct), "predicted": mc_predicted(norm, len(correct)),
                      "options": [s.to_dict() for s in scored]}
-    support = option_support(options, [h.chunk.text for h in used], embedder, exclude)
+    texts = [h.chunk.text for h in used]
+    support = option_support(options, texts, embedder, exclude | restated_options(texts, [*options, q["question"]]))
     model = [o["per_byte"] for o in out["rag_plain"]["options"]] if weight < 1.0 else None
     scores = [float(x) for x in combine(model, support, weight)]
     out["rag"] = {"right": mc_correct(scores, correct), "predicted": mc_predicted(scores, len(correct)),

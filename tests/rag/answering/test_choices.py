@@ -109,3 +109,20 @@ def test_a_pasted_quiz_item_is_searched_by_its_stem(small_index):
     resp = pipe.ask(LORA_MC)
     assert resp.query == "Which of the following best describes how LoRA works?"
     assert pipe.ask("What does LoRA freeze?").query == "What does LoRA freeze?"
+
+
+def test_the_quiz_item_itself_is_neither_support_nor_quote(embedder):
+    # the course holds the quiz item: every option is in it word for word, so it would support all of them
+    item = ("Question 12: Which of the following best describes how LoRA works?\n\n"
+            "- A. LoRA trains a smaller, distilled copy of the whole network from scratch.\n"
+            "- B. LoRA freezes all the weights of the pre-trained model and trains two small low-rank matrices.\n"
+            "- C. LoRA deletes the attention layers to save memory.")
+    notes = "LoRA keeps the pre-trained weights frozen; only two small low-rank matrices are trained."
+    choice = parse_choice(LORA_MC)
+    assert choice is not None
+    restated = choices.restated_options([item, notes], choice.options)
+    assert len(restated) == 3 and all("LoRA" in r for r in restated) and notes not in restated
+    picked = pick_option(None, [], choice.options, [item, notes], embedder, 1.0)
+    assert picked.index == 1  # chosen by the notes' sentence, not by the item's own option lines
+    with_stem = choices.restated_options([item, notes], [*choice.options, choice.stem])
+    assert len(with_stem) == 4 and any(r.startswith("Question 12:") for r in with_stem)
