@@ -76,8 +76,7 @@ def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget
     (`rag_plain`), and the product's grounded choice (`rag`, as rag.answering.choices.pick_option makes it:
     the options' support in the passages, `exclude` never counted, and at `weight` < 1 the model's scores
     with the passages; default weight choices.RETRIEVER_WEIGHT)."""
-    from rag.answering.choices import RETRIEVER_WEIGHT, option_support, restated_options
-    from rag.answering.grounding import combine
+    from rag.answering.choices import RETRIEVER_WEIGHT, pick_option, restated_options
     from rag.evaluation.loglik import option_scores
 
     weight = RETRIEVER_WEIGHT if weight is None else weight
@@ -90,11 +89,10 @@ def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget
         out[name] = {"right": mc_correct(norm, correct), "predicted": mc_predicted(norm, len(correct)),
                      "options": [s.to_dict() for s in scored]}
     texts = [h.chunk.text for h in used]
-    support = option_support(options, texts, embedder, exclude | restated_options(texts, [*options, q["question"]]))
-    model = [o["per_byte"] for o in out["rag_plain"]["options"]] if weight < 1.0 else None
-    scores = [float(x) for x in combine(model, support, weight)]
-    out["rag"] = {"right": mc_correct(scores, correct), "predicted": mc_predicted(scores, len(correct)),
-                  "weight": weight, "support": [round(x, 5) for x in support], "scores": [round(x, 5) for x in scores]}
+    picked = pick_option(generator, rag_msgs, options, texts, embedder, weight,
+                         exclude | restated_options(texts, [*options, q["question"]]))
+    out["rag"] = {"right": mc_correct(picked.scores, correct), "predicted": mc_predicted(picked.scores, len(correct)),
+                  "weight": weight, **{k: v for k, v in picked.to_dict().items() if k in ("support", "scores")}}
     out["rag"]["passages"] = out["rag_plain"]["passages"] = len(used)
     return out
 
