@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from rag.answering.prompts import document_block  # the one definition of the <DOCUMENT> format
+
 BEGIN_QUOTE = "##begin_quote##"
 END_QUOTE = "##end_quote##"
 ANSWER_MARK = "<ANSWER>:"
@@ -53,11 +55,6 @@ def answer_messages(question: str, context: str, small: bool = False) -> list[di
                     context=context.strip(), question=question.strip(), begin="Reasoning:")}]
     return [{"role": "system", "content": ANSWER_SYSTEM},
             {"role": "user", "content": ANSWER_USER.format(context=context.strip(), question=question.strip())}]
-
-
-def document_block(texts: list[str]) -> str:
-    """The documents of a sample, each wrapped in <DOCUMENT>...</DOCUMENT> (RAFT reference format)."""
-    return "".join(f"<DOCUMENT>{t}</DOCUMENT>\n" for t in texts)
 
 
 def instruction(texts: list[str], question: str) -> str:

@@ -247,16 +247,23 @@ EVAL_MAX_NEW_TOKENS = 128  # keeps a 29-question run of the bundled model (~15-2
 @click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=EVAL_MAX_NEW_TOKENS, show_default=True,
               help="Longest free answer, in tokens.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N questions.")
+@click.option("--unseen-course", type=click.Path(path_type=Path), default=None,
+              help="Index this course folder without its quizzes and without each asked question's own item "
+                   "(a temporary index; --index-dir is not used) and evaluate there: the questions are asked "
+                   "of notes that do not hold them, as a student meets them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of markdown.")
 @user_errors
 def eval_command(questions: Path, report_dir: Path, index_dir: Path | None, mode: str | None, top_k: int | None,
                  model: str | None, model_name: str | None, max_new_tokens: int, limit: int | None,
-                 as_json: bool) -> None:
+                 unseen_course: Path | None, as_json: bool) -> None:
     """Evaluate the whole RAG pipeline on QUESTIONS (JSONL): retrieval, multiple choice, free answers."""
+    import tempfile
+
     from rag.api import get_generator, open_retriever
     from rag.evaluation.end_to_end import (
         evaluate_rag,
         format_summary,
+        index_unseen_course,
         prepare_report_dir,
         write_report,
     )
@@ -266,10 +273,18 @@ def eval_command(questions: Path, report_dir: Path, index_dir: Path | None, mode
     prepare_report_dir(report_dir)
     settings = _settings(index_dir=index_dir, mode=mode, top_k=top_k, model=model, model_name=model_name,
                          max_new_tokens=max_new_tokens)
-    retriever = open_retriever(settings)
-    needs_model = any("options" in q or "answer" in q for q in qs)
-    generator = get_generator(settings) if needs_model else None
-    summary, rows = evaluate_rag(qs, settings, retriever, generator, source=str(questions))
+    with tempfile.TemporaryDirectory(prefix="rag-eval-unseen-") as work:
+        unseen = None
+        if unseen_course is not None:
+            settings, qs, unseen = index_unseen_course(unseen_course, qs, Path(work), settings)
+        retriever = open_retriever(settings)
+        needs_model = any("options" in q or "answer" in q for q in qs)
+        generator = get_generator(settings) if needs_model else None
+        summary, rows = evaluate_rag(qs, settings, retriever, generator, source=str(questions))
+    if unseen is not None:
+        summary["unseen_course"] = unseen
+        summary["notes"].append(f"asked of {unseen_course} without its quizzes: {len(unseen['left_out'])} quiz "
+                                f"file(s) left out, {sum(unseen['items_cut'].values())} asked item(s) cut from the rest")
     write_report(report_dir, summary, rows)
     for note in summary["notes"]:
         click.echo(f"note: {note}", err=True)

@@ -35,7 +35,8 @@ Output folder OUT:
   checkpoints/step-N/      adapter.safetensors, optimizer.safetensors, state.json (the newest two are kept)
   train_log.jsonl          one line per optimizer step (step, loss, lr, ...) and the validation losses
   adapter/                 the peft adapter (adapter_config.json + adapter_model.safetensors)
-  merged/                  the merged full model (config, model.safetensors, tokenizer, generation_config)
+  merged/                  the merged full model (config, model.safetensors, tokenizer, generation_config) and
+                           prompt_format.json ("raft": rag asks it in the conversation it was tuned on)
   loss.png, train_report.json   (the report's `run`: command, seed, start/end, duration, peak memory)
   .lock                    held while a run writes OUT (a second run on the same OUT is refused)
 """
@@ -209,7 +210,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
     import torch
     from rag.common.progress import progress_bar
 
-    from rag.generation.models import is_valid_model_cache
+    from rag.generation.models import PROMPT_FORMAT_FILE, is_valid_model_cache
 
     run_started = time.perf_counter()
     for junk in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*"), *(out / CHECKPOINTS).glob(".step-*")]:
@@ -304,6 +305,9 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        # rag asks the model in the conversation it was tuned on (DSF too: DSF + RAG shows it the documents)
+        write_json_atomic(tmp / PROMPT_FORMAT_FILE, {"prompt_format": "raft", "method": config.method,
+                                                     "written_by": "raft train"})
         if not is_valid_model_cache(tmp):
             raise RagError(f"saving the merged model produced an incomplete folder {tmp}: check free disk space")
         replace_dir(tmp, out / MERGED)

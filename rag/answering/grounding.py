@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,12 @@ BEGIN_QUOTE = "##begin_quote##"  # RAFT's markers (raft/prompts.py holds the sam
 END_QUOTE = "##end_quote##"
 GUIDED_REASON = '##Reason: The answer to "{question}" is in this sentence: '
 GUIDED_FINAL = "Short answer:"  # what the small model continues best (RAFT stores it as `<ANSWER>:`)
+ANSWER_MARK = "<ANSWER>:"  # RAFT's final-answer marker (raft/prompts.py holds the same string)
+#: The text before the short answer, by the model's prompt format (rag.generation.base.Generator.prompt_format):
+#: a RAFT-tuned model was trained to write its final answer after `<ANSWER>:`.
+FINAL_MARKS = {"chat": GUIDED_FINAL, "raft": ANSWER_MARK}
+#: How a RAFT-format reply is shown while it streams (readable): markers become plain punctuation.
+_DISPLAY = {"##Reason:": "", BEGIN_QUOTE: '"', END_QUOTE: '"', ANSWER_MARK: "Answer:"}
 MIN_QUOTE_CHARS = 8  # shorter "quotes" are too weak to verify anything
 MAX_CANDIDATES = 24  # quote candidates scored per passage (the longest sentences when there are more)
 #: Weight of the retriever's (question-sentence cosine) standardised score against the model's; measured
@@ -229,10 +235,35 @@ def choose_quote(generator: Generator, messages: Messages, question: str, passag
                  float(retr[best]))
 
 
-def answer_prefix(question: str, quote: str) -> str:
-    """The assistant turn written before the short answer: reason, the quote in RAFT markers, `Short answer:`."""
+def answer_prefix(question: str, quote: str, final: str = GUIDED_FINAL) -> str:
+    """The assistant turn written before the short answer: reason, the quote in RAFT markers, then `final`
+    (`Short answer:` for a chat model, `<ANSWER>:` for a RAFT-tuned one: FINAL_MARKS)."""
     reason = GUIDED_REASON.format(question=" ".join(question.split()))
-    return f"{reason}{BEGIN_QUOTE}{' '.join(quote.split())}{END_QUOTE}\n{GUIDED_FINAL}"
+    return f"{reason}{BEGIN_QUOTE}{' '.join(quote.split())}{END_QUOTE}\n{final}"
+
+
+def readable(pieces: Iterable[str]) -> Iterator[str]:
+    """A RAFT-format reply as it streams, made readable: `##Reason:` dropped, the quote markers shown as
+    quotation marks, `<ANSWER>:` as `Answer:` (a marker split across pieces is held back until it is whole).
+
+    :param pieces: the model's text pieces.
+    :returns: the rewritten pieces; their join is the rewritten join.
+    """
+    markers = sorted(_DISPLAY, key=len, reverse=True)
+    buffer, started = "", False
+    for piece in pieces:
+        buffer += piece
+        for m in markers:
+            buffer = buffer.replace(m, _DISPLAY[m])
+        if not started:  # the reply opens with `##Reason: `: no leading space left behind
+            buffer = buffer.lstrip()
+            started = bool(buffer) and not any(m.startswith(buffer) for m in markers)
+        keep = max((n for m in markers for n in range(1, len(m)) if buffer.endswith(m[:n])), default=0)
+        if len(buffer) > keep:
+            yield buffer[: len(buffer) - keep]
+            buffer = buffer[len(buffer) - keep:]
+    if buffer:
+        yield buffer
 
 
 _ANSWER_LEAD = re.compile(r"^(?:<ANSWER>:\s*)?(?:the\s+)?(?:short\s+)?answer(?:\s+is)?\s*[:\-]\s*", re.IGNORECASE)

@@ -182,8 +182,9 @@ class Response:
         stream = self._stream = p.generator.stream(self.messages, self.params)
         if self._cancelled and hasattr(stream, "cancel"):  # cancel() came before the stream existed
             stream.cancel()
+        shown = grounding.readable(stream) if p.generator.prompt_format == "raft" else stream
         try:
-            for piece in stream:
+            for piece in shown:
                 if first is None:
                     first = time.perf_counter() - t0
                 self._pieces.append(piece)
@@ -244,7 +245,7 @@ class Response:
             short = f"{self.choice['label']}. {self.choice['option']}"
         elif "prefixes" in inspect.signature(p.generator.generate_batch).parameters:
             # the quote prefilled in the assistant's turn, RAFT style; one short line, so not streamed
-            prefix = grounding.answer_prefix(self.question, quote.text)
+            prefix = grounding.answer_prefix(self.question, quote.text, grounding.FINAL_MARKS[p.generator.prompt_format])
             short = p.generator.generate_batch([self.messages], params, prefixes=[prefix])[0]
         else:  # an HTTP model: the quote goes into the question
             msgs = prompts.grounded_messages(self.messages, quote.text)
@@ -452,6 +453,9 @@ class RagPipeline:
         used = list(hits)
 
         def build(passages: list[Hit], turns: list[dict]) -> list[dict]:
+            if self.generator.prompt_format == "raft":  # asked as it was tuned: <DOCUMENT> blocks, then the question
+                return prompts.document_messages(question, [h.chunk.text for h in passages], turns,
+                                                 system="\n\n".join(instructions) or None)
             messages = prompts.rag_messages(question, passages, self.small_model, turns)
             if instructions:
                 extra = "\n\n".join(instructions)

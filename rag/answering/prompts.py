@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from rag.retrieval.retriever import Hit
+if TYPE_CHECKING:  # only a type here: raft/prompts.py imports the document format without the retriever
+    from rag.retrieval.retriever import Hit
 
 SYSTEM = (
     "You are a teaching assistant for a course. Answer the student's question using only the numbered "
@@ -43,6 +45,30 @@ def rag_messages(question: str, hits: Sequence[Hit], small_model: bool = False,
     user = f"Course passages:\n\n{format_passages(hits)}\n\nQuestion: {question.strip()}"
     return [{"role": "system", "content": SYSTEM_SMALL if small_model else SYSTEM}, *history,
             {"role": "user", "content": user}]
+
+
+# The RAFT student format (Zhang et al. 2024, the reference's `<DOCUMENT>` blocks): the conversation `raft train`
+# fine-tunes on and `raft eval` asks in. A model tuned on it declares prompt_format "raft" (rag.generation.base),
+# and the pipeline then asks it the same way (raft/prompts.py builds its training prompts from these).
+DOCUMENT_OPEN, DOCUMENT_CLOSE = "<DOCUMENT>", "</DOCUMENT>"
+
+
+def document_block(texts: Sequence[str]) -> str:
+    """The documents, each wrapped in <DOCUMENT>...</DOCUMENT> and followed by a newline (RAFT reference format)."""
+    return "".join(f"{DOCUMENT_OPEN}{t}{DOCUMENT_CLOSE}\n" for t in texts)
+
+
+def document_messages(question: str, texts: Sequence[str], history: Sequence[dict] = (),
+                      system: str | None = None) -> list[dict]:
+    """Chat messages in the RAFT student format: [system], the earlier turns, then documents + question.
+
+    :param question: the question, written right after the last document (no label, as in training).
+    :param texts: the passage texts, best first; none = the question alone (closed book).
+    :param history: earlier {"role", "content"} turns.
+    :param system: a system prompt (the caller's instructions); None = none, as `raft train` trains without one.
+    """
+    user = document_block(texts) + question.strip() if texts else question.strip()
+    return [*([{"role": "system", "content": system}] if system else []), *history, {"role": "user", "content": user}]
 
 
 def condense_messages(question: str, history: Sequence[dict]) -> list[dict]:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TypedDict
 
+from typing_extensions import NotRequired
+
 from rag.common.atomic import write_json_atomic, write_text_atomic
 from rag.errors import RagError
 from rag.evaluation.metrics import exact_match, token_f1
@@ -205,6 +207,7 @@ class RunSummary(EvalSummary):
     mc_normalisation: str
     notes: list[str]  # what could not be scored, and why
     seconds: float  # wall-clock time of the run, 0.1 s resolution
+    unseen_course: NotRequired[dict[str, Any]]  # `--unseen-course`: the course, quiz files left out, items cut
 
 
 FlatMetrics = TypedDict("FlatMetrics", {  # "section.metric" copies of the nested metrics (with_flat_keys)
@@ -284,6 +287,27 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{_fmt(a['abstention_rate'])} ({a['n_abstained']}/{a['n']}) |"]
     lines += [f"\nNote: {note}" for note in summary.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def index_unseen_course(course: Path, questions: list[dict[str, Any]], work: Path,
+                        settings: Any) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Index `course` as a student meets it before the quiz: without its quiz files and without each asked
+    question's own item (rag.evaluation.sets.make_quiz_set, the protocol of README "Retrieval quality").
+
+    :param course: the course folder (read only).
+    :param questions: the question rows; only those with "evidence" quotes are kept (the set scores them).
+    :param work: an empty scratch folder; the copied course goes to work/course, its index to work/index.
+    :param settings: the run's settings; the returned copy points at the new index.
+    :returns: (settings for the new index, the questions kept, the set's notes: files left out, items cut).
+    :raises RagError: no question with evidence, an unreadable course, or an index that cannot be built.
+    """
+    from rag.api import index_corpus
+    from rag.evaluation.sets import make_quiz_set
+
+    es = make_quiz_set(Path(course), questions, work / "course")
+    unseen = settings.model_copy(update={"index_dir": work / "index", "corpus_dir": es.corpus})
+    index_corpus(es.corpus, unseen)
+    return unseen, es.questions, {"course": str(course), **es.notes}
 
 
 def prepare_report_dir(report_dir: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from rag.errors import GeneratorError
 
 Messages = list[dict[str, Any]]
+PROMPT_FORMATS = ("chat", "raft")  # Generator.prompt_format
 
 
 class GenerationCancelled(GeneratorError):
@@ -112,6 +113,11 @@ class Generator(ABC):
     parallel_requests: ClassVar[bool] = False
     #: Gets the short prompts and the no-model question condensing written for ~100M-parameter models.
     small_model: ClassVar[bool] = False
+    #: The conversation the model was tuned on, so the pipeline asks it that way: "chat" (numbered passages
+    #: with their file and heading, rag.answering.prompts.rag_messages) or "raft" (the RAFT student format:
+    #: `<DOCUMENT>` blocks, then the question; the final answer after `<ANSWER>:`). A model folder declares
+    #: "raft" in its PROMPT_FORMAT_FILE (`raft train` writes it into merged/); set per instance.
+    prompt_format: str = "chat"
 
     @abstractmethod
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:

@@ -25,7 +25,7 @@ from rag.generation.base import (
     apply_stop,
     current_cancel,
 )
-from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model
+from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
 from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, resolve_decoder
 from rag.generation.prefill import cache_kwarg, output_cache, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
@@ -97,6 +97,7 @@ class LocalGenerator(Generator):
         self.spec = resolve_model(model)
         self.model_dir = self.spec.local_dir(cache_dir)  # raises for an http spec
         self.model_id = self.spec.model_id
+        self.prompt_format = read_prompt_format(self.model_dir)  # "raft" for a `raft train` model
         self.dtype = AUTO_DTYPE if dtype == "auto" else dtype
         self._loaded = load_local_model(str(self.model_dir.resolve()), self.dtype)
         self.context_window = int(getattr(self._loaded.model.config, "max_position_embeddings", 2048))

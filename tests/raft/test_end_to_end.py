@@ -55,6 +55,12 @@ def test_train_raft_and_dsf_then_compare_them_with_intervals(tmp_path: Path) -> 
     assert dsf_report["tokens_per_sample"]["answer_mean"] == raft_report["tokens_per_sample"]["answer_mean"]
     with pytest.raises(RagError, match="method: None before, 'dsf' now"):
         train(data, raft_out, TrainConfig(**config, method="dsf"), progress=False)
+    # each merged model declares the conversation it was tuned on, so `rag ask/serve` and the app ask it that way
+    from rag.generation.models import PROMPT_FORMAT_FILE, read_prompt_format
+    for out, method in ((raft_out, "raft"), (dsf_out, "dsf")):
+        declared = json.loads((out / "merged" / PROMPT_FORMAT_FILE).read_text())
+        assert declared["prompt_format"] == "raft" and declared["method"] == method
+        assert read_prompt_format(out / "merged") == "raft"
 
     course = tmp_path / "course"
     course.mkdir()

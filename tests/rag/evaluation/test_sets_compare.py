@@ -157,3 +157,29 @@ def test_product_and_langchain_are_scored_alike(course, tmp_path, embedder):
                                                        + (f" > {hits[0].chunk.section})" if hits[0].chunk.section else ")")
                                                        + f"\n{hits[0].chunk.text.strip()}") + 2
     json.dumps(summary)  # the report is JSON
+
+
+def test_rag_eval_asks_an_unseen_course_without_its_quizzes(course, tmp_path):
+    """`rag eval --unseen-course`: the real CLI indexes the course without its quiz file and without the asked
+    item, in a temporary index (the course and --index-dir are left alone), and scores retrieval there."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rag.cli import cli
+
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in [*ASKED, {"id": "q3", "question": "no evidence?"}]),
+                     encoding="utf-8")
+    report = tmp_path / "report"
+    r = CliRunner().invoke(cli, ["eval", str(qfile), "--report", str(report), "--json", "--unseen-course", str(course),
+                                 "--index-dir", str(tmp_path / "never")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["n"] == 2 and out["retrieval"]["n"] == 2  # the question without evidence cannot be scored here
+    assert out["unseen_course"]["left_out"] == ["quiz.md"] and out["unseen_course"]["items_cut"] == {"notes.md": 1}
+    assert out["retrieval.recall@5"] == 1.0  # both evidence sentences are in the notes that stay
+    assert any("1 quiz file(s) left out, 1 asked item(s) cut" in n for n in out["notes"])
+    assert not (tmp_path / "never").exists() and (course / "quiz.md").exists()
+    r = CliRunner().invoke(cli, ["eval", str(qfile), "--report", str(report), "--unseen-course", str(tmp_path / "no")])
+    assert r.exit_code == 1 and r.output.startswith("Error: corpus folder") and "does not exist" in r.output
