@@ -60,6 +60,8 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens)
+    if settings.model.strip().lower() == "auto":  # the product's default; a teacher is the base model unless named
+        settings = settings.model_copy(update={"model": "bundled"})
     config = RaftConfig(corpus=str(folder), questions=questions, distractors=distractors, p=p, strategy=strategy,
                         seed=seed, require_quote=not allow_no_quote, limit=limit, workers=workers,
                         batch_size=batch_size, answer_mode=answer_mode)

@@ -65,9 +65,38 @@ def _generator(model: str, model_name: str | None):
     return get_generator(model, model_name=model_name)
 
 
+def course_adapter_applies(index_dir: Path) -> bool:
+    """Whether the shipped course's RAFT adapter fits the index at `index_dir`: it is installed and at least
+    rag.generation.adapter.COURSE_SHARE of the indexed files (by SHA-256) are files of the course it was
+    tuned on. False when either is missing or unreadable (a missing index is reported by what needs it)."""
+    import json
+
+    from rag.errors import RagError
+    from rag.generation.adapter import COURSE_ADAPTER, COURSE_SHARE, course_share, is_adapter_folder, read_adapter_info
+    from rag.index.store import current_generation
+
+    if not is_adapter_folder(COURSE_ADAPTER):
+        return False
+    try:
+        manifest = json.loads((current_generation(Path(index_dir)) / "manifest.json").read_text(encoding="utf-8"))
+        files = {name: str(f.get("sha256", "")) for name, f in manifest.get("files", {}).items()}
+        return course_share(read_adapter_info(COURSE_ADAPTER), files) >= COURSE_SHARE
+    except (RagError, OSError, ValueError, AttributeError):
+        return False
+
+
+def effective_model(settings: Settings) -> str:
+    """The model spec to load: `settings.model`, with the default "auto" made concrete — "bundled-raft" (the
+    bundled model with the shipped course's RAFT adapter, issue 15) when the index is that course
+    (`course_adapter_applies`), else "bundled" (the base; also `--model bundled-base`)."""
+    if settings.model.strip().lower() != "auto":
+        return settings.model
+    return "bundled-raft" if course_adapter_applies(settings.index_dir) else "bundled"
+
+
 def get_generator(settings: Settings):
-    """The configured language model backend, loaded once per process."""
-    return _generator(settings.model, settings.model_name)
+    """The configured language model backend (`effective_model`), loaded once per process."""
+    return _generator(effective_model(settings), settings.model_name)
 
 
 def make_pipeline(settings: Settings, retriever: Retriever | None = None, generator=None):

@@ -125,7 +125,9 @@ class Settings(BaseSettings):
     collapse_duplicates: bool = True  # drop passages near-identical to a better-ranked one
 
     # generation
-    model: str = "bundled"  # "bundled", a local model folder, or an OpenAI-compatible base URL
+    # "auto": the bundled model, with the shipped course's RAFT adapter when the index is that course
+    # (rag.api.effective_model); "bundled-base", "bundled-raft", "teacher", a model or adapter folder, or a URL
+    model: str = "auto"
     model_name: str | None = None  # the model to ask for at an OpenAI-compatible server
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)

@@ -21,7 +21,7 @@ from typing import Any
 import streamlit as st
 
 from rag.answering.pipeline import MAX_QUESTION_CHARS, Source
-from rag.api import get_generator, index_corpus, make_pipeline, open_retriever
+from rag.api import effective_model, get_generator, index_corpus, make_pipeline, open_retriever
 from rag.config import Settings, load_settings
 from rag.errors import GeneratorError, IndexNotFound, RagError
 from rag.generation.base import Generator
@@ -89,8 +89,8 @@ def generator_for(settings: Settings, base: Settings) -> Generator:
 
     :raises RagError: a server that is not allowed, or a model that cannot be loaded.
     """
-    if resolve_model(settings.model).kind != "http":
-        return load_generator(settings.model, settings.model_name, False, settings, None)
+    if resolve_model(effective_model(settings)).kind != "http":
+        return load_generator(effective_model(settings), settings.model_name, False, settings, None)
     key = server_key(settings.model, base)
     return load_generator(settings.model, settings.model_name, key is None, settings, key)
 
@@ -110,14 +110,16 @@ def sidebar_settings(base: Settings) -> dict[str, Any]:
     top_p = sb.slider("Top-p", 0.05, 1.0, max(float(base.top_p), 0.05), 0.05, key="top_p")
     max_new = sb.number_input("Max new tokens", 1, 4096, min(base.max_new_tokens, 4096), key="max_new_tokens")
     sb.subheader("Model")
+    spec = effective_model(base)  # "auto" made concrete: the course's RAFT adapter when the index is its course
     try:  # the one model-spec parser every command uses (rag.generation.factory)
-        kind = resolve_model(base.model).kind
+        kind = resolve_model(spec).kind
     except RagError:  # an unusable spec: loading it below shows the error
         kind = "local"
     remote = kind == "http"
-    local_label = "Bundled local model" if kind == "bundled" or remote else f"Local model ({base.model})"
+    local_label = ("Bundled local model" if kind == "bundled" or remote else
+                   "Bundled local model, RAFT-tuned on this course" if spec == "bundled-raft" else f"Local model ({spec})")
     servers = allowed_servers(base)  # set by whoever runs the app; a visitor can only pick among them
-    model, model_name = ("bundled" if remote else base.model), None
+    model, model_name = ("auto" if remote else base.model), None
     if not servers:
         sb.caption(local_label)
     elif sb.radio("Backend", ["local", "server"], index=1 if remote else 0, key="backend",
@@ -399,7 +401,7 @@ def main() -> None:
 
     # Everything above is on screen before the models load (the first run takes a while).
     status = st.empty()
-    loaded_key = f"{settings.index_dir}|{settings.model}|{settings.model_name}"
+    loaded_key = f"{settings.index_dir}|{effective_model(settings)}|{settings.model_name}"
     if st.session_state.get("loaded") != loaded_key:
         status.info("Loading the models and the index…", icon=":material/hourglass_top:")
     retriever = load_index(settings, admin)

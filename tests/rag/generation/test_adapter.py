@@ -113,3 +113,28 @@ def test_an_adapter_is_merged_once_and_answers_as_the_peft_model(real_adapter, t
     stamp = (gen.model_dir / "model.safetensors").stat().st_mtime_ns
     again = resolve_model(str(folder)).local_dir(tmp_path)
     assert again == gen.model_dir and (again / "model.safetensors").stat().st_mtime_ns == stamp  # merged once
+
+
+def test_the_default_model_is_the_course_adapter_only_on_its_course(course_index, settings, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model = "auto"` (the default) loads the shipped course adapter when the index is mostly its course's
+    files, the base anywhere else; a named model is never replaced. Nothing is loaded: only specs are compared."""
+    import rag.generation.adapter as adapter_module
+    from rag.api import effective_model, index_corpus
+    from rag.index.store import current_generation
+    from tests.conftest import write_small_corpus
+
+    manifest = json.loads((current_generation(course_index.index_dir) / "manifest.json").read_text(encoding="utf-8"))
+    course = {name: f["sha256"] for name, f in manifest["files"].items()}
+    folder = _info(tmp_path / "course_adapter", {"base": "bundled", "course_files": course})
+    monkeypatch.setattr(adapter_module, "COURSE_ADAPTER", folder)
+    monkeypatch.setattr(spec_module, "COURSE_ADAPTER", folder)
+    auto = course_index.model_copy(update={"model": "auto"})
+    assert effective_model(auto) == "bundled-raft" and resolve_model(effective_model(auto)).path == folder
+    for named in ("bundled-base", "bundled", "http://127.0.0.1:9/v1"):
+        assert effective_model(course_index.model_copy(update={"model": named})) == named
+    index_corpus(write_small_corpus(settings.corpus_dir), settings)  # another course
+    assert settings.model == "auto" and effective_model(settings) == "bundled"
+    assert effective_model(auto.model_copy(update={"index_dir": tmp_path / "no-index"})) == "bundled"
+    monkeypatch.setattr(adapter_module, "COURSE_ADAPTER", tmp_path / "not-shipped")
+    assert effective_model(auto) == "bundled"  # an install without the adapter
