@@ -315,7 +315,7 @@ def generation_options(f: Callable) -> Callable:
 @click.argument("question")
 @index_dir_option
 @generation_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: question, answer, abstained, sources, timings.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: question, answer, abstained, sources, timings, model.")
 @click.option("--answer-mode", type=click.Choice(["auto", "grounded", "free"]), default=None,
               help="grounded: quote the supporting sentence, then a short answer (default for local models); "
                    "free: the model writes the answer (default for HTTP models).")
@@ -328,13 +328,14 @@ def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str |
 
     validate_question(question)
     settings = _settings(index_dir=index_dir, answer_mode=answer_mode, **gen)
-    resp = make_pipeline(settings).ask(question)
+    pipeline = make_pipeline(settings)
+    resp = pipeline.ask(question)
     for piece in resp:
         if not as_json:
             click.echo(piece, nl=False)
     answer = resp.answer()
-    if as_json:
-        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False, indent=1))
+    if as_json:  # which model answered: the default differs by course (rag.api.effective_model)
+        click.echo(json.dumps({**answer.to_dict(), "model": pipeline.generator.model_id}, ensure_ascii=False, indent=1))
         return
     click.echo()
     for note in answer.notes:
