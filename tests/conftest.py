@@ -92,7 +92,9 @@ def course_index(tmp_path_factory, embedder):
     base = tmp_path_factory.mktemp("course")
     corpus = base / "corpus"
     shutil.copytree(CORPUS, corpus)
-    settings = Settings(index_dir=base / "index", corpus_dir=corpus)
+    # model "bundled": in-process tests of the pipeline keep the base model; the default on the shipped course
+    # (its RAFT adapter) is what the app, `rag serve` and `rag ask` tests get (tests/rag/generation/test_course_adapter.py)
+    settings = Settings(index_dir=base / "index", corpus_dir=corpus, model="bundled")
     build_index(corpus, settings.index_dir, embedder, make_chunker(embedder, settings))
     return settings
 

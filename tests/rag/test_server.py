@@ -26,6 +26,7 @@ from rag.answering.pipeline import MAX_TURN_CHARS
 from rag.api import make_pipeline
 from rag.errors import RagError
 from rag.generation.base import GenerationCancelled, GenerationParams
+from rag.generation.spec import COURSE_MODEL_ID
 from rag.generation.http import OpenAIGenerator
 from tests.conftest import ROOT
 
@@ -137,6 +138,7 @@ def body(question: str = ON_TOPIC, **fields: Any) -> dict[str, Any]:
 def test_openai_client_stream_and_non_stream_give_the_same_answer(server):
     client = server.client()
     assert [m.id for m in client.models.list()] == ["course-rag"]
+    assert server.health()["model"] == COURSE_MODEL_ID  # the shipped course's default model (rag.api.effective_model)
     done = client.chat.completions.create(model="course-rag", messages=msgs(), max_tokens=6)
     choice = done.choices[0]
     assert done.object == "chat.completion" and done.id.startswith("chatcmpl-") and done.model == "course-rag"

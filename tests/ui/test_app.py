@@ -102,6 +102,7 @@ def small_index(small_corpus: Path, tmp_path: Path) -> Settings:
 @pytest.mark.llm  # the page loads the bundled model when it opens
 def test_question_gets_a_streamed_answer_with_sources(monkeypatch, course_index):
     at = start(monkeypatch, course_index)
+    assert any("RAFT-tuned on this course" in c.value for c in at.sidebar.caption)  # the shipped course's adapter
     assert "**Documents:** 5" in facts(at)
     assert "all\\-MiniLM\\-L6\\-v2" in facts(at)
     at.number_input(key="max_new_tokens").set_value(3)

@@ -70,9 +70,9 @@ def test_adapter_folders_and_the_course_keywords_resolve(tmp_path: Path, monkeyp
 
 
 @pytest.fixture(scope="module")
-def real_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real peft LoRA adapter on the bundled model (B matrices seeded random, so it changes the answers), and
-    the greedy reply of peft's own merged model to PROMPT."""
+def real_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
+    """A real peft LoRA adapter on the bundled model (B matrices seeded random, so it changes the model), the
+    greedy reply of peft's own merged model to PROMPT, and its log-probability of CONTINUATION."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,11 +80,11 @@ def real_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     base_dir = resolve_model("bundled").local_dir()
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    torch.manual_seed(0)  # A's initialisation, then B: the same adapter whatever ran before in this process
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(0)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
-            p.data.normal_(0, 0.02)
+            p.data.normal_(0, 0.1)
     folder = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(folder, safe_serialization=True)
     (folder / ADAPTER_INFO).write_text(json.dumps({"base": "bundled", "prompt_format": "raft"}), encoding="utf-8")
@@ -92,10 +92,17 @@ def real_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = merged.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return folder, tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        # the summed log-probability of CONTINUATION after the prompt, from peft's own merged model
+        cont = tokenizer(CONTINUATION, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        full = torch.cat([ids["input_ids"], cont], dim=1)
+        logp = torch.log_softmax(merged(full).logits[0, :-1].float(), -1)
+        n = cont.shape[1]
+        score = float(logp[-n:].gather(1, full[0, -n:, None]).sum())
+    return folder, tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), score
 
 
 PROMPT = [{"role": "user", "content": "Name three colours."}]
+CONTINUATION = "Red, green and blue."
 
 
 @pytest.mark.llm
@@ -103,13 +110,15 @@ def test_an_adapter_is_merged_once_and_answers_as_the_peft_model(real_adapter, t
     from rag.generation.base import GenerationParams
     from rag.generation.factory import get_generator
 
-    folder, expected = real_adapter
+    folder, expected, score = real_adapter
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.0)
     gen = get_generator(str(folder), cache_dir=tmp_path, decoder="transformers")
     assert gen.prompt_format == "raft" and gen.model_dir.parent == tmp_path and "+lora-" in gen.model_dir.name
     assert gen.generate(PROMPT, params) == expected
-    base = get_generator("bundled", decoder="transformers").generate(PROMPT, params)
-    assert base != expected  # the adapter changed the model
+    ((ours, n),) = gen.continuation_logprobs(PROMPT, "", [CONTINUATION])
+    ((base, _),) = get_generator("bundled", decoder="transformers").continuation_logprobs(PROMPT, "", [CONTINUATION])
+    assert ours == pytest.approx(score, abs=1e-3 * n)  # the merged folder is peft's merged model
+    assert abs(base - score) > 0.05  # and the adapter changed the model
     stamp = (gen.model_dir / "model.safetensors").stat().st_mtime_ns
     again = resolve_model(str(folder)).local_dir(tmp_path)
     assert again == gen.model_dir and (again / "model.safetensors").stat().st_mtime_ns == stamp  # merged once
