@@ -60,8 +60,6 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens)
-    if settings.model.strip().lower() == "auto":  # the product's default; a teacher is the base model unless named
-        settings = settings.model_copy(update={"model": "bundled"})
     config = RaftConfig(corpus=str(folder), questions=questions, distractors=distractors, p=p, strategy=strategy,
                         seed=seed, require_quote=not allow_no_quote, limit=limit, workers=workers,
                         batch_size=batch_size, answer_mode=answer_mode)
@@ -164,12 +162,12 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
               help="Re-draw which train samples show the oracle: exactly this fraction do (e.g. 1.0 for the P = 1 "
                    "ablation); default: as generated (`raft generate --p`).")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lora-alpha", type=click.FloatRange(0, min_open=True), default=16, show_default=True)
 @click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Samples per forward pass.")
-@click.option("--grad-accum", type=click.IntRange(1), default=8, show_default=True, help="Forward passes per optimizer step.")
+@click.option("--grad-accum", type=click.IntRange(1), default=4, show_default=True, help="Forward passes per optimizer step.")
 @click.option("--max-length", type=click.IntRange(32), default=1024, show_default=True,
               help="Tokens per sample; longer prompts lose distractor documents first, never answer tokens.")
 @click.option("--max-samples", type=click.IntRange(1), default=None, help="Train on at most N samples (seeded choice).")

@@ -309,6 +309,15 @@ def format_stats(stats: GenerateStats) -> str:
                and docs["short_samples"] else ""))
 
 
+def teacher_settings(settings):
+    """`settings` with the product's default model "auto" made the base "bundled": the teacher of `raft generate`
+    is the model named, never the course's RAFT-tuned student (rag.api.effective_model); a folder made before
+    "auto" existed recorded "bundled", so it still resumes."""
+    if settings.model.strip().lower() == "auto":
+        return settings.model_copy(update={"model": "bundled"})
+    return settings
+
+
 def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=None, index_first: bool = True,
         on_chunk: Callable[[ChunkResult], None] | None = None, engine=None) -> GenerateStats:
     """Generate (or resume) a RAFT dataset in `out_dir` from the course files in `folder`; return the stats.
@@ -323,6 +332,7 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     from rag.index.store import VectorIndex
 
     config.validate()
+    settings = teacher_settings(settings)
     started = time.perf_counter()
     folder = Path(folder)
     if not folder.exists():
