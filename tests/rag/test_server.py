@@ -110,9 +110,21 @@ GATE_ARGS = ("--api-key", KEY, "--max-queue", "4", "--cors-origin", "http://allo
 
 @pytest.fixture(scope="module")
 def server(course_index) -> Iterator[Served]:
-    """`rag serve` with the bundled model: an API key, one allowed CORS origin, at most 4 waiting."""
-    with start_server(course_index.index_dir, *GATE_ARGS, key=KEY) as served:
+    """`rag serve` with the bundled base model (named: the course's default is its RAFT adapter, tested below; the
+    queue tests hold the model with a reply the base model never ends): an API key, one allowed CORS origin, at
+    most 4 waiting."""
+    with start_server(course_index.index_dir, *GATE_ARGS, "--model", "bundled", key=KEY) as served:
         yield served
+
+
+@pytest.mark.slow  # another `rag serve` process, and the adapter merged on first use
+@pytest.mark.llm
+def test_the_shipped_course_is_served_by_its_raft_adapter(course_index):
+    with start_server(course_index.index_dir, env={"RAG_ANSWER_MODE": "grounded"}) as served:
+        assert served.health()["model"] == COURSE_MODEL_ID  # the default model on the shipped course
+        reply = served.client().chat.completions.create(model="course-rag", messages=msgs(), max_tokens=8)
+        text = reply.choices[0].message.content
+        assert text.strip() and "##" not in text and "<ANSWER>" not in text and reply.model_extra["sources"]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +150,6 @@ def body(question: str = ON_TOPIC, **fields: Any) -> dict[str, Any]:
 def test_openai_client_stream_and_non_stream_give_the_same_answer(server):
     client = server.client()
     assert [m.id for m in client.models.list()] == ["course-rag"]
-    assert server.health()["model"] == COURSE_MODEL_ID  # the shipped course's default model (rag.api.effective_model)
     done = client.chat.completions.create(model="course-rag", messages=msgs(), max_tokens=6)
     choice = done.choices[0]
     assert done.object == "chat.completion" and done.id.startswith("chatcmpl-") and done.model == "course-rag"
