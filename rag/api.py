@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from rag.config import Settings
+from rag.config import Settings, is_auto_model
 from rag.index.build import BuildEngine, BuildReport, ProgressFn, build_index
 from rag.index.embeddings import Embedder
 from rag.ingest.chunking import Chunker
@@ -68,20 +68,30 @@ def _generator(model: str, model_name: str | None):
 def course_adapter_applies(index_dir: Path) -> bool:
     """Whether the shipped course's RAFT adapter fits the index at `index_dir`: it is installed and at least
     rag.generation.adapter.COURSE_SHARE of the indexed files (by SHA-256) are files of the course it was
-    tuned on. False when either is missing or unreadable (a missing index is reported by what needs it)."""
+    tuned on. False when either is missing or unreadable (a missing index is reported by what needs it).
+    Decided once per index generation (its name is read from CURRENT; the manifest only when it changed)."""
+    from rag.generation.adapter import COURSE_ADAPTER
+    from rag.index.store import generation_stamp
+
+    return _course_adapter_applies(str(Path(index_dir).resolve()), generation_stamp(Path(index_dir)), COURSE_ADAPTER)
+
+
+@lru_cache(maxsize=8)
+def _course_adapter_applies(index_dir: str, generation: str | None, adapter: Path) -> bool:
     import json
 
     from rag.errors import RagError
-    from rag.generation.adapter import COURSE_ADAPTER, COURSE_SHARE, course_share, is_adapter_folder, read_adapter_info
-    from rag.index.store import current_generation
+    from rag.generation.adapter import COURSE_SHARE, course_share, is_adapter_folder, read_adapter_info
+    from rag.index.store import validate_manifest
 
-    if not is_adapter_folder(COURSE_ADAPTER):
+    if generation is None or not is_adapter_folder(adapter):
         return False
+    gen = Path(index_dir) / generation
     try:
-        manifest = json.loads((current_generation(Path(index_dir)) / "manifest.json").read_text(encoding="utf-8"))
-        files = {name: str(f.get("sha256", "")) for name, f in manifest.get("files", {}).items()}
-        return course_share(read_adapter_info(COURSE_ADAPTER), files) >= COURSE_SHARE
-    except (RagError, OSError, ValueError, AttributeError):
+        manifest = validate_manifest(json.loads((gen / "manifest.json").read_text(encoding="utf-8")), gen)
+        files = {name: f["sha256"] for name, f in manifest["files"].items()}
+        return course_share(read_adapter_info(adapter), files) >= COURSE_SHARE
+    except (RagError, OSError, ValueError):
         return False
 
 
@@ -89,7 +99,7 @@ def effective_model(settings: Settings) -> str:
     """The model spec to load: `settings.model`, with the default "auto" made concrete — "bundled-raft" (the
     bundled model with the shipped course's RAFT adapter, issue 15) when the index is that course
     (`course_adapter_applies`), else "bundled" (the base; also `--model bundled-base`)."""
-    if settings.model.strip().lower() != "auto":
+    if not is_auto_model(settings.model):
         return settings.model
     return "bundled-raft" if course_adapter_applies(settings.index_dir) else "bundled"
 

@@ -94,6 +94,14 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
     return data
 
 
+AUTO_MODEL = "auto"  # the default `model`: made concrete per index by rag.api.effective_model
+
+
+def is_auto_model(model: str) -> bool:
+    """Whether a `model` setting is the default "auto" (any case, surrounding spaces ignored)."""
+    return model.strip().lower() == AUTO_MODEL
+
+
 class Settings(BaseSettings):
     """Every tunable of indexing, retrieval and generation, with the defaults the product ships."""
 
@@ -127,7 +135,7 @@ class Settings(BaseSettings):
     # generation
     # "auto": the bundled model, with the shipped course's RAFT adapter when the index is that course
     # (rag.api.effective_model); "bundled-base", "bundled-raft", "teacher", a model or adapter folder, or a URL
-    model: str = "auto"
+    model: str = AUTO_MODEL
     model_name: str | None = None  # the model to ask for at an OpenAI-compatible server
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)

@@ -89,8 +89,9 @@ def generator_for(settings: Settings, base: Settings) -> Generator:
 
     :raises RagError: a server that is not allowed, or a model that cannot be loaded.
     """
-    if resolve_model(effective_model(settings)).kind != "http":
-        return load_generator(effective_model(settings), settings.model_name, False, settings, None)
+    spec = effective_model(settings)
+    if resolve_model(spec).kind != "http":
+        return load_generator(spec, settings.model_name, False, settings, None)
     key = server_key(settings.model, base)
     return load_generator(settings.model, settings.model_name, key is None, settings, key)
 

