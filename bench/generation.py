@@ -46,7 +46,7 @@ from benchutil import ROOT, LoadMeter, finish_run, fmt, machine_info, md_table
 
 sys.path.insert(0, str(ROOT))
 QUESTION = "What is the difference between RAG and fine-tuning?"
-ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32", "llama.cpp"]
+ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32-off", "ours-fp32-lookup", "ours-fp32", "llama.cpp"]
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -95,8 +95,10 @@ def _make_runner(kind: str, threads: int) -> Any:
 
     if kind == "transformers":
         return _hf_style(LocalGenerator("bundled", decoder="transformers")._loaded.model.generate)
-    if kind.startswith("ours-"):
-        return _hf_style(LocalGenerator("bundled", decoder=kind.split("-", 1)[1])._decoder.generate)
+    if kind.startswith("ours-"):  # ours-PRECISION[-DRAFT]: LocalGenerator's decoder with that proposer
+        _, precision, *draft = kind.split("-")
+        return _hf_style(LocalGenerator("bundled", decoder=precision, draft=draft[0] if draft else "auto")
+                         ._decoder.generate)
     if kind == "ort-genai-int4":
         import onnxruntime_genai as og
 
@@ -320,6 +322,92 @@ def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
                        for d in decoders]
 
 
+# ------------------------------------------------------------------------------------------ part 4
+
+
+def _stream_one(client: Any, url: str, question: str, max_tokens: int) -> dict[str, Any]:
+    """One streamed chat completion: seconds to the first content piece, the longest gap between pieces,
+    completion tokens (the final usage chunk), total seconds."""
+    body = {"model": "course-rag", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "stream": True, "stream_options": {"include_usage": True}}
+    sent = time.monotonic()
+    row: dict[str, Any] = {"ok": False, "tokens": 0, "ttft": None, "max_gap": 0.0}
+    last = None
+    with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        row["status"] = r.status_code
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                row["tokens"] = event["usage"].get("completion_tokens", 0)
+            choices = event.get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                now = time.monotonic()
+                if last is None:
+                    row["ttft"] = now - sent
+                else:
+                    row["max_gap"] = max(row["max_gap"], now - last)
+                last = now
+        row["ok"] = r.status_code == 200
+    row["latency"] = time.monotonic() - sent
+    return row
+
+
+def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """`rag serve` (the default decoder: batched) under closed-loop load at each concurrency level: C client
+    threads share max(8, 2C) streamed on-topic dev questions; throughput = requests (and completion tokens)
+    per second of wall time; ratios to concurrency 1. `RAG_DECODER=transformers` (one generation at a time)
+    runs the same levels for comparison when --server-baseline is given."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from load import start_server
+
+    questions = [json.loads(line)["question"] for line in (ROOT / "eval" / "dev_questions.jsonl").read_text()
+                 .splitlines() if line.strip()]
+    levels = [int(x) for x in args.server_levels.split(",")]
+    decoders = ["auto"] + (["transformers"] if args.server_baseline else [])
+    out = []
+    for mode, decoder in [(m, d) for m in args.server_answer_mode.split(",") for d in decoders]:
+        old = os.environ.get("RAG_DECODER")
+        os.environ["RAG_DECODER"] = decoder
+        conf = argparse.Namespace(index_dir=args.index_dir or ROOT / "data" / "index", max_tokens=args.server_tokens,
+                                  max_queue=64, top_k=5, answer_mode=mode)
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, url = start_server(conf, None, Path(tmp))
+            try:
+                with httpx.Client(timeout=600) as client:
+                    _stream_one(client, url, questions[-1], 8)  # warm-up (first-call allocations)
+                    base, used = None, 0
+                    for c in levels:  # fresh questions per level (no prompt-cache hits across levels)
+                        jobs = [questions[(used + i) % len(questions)] for i in range(max(8, 2 * c))]
+                        used += len(jobs)
+                        t0 = time.monotonic()
+                        with ThreadPoolExecutor(c) as pool:
+                            rows = list(pool.map(lambda q: _stream_one(client, url, q, args.server_tokens), jobs))
+                        wall = time.monotonic() - t0
+                        ok = [r for r in rows if r["ok"]]
+                        row = {"answer_mode": mode, "decoder": decoder, "concurrency": c, "requests": len(rows),
+                               "ok": len(ok), "wall_s": wall, "req_per_s": len(ok) / wall,
+                               "tok_per_s": sum(r["tokens"] for r in ok) / wall,
+                               "ttft_p50_s": statistics.median(r["ttft"] for r in ok if r["ttft"] is not None),
+                               "max_gap_s": max(r["max_gap"] for r in ok)}
+                        base = base or row
+                        row["throughput_ratio"] = row["req_per_s"] / base["req_per_s"]
+                        out.append(row)
+                        print(f"server {mode} {decoder} concurrency {c}: {row['req_per_s']:.3f} req/s", file=sys.stderr)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+                if old is None:
+                    os.environ.pop("RAG_DECODER", None)
+                else:
+                    os.environ["RAG_DECODER"] = old
+    results["server"] = out
+
+
 # ------------------------------------------------------------------------------------------ output
 
 
@@ -355,6 +443,15 @@ def render(results: dict[str, Any]) -> str:
         out.append(md_table(["decoder", "first answer byte s", "whole answer + sources s", "answer chars"],
                             [[c["decoder"], c["first_byte_s"], c["total_s"], c["answer_chars"]]
                              for c in results["cold"]]))
+    if results.get("server"):
+        out += ["", (f"## `rag serve` throughput (streamed dev questions, up to {a['server_tokens']} tokens, closed "
+                     "loop: C clients share max(8, 2C) requests)"), ""]
+        out.append(md_table(["answers", "decoder", "concurrency", "requests ok", "requests/s", "completion tok/s",
+                             "throughput / concurrency 1", "time to first piece p50 s", "longest gap between pieces s"],
+                            [[r["answer_mode"], r["decoder"], r["concurrency"], f"{r['ok']}/{r['requests']}",
+                              r["req_per_s"], r["tok_per_s"], r["throughput_ratio"], r["ttft_p50_s"], r["max_gap_s"]]
+                             for r in results["server"]]))
+    if results.get("cold") or results.get("server"):
         whole = results.get("load_whole_run", {})
         out.append(f"\nOther processes kept {fmt(whole.get('other_cores'))} of the 2 cores busy over the whole run.")
     return "\n".join(out)
@@ -377,6 +474,12 @@ def main() -> None:
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--cold-only", action="store_true", help="part 3 only (fresh `rag ask` per decoder)")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 16 tokens, 1 cold run each")
+    ap.add_argument("--server-levels", default="1,4,8", help="concurrency levels of part 4 ('' = skip)")
+    ap.add_argument("--server-tokens", type=int, default=64)
+    ap.add_argument("--server-baseline", action="store_true", help="part 4 also with RAG_DECODER=transformers")
+    ap.add_argument("--server-answer-mode", default="grounded,free",
+                    help="part 4's answer modes, comma-separated (grounded: the product's default)")
+    ap.add_argument("--only", default="", help="comma-separated parts to run: engines,cold,server (default all)")
     ap.add_argument("--tag", default="", help="results file suffix")
     args = ap.parse_args()
     if args.worker:
@@ -388,10 +491,17 @@ def main() -> None:
     whole = LoadMeter()
     results: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                "machine": machine_info()}
-    if not args.cold_only:
+    only = set(filter(None, args.only.split(","))) or {"engines", "cold", "server"}
+    if args.cold_only:
+        only = {"cold"}
+    if args.skip_cold:
+        only.discard("cold")
+    if "engines" in only:
         engines_part(args, results)
-    if not args.skip_cold:
+    if "cold" in only:
         cold_part(args, results)
+    if "server" in only and args.server_levels:
+        server_part(args, results)
     finish_run(results, whole, t_start, render, "generation" + (f"_{args.tag}" if args.tag else ""))
 
 

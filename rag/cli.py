@@ -324,11 +324,11 @@ def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str |
     """Answer QUESTION from the course documents, streaming the answer, then every passage given to the
     model (the ones that support the answer first, marked *)."""
     from rag.answering.pipeline import validate_question
-    from rag.api import make_pipeline
+    from rag.api import open_pipeline_for
 
     validate_question(question)
     settings = _settings(index_dir=index_dir, answer_mode=answer_mode, **gen)
-    pipeline = make_pipeline(settings)
+    pipeline = open_pipeline_for(question, settings)
     resp = pipeline.ask(question)
     for piece in resp:
         if not as_json:
@@ -364,10 +364,13 @@ def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str |
                    "default none; env RAG_CORS_ORIGINS, comma-separated).")
 @click.option("--max-queue", type=click.IntRange(0, 10_000), default=16, show_default=True,
               help="Requests that may wait for the model; the next one gets 429 with Retry-After.")
+@click.option("--slots", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Answers written at once (they share the model's decode passes); 1 = one at a time. Plain "
+                   "transformers (RAG_DECODER=transformers) always writes one at a time.")
 @click.option("--docs", is_flag=True, help="Serve the interactive API docs at /docs (off by default).")
 @user_errors
 def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, api_key: str | None,
-          cors_origins: tuple[str, ...], max_queue: int, docs: bool, **gen: Any) -> None:
+          cors_origins: tuple[str, ...], max_queue: int, slots: int, docs: bool, **gen: Any) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions that answers from the course documents."""
     import uvicorn
 
@@ -383,7 +386,8 @@ def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, 
                    err=True)
     config = ServerConfig(model_name=served_model_name, api_key=key, docs=docs,
                           cors_origins=tuple(settings.cors_origins),
-                          allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback else None, max_queue=max_queue)
+                          allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback else None, max_queue=max_queue,
+                          parallel_slots=slots)
     listener = listen(host, port)  # before the model loads: a port in use is known in a second, not after 30
     pipeline = make_pipeline(settings)
     pipeline.retriever.search("warm-up", 1)  # loads the embedder now, not during the first request

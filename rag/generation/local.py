@@ -68,7 +68,9 @@ class LocalGenerator(Generator):
 
     local = True
     supports_logprobs = True
-    parallel_requests = False  # one generation at a time per model (a lock); batches go through generate_batch
+    #: plain transformers: one generation at a time (a lock). With an ONNX decoder the instance sets it True:
+    #: concurrent answers share decode passes (rag/generation/engine.py).
+    parallel_requests = False
     small_model = True  # every local model this project ships or trains is 135M-0.5B parameters
 
     def __init__(
@@ -78,6 +80,7 @@ class LocalGenerator(Generator):
         dtype: str = "auto",
         cache_dir: str | Path | None = None,
         decoder: str = "auto",
+        draft: str = "auto",
     ) -> None:
         """Load a local model (once per process and dtype).
 
@@ -88,6 +91,8 @@ class LocalGenerator(Generator):
         :param decoder: who writes the answer after transformers has read the prompt: "auto" ($RAG_DECODER,
             else rag.generation.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
             built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/onnx.py.
+        :param draft: speculative decoding's proposer under an ONNX decoder: "auto" ($RAG_DRAFT, else
+            "int8"), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
         :raises GeneratorError: for an unknown dtype, decoder or spec, an http spec, a model that cannot be
             loaded, or an ONNX decoder named by `decoder` or $RAG_DECODER that cannot be built (the default
             falls back to "transformers" with a note on stderr).
@@ -105,23 +110,60 @@ class LocalGenerator(Generator):
         self._decoder = None
         if self.decoder != "transformers":
             try:
-                self._decoder = load_onnx_decoder(self.model_dir, self.dtype, self.decoder, cache_dir)
+                self._decoder = load_onnx_decoder(self.model_dir, self.dtype, self.decoder, cache_dir, draft=draft)
             except GeneratorError as e:
                 if decoder not in (None, "auto") or os.environ.get(DECODER_ENV, "auto").strip() not in ("", "auto"):
                     raise  # asked for by name: say so
                 # the default cannot serve this model (e.g. an architecture the ONNX builder does not know)
                 print(f"rag: {e}; answering with plain transformers instead", file=sys.stderr, flush=True)
                 self.decoder = "transformers"
+        self.parallel_requests = self._decoder is not None
 
-    def _generate_fn(self, interrupt: Callable[[], None] | None) -> Callable[..., Any]:
-        """`model.generate`, or the ONNX decoder's drop-in `generate` (same arguments, same output).
+    def _run_generate(self, inputs: dict[str, Any], kwargs: dict[str, Any], stop: Callable[[], bool] | None,
+                      seed: int | None, **extra: Any) -> Any:
+        """`model.generate(**inputs, **kwargs, **extra)` with the chosen decoder; returns its ids tensor.
 
-        :param interrupt: what `_interruptible` yielded: the ONNX decoder calls it before every step (the
-            transformers model's layers already call it through their hooks).
+        Plain transformers holds the model's lock throughout. The ONNX decoder holds it only while the
+        transformers model reads the prompt, so concurrent callers' answers are decoded together by its
+        DecodeEngine (rag/generation/engine.py) while the next prompt is read.
+
+        :param stop: polled while waiting for the lock, in every decoder layer and before every decode pass.
+        :raises GenerationCancelled: when `stop()` became true.
         """
+        import torch
+
         if self._decoder is None:
-            return self._loaded.model.generate
-        return functools.partial(self._decoder.generate, interrupt=interrupt)
+            with self._holding_lock(stop), torch.inference_mode(), self._interruptible(stop):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                return self._loaded.model.generate(**inputs, **kwargs, **extra)
+        interrupt = None
+        if stop is not None:
+            def interrupt() -> None:
+                if stop():
+                    raise GenerationCancelled(f"{self.model_id}: cancelled")
+
+        @contextmanager
+        def reading() -> Iterator[None]:
+            with self._holding_lock(stop), self._interruptible(stop):
+                yield
+
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            return self._decoder.generate(**inputs, **kwargs, **extra, interrupt=interrupt, reading=reading)
+
+    @contextmanager
+    def _holding_lock(self, stop: Callable[[], bool] | None) -> Iterator[None]:
+        """The model's lock, given up with GenerationCancelled when `stop()` turns true while waiting."""
+        lock = self._loaded.lock
+        while not lock.acquire(timeout=0.1):
+            if stop is not None and stop():
+                raise GenerationCancelled(f"{self.model_id}: cancelled while waiting for the model")
+        try:
+            yield
+        finally:
+            lock.release()
 
     @property
     def tokenizer(self) -> Any:
@@ -227,13 +269,12 @@ class LocalGenerator(Generator):
             if params.stop:
                 kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
             scope = current_cancel()
-            with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set) as check:
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                try:
-                    ids = self._generate_fn(check)(**enc, **kwargs)
-                except Exception as e:
-                    raise GeneratorError(f"{self.model_id} failed while generating: {type(e).__name__}: {e}") from e
+            try:
+                ids = self._run_generate(enc, kwargs, scope and scope.is_set, params.seed)
+            except GenerationCancelled:
+                raise
+            except Exception as e:
+                raise GeneratorError(f"{self.model_id} failed while generating: {type(e).__name__}: {e}") from e
             for row, i in enumerate(idx):
                 text = tok.decode(ids[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 out[i] = "".join(apply_stop([text], params.stop))
@@ -314,30 +355,16 @@ class LocalGenerator(Generator):
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
-        loaded = self._loaded
 
         def work() -> None:
-            while not loaded.lock.acquire(timeout=0.1):
-                if cancelled():  # the consumer left while another generation held the model
-                    streamer.end()
-                    return
             try:
-                with torch.inference_mode(), self._interruptible(cancelled) as check:
-                    if params.seed is not None:
-                        torch.manual_seed(params.seed)
-                    self._generate_fn(check)(
-                        **inputs,
-                        **kwargs,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                    )
+                self._run_generate(inputs, kwargs, cancelled, params.seed, streamer=streamer,
+                                   stopping_criteria=StoppingCriteriaList([_Cancelled()]))
             except GenerationCancelled:
                 streamer.end()  # cancelled: the consumer's iteration ends, without an error
             except BaseException as e:  # noqa: BLE001 - handed to the consumer thread below
                 failure.append(e)
                 streamer.end()  # unblock the consumer
-            finally:
-                loaded.lock.release()
 
         thread = threading.Thread(target=work, name="rag-generate", daemon=True)
         thread.start()

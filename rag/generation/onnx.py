@@ -2,37 +2,46 @@
 
 Measured by `python bench/generation.py` (bundled SmolLM2-135M, a 1,407-token RAG prompt, 64 greedy
 tokens, 1 thread, contenders in separate processes interleaved per round; README "Speed" has the table):
-transformers `generate` decodes ~8 tokens/s on the shared 2-core CPU (30 layers of tiny matrix-vector
-products, each step paying per-operation overhead); llama.cpp (the same Q4_1 GGUF) decodes 2.6x
-faster but pre-fills 3.4x slower; this split path decodes 1.6x (fp32), 2.9x (int8) or 3.5x (int4) faster
-with the prefill no slower (0.7-0.9x transformers' time). An earlier session also tried OpenVINO, a static
-KV cache with `torch.compile`, torch.ao dynamic int8 and bf16 weights and found them slower or changing the
-greedy text; those runs are not part of bench/generation.py.
+transformers `generate` decodes 14 tokens/s on this 2-core CPU (30 layers of tiny matrix-vector
+products, each step paying per-operation overhead); llama.cpp (the same Q4_1 GGUF) decodes 2.7x faster
+but pre-fills 3.3x slower. Here, with the prefill no slower than transformers': one fp32 ONNX step per
+token decodes 1.5x faster (a step reads all 540 MB of fp32 weights: bound by memory bandwidth), and the
+default - the same fp32 decoder checking tokens proposed by an int8 draft model and by prompt lookup
+(speculative decoding, rag/generation/speculative.py) - 2.0x, with the same greedy text; int8 (2.3x)
+and int4 (2.9x) decoders are faster still but change the text. An earlier session also tried OpenVINO, a
+static KV cache with `torch.compile`, torch.ao dynamic int8 and bf16 weights and found them slower or
+changing the greedy text; those runs are not part of bench/generation.py.
 
 How: the prompt goes through the transformers model as before (same first token, cancellable within a
-layer, prompt cache of rag/generation/prefill.py), its key/value cache is copied once into preallocated
-ONNX Runtime buffers, and every further token is one `InferenceSession` run of the decoder written by
-onnxruntime-genai's model builder, whose GroupQueryAttention writes into those buffers in place (past and
-present share memory). Token selection reuses transformers' own logits processors, stopping criteria and
-streamer, so repetition penalty, sampling, seeds, stop strings, EOS handling and left-padded batches mean
-what they mean in `model.generate`. Log-probabilities of continuations stay on the transformers model.
+layer, prompt cache of rag/generation/prefill.py), each row's key/value cache is copied once into the
+preallocated buffers of this decoder's DecodeEngine (rag/generation/engine.py), and every further pass is
+one `InferenceSession` run of the decoder written by onnxruntime-genai's model builder, whose
+GroupQueryAttention writes into those buffers in place (past and present share memory). The engine writes
+concurrent answers in shared passes (continuous batching: what `rag serve` runs) and a lone greedy answer
+speculatively. Token selection reuses transformers' own logits processors and stopping criteria, so
+repetition penalty, sampling, seeds, stop strings, EOS handling and left-padded batches mean what they
+mean in `model.generate`. Log-probabilities of continuations stay on the transformers model.
 
-The decoder is built once per model folder and precision (a subprocess, progress on stderr: 6 s for the
-bundled model in fp32 at load ~2 here, longer for bigger models or a busier CPU) into the model cache,
-written to a temp folder and renamed into place (models.publish_cached); a `raft train` merged model is
-a transformers folder like any other and gets its own cached decoder. It holds a second copy of the
-weights: +519 MB on disk for the bundled model in fp32, and its bench worker resided ~0.8 GB more than
-the transformers one (1.8 vs 1.0 GB, `ps` during the bench run).
+The decoder is built once per model folder and precision (a subprocess, progress on stderr: 6-8 s for
+the bundled model in fp32, longer for bigger models or a busier CPU) into the model cache, written to a
+temp folder and renamed into place (models.publish_cached); a `raft train` merged model is a transformers
+folder like any other and gets its own cached decoders. The LM head is kept for every position (a
+speculative pass needs them all; a one-token step computes one row either way). The fp32 decoder holds a
+second copy of the weights (+540 MB on disk for the bundled model) and the int8 draft a third (+267 MB);
+its bench worker resided ~0.8 GB more than the transformers one. `RAG_DRAFT=lookup` drops the draft,
+`RAG_DECODER=transformers` both.
 
 Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers'
-greedy text token for token (tests/rag/generation/test_onnx.py; 12/12 dev answers identical in the bench);
+greedy text token for token (tests/rag/generation/test_onnx.py; every dev answer identical in the bench);
 "int8" and "int4" quantise the decoder's weights (blocks of 32, int8 activations): faster, but the greedy
-text drifts after the first token (2 and 0 of 12 dev answers identical, lower token F1 against the
-reference answers), so they are opt-in. "transformers" is plain `model.generate` (no build, no second copy of the weights).
+text drifts after the first token (1 and 0 of 6 dev answers identical, lower token F1 against the
+reference answers), so they are opt-in. "transformers" is plain `model.generate` (no build, no second
+copy of the weights, one answer at a time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -43,11 +52,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from rag.common.atomic import write_json_atomic
 from rag.errors import GeneratorError
+from rag.generation.engine import DecodeEngine, DecodeSequence
 from rag.generation.models import LoadedModel, default_cache_dir, publish_cached
 from rag.generation.prefill import output_cache, read_prompt
 
@@ -57,8 +68,12 @@ DECODERS = ("int4", "int8", "fp32", "transformers")
 #: (bench/generation.py, README "Speed").
 DEFAULT_DECODER = "fp32"
 DECODER_ENV = "RAG_DECODER"
+#: Proposers of speculative decoding (rag/generation/speculative.py), and the default under "auto".
+DRAFTS = ("int8", "int4", "lookup", "off")
+DEFAULT_DRAFT = "int8"
+DRAFT_ENV = "RAG_DRAFT"
 _MANIFEST = "rag_decoder.json"
-_FORMAT = 1  # bump when the builder options below change
+_FORMAT = 2  # bump when the builder options below change (2: logits of every position, for speculation)
 _BUILD_TIMEOUT_S = 1800
 
 
@@ -217,9 +232,8 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     fingerprint = _source_fingerprint(model_dir)
     label = f"the ONNX {precision} decoder of {model_dir.name}"
-    options = ["prune_lm_head=true"]
-    if config.get("tie_word_embeddings"):
-        options.append("shared_embeddings=true")
+    # the LM head is not pruned: a speculative pass needs the logits of every position it feeds
+    options = ["shared_embeddings=true"] if config.get("tie_word_embeddings") else []
 
     def write(tmp: Path) -> None:
         _run_builder([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o",
@@ -245,17 +259,22 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
 class OnnxDecoder:
     """`generate()` like transformers' `model.generate`: the transformers model pre-fills, ONNX Runtime decodes.
 
-    One instance per (model folder, dtype, precision, threads); not thread-safe by itself: callers hold the
-    LoadedModel's lock (LocalGenerator does).
+    One instance per (model folder, dtype, precision, threads, draft); `generate` may be called from several
+    threads at once: the prompts are read one at a time inside the caller's `reading()`, the answers are
+    written together by one DecodeEngine.
     """
 
-    def __init__(self, loaded: LoadedModel, onnx_dir: Path, threads: int) -> None:
-        """Open the ONNX decoder of `loaded`'s model.
+    def __init__(self, loaded: LoadedModel, onnx_dir: Path, threads: int, draft_dir: Path | None = None,
+                 speculate: bool = True) -> None:
+        """Open the ONNX decoder of `loaded`'s model (and its draft model).
 
         :param loaded: the transformers model and tokenizer (they pre-fill and keep scoring continuations).
         :param onnx_dir: a folder from `build_onnx_decoder` for the same model.
         :param threads: ONNX Runtime intra-op threads (LocalGenerator passes torch's thread count).
-        :raises GeneratorError: when the ONNX model cannot be opened or does not match the model's shape.
+        :param draft_dir: a cheaper decoder of the same model proposing tokens for speculative decoding
+            (rag/generation/speculative.py), or None (prompt lookup only).
+        :param speculate: False = one token per pass, never speculating (RAG_DRAFT=off).
+        :raises GeneratorError: when an ONNX model cannot be opened or does not match the model's shape.
         """
         import onnxruntime as ort
 
@@ -281,6 +300,23 @@ class OnnxDecoder:
             raise GeneratorError(f"the ONNX decoder {onnx_dir} does not match {config.model_type} with {self.layers} "
                                  f"layers and {self.kv_heads} key/value heads; delete the folder to rebuild it")
         self.vocab = int(self.session.get_outputs()[0].shape[-1])
+        self.draft_dir = draft_dir
+        self.engine = DecodeEngine(self.session, self.layers, self.kv_heads, self.head_dim, self.vocab, None,
+                                   speculate)
+        if draft_dir is not None:
+            # Opened in the background (~1 s): the first answer needs the prompt read first, and the engine
+            # uses prompt lookup alone until the draft is there.
+            def open_draft() -> None:
+                try:
+                    self.engine.draft = ort.InferenceSession(str(draft_dir / "model.onnx"), options,
+                                                             providers=["CPUExecutionProvider"])
+                except Exception as e:  # noqa: BLE001 - decoding goes on without the draft model, said once
+                    print(f"rag: cannot open the ONNX draft decoder {draft_dir} ({type(e).__name__}: {e}); "
+                          "delete the folder to rebuild it; decoding without it", file=sys.stderr, flush=True)
+
+            # not a daemon: an ONNX Runtime session still being created when the interpreter exits aborts it
+            self._draft_opening = threading.Thread(target=open_draft, name="rag-open-draft")
+            self._draft_opening.start()
 
     def generate(
         self,
@@ -300,8 +336,13 @@ class OnnxDecoder:
         stop_strings: list[str] | None = None,
         tokenizer: Any = None,
         interrupt: Callable[[], None] | None = None,
+        reading: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> Any:
         """Continue left-padded prompts, with `model.generate`'s meaning for every argument it takes.
+
+        The prompts are read by the transformers model (inside `reading()`), then every row becomes a
+        DecodeSequence of this decoder's DecodeEngine (rag/generation/engine.py), which writes it together
+        with whatever other answers are being written at the time.
 
         :param input_ids: LongTensor [batch, prompt_len], left-padded.
         :param attention_mask: LongTensor [batch, prompt_len], 0 on padding (None = no padding).
@@ -309,17 +350,18 @@ class OnnxDecoder:
         :param min_new_tokens: EOS is masked out until this many tokens were added (bench/generation.py).
         :param pad_token_id: written after a sequence has finished (EOS or a stop criterion).
         :param do_sample: sample (with temperature / top_k / top_p) instead of greedy argmax.
-        :param repetition_penalty: transformers' RepetitionPenaltyLogitsProcessor (1.0 = off).
-        :param streamer: a transformers streamer: gets the prompt, then each new token, then `end()`.
-        :param stopping_criteria: extra StoppingCriteria (called with ids and scores after every token).
+        :param repetition_penalty: transformers' RepetitionPenaltyLogitsProcessor (1.0 = off), over the
+            row's own prompt and answer tokens (not its padding).
+        :param streamer: a transformers streamer (batch 1): gets the prompt, then each new token, then `end()`.
+        :param stopping_criteria: extra StoppingCriteria (called with a row's ids and scores after every token).
         :param stop_strings: end a sequence when its text ends with one of these (needs `tokenizer`).
-        :param interrupt: called before every ONNX decode step; raises to abandon the generation (the
-            prefill is interrupted by the caller's layer hooks on the transformers model instead).
+        :param interrupt: called before every decode pass a row takes part in; raises to abandon the
+            generation (the prefill is interrupted by the caller's layer hooks inside `reading()`).
+        :param reading: a context manager factory held while the transformers model reads the prompts
+            (LocalGenerator: the model's lock and its cancellation hooks); None = nothing.
         :returns: LongTensor [batch, prompt_len + new_tokens]: prompt, answer, pad after the end.
-        :raises: whatever `interrupt` or the caller's layer hooks raise when cancelled.
+        :raises: whatever `interrupt` or `reading()` raise when cancelled.
         """
-        import numpy as np
-        import onnxruntime as ort
         import torch
         from transformers import (
             LogitsProcessorList,
@@ -336,106 +378,98 @@ class OnnxDecoder:
         batch, width = input_ids.shape
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         lengths = mask.sum(dim=1).tolist()
-        if batch == 1 and bool(mask.all()):  # one prompt: reuse the last prompt's cache where it matches
-            out = read_prompt(model, self.loaded.prompt_cache, input_ids)
-        else:  # the same position ids `model.generate` gives a left-padded prompt
-            positions = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=1)
-        scores = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
-        max_len = max(lengths) + max_new_tokens
-        # The decoder's attention reads row b's cache from position 0: move each row's real tokens to the front.
-        buffers: list[tuple[Any, Any]] = []
-        cache = output_cache(out)
-        for layer in range(self.layers):
-            pair = []
-            for part in (cache.layers[layer].keys, cache.layers[layer].values):
-                buf = np.zeros((batch, self.kv_heads, max_len, self.head_dim), dtype=np.float32)
-                view = torch.from_numpy(buf)  # shares memory: one copy, cast included
-                for row, n in enumerate(lengths):
-                    view[row, :, :n].copy_(part[row, :, width - n:])
-                pair.append(buf)
-            buffers.append((pair[0], pair[1]))
-        del out, cache
+        with reading() if reading is not None else contextlib.nullcontext(), torch.inference_mode():
+            if batch == 1 and bool(mask.all()):  # one prompt: reuse the last prompt's cache where it matches
+                out = read_prompt(model, self.loaded.prompt_cache, input_ids)
+            else:  # the same position ids `model.generate` gives a left-padded prompt
+                positions = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
+                out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1)
+            scores = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+            cache = output_cache(out)
+            # each row's real tokens, copied (the prompt cache may be reused by the next reader)
+            kvs = [[(cache.layers[layer].keys[row, :, width - n:].to(torch.float32, copy=True),
+                     cache.layers[layer].values[row, :, width - n:].to(torch.float32, copy=True))
+                    for layer in range(self.layers)] for row, n in enumerate(lengths)]
+            del out, cache
 
         eos = model.generation_config.eos_token_id
-        eos_ids = torch.tensor(sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                                       *([self.loaded.tokenizer.eos_token_id] if self.loaded.tokenizer.eos_token_id
-                                         is not None else [])}), dtype=torch.long)
-        processors = LogitsProcessorList()
-        if min_new_tokens:
-            processors.append(MinNewTokensLengthLogitsProcessor(width, min_new_tokens, eos_ids))
-        if repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
-        if do_sample:
-            if temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(temperature))
-            if top_k:
-                processors.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-            if top_p < 1.0:
-                processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-        criteria = StoppingCriteriaList(list(stopping_criteria or []))
-        if stop_strings:
-            criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)))
-        pad = pad_token_id if pad_token_id is not None else int(eos_ids[0]) if len(eos_ids) else 0
-
-        binding = self.session.io_binding()
-        for layer, (key, value) in enumerate(buffers):
-            for name, buf in ((f"{layer}.key", key), (f"{layer}.value", value)):
-                shared = ort.OrtValue.ortvalue_from_numpy(buf)
-                binding.bind_ortvalue_input(f"past_key_values.{name}", shared)
-                binding.bind_ortvalue_output(f"present.{name}", shared)  # written in place
-        logits = np.empty((batch, 1, self.vocab), dtype=np.float32)
-        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        step_mask = np.zeros((batch, max_len), dtype=np.int64)
+        eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+                   *([self.loaded.tokenizer.eos_token_id] if self.loaded.tokenizer.eos_token_id is not None else [])}
+        eos_tensor = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        pad = pad_token_id if pad_token_id is not None else min(eos_ids) if eos_ids else 0
+        sequences = []
         for row, n in enumerate(lengths):
-            step_mask[row, :n] = 1
-        rows = np.arange(batch)
-        lengths_np = np.asarray(lengths, dtype=np.int64)
-
-        ids = input_ids
-        unfinished = torch.ones(batch, dtype=torch.bool)
+            processors = LogitsProcessorList()
+            if min_new_tokens:
+                processors.append(MinNewTokensLengthLogitsProcessor(int(n), min_new_tokens, eos_tensor))
+            if repetition_penalty != 1.0:
+                processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
+            if do_sample:
+                if temperature != 1.0:
+                    processors.append(TemperatureLogitsWarper(temperature))
+                if top_k:
+                    processors.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+                if top_p < 1.0:
+                    processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+            criteria = StoppingCriteriaList(list(stopping_criteria or []))
+            if stop_strings:
+                criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)))
+            on_token = None
+            if streamer is not None and batch == 1:
+                def on_token(token: int) -> None:
+                    streamer.put(torch.tensor([token]))
+            sequences.append(DecodeSequence(input_ids[row, width - n:].tolist(), kvs[row], scores[row], processors,
+                                            criteria, eos_ids, max_new_tokens, do_sample, on_token, interrupt))
+        del kvs
         if streamer is not None:
             streamer.put(input_ids.cpu())
         try:
-            for step in range(max_new_tokens):
-                scores = processors(ids, scores)
-                if do_sample:
-                    chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-                else:
-                    chosen = torch.argmax(scores, dim=-1)
-                chosen = torch.where(unfinished, chosen, torch.full_like(chosen, pad))
-                ids = torch.cat([ids, chosen[:, None]], dim=-1)
-                if streamer is not None:
-                    streamer.put(chosen.cpu())
-                unfinished &= ~torch.isin(chosen, eos_ids)
-                if len(criteria):
-                    unfinished &= ~criteria(ids, scores)
-                if not bool(unfinished.any()) or step == max_new_tokens - 1:
-                    break
-                if interrupt is not None:
-                    interrupt()
-                step_mask[rows, lengths_np + step] = 1  # the new token's slot (its position = ones before it)
-                binding.bind_cpu_input("input_ids", chosen.numpy().astype(np.int64).reshape(batch, 1))
-                binding.bind_cpu_input("attention_mask", step_mask)
-                self.session.run_with_iobinding(binding)
-                scores = torch.from_numpy(logits[:, -1, :].copy())
+            self.engine.run(sequences)
         finally:
             if streamer is not None:
                 streamer.end()
-        return ids
+        new = max(len(s.new_tokens) for s in sequences)
+        result = torch.full((batch, width + new), pad, dtype=torch.long)
+        result[:, :width] = input_ids
+        for row, seq in enumerate(sequences):
+            result[row, width:width + len(seq.new_tokens)] = torch.tensor(seq.new_tokens, dtype=torch.long)
+        return result
+
+
+def resolve_draft(name: str | None, precision: str) -> str:
+    """The proposer of speculative decoding: `name`, or for "auto"/None $RAG_DRAFT, else DEFAULT_DRAFT.
+
+    :param name: "auto", None, or one of DRAFTS: "int8"/"int4" (a draft model with those weights, then
+        prompt lookup first), "lookup" (prompt lookup only), "off" (one token per pass).
+    :param precision: the decoder's precision; a draft model is used only under the fp32 decoder (a
+        quantised decoder is as cheap as its draft would be: it gets prompt lookup).
+    :returns: one of DRAFTS.
+    :raises GeneratorError: naming the value, where it came from and the choices.
+    """
+    source = "draft"
+    if name in (None, "auto"):
+        env = os.environ.get(DRAFT_ENV, "").strip().lower()
+        name, source = (env, DRAFT_ENV) if env and env != "auto" else (DEFAULT_DRAFT, "default")
+    if name not in DRAFTS:
+        raise GeneratorError(f"unknown {source} {name!r}: choose auto, {', '.join(DRAFTS)}")
+    if name in ("int8", "int4") and precision != "fp32":
+        return "lookup"
+    return name
 
 
 @functools.lru_cache(maxsize=4)
-def _open_decoder(model_dir: str, dtype: str, precision: str, cache_dir: str | None, threads: int) -> OnnxDecoder:
+def _open_decoder(model_dir: str, dtype: str, precision: str, cache_dir: str | None, threads: int,
+                  draft: str) -> OnnxDecoder:
     from rag.generation.models import load_local_model
 
     onnx_dir = build_onnx_decoder(model_dir, precision, cache_dir)
-    return OnnxDecoder(load_local_model(model_dir, dtype), onnx_dir, threads)
+    draft_dir = build_onnx_decoder(model_dir, draft, cache_dir) if draft in ("int8", "int4") else None
+    return OnnxDecoder(load_local_model(model_dir, dtype), onnx_dir, threads, draft_dir, speculate=draft != "off")
 
 
 def load_onnx_decoder(model_dir: str | Path, dtype: str, precision: str, cache_dir: str | Path | None = None,
-                      threads: int | None = None) -> OnnxDecoder:
+                      threads: int | None = None, draft: str | None = "auto") -> OnnxDecoder:
     """The ONNX decoder of a loaded transformers model, built on first use and opened once per process.
 
     :param model_dir: the transformers model folder `load_local_model` loaded.
@@ -443,12 +477,14 @@ def load_onnx_decoder(model_dir: str | Path, dtype: str, precision: str, cache_d
     :param precision: "int4", "int8" or "fp32".
     :param cache_dir: the model cache root (default: $RAG_CACHE_DIR or ~/.cache/course-rag/models).
     :param threads: ONNX Runtime threads (default: torch's current thread count).
+    :param draft: speculative decoding's proposer (resolve_draft): "auto", "int8", "int4", "lookup", "off".
     :returns: an OnnxDecoder sharing the process-wide LoadedModel.
-    :raises GeneratorError: when the decoder cannot be built or opened.
+    :raises GeneratorError: when the decoder cannot be built or opened, or for an unknown draft.
     """
+    draft = resolve_draft(draft, precision)
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
     return _open_decoder(str(Path(model_dir).resolve()), dtype, precision,
-                         None if cache_dir is None else str(cache_dir), int(threads))
+                         None if cache_dir is None else str(cache_dir), int(threads), draft)

@@ -6,8 +6,10 @@ quote appended, to write the short answer. The second read was a whole prefill a
 `rag ask`'s ~17 s on the shared 2-core CPU); with the first prompt's cache kept, it reads only the quote and
 the answer cue (tens of tokens). llama.cpp and vLLM keep a prompt cache for the same reason.
 
-One cache per loaded model (LoadedModel.prompt_cache), used under the model's lock; it holds one prompt
-(about 65 MB for 1,400 tokens of SmolLM2-135M in fp32). The reused part is computed exactly as before, so
+One cache per loaded model (LoadedModel.prompt_cache), used under the model's lock; it holds the last
+PROMPTS_KEPT prompts (about 65 MB each for 1,400 tokens of SmolLM2-135M in fp32): `rag serve` writes up to
+4 answers at once (rag/generation/engine.py), and one request's quote scoring must not evict the prompt
+another request is about to answer from. The reused part is computed exactly as before, so
 only the split of the prompt into two matrix products changes: logits move by ~1e-5 (measured in
 tests/rag/generation/test_onnx.py), below anything a greedy argmax or a multiple-choice ranking notices.
 """
@@ -19,6 +21,8 @@ from typing import Any
 
 #: Shorter common prefixes are read again: reusing them would save less than copying the cache costs.
 MIN_REUSE_TOKENS = 64
+#: Prompts kept per model (least recently stored dropped first): the server's default parallel slots.
+PROMPTS_KEPT = 4
 
 
 def cache_kwarg(model: Any) -> str:
@@ -33,36 +37,46 @@ def output_cache(out: Any) -> Any:
 
 
 class PromptCache:
-    """The token ids and KV cache of the last prompt a model read; hands out copies of its longest prefix."""
+    """The token ids and KV caches of the last `size` prompts a model read; hands out copies of the longest
+    stored prefix of a new prompt."""
 
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.layers: list[tuple[Any, Any]] = []
+    def __init__(self, size: int = PROMPTS_KEPT) -> None:
+        self.size = size
+        self.entries: list[tuple[list[int], list[tuple[Any, Any]]]] = []  # newest first
+        self._chosen = 0
 
     def clear(self) -> None:
-        """Forget the stored prompt (frees its memory)."""
-        self.ids, self.layers = [], []
+        """Forget the stored prompts (frees their memory)."""
+        self.entries = []
 
     def common_prefix(self, ids: list[int]) -> int:
-        """Tokens at the start of `ids` whose cache is stored; always leaves at least one token to read."""
-        n = 0
-        for a, b in zip(self.ids, ids[:-1]):
-            if a != b:
-                break
-            n += 1
-        return n if n >= MIN_REUSE_TOKENS else 0
+        """Tokens at the start of `ids` whose cache is stored (the longest among the stored prompts, which
+        `prefix_cache` then copies); always leaves at least one token to read."""
+        best, self._chosen = 0, 0
+        for i, (stored, _) in enumerate(self.entries):
+            n = 0
+            for a, b in zip(stored, ids[:-1]):
+                if a != b:
+                    break
+                n += 1
+            if n > best:
+                best, self._chosen = n, i
+        return best if best >= MIN_REUSE_TOKENS else 0
 
     def store(self, ids: list[int], cache: Any) -> None:
-        """Keep a copy of `cache` (batch 1, covering exactly `ids`) for the next prompt."""
-        self.layers = [(layer.keys[:, :, : len(ids)].clone(), layer.values[:, :, : len(ids)].clone())
-                       for layer in cache.layers]
-        self.ids = list(ids)
+        """Keep a copy of `cache` (batch 1, covering exactly `ids`); it replaces stored prompts that are a
+        prefix of `ids` and, past `size`, the oldest."""
+        layers = [(layer.keys[:, :, : len(ids)].clone(), layer.values[:, :, : len(ids)].clone())
+                  for layer in cache.layers]
+        kept = [(s, c) for s, c in self.entries if ids[: len(s)] != s]
+        self.entries = [(list(ids), layers), *kept][: self.size]
 
     def prefix_cache(self, n: int, config: Any) -> Any:
-        """A fresh DynamicCache holding copies of the first `n` stored positions."""
+        """A fresh DynamicCache holding copies of the first `n` positions of the prompt `common_prefix` chose."""
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=[(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in self.layers],
+        layers = self.entries[self._chosen][1]
+        return DynamicCache(ddp_cache_data=[(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in layers],
                             config=config)
 
 

@@ -69,8 +69,9 @@ class ServerConfig:
     :param max_conversation_chars: all messages' text together; more gets 400.
     :param max_answer_tokens: the most tokens one answer may ask for (a longer request gets 400), so one
         client cannot hold the model for minutes.
-    :param parallel_slots: generations at once for a backend that declares `parallel_requests` (an
-        in-process model always gets 1).
+    :param parallel_slots: generations at once for a backend that declares `parallel_requests`: a server
+        backend, or the in-process model with an ONNX decoder (its answers share decode passes,
+        rag/generation/engine.py); plain transformers gets 1.
     """
 
     model_name: str = "course-rag"
@@ -198,7 +199,7 @@ def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) 
     state: dict[str, Any] = {}
     # Retrievals run one at a time in arrival order for an in-process model (they share its 2 cores); with a
     # server backend as many as it has slots, since condensing a follow-up then calls that server.
-    retrieval = anyio.CapacityLimiter(slots)
+    retrieval = anyio.CapacityLimiter(1 if getattr(pipeline.generator, "local", False) else slots)
     health_limiter = anyio.CapacityLimiter(2)  # /health never waits behind request threads
 
     def model_queue() -> ModelQueue:

@@ -112,8 +112,8 @@ GATE_ARGS = ("--api-key", KEY, "--max-queue", "4", "--cors-origin", "http://allo
 def server(course_index) -> Iterator[Served]:
     """`rag serve` with the bundled base model (named: the course's default is its RAFT adapter, tested below; the
     queue tests hold the model with a reply the base model never ends): an API key, one allowed CORS origin, at
-    most 4 waiting."""
-    with start_server(course_index.index_dir, *GATE_ARGS, "--model", "bundled", key=KEY) as served:
+    most 4 waiting, one answer at a time (the queue tests count who runs and who waits)."""
+    with start_server(course_index.index_dir, *GATE_ARGS, "--model", "bundled", "--slots", "1", key=KEY) as served:
         yield served
 
 
@@ -308,6 +308,30 @@ def leave(*clients: Client) -> None:
         c._leave.set()
     for c in clients:
         c.join(POLL_S)
+
+
+@pytest.mark.slow  # another `rag serve` process
+@pytest.mark.llm
+def test_concurrent_streams_are_answered_together(course_index):
+    """The default `rag serve` (4 slots, the ONNX decoder's continuous batching): three streams run at once,
+    each gets the answer it gets alone, and the queue shows them all running (none waits for another)."""
+    with start_server(course_index.index_dir, "--model", "bundled") as served:
+        questions = [ON_TOPIC, "What is retrieval augmented generation?", "What is a distractor document?"]
+        alone = []
+        for q in questions:
+            events = Client(served, body(q, stream=True, max_tokens=24))
+            events.join(POLL_S)
+            alone.append("".join(e["choices"][0]["delta"].get("content") or "" for e in events.result
+                                 if e.get("choices")))
+        clients = [Client(served, body(q, stream=True, max_tokens=24)) for q in questions]
+        seen_running = 0
+        while any(c.is_alive() for c in clients):
+            seen_running = max(seen_running, served.health()["queue"]["running"])
+            time.sleep(0.05)
+        together = ["".join(e["choices"][0]["delta"].get("content") or "" for e in c.result if e.get("choices"))
+                    for c in clients]
+        assert [c.status for c in clients] == [200, 200, 200] and together == alone and all(alone)
+        assert seen_running >= 2 and served.health()["queue"]["slots"] == 4
 
 
 @pytest.mark.llm

@@ -85,8 +85,7 @@ def test_decoder_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_transformers_decoder_is_plain_generate(ref: LocalGenerator) -> None:
-    assert ref.decoder == "transformers" and ref._decoder is None
-    assert ref._generate_fn(None) == ref._loaded.model.generate
+    assert ref.decoder == "transformers" and ref._decoder is None and not ref.parallel_requests
 
 
 # --------------------------------------------------------------------------- the decoder cache
@@ -277,7 +276,7 @@ def test_logprobs_equal_a_plain_forward_pass_with_and_without_the_prompt_cache(i
     conts = ["LoRA freezes all the weights of the pre-trained model.", "Only the adapter is stored."]
     int8._loaded.prompt_cache.clear()
     fresh = int8.continuation_logprobs(messages, prefix, conts)
-    assert int8._loaded.prompt_cache.ids  # the prompt was kept
+    assert int8._loaded.prompt_cache.entries  # the prompt was kept
     reused_prefix = int8._loaded.prompt_cache.common_prefix(
         int8.tokenizer(int8._prompt_text(messages, prefix + "x"), add_special_tokens=False)["input_ids"])
     assert reused_prefix > 100
@@ -321,3 +320,91 @@ def test_a_merged_lora_model_gets_its_own_decoder(root: Path, fp32: LocalGenerat
     plain = LocalGenerator(out, cache_dir=root, decoder="transformers")
     assert tuned._decoder.onnx_dir != fp32._decoder.onnx_dir and tuned._decoder.onnx_dir.parent == root
     assert tuned.generate(PROMPTS[0], GREEDY) == plain.generate(PROMPTS[0], GREEDY)
+
+
+# --------------------------------------------------------------------------- speculation and continuous batching
+
+
+def _draft(root: Path, draft: str) -> LocalGenerator:
+    return LocalGenerator(cache_dir=root, decoder="fp32", draft=draft)
+
+
+def test_prompt_lookup_proposes_what_followed_the_latest_match() -> None:
+    from rag.generation.speculative import next_draft_length, prompt_lookup
+
+    assert prompt_lookup([5, 6, 7, 8, 9, 1, 6, 7], max_tokens=2) == [8, 9]
+    assert prompt_lookup([1, 2, 3, 9, 1, 2, 3, 7, 4, 1, 2, 3]) == [7, 4, 1, 2, 3]  # the latest occurrence
+    assert prompt_lookup([1, 2, 3, 4]) == []  # no repeated bigram
+    assert next_draft_length(5, 5, 5) == 7 and next_draft_length(5, 5, 2) == 4 and next_draft_length(2, 3, 0) == 2
+
+
+def test_speculation_writes_the_same_greedy_text_with_fewer_passes(root: Path, ref: LocalGenerator,
+                                                                    fp32: LocalGenerator) -> None:
+    """Prompt lookup on a passage the answer copies, and the int8 draft model elsewhere: the fp32 model
+    checks every proposed token, so the text is plain transformers' token for token."""
+    off = _draft(root, "off")
+    lookup = _draft(root, "lookup")
+    fp32._decoder._draft_opening.join()  # opened in the background
+    assert fp32._decoder.engine.draft is not None
+    copying = [{"role": "user", "content": f"Passage: {PASSAGE}\nWhat does LoRA freeze? Quote the passage."}]
+    plain = GenerationParams(max_new_tokens=48)  # no repetition penalty: the answer copies the passage
+    penalised = GenerationParams(max_new_tokens=48, repetition_penalty=1.1)
+    for messages, params in [(copying, plain), *((m, penalised) for m in PROMPTS)]:
+        expected = ref.generate(messages, params)
+        for gen in (off, lookup, fp32):
+            gen._decoder.engine.batch_sizes.clear()
+            assert gen.generate(messages, params) == expected
+        if messages is copying:
+            assert lookup._decoder.engine.speculation["lookup_accepted"] > 10  # the copied sentence
+    # the last prompt's passes: one token each without speculation, fewer with the draft model
+    assert fp32._decoder.draft_dir is not None and lookup._decoder.draft_dir is None
+    assert off._decoder.engine.speculation.total() == 0
+    assert fp32._decoder.engine.speculation["draft_accepted"] > 0
+    assert sum(fp32._decoder.engine.batch_sizes.values()) < sum(off._decoder.engine.batch_sizes.values())
+
+
+def test_concurrent_answers_share_decode_passes_and_equal_single_runs(fp32: LocalGenerator) -> None:
+    """What `rag serve` does with 3 clients: each stream's answer is its single-run answer, and the ONNX
+    passes carried several sequences at once."""
+    params = GenerationParams(max_new_tokens=32, repetition_penalty=1.1)
+    alone = [fp32.generate(m, params) for m in PROMPTS]
+    engine = fp32._decoder.engine
+    engine.batch_sizes.clear()
+    results: dict[int, str] = {}
+    start = threading.Barrier(len(PROMPTS))
+
+    def ask(i: int) -> None:
+        start.wait()
+        results[i] = "".join(fp32.stream(PROMPTS[i], params))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [results[i] for i in range(len(PROMPTS))] == alone
+    assert fp32.parallel_requests and max(engine.batch_sizes) >= 2
+
+
+def test_prompt_cache_keeps_several_prompts(fp32: LocalGenerator) -> None:
+    """Two requests scoring and answering in turns each reuse their own prompt's cache."""
+    from rag.generation.prefill import PromptCache
+
+    cache = PromptCache(size=2)
+    a, b, c = list(range(100)), list(range(1000, 1100)), list(range(2000, 2100))
+
+    class Layer:
+        def __init__(self, n: int) -> None:
+            self.keys = self.values = torch.zeros(1, 1, n, 1)
+
+    class Cache:
+        def __init__(self, n: int) -> None:
+            self.layers = [Layer(n)]
+
+    cache.store(a, Cache(100))
+    cache.store(b, Cache(100))
+    assert cache.common_prefix(a + [7]) == 100 and cache.common_prefix(b + [7]) == 100
+    cache.store(a + [7, 8], Cache(102))  # replaces a (its prefix), keeps b
+    assert len(cache.entries) == 2 and cache.common_prefix(b + [1]) == 100
+    cache.store(c, Cache(100))  # past size: the oldest (b) goes
+    assert cache.common_prefix(b + [1]) == 0 and cache.common_prefix(a + [7, 8, 9]) == 102
