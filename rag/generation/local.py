@@ -154,10 +154,11 @@ class LocalGenerator(Generator):
             return self._decoder.generate(**inputs, **kwargs, **extra, interrupt=interrupt, reading=reading)
 
     @contextmanager
-    def _holding_lock(self, stop: Callable[[], bool] | None) -> Iterator[None]:
-        """The model's lock, given up with GenerationCancelled when `stop()` turns true while waiting."""
+    def _holding_lock(self, stop: Callable[[], bool] | None, priority: int = 0) -> Iterator[None]:
+        """The model's lock (models.ModelLock; priority 0: an answer's prompt, before quote scoring), given
+        up with GenerationCancelled when `stop()` turns true while waiting."""
         lock = self._loaded.lock
-        while not lock.acquire(timeout=0.1):
+        while not lock.acquire(timeout=0.1, priority=priority):
             if stop is not None and stop():
                 raise GenerationCancelled(f"{self.model_id}: cancelled while waiting for the model")
         try:

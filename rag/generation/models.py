@@ -192,13 +192,72 @@ def read_prompt_format(model_dir: str | Path) -> str:
     return str(fmt)
 
 
+class ModelLock:
+    """A lock over the transformers model that hands it to the most urgent waiter: priority 0 (reading the
+    prompt of an answer, whose stream is under way or about to start) before 1 (scoring continuations:
+    a grounded answer's quote candidates), first come first served within a priority.
+
+    Why: `rag serve` writes several answers at once (rag/generation/engine.py), but their prompts are read
+    one at a time on the transformers model. With a plain lock, a grounded answer that had streamed its
+    quote waited for the model behind other requests' quote scoring (2-3 s each): a stream stalled 11 s
+    with 4 clients and 19 s with 8 (bench/generation.py part 4).
+
+    Supports `with lock:` (priority 1), `acquire(blocking, timeout, priority)` and `release()` like
+    threading.Lock; not re-entrant.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._waiting: list[tuple[int, int]] = []  # heap of (priority, arrival number)
+        self._arrivals = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1, priority: int = 1) -> bool:
+        """Take the lock; False when `timeout` seconds (or a non-blocking try) passed without it."""
+        import heapq
+
+        with self._cond:
+            if not self._held and not self._waiting:
+                self._held = True
+                return True
+            if not blocking:
+                return False
+            self._arrivals += 1
+            me = (priority, self._arrivals)
+            heapq.heappush(self._waiting, me)
+            ok = self._cond.wait_for(lambda: not self._held and self._waiting[0] == me,
+                                     None if timeout < 0 else timeout)
+            self._waiting.remove(me)
+            heapq.heapify(self._waiting)
+            if ok:
+                self._held = True
+            else:
+                self._cond.notify_all()  # the next waiter may now be at the head
+            return ok
+
+    def release(self) -> None:
+        """Give the lock to the most urgent waiter."""
+        with self._cond:
+            if not self._held:
+                raise RuntimeError("release of an unlocked ModelLock")
+            self._held = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> ModelLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.release()
+
+
 @dataclass
 class LoadedModel:
-    """A model, its tokenizer, the lock that serialises generation on it, and its last prompt's KV cache."""
+    """A model, its tokenizer, the lock that serialises forward passes on it, and its last prompts' KV caches."""
 
     model: Any
     tokenizer: Any
-    lock: threading.Lock  # one generation at a time per model: two would only share the 2 cores
+    lock: ModelLock  # one forward pass at a time per model: two would only share the 2 cores
     prompt_cache: PromptCache = field(default_factory=PromptCache)  # used under `lock` (rag/generation/prefill.py)
 
 
@@ -219,4 +278,4 @@ def load_local_model(model_dir: str, dtype: str = "auto") -> LoadedModel:
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model, tokenizer, threading.Lock())
+    return LoadedModel(model, tokenizer, ModelLock())

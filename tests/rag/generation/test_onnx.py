@@ -17,9 +17,11 @@ from rag.generation.local import LocalGenerator
 from rag.generation.models import bundled_gguf_path, convert_gguf
 from rag.generation.onnx import (
     DECODER_ENV,
+    DRAFT_ENV,
     build_onnx_decoder,
     prune_stale_decoders,
     resolve_decoder,
+    resolve_draft,
 )
 
 pytestmark = pytest.mark.llm
@@ -82,6 +84,17 @@ def test_decoder_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_decoder("auto")
     with pytest.raises(GeneratorError, match=r"unknown decoder 'fast'"):
         resolve_decoder("fast")
+
+
+def test_draft_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DRAFT_ENV, raising=False)
+    assert resolve_draft("auto", "fp32") == resolve_draft(None, "fp32") == "int8"
+    assert resolve_draft("auto", "int8") == "lookup"  # a quantised decoder is as cheap as its draft would be
+    monkeypatch.setenv(DRAFT_ENV, "off")
+    assert resolve_draft("auto", "fp32") == "off" and resolve_draft("int4", "fp32") == "int4"
+    monkeypatch.setenv(DRAFT_ENV, "big")
+    with pytest.raises(GeneratorError, match=r"unknown RAG_DRAFT 'big': choose auto, int8, int4, lookup, off"):
+        resolve_draft("auto", "fp32")
 
 
 def test_transformers_decoder_is_plain_generate(ref: LocalGenerator) -> None:
