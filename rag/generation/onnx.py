@@ -88,12 +88,20 @@ def resolve_decoder(name: str | None = "auto") -> str:
     :returns: one of DECODERS.
     :raises GeneratorError: naming the value (and $RAG_DECODER when it came from there) and the choices.
     """
-    source = "decoder"
+    return _choose(name, "decoder", DECODER_ENV, DEFAULT_DECODER, DECODERS)
+
+
+def _choose(name: str | None, what: str, env_name: str, default: str, choices: tuple[str, ...]) -> str:
+    """`name`, or for "auto"/None the environment variable `env_name`, else `default`; checked against `choices`.
+
+    :raises GeneratorError: naming the value, where it came from (`what` or `env_name`) and the choices.
+    """
+    source = what
     if name in (None, "auto"):
-        env = os.environ.get(DECODER_ENV, "").strip().lower()
-        name, source = (env, DECODER_ENV) if env and env != "auto" else (DEFAULT_DECODER, "default")
-    if name not in DECODERS:
-        raise GeneratorError(f"unknown {source} {name!r}: choose auto, {', '.join(DECODERS)}")
+        env = os.environ.get(env_name, "").strip().lower()
+        name, source = (env, env_name) if env and env != "auto" else (default, "default")
+    if name not in choices:
+        raise GeneratorError(f"unknown {source} {name!r}: choose auto, {', '.join(choices)}")
     return name
 
 
@@ -453,12 +461,7 @@ def resolve_draft(name: str | None, precision: str) -> str:
     :returns: one of DRAFTS.
     :raises GeneratorError: naming the value, where it came from and the choices.
     """
-    source = "draft"
-    if name in (None, "auto"):
-        env = os.environ.get(DRAFT_ENV, "").strip().lower()
-        name, source = (env, DRAFT_ENV) if env and env != "auto" else (DEFAULT_DRAFT, "default")
-    if name not in DRAFTS:
-        raise GeneratorError(f"unknown {source} {name!r}: choose auto, {', '.join(DRAFTS)}")
+    name = _choose(name, "draft", DRAFT_ENV, DEFAULT_DRAFT, DRAFTS)
     if name in ("int8", "int4") and precision != "fp32":
         return "lookup"
     return name
