@@ -1,13 +1,16 @@
-"""Local generation speed: our decoders vs llama.cpp vs plain transformers, and a fresh `rag ask`, in one run.
+"""Local generation speed: our decoders vs llama.cpp vs plain transformers, a fresh `rag ask`, and `rag serve`
+under concurrent load, in one run.
 
 Part 1, engines: the same 5-passage RAG prompt (token ids, identical for everyone) goes to each contender,
 which must write exactly --tokens new tokens (EOS masked), greedy with repetition penalty 1.1:
 
-* transformers        `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
-* ours-int4/int8/fp32 LocalGenerator's decoder: transformers pre-fills, ONNX Runtime decodes
-                      (rag/generation/onnx.py)
-* llama.cpp           llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
-* ort-genai-int4      (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
+* transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
+* ours-int4 / ours-int8 LocalGenerator's quantised ONNX decoders (with prompt lookup)
+* ours-fp32-off         the fp32 ONNX decoder, one token per pass
+* ours-fp32-lookup      ... speculating with prompt lookup only
+* ours-fp32             ... with prompt lookup and the int8 draft model: the default (rag/generation/engine.py)
+* llama.cpp             llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
+* ort-genai-int4        (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
 
 Each contender lives in its own worker process (a runtime's idle threads never sit in another's process)
 and loads once; then every round runs each contender once, in a rotated order, on a prompt whose first
@@ -23,8 +26,15 @@ Part 3, cold start: a fresh `rag ask QUESTION` process per run (retrieval, gener
 --ask-tokens tokens, attribution), interleaved between RAG_DECODER=transformers, fp32, int8 (and the default):
 seconds from process start to the first answer byte on stdout and to exit (medians).
 
+Part 4, server: a real `rag serve` on 127.0.0.1 per answer mode (and, with --server-baseline, with
+RAG_DECODER=transformers: one answer at a time); at each concurrency C, C client threads share max(8, 2C)
+streamed dev questions (fresh ones per level); answers/s, completion tokens/s, time to the first piece,
+and the longest gap between two pieces of one stream.
+
     python bench/generation.py [--rounds 5] [--tokens 64] [--threads 1] [--index-dir DIR] [--all]
-                               [--fidelity 29] [--cold-runs 3] [--skip-cold] [--quick]
+                               [--fidelity 29] [--cold-runs 3] [--server-levels 1,4,8] [--server-baseline]
+                               [--server-answer-mode grounded,free] [--server-tokens 64]
+                               [--only engines,cold,server] [--quick]
 
 Writes bench/results/generation.json and generation.md (or generation_<--tag>.*).
 """

@@ -108,8 +108,8 @@ class Generator(ABC):
     #: `continuation_logprobs` / `score_continuations` work: token log-probabilities of given continuations
     #: after a prompt + prefix (multiple-choice scoring in `rag eval`, guided RAFT answers).
     supports_logprobs: ClassVar[bool] = False
-    #: Several threads may call it at once and gain from it (a server batches them); an in-process model
-    #: runs one generation at a time and batches through `generate_batch` instead.
+    #: Several threads may call it at once and gain from it (a server batches them; so does the in-process
+    #: model with an ONNX decoder, which sets it per instance); plain transformers runs one at a time.
     parallel_requests: ClassVar[bool] = False
     #: Gets the short prompts and the no-model question condensing written for ~100M-parameter models.
     small_model: ClassVar[bool] = False

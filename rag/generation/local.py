@@ -2,7 +2,10 @@
 
 A transformers model always reads the prompt and scores continuations; the tokens of an answer come from
 `model.generate` or, with `decoder` "fp32"/"int8"/"int4" ($RAG_DECODER), from the ONNX Runtime decoder of
-rag/generation/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them).
+rag/generation/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them). With
+the ONNX decoder the model's lock (models.ModelLock) is held only while the prompt is read: answers
+requested from several threads at once are written together (rag/generation/engine.py), so the instance
+declares `parallel_requests`.
 """
 
 from __future__ import annotations
