@@ -122,28 +122,6 @@ def make_pipeline(settings: Settings, retriever: Retriever | None = None, genera
                        choice_retriever_weight=settings.choice_retriever_weight)
 
 
-def open_pipeline_for(question: str, settings: Settings):
-    """`make_pipeline(settings)` for a process that answers `question` first (`rag ask`): the language model
-    loads in a second thread while the embedder loads and the question's passages are retrieved.
-
-    Why: a fresh `rag ask` spent ~7 s loading the model and ~2 s loading the embedder one after the other
-    on 2 cores; overlapped, the first answer byte comes ~2 s sooner (README "Speed").
-
-    :raises: what `open_retriever` or `get_generator` raise (IndexNotFound, GeneratorError, ...).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1, thread_name_prefix="rag-load") as pool:
-        loading = pool.submit(get_generator, settings)
-        try:
-            retriever = open_retriever(settings)
-            retriever.search(question, settings.top_k)  # embedder and index warm; the pipeline's search repeats it
-        except BaseException:
-            loading.cancel()
-            raise
-        return make_pipeline(settings, retriever=retriever, generator=loading.result())
-
-
 def search(query: str, settings: Settings, k: int | None = None, mode: str | None = None) -> list[Hit]:
     """One-shot search; for many queries keep the Retriever from open_retriever()."""
     return open_retriever(settings).search(query, k, mode)

@@ -324,11 +324,11 @@ def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str |
     """Answer QUESTION from the course documents, streaming the answer, then every passage given to the
     model (the ones that support the answer first, marked *)."""
     from rag.answering.pipeline import validate_question
-    from rag.api import open_pipeline_for
+    from rag.api import make_pipeline
 
     validate_question(question)
     settings = _settings(index_dir=index_dir, answer_mode=answer_mode, **gen)
-    pipeline = open_pipeline_for(question, settings)
+    pipeline = make_pipeline(settings)
     resp = pipeline.ask(question)
     for piece in resp:
         if not as_json:

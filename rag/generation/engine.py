@@ -6,8 +6,8 @@ Every answer the ONNX decoder writes (rag/generation/onnx.py) is a `DecodeSequen
 
 * Continuous batching (Yu et al. 2022, "Orca"; vLLM's scheduler): sequences join and leave between
   passes. Each pass feeds the last token of every running sequence, so four answers advance in one pass
-  that reads the weights once - on this CPU decoding is bound by memory bandwidth, and a pass with 4
-  sequences cost ~1.3 passes with 1. The key/value cache is one preallocated buffer per layer, [sequences,
+  that reads the weights once (on this CPU a one-token pass is bound by memory bandwidth: a 16-token
+  pass of one sequence cost ~1.2 one-token passes). The key/value cache is one preallocated buffer per layer, [sequences,
   kv_heads, capacity, head_dim]; ONNX Runtime's GroupQueryAttention reads row b up to its own length
   (attention_mask), writes in place, and rows of different lengths need no padding. The buffer is rebuilt
   (rows copied) only when a sequence joins or leaves.
@@ -83,9 +83,6 @@ class DecodeSequence:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.draft_len = DRAFT_START
-        self.passes = 0  # real-model passes this sequence took part in
-        self.proposed = 0
-        self.accepted = 0
 
     @property
     def new_tokens(self) -> list[int]:
@@ -157,7 +154,7 @@ class DecodeEngine:
                     self._choose(seq, seq.scores)  # the first new token, from the prefill's logits
                     if not seq.finished:
                         self._members.append(seq)
-                if self._members and self._members[0].finished is False and self._alone_and_greedy():
+                if self._alone_and_greedy():
                     self._speculative_pass(self._members[0], changed)
                 elif self._members:
                     self._batch_pass(changed)
@@ -233,7 +230,6 @@ class DecodeEngine:
         self.batch_sizes[len(members)] += 1
         for row, m in enumerate(members):
             m.cached += 1
-            m.passes += 1
             self._choose(m, torch.from_numpy(np.ascontiguousarray(logits[row, -1])))
 
     def _speculative_pass(self, seq: DecodeSequence, changed: bool) -> None:
@@ -253,7 +249,6 @@ class DecodeEngine:
             from_draft = True
         logits = self._run("target", [[seq.ids[-1], *proposal]], [seq.cached])
         self.batch_sizes[1] += 1
-        seq.passes += 1
         seq.cached += 1  # the newest token is in the cache now
         kept = 0
         for j, guess in enumerate(proposal):
@@ -265,8 +260,6 @@ class DecodeEngine:
             kept += 1
         else:
             self._choose(seq, torch.from_numpy(logits[0, len(proposal)].copy()))
-        seq.proposed += len(proposal)
-        seq.accepted += kept
         if from_lookup or from_draft:
             source = "draft" if from_draft else "lookup"
             self.speculation[f"{source}_proposed"] += len(proposal)

@@ -10,7 +10,6 @@ declares `parallel_requests`.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import threading
@@ -140,11 +139,9 @@ class LocalGenerator(Generator):
                 if seed is not None:
                     torch.manual_seed(seed)
                 return self._loaded.model.generate(**inputs, **kwargs, **extra)
-        interrupt = None
-        if stop is not None:
-            def interrupt() -> None:
-                if stop():
-                    raise GenerationCancelled(f"{self.model_id}: cancelled")
+        def interrupt() -> None:
+            if stop is not None and stop():
+                raise GenerationCancelled(f"{self.model_id}: cancelled")
 
         @contextmanager
         def reading() -> Iterator[None]:
@@ -247,8 +244,6 @@ class LocalGenerator(Generator):
         A prefix starts the assistant's reply (the model continues it; it is not part of the returned text).
         On a CPU a batch of 8 decodes several times more tokens per second than 8 single runs.
         """
-        import torch
-
         params = params or GenerationParams()
         params.validate()
         if not batch:

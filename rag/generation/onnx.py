@@ -401,9 +401,10 @@ class OnnxDecoder:
                             logits_to_keep=1)
             scores = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
             cache = output_cache(out)
-            # each row's real tokens, copied (the prompt cache may be reused by the next reader)
-            kvs = [[(cache.layers[layer].keys[row, :, width - n:].to(torch.float32, copy=True),
-                     cache.layers[layer].values[row, :, width - n:].to(torch.float32, copy=True))
+            # each row's real tokens: views of this output's own cache (the prompt cache keeps a clone),
+            # copied once, into the engine's buffer
+            kvs = [[(cache.layers[layer].keys[row, :, width - n:].to(torch.float32),
+                     cache.layers[layer].values[row, :, width - n:].to(torch.float32))
                     for layer in range(self.layers)] for row, n in enumerate(lengths)]
             del out, cache
 
@@ -429,10 +430,7 @@ class OnnxDecoder:
             criteria = StoppingCriteriaList(list(stopping_criteria or []))
             if stop_strings:
                 criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)))
-            on_token = None
-            if streamer is not None and batch == 1:
-                def on_token(token: int) -> None:
-                    streamer.put(torch.tensor([token]))
+            on_token = (lambda token: streamer.put(torch.tensor([token]))) if streamer is not None and batch == 1 else None
             sequences.append(DecodeSequence(input_ids[row, width - n:].tolist(), kvs[row], scores[row], processors,
                                             criteria, eos_ids, max_new_tokens, do_sample, on_token, interrupt))
         del kvs

@@ -399,7 +399,7 @@ def test_concurrent_answers_share_decode_passes_and_equal_single_runs(fp32: Loca
     assert fp32.parallel_requests and max(engine.batch_sizes) >= 2
 
 
-def test_prompt_cache_keeps_several_prompts(fp32: LocalGenerator) -> None:
+def test_prompt_cache_keeps_several_prompts() -> None:
     """Two requests scoring and answering in turns each reuse their own prompt's cache."""
     from rag.generation.prefill import PromptCache
 
