@@ -29,7 +29,7 @@ from rag.generation.base import (
 )
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
 from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, resolve_decoder
-from rag.generation.prefill import cache_kwarg, output_cache, read_prompt
+from rag.generation.prefill import cache_kwarg, output_cache, packed_continuations, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
 
 
@@ -289,8 +289,9 @@ class LocalGenerator(Generator):
                               first_tokens: int | None = None) -> list[tuple[float, int]]:
         """(summed log-probability, token count) of each continuation after the chat prompt + `prefix`.
 
-        The prompt runs once; its key/value cache is repeated for all continuations, which go through in one
-        right-padded batch (padding after the real tokens can't change their causal log-probabilities).
+        The prompt runs once (or comes from the prompt cache); the distinct continuations then go through
+        together, packed in one row after its key/value cache, each seeing only the prompt and itself
+        (rag/generation/prefill.py `packed_continuations`).
         """
         import torch
 
@@ -298,31 +299,33 @@ class LocalGenerator(Generator):
             return []
         tok = self.tokenizer
         prompt = tok(self._prompt_text(messages, prefix), return_tensors="pt", add_special_tokens=False)
-        conts = [(tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[:first_tokens]
+        conts = [tuple((tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[:first_tokens])
                  for c in continuations]
-        n, width = len(conts), max(len(c) for c in conts)
+        distinct = list(dict.fromkeys(conts))  # a sentence found in two passages is read once
         plen = int(prompt["input_ids"].shape[1])
+        width = max(len(c) for c in distinct)
         if plen + width > self.context_window:
             raise GeneratorError(f"the prompt ({plen} tokens) plus a continuation ({width} tokens) exceed the "
                                  f"{self.context_window}-token window of {self.model_id}: use fewer passages")
-        ids = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, c in enumerate(conts):
-            ids[r, : len(c)] = torch.tensor(c)
-            mask[r, : len(c)] = 1
         model = self._loaded.model
+        ids, positions, mask = packed_continuations(plen, [list(c) for c in distinct],
+                                                    model.config._attn_implementation, model.dtype)
         scope = current_cancel()
         with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set):
             # the prompt's last logits only, reusing the cache of the last prompt read (rag/generation/prefill.py)
             first = read_prompt(model, self._loaded.prompt_cache, prompt["input_ids"])
-            cache = output_cache(first)
-            cache.batch_repeat_interleave(n)
-            full_mask = torch.cat([prompt["attention_mask"].expand(n, -1), mask], dim=1)
-            rest = model(input_ids=ids, attention_mask=full_mask, use_cache=True, **{cache_kwarg(model): cache})
-            # token t of a continuation is predicted by the prompt's last logits (t=0) or by token t-1
-            logits = torch.cat([first.logits[:, -1:, :].expand(n, -1, -1), rest.logits[:, :-1, :]], dim=1)
-            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return [(float((logp[r] * mask[r]).sum()), int(mask[r].sum())) for r in range(n)]
+            rest = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                         **{cache_kwarg(model): output_cache(first)})
+            first_logp = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+            rest_logp = torch.log_softmax(rest.logits[0].float(), dim=-1)
+        scores: dict[tuple[int, ...], tuple[float, int]] = {}
+        offset = 0
+        for c in distinct:
+            # token t of a continuation is predicted by the prompt's last logits (t=0) or by its token t-1
+            later = rest_logp[offset: offset + len(c) - 1].gather(-1, torch.tensor(c[1:])[:, None])
+            scores[c] = (float(first_logp[c[0]]) + float(later.sum()), len(c))
+            offset += len(c)
+        return [scores[c] for c in conts]
 
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
         """Yield answer pieces as `model.generate` (in a background thread) produces them."""

@@ -12,6 +12,14 @@ PROMPTS_KEPT prompts (about 65 MB each for 1,400 tokens of SmolLM2-135M in fp32)
 another request is about to answer from. The reused part is computed exactly as before, so
 only the split of the prompt into two matrix products changes: logits move by ~1e-5 (measured in
 tests/rag/generation/test_onnx.py), below anything a greedy argmax or a multiple-choice ranking notices.
+
+Continuations after one prompt (quote candidates, multiple-choice options) are read *packed*
+(`packed_continuations`): all of them in one row after the prompt's cache, each seeing the prompt and its
+own earlier tokens only (a block-causal 4D mask, positions restarting after the prompt for each) - the
+shared-prefix packing of tree attention (SpecInfer, Miao et al. 2024; Medusa). The earlier form, a
+right-padded batch over n copies of the prompt's cache, read n x the longest continuation and copied the
+cache n times: scoring 8 quote candidates after a 1,100-1,400-token prompt took 0.7-2.8 s beyond the prompt
+here, packed 0.46-0.96 s, with log-probabilities within 4e-5 (tests/rag/generation/test_backends.py).
 """
 
 from __future__ import annotations
@@ -78,6 +86,35 @@ class PromptCache:
         layers = self.entries[self._chosen][1]
         return DynamicCache(ddp_cache_data=[(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in layers],
                             config=config)
+
+
+def packed_continuations(prompt_len: int, continuations: list[list[int]], attn_implementation: str,
+                         dtype: Any) -> tuple[Any, Any, Any]:
+    """Inputs that read all `continuations` in one row after a prompt's cache, each blind to the others.
+
+    :param prompt_len: tokens in the prompt's cache (P).
+    :param continuations: token ids of each continuation (none empty); T = their total length.
+    :param attn_implementation: the model's `config._attn_implementation`: "sdpa" takes a boolean mask
+        (True = attend), anything else an additive float mask (0 or the dtype's minimum).
+    :param dtype: the model's dtype (of an additive mask).
+    :returns: (input_ids LongTensor [1, T], position_ids LongTensor [1, T] - each continuation at P, P+1, ...,
+        attention_mask [1, 1, T, P + T] - every prompt position, then causal within the own continuation).
+    """
+    import torch
+
+    lengths = torch.tensor([len(c) for c in continuations])
+    total = int(lengths.sum())
+    ids = torch.tensor([t for c in continuations for t in c], dtype=torch.long)[None]
+    segment = torch.repeat_interleave(torch.arange(len(continuations)), lengths)
+    starts = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    order = torch.arange(total)
+    positions = (prompt_len + order - starts)[None]
+    own = (segment[:, None] == segment[None, :]) & (order[None, :] <= order[:, None])
+    allowed = torch.cat([torch.ones(total, prompt_len, dtype=torch.bool), own], dim=1)[None, None]
+    if attn_implementation == "sdpa":
+        return ids, positions, allowed
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return ids, positions, mask
 
 
 def read_prompt(model: Any, prompt_cache: PromptCache | None, input_ids: Any, logits_to_keep: int = 1) -> Any:

@@ -522,21 +522,37 @@ def test_batch_prefix_is_continued_and_stop_applies_per_answer(gen: LocalGenerat
 
 
 @pytest.mark.llm
-def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator, attention: str) -> None:
+    """Packed continuations (one row after the prompt's cache, rag/generation/prefill.py) score exactly as
+    each continuation read alone after the prompt: lengths differ, one is a prefix of another, one repeats;
+    with sdpa's boolean mask and eager attention's additive one."""
     import torch
 
     messages = [{"role": "user", "content": "The capital of France is Paris. What is the capital of France?"}]
     prefix = "The capital of France is"
-    conts = [" Paris.", " a banana soup with extra cheese.", " Paris"]
-    scores = gen.score_continuations(messages, prefix, conts)
+    conts = [" Paris.", " a banana soup with extra cheese and a very long tail of words.", " Paris", " Paris."]
     tok, model = gen.tokenizer, gen._loaded.model
+    before = model.config._attn_implementation
+    model.set_attn_implementation(attention)
+    try:
+        gen.clear_prompt_cache()
+        sums = gen.continuation_logprobs(messages, prefix, conts)
+        firsts = gen.continuation_logprobs(messages, prefix, conts, first_tokens=2)
+        scores = gen.score_continuations(messages, prefix, conts)  # through the prompt cache this time
+    finally:
+        model.set_attn_implementation(before)
     prompt = tok(gen._prompt_text(messages, prefix), return_tensors="pt", add_special_tokens=False)["input_ids"]
-    for cont, score in zip(conts, scores):
+    for cont, (total, n), (total2, n2), score in zip(conts, sums, firsts, scores):
         c = tok(cont, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
             logits = model(torch.cat([prompt, c], dim=1)).logits[0, prompt.shape[1] - 1:-1]
-        expected = torch.log_softmax(logits.float(), -1).gather(-1, c[0].unsqueeze(-1)).mean()
-        assert score == pytest.approx(float(expected), abs=1e-3)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, c[0].unsqueeze(-1)).squeeze(-1)
+        assert n == c.shape[1] and n2 == min(2, n)
+        assert total == pytest.approx(float(logp.sum()), abs=2e-3)
+        assert total2 == pytest.approx(float(logp[:2].sum()), abs=2e-3)
+        assert score == pytest.approx(float(logp.mean()), abs=1e-3)
+    assert sums[0] == sums[3]
     assert scores[0] > scores[1] + 3  # the true continuation is far more likely
 
 
