@@ -132,6 +132,25 @@ def test_a_damaged_decoder_is_rebuilt_and_every_build_says_so(root: Path, fp32: 
     assert "rag: building the ONNX int4 decoder of" in capfd.readouterr().err
 
 
+def test_a_decoder_that_cannot_open_is_a_one_line_error(fp32: LocalGenerator, tmp_path: Path) -> None:
+    from rag.generation.onnx import OnnxDecoder
+
+    ids = torch.tensor([[1, 2, 3]])
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(GeneratorError, match=r"cannot open the ONNX decoder .*garbage.*delete the folder"):
+        OnnxDecoder(fp32._loaded, garbage, 1).generate(ids, max_new_tokens=2)
+    decoder_dir = fp32._decoder.onnx_dir
+    small = fp32._loaded.model.config.num_hidden_layers
+    fp32._loaded.model.config.num_hidden_layers = small + 1  # the decoder no longer matches the model
+    try:
+        with pytest.raises(GeneratorError, match="does not match llama with 31 layers"):
+            OnnxDecoder(fp32._loaded, decoder_dir, 1).generate(ids, max_new_tokens=2)
+    finally:
+        fp32._loaded.model.config.num_hidden_layers = small
+
+
 def _fake_decoder(folder: Path, model_dir: Path, precision: str, source: str) -> Path:
     """A decoder folder as far as pruning can tell (its manifest)."""
     folder.mkdir(parents=True)
