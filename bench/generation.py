@@ -9,6 +9,7 @@ which must write exactly --tokens new tokens (EOS masked), greedy with repetitio
 * ours-fp32-off         the fp32 ONNX decoder, one token per pass
 * ours-fp32-lookup      ... speculating with prompt lookup only
 * ours-fp32             ... with prompt lookup and the int8 draft model: the default (rag/generation/engine.py)
+* ours-fp32-int4        ... with prompt lookup and the int4 draft model (RAG_DRAFT=int4)
 * llama.cpp             llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
 * ort-genai-int4        (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
 
@@ -24,7 +25,8 @@ share of answers identical to transformers', token F1 against transformers' text
 
 Part 3, cold start: a fresh `rag ask QUESTION` process per run (retrieval, generation of up to
 --ask-tokens tokens, attribution), interleaved between RAG_DECODER=transformers, fp32, int8 (and the default):
-seconds from process start to the first answer byte on stdout and to exit (medians).
+seconds from process start to the first answer byte on stdout and to exit (medians). --cold-threads sets
+OMP_NUM_THREADS for these processes (default 0: unset, the product's own default, as a user runs it).
 
 Part 4, server: a real `rag serve` on 127.0.0.1 per answer mode (and, with --server-baseline, with
 RAG_DECODER=transformers: one answer at a time); at each concurrency C, C client threads share max(8, 2C)
@@ -56,7 +58,8 @@ from benchutil import ROOT, LoadMeter, finish_run, fmt, machine_info, md_table
 
 sys.path.insert(0, str(ROOT))
 QUESTION = "What is the difference between RAG and fine-tuning?"
-ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32-off", "ours-fp32-lookup", "ours-fp32", "llama.cpp"]
+ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32-off", "ours-fp32-lookup", "ours-fp32", "ours-fp32-int4",
+           "llama.cpp"]
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -313,7 +316,10 @@ def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
     runs: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
     for r in range(args.cold_runs):
         for d in decoders if r % 2 == 0 else decoders[::-1]:
-            env = {**os.environ, "RAG_DECODER": d, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+            env = {**os.environ, "RAG_DECODER": d, "HF_HUB_OFFLINE": "1"}
+            env.pop("OMP_NUM_THREADS", None)
+            if args.cold_threads:
+                env["OMP_NUM_THREADS"] = str(args.cold_threads)
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
             first = proc.stdout.read(1)
@@ -448,8 +454,9 @@ def render(results: dict[str, Any]) -> str:
                    "during part 1 (ratios come from the same rounds, so they hold under that load; absolute times "
                    "do not).")
     if results.get("cold"):
-        out += ["", (f"## Fresh `rag ask` (new process each run, up to {a['ask_tokens']} tokens, median of "
-                     f"{a['cold_runs']})"), ""]
+        threads = a.get("cold_threads") or "the default number of"
+        out += ["", (f"## Fresh `rag ask` (new process each run, up to {a['ask_tokens']} tokens, {threads} threads, "
+                     f"median of {a['cold_runs']})"), ""]
         out.append(md_table(["decoder", "first answer byte s", "whole answer + sources s", "answer chars"],
                             [[c["decoder"], c["first_byte_s"], c["total_s"], c["answer_chars"]]
                              for c in results["cold"]]))
@@ -480,6 +487,8 @@ def main() -> None:
                     "(0 = skip)")
     ap.add_argument("--fidelity-tokens", type=int, default=64)
     ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--cold-threads", type=int, default=0, help="OMP_NUM_THREADS of the fresh `rag ask` processes "
+                    "(default 0: unset, the product's default)")
     ap.add_argument("--ask-tokens", type=int, default=256)
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--cold-only", action="store_true", help="part 3 only (fresh `rag ask` per decoder)")
