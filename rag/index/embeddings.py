@@ -153,7 +153,7 @@ def _load_model(path: str, dtype: str) -> Any:
 
     quiet_transformers()
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else None
-    window = plain_mean_pooling(path) if Path(path).is_dir() else None
+    window = plain_mean_pooling(path)  # None for a hub id or any other kind of model
     try:
         if window is not None:
             return MeanPoolingEncoder(path, window, torch_dtype)
