@@ -6,10 +6,13 @@ which must write exactly --tokens new tokens (EOS masked), greedy with repetitio
 
 * transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
 * ours-int4 / ours-int8 LocalGenerator's quantised ONNX decoders (with prompt lookup)
-* ours-fp32-off         the fp32 ONNX decoder, one token per pass
+* ours-fp32plain-off    the fp32 ONNX decoder before 4-bit packing (rag/generation/packing.py), one token per pass
+* ours-fp32plain        ... speculating with prompt lookup and the int8 draft model (the default before packing)
+* ours-fp32-off         the fp32 ONNX decoder, exact 4-bit blocks packed, one token per pass
 * ours-fp32-lookup      ... speculating with prompt lookup only
-* ours-fp32             ... with prompt lookup and the int8 draft model: the default (rag/generation/engine.py)
+* ours-fp32-int8        ... with prompt lookup and the int8 draft model (RAG_DRAFT=int8)
 * ours-fp32-int4        ... with prompt lookup and the int4 draft model (RAG_DRAFT=int4)
+* ours-fp32             ... with the default draft (rag/generation/onnx.py DEFAULT_DRAFT)
 * llama.cpp             llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
 * ort-genai-int4        (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
 
@@ -24,9 +27,10 @@ Part 2, fidelity: every engine answers the RAG prompts of eval/dev_questions.jso
 share of answers identical to transformers', token F1 against transformers' text and against the reference.
 
 Part 3, cold start: a fresh `rag ask QUESTION` process per run (retrieval, generation of up to
---ask-tokens tokens, attribution), interleaved between RAG_DECODER=transformers, fp32, int8 (and the default):
-seconds from process start to the first answer byte on stdout and to exit (medians). --cold-threads sets
-OMP_NUM_THREADS for these processes (default 0: unset, the product's own default, as a user runs it).
+--ask-tokens tokens, attribution), after one untimed run per decoder that builds its caches, interleaved
+between RAG_DECODER=transformers, fp32, int8 (and the default): seconds from process start to the first
+answer byte on stdout and to exit (medians). --cold-threads sets OMP_NUM_THREADS for these processes
+(default 0: unset, the product's own default, as a user runs it).
 
 Part 4, server: a real `rag serve` on 127.0.0.1 per answer mode (and, with --server-baseline, with
 RAG_DECODER=transformers: one answer at a time); at each concurrency C, C client threads share max(8, 2C)
@@ -44,6 +48,7 @@ Writes bench/results/generation.json and generation.md (or generation_<--tag>.*)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -58,8 +63,8 @@ from benchutil import ROOT, LoadMeter, finish_run, fmt, machine_info, md_table
 
 sys.path.insert(0, str(ROOT))
 QUESTION = "What is the difference between RAG and fine-tuning?"
-ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32-off", "ours-fp32-lookup", "ours-fp32", "ours-fp32-int4",
-           "llama.cpp"]
+ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32plain-off", "ours-fp32plain", "ours-fp32-off",
+           "ours-fp32-lookup", "ours-fp32-int8", "ours-fp32-int4", "ours-fp32", "llama.cpp"]
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -108,10 +113,21 @@ def _make_runner(kind: str, threads: int) -> Any:
 
     if kind == "transformers":
         return _hf_style(LocalGenerator("bundled", decoder="transformers")._loaded.model.generate)
+    if kind.startswith("ours-fp32plain"):  # ours-fp32plain[-DRAFT]: the fp32 decoder without 4-bit packing
+        from rag.generation.onnx import OnnxDecoder, resolve_draft
+        from rag.generation.onnx_build import build_onnx_decoder
+
+        gen = LocalGenerator("bundled", decoder="transformers")
+        model_dir = gen.model_dir
+        draft = resolve_draft(kind.split("-")[2] if kind.count("-") == 2 else "auto", "fp32")
+        decoder = OnnxDecoder(gen._loaded.model.config, build_onnx_decoder(model_dir, "fp32", pack=False), threads,
+                              build_onnx_decoder(model_dir, draft) if draft in ("int8", "int4") else None,
+                              speculate=draft != "off")
+        return _hf_style(functools.partial(decoder.generate, loaded=gen._loaded))
     if kind.startswith("ours-"):  # ours-PRECISION[-DRAFT]: LocalGenerator's decoder with that proposer
         _, precision, *draft = kind.split("-")
-        return _hf_style(LocalGenerator("bundled", decoder=precision, draft=draft[0] if draft else "auto")
-                         ._decoder.generate)
+        gen = LocalGenerator("bundled", decoder=precision, draft=draft[0] if draft else "auto")
+        return _hf_style(functools.partial(gen._decoder.generate, loaded=gen._loaded))
     if kind == "ort-genai-int4":
         import onnxruntime_genai as og
 
@@ -314,6 +330,9 @@ def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
         cmd += ["--index-dir", str(args.index_dir)]
     decoders = list(dict.fromkeys(["transformers", DEFAULT_DECODER, "fp32", "int8"]))  # the default and its rivals
     runs: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
+    for d in decoders:  # untimed: builds what a first run builds once (conversions, decoders), as a user's first ask
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                       env={**os.environ, "RAG_DECODER": d, "HF_HUB_OFFLINE": "1"})
     for r in range(args.cold_runs):
         for d in decoders if r % 2 == 0 else decoders[::-1]:
             env = {**os.environ, "RAG_DECODER": d, "HF_HUB_OFFLINE": "1"}

@@ -347,10 +347,10 @@ def _check_result(row: dict) -> None:
 
 def _free(local: bool) -> None:
     """Drop local models from the process-wide cache so the next model does not share the RAM with this one."""
-    from rag.generation.models import load_local_model
+    from rag.generation.local import release_local_models
 
     if local:
-        getattr(load_local_model, "cache_clear", lambda: None)()
+        release_local_models()
     gc.collect()
 
 

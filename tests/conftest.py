@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two pytest-xdist workers on 2 cores: one OpenMP/ONNX Runtime thread each (and in the commands a test
+    # starts), since two workers of 2 threads each oversubscribe the cores and spin-wait 3-10x slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
@@ -153,3 +157,16 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} loaded or ran a causal language model in-process: mark it "
                            "@pytest.mark.llm (or pytestmark = pytest.mark.llm for the module)")
+
+
+# --------------------------------------------------------------------------- parallel run (pytest-xdist)
+# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject's addopts). A module's
+# tests stay together on one worker, so its module fixtures (a GGUF conversion, a loaded model, a server)
+# are made once, as in a serial run; the two Ray modules share one worker, so that two local clusters never
+# compete for the 2 CPUs they each claim. `-p no:xdist` (or `-n 0`) runs serially.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group("ray" if module.endswith("test_ray.py") else module))

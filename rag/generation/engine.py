@@ -6,13 +6,13 @@ Every answer the ONNX decoder writes (rag/generation/onnx.py) is a `DecodeSequen
 
 * Continuous batching (Yu et al. 2022, "Orca"; vLLM's scheduler): sequences join and leave between
   passes. Each pass feeds the last token of every running sequence, so four answers advance in one pass
-  that reads the weights once (on this CPU a one-token pass is bound by memory bandwidth: a 16-token
-  pass of one sequence cost ~1.2 one-token passes). The key/value cache is one preallocated buffer per layer, [sequences,
+  that reads the weights once (on this CPU an unpacked fp32 one-token pass is bound by memory bandwidth:
+  a 16-token pass of one sequence cost ~1.2 one-token passes). The key/value cache is one preallocated buffer per layer, [sequences,
   kv_heads, capacity, head_dim]; ONNX Runtime's GroupQueryAttention reads row b up to its own length
   (attention_mask), writes in place, and rows of different lengths need no padding. The buffer is rebuilt
   (rows copied) only when a sequence joins or leaves.
-* Speculative decoding (rag/generation/speculative.py) while a greedy sequence runs alone: prompt lookup
-  or the int8 draft model proposes tokens, one pass of the real model checks them all, and the sequence
+* Speculative decoding (rag/generation/speculative.py) while a greedy sequence runs alone, unless the
+  decoder says otherwise (`speculate`): prompt lookup or a draft model proposes tokens, one pass of the real model checks them all, and the sequence
   keeps the longest prefix the real model would have chosen plus the real model's own next token - the
   same text as one token per pass.
 
@@ -151,6 +151,8 @@ class DecodeEngine:
             try:
                 changed = bool(joining)
                 for seq in joining:
+                    if self._interrupted(seq):  # cancelled after its prompt was read: not even a first token
+                        continue
                     self._choose(seq, seq.scores)  # the first new token, from the prefill's logits
                     if not seq.finished:
                         self._members.append(seq)

@@ -28,7 +28,7 @@ from rag.generation.base import (
     current_cancel,
 )
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
-from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, resolve_decoder
+from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, release_decoders, resolve_decoder
 from rag.generation.prefill import cache_kwarg, output_cache, packed_continuations, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
 
@@ -62,6 +62,13 @@ class GenerationStream:
     def close(self) -> None:
         """Stop and wait until the model is free (call from the iterating thread)."""
         self._pieces.close()
+
+
+def release_local_models() -> None:
+    """Forget the models and ONNX decoders this process loaded (`raft eval` between models, so that the next
+    one does not share the RAM with this one); a LocalGenerator still in use keeps its own."""
+    load_local_model.cache_clear()
+    release_decoders()
 
 
 class LocalGenerator(Generator):
@@ -112,7 +119,7 @@ class LocalGenerator(Generator):
         self._decoder = None
         if self.decoder != "transformers":
             try:
-                self._decoder = load_onnx_decoder(self.model_dir, self.dtype, self.decoder, cache_dir, draft=draft)
+                self._decoder = load_onnx_decoder(self.model_dir, self.decoder, cache_dir, draft=draft)
             except GeneratorError as e:
                 if decoder not in (None, "auto") or os.environ.get(DECODER_ENV, "auto").strip() not in ("", "auto"):
                     raise  # asked for by name: say so
@@ -151,7 +158,8 @@ class LocalGenerator(Generator):
         if seed is not None:
             torch.manual_seed(seed)
         with torch.inference_mode():
-            return self._decoder.generate(**inputs, **kwargs, **extra, interrupt=interrupt, reading=reading)
+            return self._decoder.generate(**inputs, **kwargs, **extra, loaded=self._loaded, interrupt=interrupt,
+                                          reading=reading)
 
     @contextmanager
     def _holding_lock(self, stop: Callable[[], bool] | None, priority: int = 0) -> Iterator[None]:

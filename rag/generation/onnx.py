@@ -2,64 +2,54 @@
 
 Measured by `python bench/generation.py` (bundled SmolLM2-135M, a 1,407-token RAG prompt, 64 greedy
 tokens, 1 thread, contenders in separate processes interleaved per round; README "Speed" has the table):
-transformers `generate` decodes 14 tokens/s on this 2-core CPU (30 layers of tiny matrix-vector
-products, each step paying per-operation overhead); llama.cpp (the same Q4_1 GGUF) decodes 2.7x faster
-but pre-fills 3.3x slower. Here, with the prefill no slower than transformers': one fp32 ONNX step per
-token decodes 1.5x faster (a step reads all 540 MB of fp32 weights: bound by memory bandwidth), and the
-default - the same fp32 decoder checking tokens proposed by an int8 draft model and by prompt lookup
-(speculative decoding, rag/generation/speculative.py) - 2.0x, with the same greedy text; int8 (2.3x)
-and int4 (2.9x) decoders are faster still but change the text. An earlier session also tried OpenVINO, a
-static KV cache with `torch.compile`, torch.ao dynamic int8 and bf16 weights and found them slower or
-changing the greedy text; those runs are not part of bench/generation.py.
+transformers `generate` pays per-operation overhead on 30 layers of tiny matrix-vector products. Against
+it, one fp32 ONNX step per token decodes 2.0x faster, bound by reading 540 MB of weights per step; the same
+weights stored as the exact 4-bit blocks they came from (rag/generation/packing.py, the default) 2.8x, with
+the same greedy text. Speculating (rag/generation/speculative.py) took the plain fp32 decoder to 2.4x but
+slows the packed one (1.9-2.0x): its passes of several tokens cost 2.5-4x a one-token pass. int8 (2.5x) and
+int4 (3.8x) decoders change the text; llama.cpp on the Q4_1 GGUF decodes 4.2x faster but pre-fills 2.1x
+slower. OpenVINO, a static KV cache with `torch.compile`, torch.ao dynamic int8 and bf16 weights were
+slower or changed the greedy text (an earlier session; not part of bench/generation.py).
 
 How: the prompt goes through the transformers model as before (same first token, cancellable within a
 layer, prompt cache of rag/generation/prefill.py), each row's key/value cache is copied once into the
 preallocated buffers of this decoder's DecodeEngine (rag/generation/engine.py), and every further pass is
 one `InferenceSession` run of the decoder written by onnxruntime-genai's model builder, whose
-GroupQueryAttention writes into those buffers in place (past and present share memory). The engine writes
-concurrent answers in shared passes (continuous batching: what `rag serve` runs) and a lone greedy answer
-speculatively. Token selection reuses transformers' own logits processors and stopping criteria, so
-repetition penalty, sampling, seeds, stop strings, EOS handling and left-padded batches mean what they
-mean in `model.generate`. Log-probabilities of continuations stay on the transformers model.
+GroupQueryAttention writes into those buffers in place. The engine writes concurrent answers in shared
+passes (continuous batching: what `rag serve` runs). Token selection reuses transformers' own logits
+processors and stopping criteria, so repetition penalty, sampling, seeds, stop strings, EOS handling and
+left-padded batches mean what they mean in `model.generate`. Log-probabilities stay on the transformers model.
 
-The decoder is built once per model folder and precision (a subprocess, progress on stderr: 6-8 s for
-the bundled model in fp32, longer for bigger models or a busier CPU) into the model cache, written to a
-temp folder and renamed into place (models.publish_cached); a `raft train` merged model is a transformers
-folder like any other and gets its own cached decoders. The LM head is kept for every position (a
-speculative pass needs them all; a one-token step computes one row either way). The fp32 decoder holds a
-second copy of the weights (+540 MB on disk for the bundled model) and the int8 draft a third (+267 MB);
-its bench worker resided ~0.8 GB more than the transformers one. `RAG_DRAFT=lookup` drops the draft,
-`RAG_DECODER=transformers` both.
+The decoder is built once per model folder and precision (a subprocess, progress on stderr: 10-20 s for
+the bundled model in fp32, packing included) into the model cache, via a temp folder renamed into place
+(models.publish_cached); a `raft train` merged model gets its own. The LM head is kept for every position
+(a speculative pass needs them all). The packed fp32 decoder of the bundled model holds 195 MB (the fp32
+embedding table is most of it), 540 MB unpacked. A model merged with a LoRA on every projection (the
+shipped course adapter, `bundled-raft`, what `rag ask` runs) has nothing left to pack: its decoder is the
+unpacked one with the int8 draft (2.4x).
 
-Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers'
-greedy text token for token (tests/rag/generation/test_onnx.py; every dev answer identical in the bench);
-"int8" and "int4" quantise the decoder's weights (blocks of 32, int8 activations): faster, but the greedy
-text drifts after the first token (1 and 0 of 6 dev answers identical, lower token F1 against the
-reference answers), so they are opt-in. "transformers" is plain `model.generate` (no build, no second
-copy of the weights, one answer at a time).
+Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers' greedy
+text token for token (tests/rag/generation/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
+in blocks of 32, int8 activations) drift after the first token (3 and 0 of 12, lower token F1): opt-in.
+"transformers" is plain `model.generate` (no build, no second copy of the weights, one answer at a time).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import os
-import shutil
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from rag.common.atomic import write_json_atomic
 from rag.errors import GeneratorError
 from rag.generation.engine import DecodeEngine, DecodeSequence
-from rag.generation.models import LoadedModel, default_cache_dir, publish_cached
+from rag.generation.models import LoadedModel
+from rag.generation.onnx_build import DECODER_ENV, build_onnx_decoder, is_packed
 from rag.generation.prefill import output_cache, read_prompt
 
 #: Decoders a LocalGenerator can use: an ONNX precision, or "transformers" (plain `model.generate`).
@@ -67,18 +57,17 @@ DECODERS = ("int4", "int8", "fp32", "transformers")
 #: What "auto" means when $RAG_DECODER is unset: the fastest decoder whose greedy text equals transformers'
 #: (bench/generation.py, README "Speed").
 DEFAULT_DECODER = "fp32"
-DECODER_ENV = "RAG_DECODER"
-#: Proposers of speculative decoding (rag/generation/speculative.py), and the default under "auto".
+#: Proposers of speculative decoding (rag/generation/speculative.py), and the default under "auto": none for
+#: a decoder whose matrices are mostly packed 4-bit blocks (its passes of several tokens cost 2.5-4x a
+#: one-token pass: speculating made it slower, 1.96x against 2.81x transformers' decode), else the int8 draft.
 DRAFTS = ("int8", "int4", "lookup", "off")
 DEFAULT_DRAFT = "int8"
+DEFAULT_DRAFT_PACKED = "off"
 DRAFT_ENV = "RAG_DRAFT"
 #: Let ONNX Runtime's idle threads spin-wait for the next operation (its default). Off: with 4 answers at
 #: once, spinning decode threads took the cores from the prompt being read beside them (in-process, 8 free
 #: answers at concurrency 4: 0.29 answers/s spinning, 0.34 not; 0.33 either way one at a time).
 ORT_SPIN = False
-_MANIFEST = "rag_decoder.json"
-_FORMAT = 2  # bump when the builder options below change (2: logits of every position, for speculation)
-_BUILD_TIMEOUT_S = 1800
 
 
 def resolve_decoder(name: str | None = "auto") -> str:
@@ -105,182 +94,24 @@ def _choose(name: str | None, what: str, env_name: str, default: str, choices: t
     return name
 
 
-def _source_fingerprint(model_dir: Path) -> str:
-    """Sizes and modification times of the folder's weights and config (what the builder reads)."""
-    import onnxruntime_genai
-
-    digest = hashlib.sha256(f"{_FORMAT}:{onnxruntime_genai.__version__};".encode())
-    for f in sorted(p for p in model_dir.glob("*") if p.is_file() and p.suffix in (".safetensors", ".json")):
-        st = f.stat()
-        digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return digest.hexdigest()[:12]
-
-
-def _decoder_validator(fingerprint: str, precision: str) -> Callable[[Path], bool]:
-    """True for a complete decoder folder of this source and precision (manifest, model, weights' size)."""
-
-    def valid(folder: Path) -> bool:
-        try:
-            manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return (
-            isinstance(manifest, dict)
-            and manifest.get("source") == fingerprint
-            and manifest.get("precision") == precision
-            and (folder / "model.onnx").is_file()
-            and (folder / "model.onnx.data").is_file()
-            and (folder / "model.onnx.data").stat().st_size == manifest.get("data_bytes")
-        )
-
-    return valid
-
-
-def _run_builder(cmd: list[str], label: str, layers: int) -> None:
-    """Run onnxruntime-genai's builder, saying on stderr what is happening (6 s for the bundled model).
-
-    :raises GeneratorError: when it fails (its last lines) or runs longer than _BUILD_TIMEOUT_S.
-    """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    started = time.monotonic()
-    print(f"rag: building {label} once (seconds to a minute; cached for every later run; "
-          f"{DECODER_ENV}=transformers skips it)", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    timer = threading.Timer(_BUILD_TIMEOUT_S, proc.kill)
-    timer.start()
-    tail: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail = [*tail[-2:], line.strip()]
-            if line.startswith("Reading layer "):
-                done = int(line.split()[-1]) + 1
-                if done in {max(1, layers // 4), layers // 2, 3 * layers // 4}:
-                    print(f"rag: ... read {done}/{layers} layers ({time.monotonic() - started:.0f} s)",
-                          file=sys.stderr, flush=True)
-            elif line.startswith("Saving ONNX model"):
-                print("rag: ... writing the decoder", file=sys.stderr, flush=True)
-        code = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    elapsed = time.monotonic() - started
-    if elapsed >= _BUILD_TIMEOUT_S:
-        raise GeneratorError(f"building {label} took over {_BUILD_TIMEOUT_S} s; "
-                             f"set {DECODER_ENV}=transformers to skip it")
-    if code != 0:
-        raise GeneratorError(f"cannot build {label}: {' | '.join(tail)}; set {DECODER_ENV}=transformers "
-                             "to use plain transformers")
-    print(f"rag: built {label} in {elapsed:.0f} s", file=sys.stderr, flush=True)
-
-
-_build_lock = threading.Lock()
-
-
-def prune_stale_decoders(root: Path, keep: Path | None = None) -> list[Path]:
-    """Delete the decoders in `root` nothing can use again: their source folder is gone (a test's or a
-    deleted run's model), or it changed since (`raft train` wrote a new merged/ there), keeping `keep`.
-
-    Why: each decoder is a second copy of a model's weights (519 MB for the bundled model in fp32), and
-    model folders come and go; `build_onnx_decoder` calls this after every build.
-
-    :param root: a model cache folder.
-    :param keep: a decoder folder never deleted (the one just built).
-    :returns: the folders deleted.
-    """
-    newest: dict[tuple[str, str], str] = {}
-    found: list[tuple[Path, str, str, str]] = []
-    for folder in root.glob("*-onnx-*"):
-        try:
-            manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
-            source, precision, fingerprint = Path(manifest["model_dir"]), manifest["precision"], manifest["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not ours, or still being written by another process
-        if folder.name.startswith(".") or folder == keep:
-            continue
-        if not source.is_dir():
-            found.append((folder, "", "", ""))
-            continue
-        key = (str(source), precision)
-        if key not in newest:
-            try:
-                newest[key] = _source_fingerprint(source)
-            except OSError:
-                newest[key] = ""
-        found.append((folder, key[0], key[1], fingerprint))
-    removed = []
-    for folder, source, precision, fingerprint in found:
-        if not source or newest.get((source, precision)) != fingerprint:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
-                       cache_dir: str | Path | None = None) -> Path:
-    """Return the ONNX decoder of a transformers model folder, building it once and reusing it.
-
-    Runs onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder`, CPU target, the
-    LM head pruned to the last position, embeddings shared with the head when the model ties them) in a
-    subprocess, reporting progress on stderr, into a temp folder renamed into place
-    (models.publish_cached), so an interrupted build never leaves a half cache and none is built twice;
-    then deletes the decoders in the same cache whose model folder is gone or changed (prune_stale_decoders).
-
-    :param model_dir: a folder with config.json and safetensors weights (the GGUF cache, a merged model).
-    :param precision: "int4", "int8" or "fp32" (weights of the ONNX decoder).
-    :param cache_dir: the model cache root (default: $RAG_CACHE_DIR or ~/.cache/course-rag/models).
-    :returns: the folder holding model.onnx and model.onnx.data.
-    :raises GeneratorError: for an unknown precision, a folder the builder rejects, or a failed build.
-    """
-    if precision not in DECODERS or precision == "transformers":
-        raise GeneratorError(f"unknown ONNX decoder precision {precision!r}: choose int4, int8 or fp32")
-    model_dir = Path(model_dir).resolve()
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GeneratorError(f"cannot read {model_dir / 'config.json'}: {e}") from e
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    fingerprint = _source_fingerprint(model_dir)
-    label = f"the ONNX {precision} decoder of {model_dir.name}"
-    # the LM head is not pruned: a speculative pass needs the logits of every position it feeds
-    options = ["shared_embeddings=true"] if config.get("tie_word_embeddings") else []
-
-    def write(tmp: Path) -> None:
-        _run_builder([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o",
-                      str(tmp), "-p", precision, "-e", "cpu", "-c", str(tmp / ".hf-cache"), "--extra_options",
-                      *options], label, int(config.get("num_hidden_layers", 0)))
-        shutil.rmtree(tmp / ".hf-cache", ignore_errors=True)
-        data = tmp / "model.onnx.data"
-        if not (tmp / "model.onnx").is_file() or not data.is_file():
-            raise GeneratorError(f"building {label} produced no model.onnx(.data) in {tmp}")
-        manifest = {"source": fingerprint, "precision": precision, "model_dir": str(model_dir),
-                    "data_bytes": data.stat().st_size, "builder_options": options}
-        write_json_atomic(tmp / _MANIFEST, manifest)
-
-    target = root / f"{model_dir.name}-onnx-{precision}-{fingerprint}"
-    valid = _decoder_validator(fingerprint, precision)
-    if valid(target):
-        return target
-    publish_cached(target, valid, write, _build_lock, f"cannot build {label}")
-    prune_stale_decoders(root, keep=target)
-    return target
-
-
 class OnnxDecoder:
     """`generate()` like transformers' `model.generate`: the transformers model pre-fills, ONNX Runtime decodes.
 
-    One instance per (model folder, dtype, precision, threads, draft); `generate` may be called from several
+    One instance per (model folder, precision, threads, draft); `generate` may be called from several
     threads at once: the prompts are read one at a time inside the caller's `reading()`, the answers are
     written together by one DecodeEngine.
+
+    It keeps no transformers model: `generate` gets the caller's, the one its lock and cancel hooks guard
+    (a kept one outlived `load_local_model`'s cache: a later LocalGenerator hooked its new copy, not the
+    copy reading its prompts).
     """
 
-    def __init__(self, loaded: LoadedModel, onnx_dir: Path, threads: int, draft_dir: Path | None = None,
+    def __init__(self, config: Any, onnx_dir: Path, threads: int, draft_dir: Path | None = None,
                  speculate: bool = True) -> None:
-        """Open the ONNX decoder of `loaded`'s model (and its draft model).
+        """Open the ONNX decoder of a model (and its draft model).
 
-        :param loaded: the transformers model and tokenizer (they pre-fill and keep scoring continuations).
+        :param config: the transformers model's config (layers, key/value heads, head size are checked
+            against the ONNX model's inputs).
         :param onnx_dir: a folder from `build_onnx_decoder` for the same model.
         :param threads: ONNX Runtime intra-op threads (LocalGenerator passes torch's thread count).
         :param draft_dir: a cheaper decoder of the same model proposing tokens for speculative decoding
@@ -290,9 +121,7 @@ class OnnxDecoder:
         """
         import onnxruntime as ort
 
-        self.loaded = loaded
         self.onnx_dir = onnx_dir
-        config = loaded.model.config
         self.layers = int(config.num_hidden_layers)
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
@@ -337,6 +166,7 @@ class OnnxDecoder:
         input_ids: Any,
         attention_mask: Any = None,
         *,
+        loaded: LoadedModel,
         max_new_tokens: int,
         min_new_tokens: int = 0,
         pad_token_id: int | None = None,
@@ -354,12 +184,12 @@ class OnnxDecoder:
     ) -> Any:
         """Continue left-padded prompts, with `model.generate`'s meaning for every argument it takes.
 
-        The prompts are read by the transformers model (inside `reading()`), then every row becomes a
-        DecodeSequence of this decoder's DecodeEngine (rag/generation/engine.py), which writes it together
-        with whatever other answers are being written at the time.
+        `loaded`'s model reads the prompts inside `reading()`; every row then becomes a DecodeSequence of
+        this decoder's DecodeEngine (rag/generation/engine.py), written together with any other answers.
 
         :param input_ids: LongTensor [batch, prompt_len], left-padded.
         :param attention_mask: LongTensor [batch, prompt_len], 0 on padding (None = no padding).
+        :param loaded: the caller's model of this decoder's folder (its lock: `reading()`), tokenizer, prompt cache.
         :param max_new_tokens: tokens to add at most (the caller keeps prompt + this within the context).
         :param min_new_tokens: EOS is masked out until this many tokens were added (bench/generation.py).
         :param pad_token_id: written after a sequence has finished (EOS or a stop criterion).
@@ -388,13 +218,13 @@ class OnnxDecoder:
             TopPLogitsWarper,
         )
 
-        model = self.loaded.model
+        model = loaded.model
         batch, width = input_ids.shape
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         lengths = mask.sum(dim=1).tolist()
         with reading() if reading is not None else contextlib.nullcontext(), torch.inference_mode():
             if batch == 1 and bool(mask.all()):  # one prompt: reuse the last prompt's cache where it matches
-                out = read_prompt(model, self.loaded.prompt_cache, input_ids)
+                out = read_prompt(model, loaded.prompt_cache, input_ids)
             else:  # the same position ids `model.generate` gives a left-padded prompt
                 positions = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
                 out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -410,7 +240,7 @@ class OnnxDecoder:
 
         eos = model.generation_config.eos_token_id
         eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                   *([self.loaded.tokenizer.eos_token_id] if self.loaded.tokenizer.eos_token_id is not None else [])}
+                   *([loaded.tokenizer.eos_token_id] if loaded.tokenizer.eos_token_id is not None else [])}
         eos_tensor = torch.tensor(sorted(eos_ids), dtype=torch.long)
         pad = pad_token_id if pad_token_id is not None else min(eos_ids) if eos_ids else 0
         sequences = []
@@ -449,49 +279,55 @@ class OnnxDecoder:
         return result
 
 
-def resolve_draft(name: str | None, precision: str) -> str:
-    """The proposer of speculative decoding: `name`, or for "auto"/None $RAG_DRAFT, else DEFAULT_DRAFT.
+def resolve_draft(name: str | None, precision: str, packed: bool = False) -> str:
+    """The proposer of speculative decoding: `name`, or for "auto"/None $RAG_DRAFT, else the default
+    (DEFAULT_DRAFT_PACKED for a decoder of mostly packed matrices, else DEFAULT_DRAFT).
 
     :param name: "auto", None, or one of DRAFTS: "int8"/"int4" (a draft model with those weights, then
         prompt lookup first), "lookup" (prompt lookup only), "off" (one token per pass).
     :param precision: the decoder's precision; a draft model is used only under the fp32 decoder (a
         quantised decoder is as cheap as its draft would be: it gets prompt lookup).
+    :param packed: the decoder holds mostly packed 4-bit matrices (`is_packed`).
     :returns: one of DRAFTS.
     :raises GeneratorError: naming the value, where it came from and the choices.
     """
-    name = _choose(name, "draft", DRAFT_ENV, DEFAULT_DRAFT, DRAFTS)
+    name = _choose(name, "draft", DRAFT_ENV, DEFAULT_DRAFT_PACKED if packed else DEFAULT_DRAFT, DRAFTS)
     if name in ("int8", "int4") and precision != "fp32":
         return "lookup"
     return name
 
 
 @functools.lru_cache(maxsize=4)
-def _open_decoder(model_dir: str, dtype: str, precision: str, cache_dir: str | None, threads: int,
-                  draft: str) -> OnnxDecoder:
-    from rag.generation.models import load_local_model
+def _open_decoder(model_dir: str, precision: str, cache_dir: str | None, threads: int, draft: str) -> OnnxDecoder:
+    from transformers import AutoConfig
 
     onnx_dir = build_onnx_decoder(model_dir, precision, cache_dir)
     draft_dir = build_onnx_decoder(model_dir, draft, cache_dir) if draft in ("int8", "int4") else None
-    return OnnxDecoder(load_local_model(model_dir, dtype), onnx_dir, threads, draft_dir, speculate=draft != "off")
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    return OnnxDecoder(config, onnx_dir, threads, draft_dir, speculate=draft != "off")
 
 
-def load_onnx_decoder(model_dir: str | Path, dtype: str, precision: str, cache_dir: str | Path | None = None,
+def release_decoders() -> None:
+    """Forget the decoders opened so far (a LocalGenerator still holding one keeps it open)."""
+    _open_decoder.cache_clear()
+
+
+def load_onnx_decoder(model_dir: str | Path, precision: str, cache_dir: str | Path | None = None,
                       threads: int | None = None, draft: str | None = "auto") -> OnnxDecoder:
-    """The ONNX decoder of a loaded transformers model, built on first use and opened once per process.
+    """The ONNX decoder of a transformers model folder, built on first use and opened once per process.
 
-    :param model_dir: the transformers model folder `load_local_model` loaded.
-    :param dtype: its dtype ("float32" or "bfloat16"; the prefill's cache is copied as float32).
+    :param model_dir: the transformers model folder (its `generate` calls bring the loaded model).
     :param precision: "int4", "int8" or "fp32".
     :param cache_dir: the model cache root (default: $RAG_CACHE_DIR or ~/.cache/course-rag/models).
     :param threads: ONNX Runtime threads (default: torch's current thread count).
     :param draft: speculative decoding's proposer (resolve_draft): "auto", "int8", "int4", "lookup", "off".
-    :returns: an OnnxDecoder sharing the process-wide LoadedModel.
+    :returns: the OnnxDecoder of (folder, precision, threads, draft), shared in the process.
     :raises GeneratorError: when the decoder cannot be built or opened, or for an unknown draft.
     """
-    draft = resolve_draft(draft, precision)
+    draft = resolve_draft(draft, precision, is_packed(build_onnx_decoder(model_dir, precision, cache_dir)))
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    return _open_decoder(str(Path(model_dir).resolve()), dtype, precision,
-                         None if cache_dir is None else str(cache_dir), int(threads), draft)
+    return _open_decoder(str(Path(model_dir).resolve()), precision, None if cache_dir is None else str(cache_dir),
+                         int(threads), draft)

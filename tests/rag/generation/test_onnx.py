@@ -15,14 +15,8 @@ from rag.errors import GeneratorError
 from rag.generation.base import GenerationCancelled, GenerationParams, cancel_scope
 from rag.generation.local import LocalGenerator
 from rag.generation.models import bundled_gguf_path, convert_gguf
-from rag.generation.onnx import (
-    DECODER_ENV,
-    DRAFT_ENV,
-    build_onnx_decoder,
-    prune_stale_decoders,
-    resolve_decoder,
-    resolve_draft,
-)
+from rag.generation.onnx import DECODER_ENV, DRAFT_ENV, resolve_decoder, resolve_draft
+from rag.generation.onnx_build import build_onnx_decoder, is_packed, prune_stale_decoders
 
 pytestmark = pytest.mark.llm
 
@@ -90,6 +84,8 @@ def test_draft_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DRAFT_ENV, raising=False)
     assert resolve_draft("auto", "fp32") == resolve_draft(None, "fp32") == "int8"
     assert resolve_draft("auto", "int8") == "lookup"  # a quantised decoder is as cheap as its draft would be
+    assert resolve_draft("auto", "fp32", packed=True) == "off"  # its passes of several tokens cost 2.5-4x
+    assert resolve_draft("lookup", "fp32", packed=True) == "lookup"
     monkeypatch.setenv(DRAFT_ENV, "off")
     assert resolve_draft("auto", "fp32") == "off" and resolve_draft("int4", "fp32") == "int4"
     monkeypatch.setenv(DRAFT_ENV, "big")
@@ -109,6 +105,10 @@ def test_decoders_are_built_once_and_reused(root: Path, fp32: LocalGenerator) ->
     assert folder.parent == root and (folder / "model.onnx").is_file()
     manifest = json.loads((folder / "rag_decoder.json").read_text())
     assert manifest["precision"] == "fp32" and manifest["data_bytes"] == (folder / "model.onnx.data").stat().st_size
+    packed = manifest["packed"]  # the bundled model comes from a Q4_1 GGUF: every matrix is exact 4-bit blocks
+    assert packed["packed"] == packed["matrices"] > 4 * fp32._loaded.model.config.num_hidden_layers
+    assert packed["bytes_after"] == manifest["data_bytes"] < packed["bytes_before"] / 2
+    assert is_packed(folder) and fp32._decoder.draft_dir is None and not fp32._decoder.engine.speculate
     before = (folder / "model.onnx.data").stat().st_mtime_ns
     assert build_onnx_decoder(fp32.model_dir, "fp32", root) == folder
     assert (folder / "model.onnx.data").stat().st_mtime_ns == before  # not rebuilt
@@ -135,20 +135,43 @@ def test_a_damaged_decoder_is_rebuilt_and_every_build_says_so(root: Path, fp32: 
 def test_a_decoder_that_cannot_open_is_a_one_line_error(fp32: LocalGenerator, tmp_path: Path) -> None:
     from rag.generation.onnx import OnnxDecoder
 
-    ids = torch.tensor([[1, 2, 3]])
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "model.onnx").write_bytes(b"not an onnx model")
     with pytest.raises(GeneratorError, match=r"cannot open the ONNX decoder .*garbage.*delete the folder"):
-        OnnxDecoder(fp32._loaded, garbage, 1).generate(ids, max_new_tokens=2)
+        OnnxDecoder(fp32._loaded.model.config, garbage, 1)
     decoder_dir = fp32._decoder.onnx_dir
     small = fp32._loaded.model.config.num_hidden_layers
     fp32._loaded.model.config.num_hidden_layers = small + 1  # the decoder no longer matches the model
     try:
         with pytest.raises(GeneratorError, match="does not match llama with 31 layers"):
-            OnnxDecoder(fp32._loaded, decoder_dir, 1).generate(ids, max_new_tokens=2)
+            OnnxDecoder(fp32._loaded.model.config, decoder_dir, 1)
     finally:
         fp32._loaded.model.config.num_hidden_layers = small
+
+
+def test_a_model_loaded_again_reads_its_own_prompts_under_its_own_cancel(root: Path, fp32: LocalGenerator) -> None:
+    """The process-wide model cache can drop a model (its LRU, `raft eval` between models) while the ONNX
+    decoder of its folder stays open. A LocalGenerator made afterwards loads the folder again; its prompts
+    must be read by that copy, the one its lock and cancellation hooks guard. (They went through the dropped
+    copy: a cancel before the first token still let one through, and two locks guarded one model.)"""
+    from rag.generation.local import release_local_models
+
+    release_local_models()
+    again = LocalGenerator(cache_dir=root, decoder="fp32")
+    assert again._loaded is not fp32._loaded and again._loaded.model is not fp32._loaded.model
+    old_prompts = [ids for ids, _ in fp32._loaded.prompt_cache.entries]
+    params = GenerationParams(max_new_tokens=3)
+    text = again.generate(PROMPTS[2], params)
+    read = [ids for ids, _ in again._loaded.prompt_cache.entries]
+    assert len(read) == 1  # read by its own copy...
+    assert [ids for ids, _ in fp32._loaded.prompt_cache.entries] == old_prompts  # ...not by the dropped one
+    assert text == fp32.generate(PROMPTS[2], params)
+    stream = again.stream(PROMPTS[1], GenerationParams(max_new_tokens=40))
+    stream.cancel()  # before the first piece: the prompt's first layer stops, no token is written
+    assert list(stream) == []
+    assert [ids for ids, _ in again._loaded.prompt_cache.entries] == read  # that prompt was never read
+    assert again.generate(PROMPTS[1], params).strip()  # and the model is free for the next answer
 
 
 def _fake_decoder(folder: Path, model_dir: Path, precision: str, source: str) -> Path:
@@ -352,6 +375,9 @@ def test_a_merged_lora_model_gets_its_own_decoder(root: Path, fp32: LocalGenerat
     plain = LocalGenerator(out, cache_dir=root, decoder="transformers")
     assert tuned._decoder.onnx_dir != fp32._decoder.onnx_dir and tuned._decoder.onnx_dir.parent == root
     assert tuned.generate(PROMPTS[0], GREEDY) == plain.generate(PROMPTS[0], GREEDY)
+    packed = json.loads((tuned._decoder.onnx_dir / "rag_decoder.json").read_text())["packed"]
+    # the LoRA delta takes q_proj and v_proj (one fused qkv matrix per layer) off the 4-bit grid: those stay fp32
+    assert packed["matrices"] - packed["packed"] == base.config.num_hidden_layers
 
 
 # --------------------------------------------------------------------------- speculation and continuous batching
@@ -370,12 +396,13 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match() -> None:
     assert next_draft_length(5, 5, 5) == 7 and next_draft_length(5, 5, 2) == 4 and next_draft_length(2, 3, 0) == 2
 
 
-def test_speculation_writes_the_same_greedy_text_with_fewer_passes(root: Path, ref: LocalGenerator,
-                                                                    fp32: LocalGenerator) -> None:
-    """Prompt lookup on a passage the answer copies, and the int8 draft model elsewhere: the fp32 model
-    checks every proposed token, so the text is plain transformers' token for token."""
+def test_speculation_writes_the_same_greedy_text_with_fewer_passes(root: Path, ref: LocalGenerator) -> None:
+    """Prompt lookup on a passage the answer copies, and the int8 draft model elsewhere (RAG_DRAFT=int8: not
+    the default over a packed decoder): the fp32 model checks every proposed token, so the text is plain
+    transformers' token for token."""
     off = _draft(root, "off")
     lookup = _draft(root, "lookup")
+    fp32 = _draft(root, "int8")
     fp32._decoder._draft_opening.join()  # opened in the background
     assert fp32._decoder.engine.draft is not None
     copying = [{"role": "user", "content": f"Passage: {PASSAGE}\nWhat does LoRA freeze? Quote the passage."}]
