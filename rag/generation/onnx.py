@@ -25,8 +25,8 @@ the bundled model in fp32, packing included) into the model cache, via a temp fo
 (models.publish_cached); a `raft train` merged model gets its own. The LM head is kept for every position
 (a speculative pass needs them all). The packed fp32 decoder of the bundled model holds 195 MB (the fp32
 embedding table is most of it), 540 MB unpacked. A model merged with a LoRA on every projection (the
-shipped course adapter, `bundled-raft`, what `rag ask` runs on that course) has nothing left to pack: its decoder is the
-unpacked one with the int8 draft (2.4x).
+shipped course adapter, `bundled-raft`, what `rag ask` runs on that course) has nothing left to pack: its
+decoder is the unpacked one with the int8 draft (2.4x).
 
 Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers' greedy
 text token for token (tests/rag/generation/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
