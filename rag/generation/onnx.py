@@ -58,7 +58,7 @@ DECODERS = ("int4", "int8", "fp32", "transformers")
 #: (bench/generation.py, README "Speed").
 DEFAULT_DECODER = "fp32"
 #: Proposers of speculative decoding (rag/generation/speculative.py), and the default under "auto": none for
-#: a decoder whose matrices are mostly packed 4-bit blocks (its passes of several tokens cost 2.5-4x a
+#: a decoder of packed 4-bit blocks (its passes of several tokens cost 2.5-4x a
 #: one-token pass: speculating made it slower, 1.96x against 2.81x transformers' decode), else the int8 draft.
 DRAFTS = ("int8", "int4", "lookup", "off")
 DEFAULT_DRAFT = "int8"
@@ -281,13 +281,13 @@ class OnnxDecoder:
 
 def resolve_draft(name: str | None, precision: str, packed: bool = False) -> str:
     """The proposer of speculative decoding: `name`, or for "auto"/None $RAG_DRAFT, else the default
-    (DEFAULT_DRAFT_PACKED for a decoder of mostly packed matrices, else DEFAULT_DRAFT).
+    (DEFAULT_DRAFT_PACKED for a packed decoder, else DEFAULT_DRAFT).
 
     :param name: "auto", None, or one of DRAFTS: "int8"/"int4" (a draft model with those weights, then
         prompt lookup first), "lookup" (prompt lookup only), "off" (one token per pass).
     :param precision: the decoder's precision; a draft model is used only under the fp32 decoder (a
         quantised decoder is as cheap as its draft would be: it gets prompt lookup).
-    :param packed: the decoder holds mostly packed 4-bit matrices (`is_packed`).
+    :param packed: the decoder holds packed 4-bit matrices (`is_packed`).
     :returns: one of DRAFTS.
     :raises GeneratorError: naming the value, where it came from and the choices.
     """
@@ -298,13 +298,12 @@ def resolve_draft(name: str | None, precision: str, packed: bool = False) -> str
 
 
 @functools.lru_cache(maxsize=4)
-def _open_decoder(model_dir: str, precision: str, cache_dir: str | None, threads: int, draft: str) -> OnnxDecoder:
+def _open_decoder(model_dir: str, onnx_dir: str, cache_dir: str | None, threads: int, draft: str) -> OnnxDecoder:
     from transformers import AutoConfig
 
-    onnx_dir = build_onnx_decoder(model_dir, precision, cache_dir)
     draft_dir = build_onnx_decoder(model_dir, draft, cache_dir) if draft in ("int8", "int4") else None
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    return OnnxDecoder(config, onnx_dir, threads, draft_dir, speculate=draft != "off")
+    return OnnxDecoder(config, Path(onnx_dir), threads, draft_dir, speculate=draft != "off")
 
 
 def release_decoders() -> None:
@@ -324,10 +323,11 @@ def load_onnx_decoder(model_dir: str | Path, precision: str, cache_dir: str | Pa
     :returns: the OnnxDecoder of (folder, precision, threads, draft), shared in the process.
     :raises GeneratorError: when the decoder cannot be built or opened, or for an unknown draft.
     """
-    draft = resolve_draft(draft, precision, is_packed(build_onnx_decoder(model_dir, precision, cache_dir)))
+    onnx_dir = build_onnx_decoder(model_dir, precision, cache_dir)
+    draft = resolve_draft(draft, precision, is_packed(onnx_dir))
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    return _open_decoder(str(Path(model_dir).resolve()), precision, None if cache_dir is None else str(cache_dir),
+    return _open_decoder(str(Path(model_dir).resolve()), str(onnx_dir), None if cache_dir is None else str(cache_dir),
                          int(threads), draft)

@@ -204,6 +204,7 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
 
 
 def is_packed(onnx_dir: Path) -> bool:
-    """True when most matrices of a decoder from `build_onnx_decoder` are packed 4-bit blocks (its manifest)."""
+    """True when a decoder from `build_onnx_decoder` holds packed 4-bit blocks (its manifest; `pack_exact_blocks`
+    packs a model only when most of its matrices are exact)."""
     packed = json.loads((onnx_dir / _MANIFEST).read_text(encoding="utf-8")).get("packed") or {}
-    return 2 * packed.get("packed", 0) > packed.get("matrices", 0)
+    return packed.get("packed", 0) > 0
