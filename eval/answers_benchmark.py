@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.answering import grounding
     from rag.api import get_generator, make_chunker, make_pipeline, open_retriever
     from rag.config import Settings
-    from rag.evaluation.end_to_end import _score_mc  # the one MC scorer
+    from rag.evaluation.end_to_end import score_mc  # the one MC scorer
     from rag.evaluation.metrics import exact_match, token_f1
     from rag.evaluation.retrieval import contains_evidence, load_questions
     from rag.evaluation.sets import make_quiz_set
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict = {"id": q["id"]}
                 hits = retriever.search(q["question"], k=s.top_k, mode=s.mode)
                 if "options" in q:
-                    mc = _score_mc(gen, q, hits, s.top_k, budget, embedder, pipe.boilerplate())
+                    mc = score_mc(gen, q, hits, s.top_k, budget, embedder, pipe.boilerplate())
                     row["mc_closed"], row["mc_rag"] = mc["closed_book"]["right"], mc["rag"]["right"]
                     row["mc_rag_plain"] = mc["rag_plain"]["right"]
                     row["mc_scores"] = {k: [o["per_byte"] for o in mc[k]["options"]] for k in ("closed_book", "rag_plain")}

@@ -292,6 +292,44 @@ def eval_command(questions: Path, report_dir: Path, index_dir: Path | None, mode
     click.echo(f"report written to {report_dir}", err=True)
 
 
+@cli.command("eval-course")
+@click.argument("course", type=click.Path(path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for report.json, report.md and results.jsonl.")
+@click.option("--quiz", type=click.Path(path_type=Path), default=None, help="Quiz file (default COURSE/quiz.jsonl).")
+@click.option("--evidence", type=click.Path(path_type=Path), default=None,
+              help="Evidence annotations (file + character offsets per question; README, Evaluation).")
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default hybrid).")
+@click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="Passages given to the model (default 5).")
+@click.option("--model", default=None, help="Model for multiple choice (default: what `auto` picks for the course).")
+@click.option("--no-choices", is_flag=True, help="Score retrieval only (no model is loaded).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N questions.")
+@user_errors
+def eval_course(course: Path, report_dir: Path, quiz: Path | None, evidence: Path | None, mode: str | None,
+                top_k: int | None, model: str | None, no_choices: bool, limit: int | None) -> None:
+    """Index COURSE/course/ as a user would and ask COURSE/quiz.jsonl: retrieval against a plain LangChain
+    pipeline and multiple choice (closed book, with passages, the product's choice), with 95% intervals."""
+    from rag.api import get_embedder, get_generator
+    from rag.common.atomic import write_json_atomic, write_text_atomic
+    from rag.evaluation.course_run import evaluate_course, format_course_report
+    from rag.evaluation.courses import load_course
+    from rag.evaluation.end_to_end import prepare_report_dir
+
+    loaded = load_course(course, quiz=quiz, evidence=evidence)
+    loaded.questions = loaded.questions[:limit]
+    prepare_report_dir(report_dir)
+    settings = _settings(mode=mode, top_k=top_k, model=model)
+    report, rows = evaluate_course(loaded, settings, get_embedder(settings),
+                                   load_generator=None if no_choices else get_generator)
+    text = format_course_report(report)
+    flat = [{"pipeline": p, **r} for p, rs in rows["retrieval"].items() for r in rs] + rows.get("choices", [])
+    write_json_atomic(report_dir / "report.json", report)
+    write_text_atomic(report_dir / "report.md", text)
+    write_text_atomic(report_dir / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in flat))
+    click.echo(text, nl=False)
+    click.echo(f"report written to {report_dir}", err=True)
+
+
 def generation_options(f: Callable) -> Callable:
     """The model backend and the generation settings the course teaches, as flags."""
     opts = [

@@ -72,7 +72,7 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget: int, embedder: Any,
+def score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget: int, embedder: Any,
               exclude: frozenset[str] = frozenset(), weight: float | None = None) -> dict[str, Any]:
     """One multiple-choice question scored three ways: the model closed book, the model with the passages
     (`rag_plain`), and the product's grounded choice (`rag`, as rag.answering.choices.pick_option makes it:
@@ -138,7 +138,7 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
             row["retrieval"] = {"rank": rank,
                                 "top": [{"source": h.chunk.source, "section": h.chunk.section} for h in hits[:3]]}
         if "options" in q and can_mc:
-            row["mc"] = _score_mc(generator, q, hits, k, budget, retriever.embedder, boilerplate)
+            row["mc"] = score_mc(generator, q, hits, k, budget, retriever.embedder, boilerplate)
         if "answer" in q and pipeline is not None:
             answer = pipeline.ask(q["question"]).answer()
             row["answer"] = {"gold": q["answer"], "prediction": answer.text, "abstained": answer.abstained,

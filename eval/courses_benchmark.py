@@ -1,0 +1,308 @@
+"""The independent evaluation: every course of ../shared/eval-courses (and the shipped course, as one more
+course that never decides), the LangChain baseline, the previous default and each candidate retrieval
+setting, scored in one run, per course and pooled, with 95% bootstrap intervals and paired deltas.
+
+The decision rule (README, "How a default is chosen"): a candidate replaces the default when, on the pooled
+independent courses, its paired interval against the default excludes zero on the positive side, and on
+no single course does its paired interval lie wholly below zero (`rag.evaluation.courses.rule_verdict`).
+
+Run (from the project folder; ~10 min retrieval-only on 2 cores, multiple choice adds ~1-2 s a question):
+    . .venv/bin/activate
+    python eval/courses_benchmark.py                      # retrieval: baseline, default, candidates
+    python eval/courses_benchmark.py --choices            # + multiple choice of the default and the previous one
+Per-(course, pipeline) passages and choices are kept in --cache (outside the repository: they hold course
+text), so an interrupted run resumes where it stopped (delete the folder to start over). Writes --out/courses_benchmark.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHIPPED = "shipped (decides nothing)"
+# The default before this evaluation existed, spelled out so that the comparison survives a change of default.
+PREVIOUS = {"chunk_tokens": 256, "chunk_overlap": 32, "merge_sections": True, "embed_headings": False,
+            "child_tokens": 128, "dense_weight": 0.8, "collapse_duplicates": True, "mode": "hybrid"}
+CANDIDATES = {
+    "no child windows": {"child_tokens": 0},
+    "no child windows, even RRF": {"child_tokens": 0, "dense_weight": 0.5},
+    "no child windows, dense 0.65": {"child_tokens": 0, "dense_weight": 0.65},
+    "no child windows, headings embedded": {"child_tokens": 0, "embed_headings": True},
+    "no child windows, no merging": {"child_tokens": 0, "merge_sections": False},
+    "no child windows, 128-token chunks": {"child_tokens": 0, "chunk_tokens": 128},
+    "no child windows, dense": {"child_tokens": 0, "mode": "dense"},
+    "no child windows, stem + options searched": {"child_tokens": 0, "query": "options"},
+    "stem + options searched": {"query": "options"},
+    "even RRF": {"dense_weight": 0.5},
+    "headings embedded": {"embed_headings": True},
+}
+DECIDING = ("recall@5", "mrr@10")
+
+
+def courses(shared: Path, evidence_dir: Path, work: Path, with_shipped: bool) -> list[Any]:
+    """The independent courses (with their evidence annotations where present) and the shipped course."""
+    from rag.evaluation.courses import Course, load_course
+    from rag.evaluation.retrieval import load_questions
+    from rag.evaluation.sets import make_quiz_set
+
+    out = []
+    for folder in sorted(p for p in shared.iterdir() if (p / "quiz.jsonl").is_file()):
+        ev = evidence_dir / f"{folder.name}.evidence.jsonl"
+        out.append(load_course(folder, evidence=ev if ev.is_file() else None))
+    if with_shipped:
+        qs = load_questions(ROOT / "eval" / "dev_questions.jsonl")
+        es = make_quiz_set(ROOT / "corpus", qs, work / "shipped")
+        out.append(Course(SHIPPED, es.corpus, [q for q in es.questions if q.get("options")],
+                          {"evidence_from": "quiz quotes", **es.notes}))
+    return out
+
+
+def cached(path: Path, key: dict[str, Any], make: Any) -> Any:
+    """The value stored at `path` for `key`, or make() stored there (atomically) for the next run."""
+    from rag.common.atomic import write_json_atomic
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    target = path.with_name(f"{path.name}-{digest}.json")
+    if target.is_file():
+        return json.loads(target.read_text(encoding="utf-8"))["value"]
+    value = make()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(target, {"key": key, "value": value})
+    return value
+
+
+def query_text(question: dict[str, Any], how: str) -> str:
+    """What is searched for a quiz question: its stem ("stem"), or the stem and its options ("options")."""
+    if how == "options":
+        return question["question"] + "\n" + "\n".join(question.get("options", []))
+    return question["question"]
+
+
+def ranked(hits: list[list[str]]) -> list[Any]:
+    """Cached hits ([source, text] pairs) as objects `courses.question_ranks` can read."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(chunk=SimpleNamespace(source=s, text=t)) for s, t in hits]
+
+
+def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]], cache: Path, work: Path,
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """{pipeline: per-question rows} for the LangChain baselines and each product setting.
+
+    The top-10 passages of every question are cached (outside the repository: they hold course text), so
+    a changed evidence file or metric re-scores without rebuilding an index.
+    """
+    from rag.evaluation.compare import LangChainBaseline, build_product
+    from rag.evaluation.courses import question_ranks
+    from rag.retrieval.fusion import rrf as fuse
+
+    stamp = {"course": course.name, "questions": [[q["id"], q["question"]] for q in course.questions]}
+    top = {}
+
+    def hits_of(search: Any, query: str = "stem") -> dict[str, list]:
+        return {str(q["id"]): [[h.chunk.source, h.chunk.text] for h in search(query_text(q, query))[:10]]
+                for q in course.questions}
+
+    def langchain() -> dict[str, dict]:
+        lc = LangChainBaseline(course.lessons, embedder)
+        dense, bm25 = lc.searcher("dense"), lc.searcher("bm25")
+
+        def rrf(q: str) -> list:
+            runs = [dense.search(q, 50), bm25.search(q, 50)]
+            by_id = {h.chunk.id: h for r in runs for h in r}
+            return [by_id[i] for i, _ in fuse([[h.chunk.id for h in r] for r in runs], 60)[:10]]
+
+        return {"LangChain 1000/200 dense": hits_of(lambda q: dense.search(q, 10)),
+                "LangChain 1000/200 bm25": hits_of(lambda q: bm25.search(q, 10)),
+                "LangChain 1000/200 RRF": hits_of(rrf)}
+
+    folder = cache / course.name.split(" ")[0]
+    top.update(cached(folder / "langchain", {**stamp, "v": 2}, langchain))
+    for name, settings in pipelines.items():
+        def product(settings: dict[str, Any] = settings) -> dict:
+            mode = settings.get("mode", "hybrid")
+            overrides = {k: v for k, v in settings.items() if k not in ("mode", "query")}
+            retriever, _, _ = build_product(course.lessons, embedder, overrides, work)
+            return hits_of(lambda q: retriever.search(q, k=10, mode=mode), settings.get("query", "stem"))
+
+        top[name] = cached(folder / "product", {**stamp, "settings": settings, "v": 2}, product)
+        print(f"  {course.name}: {name} done", file=sys.stderr, flush=True)
+    return {name: [{"id": q["id"], "course": course.name,
+                    "ranks": question_ranks(ranked(by_q[str(q["id"])]), q)} for q in course.questions]
+            for name, by_q in top.items()}
+
+
+def choice_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]], cache: Path, work: Path,
+                names: tuple[str, ...] = ("previous default", "default")) -> dict[str, dict[str, Any]]:
+    """{pipeline: choice_block} for the named pipelines, with the model `model = auto` picks for the course."""
+    from rag.api import get_generator
+    from rag.config import Settings
+    from rag.evaluation.compare import build_product
+    from rag.evaluation.course_run import choice_block, score_choices
+
+    out = {}
+    for name in dict.fromkeys(names):
+        settings = pipelines[name]
+
+        def make(settings: dict[str, Any] = settings) -> list:
+            overrides = {k: v for k, v in settings.items() if k not in ("mode", "query")}
+            retriever, _, _ = build_product(course.lessons, embedder, overrides, work)
+            run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, **overrides,
+                           mode=settings.get("mode", "hybrid"))
+            return score_choices(course, retriever, run, get_generator(run))
+
+        key = {"course": course.name, "questions": [q["id"] for q in course.questions], "settings": settings, "v": 1}
+        rows = cached(cache / course.name.split(" ")[0] / "choices", key, make)
+        out[name] = choice_block(rows)
+        print(f"  {course.name}: choices of {name} done", file=sys.stderr, flush=True)
+    return out
+
+
+def summarize(rows: dict[str, dict[str, list]], pipelines: dict[str, dict[str, Any]], started: float,
+              ) -> dict[str, Any]:
+    """Per-course and pooled tables at both grains, and the comparisons the rule reads."""
+    from rag.evaluation.courses import GRAINS, METRICS, grain_ranks, rank_summary
+
+    names = [n for n in next(iter(rows.values()))]
+    tables: dict[str, dict[str, dict]] = {g: {} for g in GRAINS}
+    comparisons: dict[str, dict[str, Any]] = {g: {} for g in GRAINS}
+    for grain in GRAINS:
+        for course, by in rows.items():
+            if grain_ranks(by[names[0]], grain)[0]:
+                tables[grain][course] = {n: rank_summary(grain_ranks(by[n], grain)[1]) for n in names}
+        tables[grain]["pooled (independent courses)"] = {n: pooled_summary(rows, n, grain) for n in names}
+        comparisons[grain]["default − LangChain 1000/200 dense"] = compare(rows, "default", "LangChain 1000/200 dense", grain)
+        comparisons[grain]["previous default − LangChain 1000/200 dense"] = compare(
+            rows, "previous default", "LangChain 1000/200 dense", grain)
+        for n in pipelines:
+            if n not in ("previous default",):
+                comparisons[grain][f"{n} − previous default"] = compare(rows, n, "previous default", grain)
+    return {"script": "eval/courses_benchmark.py", "metrics": list(METRICS), "deciding": list(DECIDING),
+            "pipelines": pipelines, "tables": tables, "comparisons": comparisons,
+            "seconds": round(time.time() - started, 1)}
+
+
+def compare(rows: dict[str, dict[str, list]], name: str, against: str, grain: str) -> dict[str, Any]:
+    """`name` minus `against` at `grain`: per course and pooled over the independent courses, with the rule."""
+    from rag.evaluation.courses import grain_ranks, paired, rule_verdict
+
+    per_course, pooled_a, pooled_b = {}, [], []
+    for course, by_pipe in rows.items():
+        if name not in by_pipe or against not in by_pipe:
+            continue
+        ids, a = grain_ranks(by_pipe[name], grain)
+        _, b = grain_ranks(by_pipe[against], grain)
+        if not ids:
+            continue
+        per_course[course] = paired(a, b, DECIDING)
+        if course != SHIPPED:
+            pooled_a += a
+            pooled_b += b
+    pooled = paired(pooled_a, pooled_b, DECIDING) if pooled_a else {}
+    independent = {c: r for c, r in per_course.items() if c != SHIPPED}
+    verdict = {m: rule_verdict({c: r[m] for c, r in independent.items()}, pooled[m]) for m in pooled}
+    return {"per_course": per_course, "pooled": pooled, "rule": verdict}
+
+
+def pooled_summary(rows: dict[str, dict[str, list]], name: str, grain: str) -> dict[str, Any]:
+    """Metrics with intervals of one pipeline over the independent courses' questions together."""
+    from rag.evaluation.courses import grain_ranks, rank_summary
+
+    ranks = [r for c, by in rows.items() if c != SHIPPED and name in by for r in grain_ranks(by[name], grain)[1]]
+    return rank_summary(ranks)
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    """The whole run as markdown: per course and pooled tables, then the comparisons and the rule."""
+    from rag.evaluation.course_run import fmt_interval, fmt_delta
+
+    lines = ["# Independent evaluation (eval/courses_benchmark.py)", "",
+             "Hit grains: *lesson* = a passage from the question's lesson file; *evidence* = a passage holding "
+             "an annotated evidence span (eval/courses/*.evidence.jsonl) or quote. Figures: mean [95% bootstrap "
+             "interval]; deltas are paired over the same questions. Pooled = the independent courses' questions "
+             f"together ({SHIPPED.split(' ')[0]} course excluded).", ""]
+    metrics = result["metrics"]
+    for grain in ("evidence", "lesson"):
+        lines += [f"## Retrieval, {grain} hits", ""]
+        for course, table in result["tables"][grain].items():
+            lines += [f"### {course}", "", "| pipeline | n | " + " | ".join(metrics) + " |",
+                      "|---|---|" + "---|" * len(metrics) + ""]
+            for name, s in table.items():
+                lines.append(f"| {name} | {s['n']} | " + " | ".join(fmt_interval(s[m]) for m in metrics) + " |")
+            lines.append("")
+        lines += [f"### Paired deltas ({grain})", "",
+                  "| comparison | course | " + " | ".join(DECIDING) + " | rule |", "|---|---|" + "---|" * (len(DECIDING) + 1)]
+        for label, cmp_ in result["comparisons"][grain].items():
+            for course, r in [*cmp_["per_course"].items(), ("pooled", cmp_["pooled"])]:
+                rule = ""
+                if course == "pooled" and cmp_["rule"]:
+                    rule = ", ".join(f"{m}: {'wins' if v['wins'] else 'no'}" for m, v in cmp_["rule"].items())
+                lines.append(f"| {label} | {course} | " + " | ".join(fmt_delta(r[m]) for m in DECIDING) + f" | {rule} |")
+        lines.append("")
+    for course, block in result.get("choices", {}).items():
+        lines += [f"## Multiple choice: {course}", "", "| pipeline | n | closed book | model with passages | "
+                  "product's choice | choice − closed book |", "|---|---|---|---|---|---|"]
+        for name, ch in block.items():
+            acc = ch["accuracy"]
+            lines.append(f"| {name} | {ch['n']} | {fmt_interval(acc['closed_book'])} | {fmt_interval(acc['rag_plain'])} | "
+                         f"{fmt_interval(acc['rag'])} | {fmt_delta(ch['vs_closed_book']['rag'])} |")
+        lines.append("")
+    lines.append(f"Run took {result['seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "eval-courses",
+                    help="folder of course folders (default ../shared/eval-courses)")
+    ap.add_argument("--evidence", type=Path, default=ROOT / "eval" / "courses", help="evidence annotations")
+    ap.add_argument("--no-shipped", action="store_true", help="leave out the shipped course")
+    ap.add_argument("--candidates", default=";".join(CANDIDATES), help="candidate names separated by ;")
+    ap.add_argument("--choices", action="store_true", help="also score multiple choice (the bundled model)")
+    ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "courses")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "course-rag" / "courses-bench",
+                    help="per-(course, pipeline) passages and choices, for resuming (outside the repository)")
+    args = ap.parse_args()
+
+    from rag.api import get_embedder
+    from rag.common.atomic import write_json_atomic, write_text_atomic
+    from rag.config import Settings
+
+    started = time.time()
+    current = {k: getattr(Settings(), k) for k in PREVIOUS}
+    pipelines = {"previous default": PREVIOUS, "default": current,
+                 **{n: {**PREVIOUS, **CANDIDATES[n]} for n in args.candidates.split(";") if n}}
+    embedder = get_embedder(Settings())
+    rows: dict[str, dict[str, list]] = {}
+    choices: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="rag-courses-bench-") as td:
+        work = Path(td)
+        for course in courses(args.shared, args.evidence, work, not args.no_shipped):
+            print(f"{course.name}: {len(course.questions)} questions, {course.notes.get('with_evidence')} with evidence",
+                  file=sys.stderr, flush=True)
+            rows[course.name] = retrieval_rows(course, embedder, pipelines, args.cache, work)
+            if args.choices:
+                choices[course.name] = choice_rows(course, embedder, pipelines, args.cache, work)
+    result = summarize(rows, pipelines, started)
+    if choices:
+        result["choices"] = choices
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "courses_benchmark.json", result)
+    write_text_atomic(args.out / "courses_benchmark.md", report_markdown(result))
+    print(report_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
