@@ -35,10 +35,12 @@ def index_corpus(corpus: Path, settings: Settings, *, rebuild: bool = False,
 
     `engine` runs the reading, chunking and embedding: None = this process; a
     `rag.index.ray_engine.RayEngine` = a Ray cluster (`rag index --engine ray`), same index either way.
+    Links out of `corpus` are indexed only with `settings.follow_outside_links` (rag.ingest.paths).
     """
     embedder = get_embedder(settings)
     return build_index(Path(corpus), settings.index_dir, embedder, make_chunker(embedder, settings),
-                       faiss_type=settings.faiss_type, rebuild=rebuild, on_progress=on_progress, engine=engine)
+                       faiss_type=settings.faiss_type, rebuild=rebuild, on_progress=on_progress, engine=engine,
+                       follow_outside_links=settings.follow_outside_links)
 
 
 def open_retriever(settings: Settings) -> Retriever:

@@ -90,12 +90,14 @@ def cli() -> None:
 @click.option("--faiss-type", type=click.Choice(["flat", "hnsw", "ivf"]), default=None,
               help="flat = exact (default); hnsw/ivf = approximate, for large corpora.")
 @click.option("--chunk-tokens", type=int, default=None, help="Target chunk size in embedder tokens.")
+@click.option("--follow-outside-links", is_flag=True, default=None,
+              help="Also index links that lead outside CORPUS (skipped by default; RAG_FOLLOW_OUTSIDE_LINKS).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @engine_options
 @user_errors
 def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_model: str | None,
-          faiss_type: str | None, chunk_tokens: int | None, as_json: bool, engine: str, address: str | None,
-          ray_workers: int | None, gpus_per_worker: float) -> None:
+          faiss_type: str | None, chunk_tokens: int | None, follow_outside_links: bool | None, as_json: bool,
+          engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
     """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
     import contextlib
 
@@ -104,7 +106,8 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
 
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
-    settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens)
+    settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens,
+                         follow_outside_links=follow_outside_links or None)
     corpus = corpus or settings.corpus_dir
     bars: dict[str, Any] = {}
     labels = {"read": "reading files", "embed": "embedding chunks", "index": "writing index"}
@@ -140,6 +143,8 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
         return
     for s in report.skipped:
         click.echo(f"skipped {s.source}: {s.reason}", err=True)
+    for s in report.notes:
+        click.echo(f"note {s.source}: {s.reason}", err=True)
     for s in report.kept_previous:
         click.echo(f"kept the previously indexed version of {s}", err=True)
     n_files = len(report.added) + len(report.changed) + len(report.unchanged) + len(report.kept_previous)

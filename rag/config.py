@@ -124,6 +124,9 @@ class Settings(BaseSettings):
 
     # index
     faiss_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    follow_outside_links: bool = Field(False, description=(
+        "Index links in the course folder that lead outside it (off: they are skipped with their reason; "
+        "rag.ingest.paths). `rag index --follow-outside-links`, RAG_FOLLOW_OUTSIDE_LINKS."))
 
     # retrieval
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"  # won eval/retrieval_benchmark.py (README, Retrieval quality)

@@ -166,6 +166,8 @@ def build_index(settings: Settings, *, rebuild: bool = False) -> bool:
     flash("success", summary)
     for note in notes:
         flash("warning", note)
+    for s in report.notes:  # text no reader sees, dropped (README, skipped files)
+        flash("info", f"{s.source}: {s.reason}")
     return True
 
 

@@ -1,6 +1,9 @@
 """Adding and removing course files from the UI: safe names, size and type limits, no silent overwrite.
 
-Kept apart from app.py so the rules are plain functions that tests call with real files.
+Kept apart from app.py so the rules are plain functions that tests call with real files. What belongs to
+the course is decided by the indexer's rule (rag.ingest.paths.outside_course, issue 31): an upload never
+reads a file through a link that leads out of the course folder, and a removal deletes the entry in the
+course folder (a link, not the file it names) and never deletes through a link out of it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from rag.errors import RagError
 from rag.ingest.loaders import UnreadableFile, read_file
+from rag.ingest.paths import os_reason, outside_course
 
 ALLOWED_EXTENSIONS = (".md", ".txt", ".pdf")
 MAX_UPLOAD_MB = 20
@@ -52,6 +56,16 @@ def save_upload(corpus_dir: Path, name: str, data: bytes, *, replace: bool = Fal
     """Check an uploaded file (name, size, readable text) and write it into `corpus_dir`.
 
     A different file with the same name is only replaced when `replace` is set; the same bytes are a no-op.
+    A link of that name that leads out of the course is never read (it counts as a different file), and
+    replacing it replaces the link, not the file it names.
+
+    :param corpus_dir: the course folder (created when missing).
+    :param name: the uploaded file's name (only its last part is kept, see `safe_filename`).
+    :param data: its bytes.
+    :param replace: replace a different file of the same name.
+    :returns: the name, path and what happened.
+    :raises RagError: a bad name, too large, unreadable (the loader's reason: any loader error is one), a
+        different file of that name without `replace`, or a folder of that name.
     """
     safe = safe_filename(name)
     if len(data) > MAX_UPLOAD_BYTES:
@@ -63,10 +77,11 @@ def save_upload(corpus_dir: Path, name: str, data: bytes, *, replace: bool = Fal
     corpus_dir = Path(corpus_dir)
     corpus_dir.mkdir(parents=True, exist_ok=True)
     target = corpus_dir / safe
+    leads_out = outside_course(target, corpus_dir.resolve()) is not None
     if target.exists():
-        if not target.is_file():
+        if not target.is_file() and not leads_out:
             raise RagError(f"{safe} exists in {corpus_dir} and is not a file; pick another name")
-        if target.read_bytes() == data:
+        if not leads_out and target.read_bytes() == data:
             return Saved(safe, target, "unchanged")
         if not replace:
             raise RagError(f"a different {safe} is already in the course: rename your file, "
@@ -90,14 +105,32 @@ def save_upload(corpus_dir: Path, name: str, data: bytes, *, replace: bool = Fal
 
 
 def remove_document(corpus_dir: Path, source: str) -> Path:
-    """Delete the corpus file indexed as `source` (a path relative to `corpus_dir`); refuses paths outside it."""
+    """Delete the entry of the course folder indexed as `source`: a file, or a link (never the file it names).
+
+    The folder that holds it must be part of the course by the indexer's rule (`outside_course`, with no
+    opt-in: the app never deletes outside the course folder, even where `follow_outside_links` reads).
+
+    :param corpus_dir: the course folder.
+    :param source: the indexed name, a path relative to `corpus_dir`.
+    :returns: the path removed (or already gone: re-indexing drops it all the same).
+    :raises RagError: `source` climbs out of the folder (`..`, absolute), lies in a folder that leads out of
+        the course, is a folder, or cannot be deleted (the system's reason).
+    """
     root = Path(corpus_dir).resolve()
-    path = (root / source).resolve()
-    if not path.is_relative_to(root) or path == root:
+    parts = Path(source).parts
+    if not parts or Path(source).is_absolute() or ".." in parts:
         raise RagError(f"{source!r} is not inside the course folder {root}")
-    if path.exists() and not path.is_file():
+    path = root / source
+    folder = outside_course(path.parent, root)
+    if folder is not None:
+        raise RagError(f"{source} lies outside the course folder {root} (in {folder}, through a link); "
+                       "the app does not delete there: remove the link or the file by hand")
+    if path.is_dir():
         raise RagError(f"{source} is not a file; remove it from {root} by hand")
-    path.unlink(missing_ok=True)  # already gone: re-indexing drops it all the same
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise RagError(f"cannot remove {source} from {root}: {os_reason(exc)}") from None
     return path
 
 

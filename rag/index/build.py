@@ -1,8 +1,12 @@
 """Building and updating the index directory: one writer at a time, incremental, published atomically.
 
 Every entry the corpus walk sees ends up indexed or in the report's `skipped` list with its reason
-(rag.ingest.loaders.walk_corpus), and a build that finds no document raises NoDocuments instead of
-publishing an empty index (issue 11: a folder of .docx files indexed with exit 0 and no word).
+(rag.ingest.paths.walk_corpus), and a build that finds no document raises NoDocuments instead of
+publishing an empty index (issue 11: a folder of .docx files indexed with exit 0 and no word). A link out
+of the course folder is skipped unless `follow_outside_links`, and no error of a loader or the chunker
+stops a build: the file is skipped with its reason (issue 31: one PDF decompression bomb stopped
+`rag index` with a traceback). A file indexed with text no reader sees dropped (hidden HTML, front matter,
+comments) gets a note in the report's `notes`.
 Identical files (same bytes under two names) are indexed once: the copy already in the index, else the
 first in path order; the others are skipped with "same content as X". Both copies would otherwise fill
 the top-k with the same passage twice, and a user who cites either finds the text under the kept name.
@@ -34,19 +38,8 @@ from rag.index.store import (
     utc_now,
 )
 from rag.ingest.chunking import Chunk, Chunker
-from rag.ingest.loaders import (
-    SUPPORTED_LIST,
-    Skipped,
-    UnreadableFile,
-    file_sha256,
-    open_corpus,
-    os_reason,
-    path_sha256,
-    read_file,
-    same_content,
-    source_name,
-    walk_corpus,
-)
+from rag.ingest.loaders import UnreadableFile, dropped_note, file_sha256, path_sha256, read_file, same_content
+from rag.ingest.paths import SUPPORTED_LIST, Skipped, open_corpus, os_reason, source_name, walk_corpus
 
 
 @dataclass
@@ -60,6 +53,7 @@ class BuildReport:
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[Skipped] = field(default_factory=list)  # files indexed with text dropped: (source, what)
     kept_previous: list[str] = field(default_factory=list)
     chunks_total: int = 0
     chunks_embedded: int = 0
@@ -71,8 +65,9 @@ class BuildReport:
         return not self.wrote
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "skipped"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("skipped", "notes")}
         d["skipped"] = [{"source": s.source, "reason": s.reason} for s in self.skipped]
+        d["notes"] = [{"source": s.source, "reason": s.reason} for s in self.notes]
         d["nothing_changed"] = self.nothing_changed
         return d
 
@@ -95,6 +90,7 @@ class FileChunks:
     :param kind: the loader's document kind (`Document.metadata["kind"]`).
     :param chunks: the file's chunks in order; None when it could not be read or parsed.
     :param problem: the skip reason when `chunks` is None ("cannot read: ...", or the loader's message).
+    :param dropped: characters of text no reader sees that the loader dropped, by kind (`Document.metadata`).
     """
 
     sha256: str | None = None
@@ -102,6 +98,7 @@ class FileChunks:
     kind: str | None = None
     chunks: list[Chunk] | None = None
     problem: str | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
@@ -110,7 +107,8 @@ def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
     :param path: the file.
     :param source: its source name (path relative to the corpus root), stored in each chunk.
     :param chunker: the splitter.
-    :returns: the chunks, or the reason the file is skipped (never raises for an unreadable file).
+    :returns: the chunks, or the reason the file is skipped: never raises for a file that cannot be read,
+        parsed (`read_file` turns any loader error into its reason) or split.
     """
     try:
         data = path.read_bytes()
@@ -121,7 +119,13 @@ def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
         doc = read_file(path, source, data)
     except UnreadableFile as exc:
         return FileChunks(sha256=digest, size=len(data), problem=str(exc))
-    return FileChunks(digest, len(data), doc.metadata.get("kind"), chunker.split(doc))
+    try:
+        chunks = chunker.split(doc)
+    except Exception as exc:  # a file the splitter cannot handle is skipped, not the build stopped
+        detail = " ".join(str(exc).split())[:120]
+        return FileChunks(sha256=digest, size=len(data), problem=f"cannot be split into passages "
+                          f"({type(exc).__name__}: {detail})")
+    return FileChunks(digest, len(data), doc.metadata.get("kind"), chunks, dropped=doc.metadata.get("dropped", {}))
 
 
 class BuildEngine(Protocol):
@@ -166,7 +170,8 @@ class LocalEngine:
 
 def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chunker, *,
                 faiss_type: str = "flat", rebuild: bool = False, show_progress: bool = False,
-                on_progress: ProgressFn | None = None, engine: BuildEngine | None = None) -> BuildReport:
+                on_progress: ProgressFn | None = None, engine: BuildEngine | None = None,
+                follow_outside_links: bool = False) -> BuildReport:
     """Create or incrementally update the index of `corpus`: only new or changed files are re-read,
     only chunks with new ids are embedded, deleted files' chunks are dropped.
 
@@ -178,6 +183,8 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
     :param rebuild: re-read and re-embed everything.
     :param on_progress: called with (stage "read"|"embed"|"index", done, total).
     :param engine: where files are read + chunked and new chunks embedded (default `LocalEngine()`).
+    :param follow_outside_links: index links that lead out of the corpus folder too (rag.ingest.paths);
+        off, they are skipped with their reason.
     :returns: what was added, changed, kept, deleted and skipped (every entry the walk saw, with its reason).
     :raises NoDocuments: nothing to index (no file, or every one skipped); the previous index stays.
     :raises RagError: the corpus or index folder cannot be used, another build holds the lock, the index
@@ -202,7 +209,7 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             for i, c in enumerate(old.chunks):
                 old_by_source.setdefault(c.source, []).append(i)
 
-        paths, walk_skipped = walk_corpus(corpus)
+        paths, walk_skipped = walk_corpus(corpus, follow_outside_links)
         report.skipped.extend(walk_skipped)
         sources = {path: source_name(path, corpus) for path in paths}
         digests = file_digests(paths)
@@ -247,6 +254,9 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             (report.changed if prev else report.added).append(src)
             chunks = got.chunks
             files[src] = {"sha256": got.sha256, "bytes": got.size, "chunks": len(chunks), "kind": got.kind}
+            if got.dropped:
+                files[src]["dropped"] = got.dropped
+                report.notes.append(Skipped(src, dropped_note(got.dropped)))
             for c in chunks:
                 new_chunks.append(c)
                 reuse_pos.append(old.pos_by_id.get(c.id) if old else None)

@@ -7,32 +7,50 @@ Why each rule (issue 11):
   turns bytes into wrong words silently, so a bad byte is reported with its offset instead. One function
   (`decode_text`) does this for course files, and `read_text` / `read_lines` for every other text file a
   command reads (question files, queries files, rag.toml), so each gives the same one-line error.
-- The corpus walk (`walk_corpus`) lists hidden entries, unsupported types (.docx, images…), broken links,
-  symlink loops, unreadable folders and special files as skipped with a reason. Symlinked folders are
-  followed once; a link back to one of its own ancestors is a loop and is not followed.
+- The corpus walk (`walk_corpus`, in rag.ingest.paths) lists hidden entries, unsupported types (.docx,
+  images…), broken links, symlink loops, unreadable folders and special files as skipped with a reason.
 - HTML `<pre>` blocks are fenced, so a `# comment` inside one is code, not a heading (the chunker reads
   headings with a CommonMark parser).
+
+Issue 31 (nothing outside the course gets in, nothing inside gets lost):
+- The walk reads nothing whose resolved path lies outside the course folder unless the user opts in
+  (rag.ingest.paths: the one rule the app's upload and removal follow too), and walks any depth.
+- `read_file` is the one funnel of every loader: any exception of a reader (pypdf's LimitReachedError on
+  a decompression bomb, a RecursionError, ...) becomes UnreadableFile with its reason, so a build skips
+  that file and goes on, and the app's upload check refuses it with a message.
+- Text no reader sees is dropped and counted in `Document.metadata["dropped"]`: hidden HTML
+  (rag.ingest.html), front matter and `<!-- -->` comments (rag.ingest.markup). Markdown images, remote
+  ones included, become their alt text in every format (.md, .txt, .html, .pdf): a URL in a passage can
+  reach an answer and make every visitor's browser fetch it.
 """
 
 from __future__ import annotations
 
 import codecs
-import errno
 import hashlib
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from rag.errors import RagError
+from rag.ingest.html import read_html
+from rag.ingest.markup import strip_comments, strip_front_matter
+from rag.ingest.paths import (  # the course folder and its walk; imported from here by older callers
+    MAX_FILE_BYTES,
+    SUPPORTED,
+    SUPPORTED_LIST,
+    Skipped,
+    open_corpus,
+    os_reason,
+    source_name,
+    type_problem,
+    walk_corpus,
+)
 
-SUPPORTED = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf", ".html": "html", ".htm": "html"}
-MAX_FILE_BYTES = 50 * 1024 * 1024
-LOADER_VERSION = 3  # bump when extracted text changes: indexes re-read every file on their next update
+LOADER_VERSION = 4  # bump when extracted text changes: indexes re-read every file on their next update
 # 3: UTF-16/32 by BOM; HTML <pre> fenced as code.
-SUPPORTED_LIST = ", ".join(sorted(SUPPORTED))
+# 4: every visible HTML text node, hidden text / front matter / comments dropped, images stripped everywhere.
 # UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -46,14 +64,6 @@ class Document:
     source: str  # path relative to the corpus root, with forward slashes
     sha256: str
     metadata: dict = field(default_factory=dict)
-
-
-@dataclass
-class Skipped:
-    """A file or folder that was not indexed, and why (one line a user can act on)."""
-
-    source: str  # path relative to the corpus root; folders end with "/"
-    reason: str
 
 
 class UnreadableFile(Exception):
@@ -168,14 +178,7 @@ def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
         line, n = stream.readline(), n + 1
 
 
-def os_reason(exc: OSError) -> str:
-    """A short, user-facing reason for an OS error (a symlink loop is named as such)."""
-    if exc.errno == errno.ELOOP:
-        return "symlink loop (a link that points back to itself or its own folder); fix or remove the link"
-    return exc.strerror or str(exc)
-
-
-def _read_pdf(data: bytes) -> tuple[str, dict]:
+def _read_pdf(data: bytes) -> list[str]:
     import io
 
     from pypdf import PdfReader
@@ -185,68 +188,52 @@ def _read_pdf(data: bytes) -> tuple[str, dict]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise UnreadableFile("encrypted PDF; save an unencrypted copy")
-        pages, starts, pos = [], [], 0
-        for page in reader.pages:
-            txt = (page.extract_text() or "").strip()
-            starts.append(pos)
-            pages.append(txt)
-            pos += len(txt) + 2
+        return [(page.extract_text() or "").strip() for page in reader.pages]
     except UnreadableFile:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise UnreadableFile(f"broken PDF ({type(exc).__name__}: {str(exc)[:80]})") from None
-    return "\n\n".join(pages), {"page_starts": starts}
+        raise UnreadableFile(f"broken PDF ({type(exc).__name__}: {one_line(str(exc))[:80]})") from None
 
 
-_BLOCK_TAGS = ["p", "li", "pre", "blockquote", "tr", "dt", "dd", "figcaption"]
-_BACKTICK_RUN = re.compile(r"`{3,}")
+def one_line(text: str) -> str:
+    """`text` with its whitespace runs (newlines included) collapsed to single spaces."""
+    return " ".join(text.split())
 
 
-def fence_code(code: str) -> str:
-    """`code` as a CommonMark fenced block whose fence is longer than any backtick run inside it."""
-    longest = max((len(m.group(0)) for m in _BACKTICK_RUN.finditer(code)), default=2)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n{code.strip(chr(10))}\n{fence}"
+def loader_failure(kind: str, exc: Exception) -> str:
+    """The skip reason of a file whose `kind` reader raised `exc` (an error no reader anticipated).
 
-
-def _read_html(text: str) -> str:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "noscript", "nav", "footer", "header", "template"]):
-        tag.decompose()
-    lines: list[str] = []
-    for el in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", *_BLOCK_TAGS]):
-        if el.find_parent(_BLOCK_TAGS) is not None:
-            continue  # nested block: its text is emitted with its parent
-        txt = el.get_text(" ", strip=True) if el.name != "pre" else el.get_text()
-        if not txt.strip():
-            continue
-        if el.name[0] == "h" and el.name[1:].isdigit():
-            lines.append("#" * int(el.name[1:]) + " " + txt)
-        elif el.name == "li":
-            lines.append("- " + txt)
-        elif el.name == "pre":
-            lines.append(fence_code(txt))  # a "# comment" in code is not a heading
-        else:
-            lines.append(txt)
-    if not lines:  # a page with text outside the usual block tags
-        lines = [soup.get_text("\n", strip=True)]
-    return "\n\n".join(lines)
-
-
-def type_problem(name: str, size: int) -> str | None:
-    """Why a file named `name` of `size` bytes is not indexed before it is even read, or None.
-
-    :returns: "unsupported file type …" or "file too large …", or None for a supported file.
+    :returns: one line naming what failed and why; a PDF over pypdf's limits is named a decompression bomb.
     """
-    suffix = Path(name).suffix.lower()
-    if suffix not in SUPPORTED:
-        kind = suffix or "(no extension)"
-        return f"unsupported file type {kind}; indexed types are {SUPPORTED_LIST} (export or save it as one of them)"
-    if size > MAX_FILE_BYTES:
-        return f"file too large ({size // 1_048_576} MiB > {MAX_FILE_BYTES // 1_048_576} MiB)"
-    return None
+    detail = one_line(str(exc))[:120]
+    if kind == "pdf" and type(exc).__name__ == "LimitReachedError":
+        return (f"PDF too costly to read (pypdf: {detail}): a decompression bomb or an oversized stream; "
+                "save a smaller, ordinary PDF")
+    if isinstance(exc, RecursionError):
+        return f"too deeply nested for the {kind} reader; simplify the file"
+    if isinstance(exc, MemoryError):
+        return f"too large for the {kind} reader's memory; split the file"
+    return f"the {kind} reader failed ({type(exc).__name__}: {detail}); the file may be damaged"
+
+
+def extract_text(kind: str, data: bytes) -> tuple[list[str], dict[str, int]]:
+    """The text of a file of `kind` as pages (one for every kind but PDF), and what no reader sees, dropped.
+
+    :returns: (pages, characters dropped by kind: "front matter", "comments", "hidden HTML"; n > 0 only).
+    :raises UnreadableFile: the reader's own reasons (binary, encoding, broken or encrypted PDF).
+    :raises Exception: whatever else a reader raised (see `read_file`).
+    """
+    if kind == "pdf":
+        return _read_pdf(data), {}
+    text = decode_text(data)
+    if kind == "html":
+        text, dropped = read_html(text)
+        return [text], dropped
+    dropped = {}
+    if kind == "markdown":
+        text, dropped["front matter"] = strip_front_matter(text)
+    text, dropped["comments"] = strip_comments(text)
+    return [text], {what: n for what, n in dropped.items() if n}
 
 
 def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
@@ -265,122 +252,45 @@ def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
     kind = SUPPORTED[path.suffix.lower()]
     if data is None:
         data = path.read_bytes()
-    digest = file_sha256(data)
+    try:
+        pages, dropped = extract_text(kind, data)
+    except UnreadableFile:
+        raise
+    except Exception as exc:  # the one funnel: no reader's error stops a build or an upload (issue 31)
+        raise UnreadableFile(loader_failure(kind, exc)) from None
+    pages = [strip_md_images(page) for page in pages]  # every format: no image URL reaches a passage
     meta: dict = {"kind": kind}
     if kind == "pdf":
-        text, extra = _read_pdf(data)
-        meta.update(extra)
-    elif kind == "html":
-        text = _read_html(decode_text(data))
-    else:
-        text = decode_text(data)
-        if kind == "markdown":
-            text = strip_md_images(text)
+        starts = [0]
+        for page in pages[:-1]:
+            starts.append(starts[-1] + len(page) + 2)
+        meta["page_starts"] = starts[:len(pages)]
+    if dropped:
+        meta["dropped"] = dropped
+    text = "\n\n".join(pages)
     if not text.strip():
-        raise UnreadableFile("empty file (no text)" if kind != "pdf" else "PDF has no extractable text (scanned images?)")
-    return Document(text=text, source=source, sha256=digest, metadata=meta)
+        raise UnreadableFile(empty_reason(kind, dropped))
+    return Document(text=text, source=source, sha256=file_sha256(data), metadata=meta)
 
 
-def open_corpus(root: Path) -> Path:
-    """The corpus folder or file `root`, resolved, after checking it can be walked.
+def empty_reason(kind: str, dropped: dict[str, int]) -> str:
+    """The skip reason of a file of `kind` with no text left (`dropped`: what was taken out, see `read_file`)."""
+    if dropped:
+        return f"no text a reader sees ({dropped_note(dropped)})"
+    return "empty file (no text)" if kind != "pdf" else "PDF has no extractable text (scanned images?)"
 
-    :raises RagError: one line when `root` does not exist, is a symlink loop or a broken link, cannot
-        be read, or is neither a file nor a folder.
+
+def dropped_note(dropped: dict[str, int]) -> str:
+    """The note of a file read with text dropped: "dropped text no reader sees: 9 characters of hidden HTML".
+
+    :param dropped: characters dropped by kind (`Document.metadata["dropped"]`).
     """
-    root = Path(root)
-    try:
-        resolved = root.resolve(strict=True)
-        st = resolved.stat()
-    except FileNotFoundError:
-        broken = " (a broken symlink)" if root.is_symlink() else ""
-        raise RagError(f"corpus folder {root} does not exist{broken}: give a folder of "
-                       f"{SUPPORTED_LIST} files") from None
-    except RuntimeError:  # Python < 3.13 reports a symlink loop in resolve() as RuntimeError
-        raise RagError(f"corpus {root}: {os_reason(OSError(errno.ELOOP, 'loop'))}") from None
-    except OSError as exc:
-        raise RagError(f"corpus {root}: {os_reason(exc)}") from None
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise RagError(f"corpus {root} is neither a folder nor a file")
-    return resolved
+    return "dropped text no reader sees: " + ", ".join(f"{n} characters of {what}" for what, n in dropped.items())
 
 
-def walk_corpus(root: Path) -> tuple[list[Path], list[Skipped]]:
-    """Every entry under `root` (a folder or one file): the files to read, and the rest with its reason.
-
-    Sorted by path (the same order as `sorted(root.rglob("*"))`). Skipped with a reason: hidden files
-    and folders (name starts with "."; a folder is one line), unsupported types, files over
-    MAX_FILE_BYTES, broken links, symlink loops, a second link to a folder already walked, folders that
-    cannot be listed, and devices, pipes or sockets.
-
-    :param root: the corpus, as returned by `open_corpus` (resolved).
-    :returns: (files to read, skipped entries); sources are relative to `root` (see `source_name`).
-    :raises RagError: from `open_corpus` when `root` itself cannot be walked.
-    """
-    root = open_corpus(root)
-    files: list[Path] = []
-    skipped: list[Skipped] = []
-    if root.is_file():
-        problem = type_problem(root.name, root.stat().st_size)
-        return ([root], skipped) if problem is None else ([], [Skipped(root.name, problem)])
-    st = root.stat()
-    walked: dict[tuple[int, int], str] = {(st.st_dev, st.st_ino): ""}
-
-    def visit(folder: Path, rel: str, ancestors: frozenset[tuple[int, int]]) -> None:
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            skipped.append(Skipped(f"{rel}/", f"cannot list folder: {os_reason(exc)}"))
-            return
-        for entry in entries:
-            src = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.name.startswith("."):
-                is_dir = entry.is_dir()
-                what = "folder" if is_dir else "file"
-                skipped.append(Skipped(src + "/" * is_dir, f"hidden {what} (name starts with '.'), not read"))
-                continue
-            try:
-                est = entry.stat()  # follows symlinks
-            except OSError as exc:
-                if exc.errno == errno.ENOENT and entry.is_symlink():
-                    target = os.readlink(entry.path)
-                    skipped.append(Skipped(src, f"broken symlink (its target {target} does not exist)"))
-                else:
-                    skipped.append(Skipped(src, os_reason(exc)))
-                continue
-            if stat.S_ISDIR(est.st_mode):
-                key = (est.st_dev, est.st_ino)
-                if key in ancestors:
-                    inside = walked[key] + "/" if walked[key] else "the corpus folder"
-                    skipped.append(Skipped(f"{src}/", f"symlink loop: links back to {inside}, not followed"))
-                elif key in walked:
-                    skipped.append(Skipped(f"{src}/", f"same folder as {walked[key]}/, read there"))
-                else:
-                    walked[key] = src
-                    visit(Path(entry.path), src, ancestors | {key})
-            elif stat.S_ISREG(est.st_mode):
-                problem = type_problem(entry.name, est.st_size)
-                if problem:
-                    skipped.append(Skipped(src, problem))
-                else:
-                    files.append(Path(entry.path))
-            else:
-                skipped.append(Skipped(src, "not a regular file (a device, pipe or socket)"))
-
-    visit(root, "", frozenset(walked))
-    return files, skipped
-
-
-def iter_files(root: Path) -> Iterable[Path]:
+def iter_files(root: Path, follow_outside_links: bool = False) -> Iterable[Path]:
     """The files under `root` (or `root` itself) that `walk_corpus` would read, in its order."""
-    yield from walk_corpus(root)[0]
-
-
-def source_name(path: Path, root: Path) -> str:
-    """The stable name a file is indexed under: its path relative to the corpus root."""
-    if root.is_file():
-        return path.name
-    return path.relative_to(root).as_posix()
+    yield from walk_corpus(root, follow_outside_links)[0]
 
 
 def same_content(source: str) -> str:
@@ -388,15 +298,16 @@ def same_content(source: str) -> str:
     return f"same content as {source} (identical files are indexed once)"
 
 
-def load_documents(root: Path) -> tuple[list[Document], list[Skipped]]:
+def load_documents(root: Path, follow_outside_links: bool = False) -> tuple[list[Document], list[Skipped]]:
     """Load every file under `root` (not incrementally: see rag.index.build for the index's loader).
 
+    :param follow_outside_links: read links that lead out of `root` too (see rag.ingest.paths).
     :returns: (documents, skipped): every entry the walk sees is in one of the two; of identical files
         only the first (in path order) is a document.
     :raises RagError: when `root` cannot be walked (see `open_corpus`).
     """
     root = open_corpus(root)
-    paths, skipped = walk_corpus(root)
+    paths, skipped = walk_corpus(root, follow_outside_links)
     docs: list[Document] = []
     first_with: dict[str, str] = {}
     for path in paths:
@@ -417,12 +328,21 @@ def load_documents(root: Path) -> tuple[list[Document], list[Skipped]]:
     return docs, skipped
 
 
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\](?:\([^)]*\)|\[[^\]]*\])")
 
 
 def strip_md_images(text: str) -> str:
-    """Replace markdown images by their alt text: image links carry no words worth embedding or quoting."""
-    return _MD_IMAGE.sub(lambda m: m.group(1).strip(), text)
+    """Replace markdown images (inline `![alt](url)` and reference `![alt][ref]`) by their alt text.
+
+    Image links carry no words worth embedding or quoting, and a remote one copied into an answer makes
+    every visitor's browser fetch its URL. Repeated until none is left: removing an inner image can
+    complete an outer one (`![![a](u)](v)`).
+    """
+    while True:
+        stripped = _MD_IMAGE.sub(lambda m: m.group(1).strip(), text)
+        if stripped == text:
+            return text
+        text = stripped
 
 
 _WS = re.compile(r"\s+")

@@ -229,3 +229,35 @@ def test_config_file_in_utf16_with_bom_is_read(tmp_path, monkeypatch):
     cfg.write_bytes(b"\xff\xfe" + "top_k = 7\r\n".encode("utf-16-le"))
     monkeypatch.setenv("RAG_CONFIG", str(cfg))
     assert load_settings().top_k == 7
+
+
+# ---- issue 31: a link out of the course is skipped unless asked for; a loader error is a skip line ---------
+
+
+@pytest.mark.skipif(not Path("/etc/passwd").is_file(), reason="needs /etc/passwd, the file of the issue's example")
+def test_a_link_to_the_password_file_is_not_indexed_unless_asked(small_corpus, tmp_path):
+    """`ln -s /etc/passwd corpus/week4-notes.txt; rag index corpus` served the password file to `rag search`."""
+    idx = str(tmp_path / "idx")
+    (small_corpus / "week4-notes.txt").symlink_to("/etc/passwd")
+    r = CliRunner().invoke(cli, ["index", str(small_corpus), "--index-dir", idx])
+    assert r.exit_code == 0, r.output
+    assert ("skipped week4-notes.txt: links outside the course folder (to /etc/passwd), not read; to index it, "
+            "pass --follow-outside-links or set RAG_FOLLOW_OUTSIDE_LINKS=true") in r.output.splitlines()
+    r = CliRunner().invoke(cli, ["search", "root bin bash", "--mode", "bm25", "--json", "--index-dir", idx])
+    assert "week4-notes.txt" not in {hit["source"] for hit in json.loads(r.output)}
+    r = CliRunner().invoke(cli, ["index", str(small_corpus), "--index-dir", idx, "--follow-outside-links"])
+    assert r.exit_code == 0 and "1 added" in r.output, r.output
+    r = CliRunner().invoke(cli, ["index", str(small_corpus), "--index-dir", idx], env={"RAG_FOLLOW_OUTSIDE_LINKS": "1"})
+    assert r.exit_code == 0 and "up to date" in r.output, r.output  # the setting: same as the flag
+
+
+def test_a_pdf_bomb_is_a_skip_line_and_the_good_files_are_indexed(small_corpus, tmp_path):
+    from tests.pdfgen import make_flate_bomb_pdf
+
+    (small_corpus / "bomb.pdf").write_bytes(make_flate_bomb_pdf())
+    (small_corpus / "page.html").write_text("<p>Visible text.</p><p hidden>Answer key</p>", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["index", str(small_corpus), "--index-dir", str(tmp_path / "idx")])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "indexed 4 files" in r.output and "1 skipped" in r.output
+    assert any(line.startswith("skipped bomb.pdf: PDF too costly to read") for line in r.output.splitlines())
+    assert "note page.html: dropped text no reader sees: 10 characters of hidden HTML" in r.output.splitlines()

@@ -6,6 +6,7 @@ which cannot run here)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from rag.config import Settings
 from rag.errors import RagError
 from rag.index.build import build_lock
 from tests.conftest import ROOT
-from tests.pdfgen import make_pdf
+from tests.pdfgen import make_flate_bomb_pdf, make_pdf
 from ui.access import allowed_servers, require_admin, server_key
 from ui.files import MAX_UPLOAD_BYTES, remove_document, safe_filename, save_upload
 from ui.render import passage_html
@@ -378,6 +379,42 @@ def test_remove_document_stays_inside_the_corpus(tmp_path):
         remove_document(corpus, "../secret.md")
     remove_document(corpus, "week1/a.md")
     assert not (corpus / "week1" / "a.md").exists() and (tmp_path / "secret.md").exists()
+
+
+def test_upload_of_a_pdf_bomb_is_refused_with_its_reason(tmp_path):
+    """The upload check raised pypdf's LimitReachedError instead of a message."""
+    with pytest.raises(RagError, match=r"^bomb.pdf cannot be read: PDF too costly to read .*decompression bomb"):
+        save_upload(tmp_path / "corpus", "bomb.pdf", make_flate_bomb_pdf())
+    assert not (tmp_path / "corpus" / "bomb.pdf").exists()
+
+
+def test_removal_and_upload_follow_the_indexing_rule_for_links(tmp_path):
+    """Removing a linked document deleted the link's target (or refused a link out of the course as "not
+    inside"), and an upload compared itself with the file a link out of the course points at."""
+    corpus = tmp_path / "corpus"
+    (corpus / "week1").mkdir(parents=True)
+    (corpus / "week1" / "a.md").write_text("# A\n\ntext", encoding="utf-8")
+    (corpus / "alias.md").symlink_to(corpus / "week1" / "a.md")
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0\n", encoding="utf-8")
+    (corpus / "week4-notes.txt").symlink_to(secret)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "s.md").write_text("# S\n\nshared", encoding="utf-8")
+    (corpus / "shared").symlink_to(tmp_path / "shared")
+
+    remove_document(corpus, "alias.md")  # the link goes, the file it names stays
+    assert not os.path.lexists(corpus / "alias.md") and (corpus / "week1" / "a.md").is_file()
+    with pytest.raises(RagError, match="already in the course"):  # not "unchanged": the target is not read
+        save_upload(corpus, "week4-notes.txt", b"root:x:0:0\n")
+    assert save_upload(corpus, "week4-notes.txt", b"# Notes\n\nmine", replace=True).status == "replaced"
+    assert secret.read_text() == "root:x:0:0\n" and not (corpus / "week4-notes.txt").is_symlink()
+    (corpus / "week4-notes.txt").unlink()
+    (corpus / "week4-notes.txt").symlink_to(secret)
+    remove_document(corpus, "week4-notes.txt")  # a link out of the course is an entry of the course: removed
+    assert not os.path.lexists(corpus / "week4-notes.txt") and secret.is_file()
+    with pytest.raises(RagError, match="outside the course folder"):  # never delete through a link out of it
+        remove_document(corpus, "shared/s.md")
+    assert (tmp_path / "shared" / "s.md").is_file()
 
 
 def test_passage_markup_escapes_text_and_marks_the_snippet():

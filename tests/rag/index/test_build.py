@@ -291,3 +291,37 @@ def test_an_index_dir_that_is_a_file_is_one_error(small_corpus, embedder, tmp_pa
         build_index(small_corpus, loop, embedder, make_chunker(embedder, settings))
     with pytest.raises(RagError, match="symlink loop"):
         build_index(loop, tmp_path / "idx", embedder, make_chunker(embedder, settings))
+
+
+# ---- issue 31: nothing outside the course gets in; a loader error is a skip; notes say what was dropped ----
+
+
+def test_a_bomb_and_a_link_out_of_the_course_are_skipped_and_the_rest_indexed(small_corpus, settings, embedder,
+                                                                                tmp_path):
+    """A PDF decompression bomb stopped the build with a traceback and indexed none of the good files; a link
+    to a file outside the course (`ln -s /etc/passwd corpus/week4-notes.txt`) was indexed."""
+    from tests.pdfgen import make_flate_bomb_pdf
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    (small_corpus / "week4-notes.txt").symlink_to(secret)
+    (small_corpus / "bomb.pdf").write_bytes(make_flate_bomb_pdf())
+    (small_corpus / "page.html").write_text("<p>Visible reward models.</p><p style='display:none'>Answer: B</p>",
+                                            encoding="utf-8")
+    r = build(small_corpus, settings, embedder)
+    assert sorted(r.added) == ["fine-tuning.md", "page.html", "sampling.txt", "week2/attention.md"]
+    reasons = {s.source: s.reason for s in r.skipped}
+    assert set(reasons) == {"week4-notes.txt", "bomb.pdf"}
+    assert "outside the course folder" in reasons["week4-notes.txt"] and "decompression bomb" in reasons["bomb.pdf"]
+    assert [(n.source, n.reason) for n in r.notes] == [
+        ("page.html", "dropped text no reader sees: 9 characters of hidden HTML")]
+    assert r.to_dict()["notes"] == [{"source": "page.html",
+                                     "reason": "dropped text no reader sees: 9 characters of hidden HTML"}]
+    idx = VectorIndex.load(settings.index_dir, embedder)
+    assert not any("root:x:0" in c.text or "Answer: B" in c.text for c in idx.chunks)
+
+    r = build(small_corpus, settings, embedder, follow_outside_links=True)  # the user's opt-in
+    assert r.added == ["week4-notes.txt"] and "week4-notes.txt" not in {s.source for s in r.skipped}
+    assert any("root:x:0" in c.text for c in VectorIndex.load(settings.index_dir, embedder).chunks)
+    r = build(small_corpus, settings, embedder)  # and without it again: the link's passages leave the index
+    assert r.deleted == ["week4-notes.txt"]

@@ -14,8 +14,8 @@ import pytest
 
 from rag.errors import RagError
 from rag.ingest.chunking import sections
-from rag.ingest.loaders import load_documents, read_lines, read_text, walk_corpus
-from tests.pdfgen import make_pdf
+from rag.ingest.loaders import load_documents, read_file, read_lines, read_text, walk_corpus
+from tests.pdfgen import make_flate_bomb_pdf, make_pdf
 
 
 def test_loads_md_txt_html_pdf_recursively(tmp_path: Path):
@@ -110,16 +110,19 @@ def test_every_entry_the_walk_sees_is_indexed_or_skipped_with_its_reason(tmp_pat
     outside = tmp_path / "shared"
     outside.mkdir()
     (outside / "s.md").write_text("# Shared\n\nlinked in from elsewhere", encoding="utf-8")
-    (root / "shared").symlink_to(outside)  # a folder link elsewhere: followed
+    (root / "shared").symlink_to(outside)  # a folder link out of the course: only read on request (issue 31)
     os.mkfifo(root / "pipe.txt")  # reading it would block forever
     files, walk_skipped = walk_corpus(root)
-    assert [f.relative_to(root).as_posix() for f in files] == ["a.md", "shared/s.md", "sub/b.txt"]
+    assert [f.relative_to(root).as_posix() for f in files] == ["a.md", "sub/b.txt"]
     docs, skipped = load_documents(root)
-    assert [d.source for d in docs] == ["a.md", "shared/s.md", "sub/b.txt"]
+    assert [d.source for d in docs] == ["a.md", "sub/b.txt"]
     reasons = {s.source: s.reason for s in skipped}
     assert reasons == {s.source: s.reason for s in walk_skipped}
     assert set(reasons) == {"notes.docx", "diagram.png", "Makefile", ".hidden.md", ".git/", "broken.md",
-                            "loop.md", "sub/up/", "pipe.txt"}
+                            "loop.md", "sub/up/", "pipe.txt", "shared/"}
+    assert "outside the course folder" in reasons["shared/"]
+    files, _ = walk_corpus(root, follow_outside_links=True)
+    assert [f.relative_to(root).as_posix() for f in files] == ["a.md", "shared/s.md", "sub/b.txt"]
     assert reasons["notes.docx"].startswith("unsupported file type .docx") and ".md" in reasons["notes.docx"]
     assert "unsupported file type (no extension)" in reasons["Makefile"]
     assert "hidden" in reasons[".hidden.md"] and "hidden folder" in reasons[".git/"]
@@ -188,3 +191,110 @@ def test_read_lines_streams_utf8_and_reads_utf16_whole():
     assert next(lines) == "one"
     with pytest.raises(RagError, match=r"stdin line 2: not valid UTF-8"):
         next(lines)
+
+
+# ---- issue 31: nothing outside the course gets in, nothing inside gets lost ------------------------------
+
+
+def test_links_out_of_the_course_folder_are_skipped_unless_opted_in(tmp_path: Path):
+    """`ln -s /etc/passwd corpus/week4-notes.txt` put the password file into the index."""
+    root = tmp_path / "c"
+    (root / "week1").mkdir(parents=True)
+    (root / "week1" / "a.md").write_text("# A\n\nreadable", encoding="utf-8")
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    (root / "week4-notes.txt").symlink_to(secret)
+    (root / "hop.txt").symlink_to(root / "week4-notes.txt")  # a link inside that leads out through another
+    (root / "alias.md").symlink_to(root / "week1" / "a.md")  # inside the course: read (a copy of a.md)
+    (root / "week5").symlink_to(tmp_path / "c" / ".." / "c" / "week1")  # resolves inside: same folder
+    files, skipped = walk_corpus(root)
+    assert [f.relative_to(root).as_posix() for f in files] == ["alias.md", "week1/a.md"]
+    reasons = {s.source: s.reason for s in skipped}
+    assert set(reasons) == {"week4-notes.txt", "hop.txt", "week5/"}
+    for name in ("week4-notes.txt", "hop.txt"):
+        assert reasons[name] == (f"links outside the course folder (to {secret.resolve()}), not read; to index "
+                                 "it, pass --follow-outside-links or set RAG_FOLLOW_OUTSIDE_LINKS=true")
+    docs, _ = load_documents(root)
+    assert not any("root:x:0" in d.text for d in docs)
+    if Path("/etc/passwd").is_file():  # the example of the issue, as it was found
+        (root / "etc.txt").symlink_to("/etc/passwd")
+        assert "etc.txt" in {s.source for s in walk_corpus(root)[1]}
+    files, skipped = walk_corpus(root, follow_outside_links=True)
+    assert {"week4-notes.txt", "hop.txt"} <= {f.relative_to(root).as_posix() for f in files}
+
+
+def test_a_thousand_nested_folders_are_walked(tmp_path: Path):
+    """1,100 nested folders raised RecursionError in the folder walk."""
+    root = tmp_path / "c"
+    root.mkdir()
+    folder = root
+    try:
+        for _ in range(1100):
+            folder = folder / "d"
+            folder.mkdir()
+        (folder / "deep.md").write_text("# Deep\n\nat the bottom", encoding="utf-8")
+        (folder / ".hidden.md").write_text("not read", encoding="utf-8")
+        (folder / "up").symlink_to(root)
+        (root / "top.md").write_text("# Top\n\nat the top", encoding="utf-8")
+        files, skipped = walk_corpus(root)
+        deep = "d/" * 1100
+        assert [f.relative_to(root).as_posix() for f in files] == [deep + "deep.md", "top.md"]
+        assert {s.source: s.reason for s in skipped} == {
+            deep + ".hidden.md": "hidden file (name starts with '.'), not read",
+            deep + "up/": "symlink loop: links back to the corpus folder, not followed"}
+        assert [d.source for d in load_documents(root)[0]] == [deep + "deep.md", "top.md"]
+    finally:  # shutil.rmtree recurses once per level: take the tree down from the bottom
+        while folder != root:
+            for entry in folder.iterdir():
+                entry.unlink()
+            folder.rmdir()
+            folder = folder.parent
+
+
+def test_a_pdf_decompression_bomb_is_skipped_and_the_other_files_are_read(tmp_path: Path):
+    """pypdf's LimitReachedError stopped the whole load with a traceback."""
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "bomb.pdf").write_bytes(make_flate_bomb_pdf())
+    (root / "good.md").write_text("# Good\n\nstill indexed", encoding="utf-8")
+    docs, skipped = load_documents(root)
+    assert [d.source for d in docs] == ["good.md"]
+    assert [s.source for s in skipped] == ["bomb.pdf"]
+    assert skipped[0].reason.startswith("PDF too costly to read (pypdf: Limit reached while decompressing")
+    assert "decompression bomb" in skipped[0].reason and "\n" not in skipped[0].reason
+
+
+def test_remote_images_are_dropped_from_every_text_format(tmp_path: Path):
+    """`strip_md_images` ran on .md only: a .txt course file carried its image URL into the quoted answer."""
+    root = tmp_path / "c"
+    root.mkdir()
+    image = "![chart](http://evil.example/p.png?q=conversation)"
+    (root / "a.txt").write_text(f"LoRA freezes the weights {image} and trains adapters.", encoding="utf-8")
+    (root / "b.html").write_text(f"<p>Attention {image} weighs tokens.</p>", encoding="utf-8")
+    (root / "c.md").write_text("Nested ![![inner](http://evil.example/a.png)](http://evil.example/b.png) "
+                               "and ![ref][logo].\n\n[logo]: http://evil.example/c.png\n", encoding="utf-8")
+    (root / "d.pdf").write_bytes(make_pdf([f"Sampling {image} picks tokens."]))
+    docs = {d.source: d.text for d in load_documents(root)[0]}
+    assert set(docs) == {"a.txt", "b.html", "c.md", "d.pdf"}
+    assert docs["a.txt"] == "LoRA freezes the weights chart and trains adapters."
+    assert "Attention chart weighs tokens." in docs["b.html"] and "chart" in docs["d.pdf"]
+    for source, text in docs.items():
+        assert "![" not in text and "evil.example/p.png" not in text and "evil.example/a.png" not in text, source
+
+
+def test_read_file_turns_any_loader_error_into_a_reason(tmp_path: Path):
+    """The app's upload check calls read_file too: the bomb raised LimitReachedError there, and an HTML page
+    BeautifulSoup rejects raised ParserRejectedMarkup everywhere."""
+    from rag.ingest.loaders import UnreadableFile
+
+    with pytest.raises(UnreadableFile, match="decompression bomb"):
+        read_file(Path("bomb.pdf"), "bomb.pdf", make_flate_bomb_pdf())
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "rejected.html").write_text("<![<p>Text</p>", encoding="utf-8")
+    (root / "good.html").write_text("<p>Text</p>", encoding="utf-8")
+    docs, skipped = load_documents(root)
+    assert [d.source for d in docs] == ["good.html"]
+    assert [s.source for s in skipped] == ["rejected.html"]
+    assert skipped[0].reason.startswith("the html reader failed (ParserRejectedMarkup: ")
+    assert skipped[0].reason.endswith("; the file may be damaged") and "\n" not in skipped[0].reason
