@@ -2,10 +2,18 @@
 
 Splits are made by source chunk (seeded), so no oracle chunk is in two splits. Every file loads with
 `datasets.load_dataset("json" | "parquet", data_files=...)`.
+
+The export never deletes or overwrites a file it did not write (issue 31). Each export records the files it
+wrote, with their SHA-256, in `MANIFEST` inside the output folder. A split file of an earlier export with
+other fractions ("stale split") is removed only when the manifest lists it with the same content; a file of
+the user's (not listed, or edited since) is left alone, and where the export must write it is a one-line
+error naming it. The default folder DATASET_DIR/export/FORMAT-TYPE is the export's own: split files found
+there without a manifest (from an export older than the manifest) count as its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -15,11 +23,12 @@ from typing import Any
 from raft.prompts import document_block
 from raft.records import DATASET, DEFAULT_SPLIT, load_records
 from raft.splits import SPLIT_NAMES, parse_split, split_by_chunk
-from rag.common.atomic import fsync_dir, fsync_path, write_bytes_atomic
+from rag.common.atomic import fsync_dir, fsync_path, write_bytes_atomic, write_json_atomic
 from rag.errors import RagError
 
 FORMATS = ("hf", "chat", "completion", "eval")
 TYPES = ("jsonl", "parquet")
+MANIFEST = ".raft-export.json"  # in the output folder: the files the export wrote, name -> SHA-256
 DEFAULT_STOP = "<STOP>"
 HF_COLUMNS = ("id", "type", "question", "context", "oracle_context", "cot_answer", "instruction",
               "oracle_present", "oracle_index", "distractor_ids", "final_answer", "quotes_verified",
@@ -82,10 +91,55 @@ def _write(rows: list[dict], path: Path, kind: str) -> None:
     fsync_dir(path.parent)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict[str, str] | None:
+    """The files an earlier export wrote into `out` (name -> SHA-256), or None when there is no manifest.
+
+    A manifest that cannot be read is treated as an empty one: then no file counts as the export's own.
+    """
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(files, dict) else {}
+
+
+def _owned(out: Path, manifest: dict[str, str] | None, legacy: bool) -> set[str]:
+    """Names of the split files in `out` the export wrote and nobody changed since (only those may go)."""
+    names = {f"{name}.{kind}" for name in SPLIT_NAMES for kind in TYPES}
+    present = {n for n in names if (out / n).is_file() and not (out / n).is_symlink()}
+    if manifest is None:
+        return present if legacy else set()
+    return {n for n in present if n in manifest and _sha256(out / n) == manifest[n]}
+
+
 def export(dataset_dir: Path, fmt: str = "hf", kind: str = "jsonl", split: str = DEFAULT_SPLIT,
            out_dir: Path | None = None, system_prompt: str | None = None, stop: str = DEFAULT_STOP,
            seed: int = 0) -> dict[str, Any]:
-    """Write one file per non-empty split; return {"files": {split: path}, "rows": {split: n}}."""
+    """Write one file per non-empty split and remove the stale split files of an earlier export.
+
+    :param dataset_dir: a `raft generate` output folder (its dataset.jsonl is read).
+    :param fmt: one of `FORMATS`.
+    :param kind: one of `TYPES`.
+    :param split: train,validation,test fractions.
+    :param out_dir: the output folder (default DATASET_DIR/export/FORMAT-TYPE).
+    :param system_prompt: `chat` only: a system message first.
+    :param stop: `completion` only: appended to every completion.
+    :param seed: seed of the split.
+    :returns: {"format", "type", "dir", "files": {split: path}, "rows": {split: n}}.
+    :raises RagError: a bad argument, no or a damaged dataset, an output folder that cannot be created, or a
+        file of the user's where a split file must be written (nothing is written or removed then).
+    """
     if fmt not in FORMATS:
         raise RagError(f"unknown export format {fmt!r}: use {', '.join(FORMATS)}")
     if kind not in TYPES:
@@ -102,15 +156,29 @@ def export(dataset_dir: Path, fmt: str = "hf", kind: str = "jsonl", split: str =
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RagError(f"cannot create the export folder {out}: {e.strerror or e}") from None
+    splits = {name: recs for name, recs in split_by_chunk(records, fractions, seed).items() if recs}
+    manifest = _read_manifest(out)
+    owned = _owned(out, manifest, legacy=out_dir is None)
+    for name in splits:  # checked before anything is written or removed
+        target = out / f"{name}.{kind}"
+        if os.path.lexists(target) and target.name not in owned:
+            raise RagError(f"{target} is in the way: raft export did not write it (or it was changed since), so "
+                           "it is left alone; move it away or choose another --out")
     files, rows = {}, {}
-    for name in SPLIT_NAMES:  # no stale split from an earlier export with other fractions
-        (out / f"{name}.{kind}").unlink(missing_ok=True)
-    for name, recs in split_by_chunk(records, fractions, seed).items():
-        if not recs:
-            continue
+    written = {n: h for n, h in (manifest or {}).items() if n in owned}
+    for name, recs in splits.items():
         path = out / f"{name}.{kind}"
         _write([to_row(r, fmt, system_prompt, stop) for r in recs], path, kind)
         files[name], rows[name] = str(path), len(recs)
+        written[path.name] = _sha256(path)
+    for name in SPLIT_NAMES:  # no stale split from an earlier export with other fractions: only its own files
+        stale = f"{name}.{kind}"
+        if name not in splits and stale in owned:
+            (out / stale).unlink(missing_ok=True)
+            written.pop(stale, None)
+    if manifest is None:  # legacy files of the default folder: recorded, so later exports know them
+        written.update({n: _sha256(out / n) for n in owned if (out / n).is_file() and n not in written})
+    write_json_atomic(out / MANIFEST, {"written_by": "raft export", "files": dict(sorted(written.items()))})
     return {"format": fmt, "type": kind, "dir": str(out), "files": files, "rows": rows}
 
 

@@ -60,11 +60,18 @@ def generation_params(settings: Settings):
     return params
 
 
-@lru_cache(maxsize=4)
-def _generator(model: str, model_name: str | None):
-    from rag.generation.factory import get_generator
+def http_limits(settings: Settings) -> dict[str, float | int]:
+    """The limits of calls to an OpenAI-compatible server in `settings`, as OpenAIGenerator's keyword arguments."""
+    return {"read_timeout": settings.model_timeout, "deadline": settings.model_deadline,
+            "max_reply_bytes": settings.model_max_reply_bytes}
 
-    return get_generator(model, model_name=model_name)
+
+@lru_cache(maxsize=4)
+def _generator(model: str, model_name: str | None, limits: tuple[tuple[str, float | int], ...] = ()):
+    from rag.generation.factory import get_generator, resolve_model
+
+    http = resolve_model(model, model_name=model_name).kind == "http"
+    return get_generator(model, model_name=model_name, **(dict(limits) if http else {}))
 
 
 def course_adapter_applies(index_dir: Path) -> bool:
@@ -108,7 +115,7 @@ def effective_model(settings: Settings) -> str:
 
 def get_generator(settings: Settings):
     """The configured language model backend (`effective_model`), loaded once per process."""
-    return _generator(effective_model(settings), settings.model_name)
+    return _generator(effective_model(settings), settings.model_name, tuple(http_limits(settings).items()))
 
 
 def make_pipeline(settings: Settings, retriever: Retriever | None = None, generator=None):

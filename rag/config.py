@@ -158,6 +158,13 @@ class Settings(BaseSettings):
     quote_retriever_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # retriever's share in the quote choice
     # the options' support in the passages against the model's scores, for a question that lists options
     choice_retriever_weight: float = Field(default=1.0, ge=0.0, le=1.0)
+    # limits of a call to an OpenAI-compatible model server (rag ask/serve, the app, raft generate's teacher)
+    model_timeout: float = Field(default=120.0, gt=0.0, le=3600.0, description=(
+        "Seconds each try waits for a model server's reply to start and between its streamed pieces."))
+    model_deadline: float = Field(default=300.0, gt=0.0, le=86400.0, description=(
+        "Seconds one call to a model server may take in all: every try, the waits between them and the stream."))
+    model_max_reply_bytes: int = Field(default=65536, ge=1024, le=64 * 1024 * 1024, description=(
+        "The most text (UTF-8 bytes) one reply of a model server may hold; a longer one is cut off and rejected."))
 
     # access (README, "Serving" and "Running the app for a class")
     admin_secret: SecretStr | None = None  # unlocks adding/removing documents in the app; unset: nobody can

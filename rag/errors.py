@@ -24,6 +24,19 @@ class GeneratorError(RagError):
     """The language model backend failed (missing model, server down, bad answer)."""
 
 
+class BadReply(GeneratorError):
+    """A model's reply arrived but cannot be used: bytes that are not UTF-8, or more text than the byte cap.
+
+    :param message: the one-line message (naming the server and what to do).
+    :param reason: a short key for the kind, e.g. "reply_not_utf8", "reply_too_long" (`raft generate`
+        records it as the rejection reason of the sample or chunk).
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class NoDocuments(RagError):
     """A build found no document to index; the previous index, if any, is left as it was.
 

@@ -10,18 +10,22 @@ Visitors are strangers (ui/access.py): the model servers they may pick are a lis
 the app (no free-text URL), the configured API key goes to the configured server only, and adding or
 removing documents or building the index needs the admin secret (RAG_ADMIN_SECRET); without one the
 controls are not drawn and the actions refuse.
+
+Nothing the app shows can make a visitor's browser fetch a URL chosen by a course file's author or a model
+server (issue 31): every text of a course file or a model rendered as markdown goes through
+ui.render.safe_markdown (images become plain links, raw HTML shows as text), the answer while it streams too;
+passages are escaped HTML (ui.render.passage_html).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
 import streamlit as st
 
 from rag.answering.pipeline import MAX_QUESTION_CHARS, Source
-from rag.api import effective_model, get_generator, index_corpus, make_pipeline, open_retriever
+from rag.api import effective_model, get_generator, http_limits, index_corpus, make_pipeline, open_retriever
 from rag.config import Settings, load_settings
 from rag.errors import GeneratorError, IndexNotFound, RagError
 from rag.generation.base import Generator
@@ -47,6 +51,7 @@ from ui.render import (
     index_facts,
     md_escape,
     passage_html,
+    safe_markdown,
     source_label,
     timing_caption,
 )
@@ -67,14 +72,15 @@ def load_retriever(index_dir: str, embed_model: str, embed_dtype: str, rrf_k: in
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def load_generator(model: str, model_name: str | None, keyed: bool, _settings: Settings,
-                   _api_key: str | None) -> Generator:
+                   _api_key: str | None, limits: tuple[tuple[str, float | int], ...] = ()) -> Generator:
     """The language model backend (bundled local model, a model folder or an OpenAI-compatible URL).
 
-    `keyed` (part of the cache key) says whether the configured API key may go to this server.
+    `keyed` (part of the cache key) says whether the configured API key may go to this server; `limits`
+    (part of the key too) are a server's timeout, deadline and reply cap (rag.api.http_limits).
     """
     if resolve_model(model).kind != "http":
         return get_generator(_settings)
-    return backend_for(model, model_name=model_name, api_key=_api_key)
+    return backend_for(model, model_name=model_name, api_key=_api_key, **dict(limits))
 
 
 def retriever_for(settings: Settings) -> Retriever:
@@ -93,7 +99,8 @@ def generator_for(settings: Settings, base: Settings) -> Generator:
     if resolve_model(spec).kind != "http":
         return load_generator(spec, settings.model_name, False, settings, None)
     key = server_key(settings.model, base)
-    return load_generator(settings.model, settings.model_name, key is None, settings, key)
+    return load_generator(settings.model, settings.model_name, key is None, settings, key,
+                          tuple(http_limits(settings).items()))
 
 
 # ---- sidebar -------------------------------------------------------------------------------------
@@ -179,7 +186,7 @@ def flash(kind: str, text: str) -> None:
 def show_flashes() -> None:
     """Show (and forget) the messages left by flash()."""
     for kind, text in st.session_state.pop("flash", []):
-        getattr(st, kind)(text)
+        getattr(st, kind)(safe_markdown(text))  # they name course files and quote model servers
 
 
 def admin_secret(base: Settings) -> str | None:
@@ -284,12 +291,12 @@ def show_message(msg: dict[str, Any]) -> None:
     with st.chat_message(msg["role"]):
         if msg.get("error"):
             if msg.get("content"):
-                st.markdown(msg["content"])
-            st.error(msg["error"])
+                st.markdown(safe_markdown(msg["content"]))
+            st.error(safe_markdown(msg["error"]))
         elif msg.get("abstained"):
-            st.warning(msg["content"])
+            st.warning(safe_markdown(msg["content"]))
         else:
-            st.markdown(msg["content"])
+            st.markdown(safe_markdown(msg["content"]))
         for note in msg.get("notes", []):
             st.caption(md_escape(note))
         show_sources(msg.get("sources", []), bool(msg.get("abstained")))
@@ -321,15 +328,19 @@ def answer_turn(question: str, history: list[dict[str, str]], settings: Settings
                 resp = make_pipeline(settings, retriever, generator).ask(question, history)
             if resp.abstained:
                 answer = resp.answer()
-                slot.warning(answer.text)
+                slot.warning(safe_markdown(answer.text))
             else:
                 with st.spinner(f"Reading {len(resp.hits)} passages…"):  # the model's prompt prefill
-                    first = next(resp, "")
-                with slot.container():
-                    raw = st.write_stream(itertools.chain([first], resp))
+                    raw = next(resp, "")
+                # The whole text so far is made safe at each step (not piece by piece: "!" and "[" may
+                # come in two pieces), then drawn in place of the previous step.
+                slot.markdown(safe_markdown(raw) + " ▌")
+                for piece in resp:
+                    raw += piece
+                    slot.markdown(safe_markdown(raw) + " ▌")
                 with st.spinner("Matching the answer to its sources…"):
                     answer = resp.answer()
-                slot.markdown(answer.text or raw or "_(the model returned no text)_")
+                slot.markdown(safe_markdown(answer.text or raw) or "_(the model returned no text)_")
         except GeneratorError as exc:
             turn["error"] = f"The language model failed: {exc}"
         except RagError as exc:
@@ -338,7 +349,7 @@ def answer_turn(question: str, history: list[dict[str, str]], settings: Settings
             log.exception("answering %r failed", question)
             turn["error"] = f"Something went wrong while answering ({type(exc).__name__}: {exc})"
         if "error" in turn:
-            st.error(turn["error"])
+            st.error(safe_markdown(turn["error"]))
             return turn
         notes = ([f"Searched for: {answer.query}"] if answer.query != answer.question else []) + answer.notes
         turn.update(content=answer.text, abstained=answer.abstained, sources=answer.sources, notes=notes,
@@ -360,7 +371,7 @@ def load_index(settings: Settings, admin: str | None) -> Retriever | None:
                    f"`{settings.corpus_dir}` before questions can be answered.")
         label, rebuild = "Build the index", False
     except RagError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
         label, rebuild = "Rebuild the index", True
     if not is_admin(settings, admin):
         st.info("Whoever runs the app can build the index with `rag index`"
@@ -380,7 +391,7 @@ def main() -> None:
     try:
         base = load_settings()
     except RagError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
         st.stop()
     if st.sidebar.button("New chat", key="new_chat", icon=":material/add_comment:", width="stretch"):
         st.session_state.messages = []
@@ -388,7 +399,7 @@ def main() -> None:
     try:
         settings = load_settings(**sidebar_settings(base))
     except RagError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
         st.stop()
     admin = admin_secret(base)
 
@@ -412,7 +423,7 @@ def main() -> None:
     try:
         generator = generator_for(settings, base)
     except RagError as exc:
-        st.error(f"The language model could not be loaded: {exc}")
+        st.error(safe_markdown(f"The language model could not be loaded: {exc}"))
     status.empty()
     if retriever is not None and generator is not None:
         st.session_state.loaded = loaded_key

@@ -12,11 +12,51 @@ from rag.answering.pipeline import Source
 from rag.config import project_root
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:])")
+# Fenced code blocks (``` or ~~~ at most 3 spaces in, to their closing fence or the end), which markdown shows
+# as written. A backtick fence's info string holds no backtick (else it is no fence). Inline code spans are
+# not skipped: what counts as one depends on escapes, autolinks and HTML around it, and a wrong guess would
+# leave an image live; inside one the neutralised text just shows as it is.
+_FENCE = re.compile(r"^ {0,3}(?:(`{3,})[^`\n]*|(~{3,})[^\n]*)\n(?:.*?\n)??(?: {0,3}(?:\1|\2)[`~]*[ \t]*(?:\n|\Z)|\Z)",
+                    re.MULTILINE | re.DOTALL)
+# The start of a raw HTML tag, comment or declaration (`<img`, `</iframe`, `<!--`, `<?`); not an autolink
+# (`<https://…>`: a colon follows the name) nor an email autolink.
+_RAW_TAG = re.compile(r"<(?=/?[A-Za-z][A-Za-z0-9-]*(?:[\s/>]|$)|[!?])")
+IMAGE_MARK = "🖼 "  # what a neutralised image's link text starts with
 
 
 def md_escape(text: str) -> str:
     """`text` shown literally in Streamlit markdown (file names and headings contain _ * [ ] and the like)."""
     return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def _neutralise(text: str) -> str:
+    """`text` (no code in it) with images made links and raw HTML tags shown as text."""
+    return _RAW_TAG.sub("&lt;", text.replace("![", "[" + IMAGE_MARK))
+
+
+def safe_markdown(text: str) -> str:
+    """Markdown that came from a course file or a model, made unable to load anything when rendered.
+
+    An image is a link with a `!` in front in every markdown form (`![a](url)`, `![a][ref]`, `![a][]`,
+    `![a]`), so dropping the `!` makes each one a plain link, shown as text starting with IMAGE_MARK and
+    fetched only if the reader clicks it: no visitor's browser requests a URL chosen by whoever wrote a
+    course file or runs the model server (`data:` images become links too, which browsers do not open by
+    themselves). Raw HTML (`<img>`, `<iframe>`, `<video>`, `<audio>`, `<source>`, `<link>`, `<object>`,
+    `<svg>`…) is shown as text (its `<` escaped), whether or not the renderer would pass HTML through.
+    Fenced code blocks are left as they are: markdown shows them as written, loading nothing.
+
+    Used for every text of a course file or a model the app renders as markdown (answers while they stream
+    and after, quotes, history, messages naming files); passages are escaped HTML (`passage_html`).
+
+    :param text: the untrusted markdown.
+    :returns: markdown to render (Streamlit's `st.markdown`, `st.warning`, …).
+    """
+    out, at = [], 0
+    for code in _FENCE.finditer(text):
+        out += [_neutralise(text[at:code.start()]), code.group(0)]
+        at = code.end()
+    out.append(_neutralise(text[at:]))
+    return "".join(out)
 
 
 def _find(text: str, snippet: str) -> tuple[int, int] | None:

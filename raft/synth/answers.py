@@ -32,6 +32,7 @@ from raft.prompts import (
     answer_messages,
     is_small_model,
 )
+from raft.synth.questions import generate_each
 from rag.answering.grounding import (  # the one implementation of quote candidates and the model's choice
     GUIDED_FINAL,
     GUIDED_REASON,
@@ -65,6 +66,8 @@ REASONS = {
     "fabricated_quote": "a quote that is not in the oracle (or too short to verify)",
     "marker_in_quote": "a verified quote whose oracle text holds a marker",
     "no_quote": "no quote of the oracle (required by default)",
+    "reply_not_utf8": "the teacher's reply held bytes that are not UTF-8",
+    "reply_too_long": "the teacher's reply had more text than model_max_reply_bytes (cut off)",
 }
 
 
@@ -292,8 +295,9 @@ class AnswerWriter:
             return []
         if self.mode == "free":
             batch = [answer_messages(q, o, self.small) for q, o in items]
-            raws = self.generator.generate_batch(batch, self.params)
-            return [verify_answer(raw, o, self.require_quote) for raw, (_, o) in zip(raws, items)]
+            raws = generate_each(self.generator, batch, self.params)
+            return [verify_answer(raw, o, self.require_quote) if isinstance(raw, str) else
+                    AnswerResult(False, raw.reason, "", "", [], str(raw)) for raw, (_, o) in zip(raws, items)]
         return self._guided(items)
 
     def _guided(self, items: list[tuple[str, str]]) -> list[AnswerResult]:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 
-from raft.records import STATS, derive_rng
+from raft.records import REJECTED, STATS, derive_rng
 from raft.synth.answers import AnswerWriter
 from raft.synth.distractors import STRATEGIES, DistractorSampler
 from raft.synth.questions import QuestionGenerator
@@ -134,7 +134,7 @@ class ChunkProcessor:
             samples: list[dict] = []
             dropped: list[dict] = []
             if not qres.questions:
-                dropped.append({"stage": "questions", "reason": "chunk_no_questions", "raw": qres.raw})
+                dropped.append({"stage": "questions", "reason": qres.reason or "chunk_no_questions", "raw": qres.raw})
             quotes: Counter = Counter()
             short: Counter = Counter()  # samples showing fewer documents than asked, and how many are missing
             tokens = 0
@@ -366,6 +366,7 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
                        enabled=config.progress)
 
     failed: list[str] = []
+    last_error: list[GeneratorError] = []
     streak = 0
 
     def finish(results: list[ChunkResult]) -> None:
@@ -387,6 +388,7 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
         nonlocal streak
         streak += 1
         failed.extend(f"{c.id:016x}" for c in chunks)
+        last_error[:] = [error]
         bar.write(f"raft: {len(chunks)} chunk(s) skipped for now: {error}")
         if streak >= config.max_failures:
             raise RagError(f"the teacher failed {streak} times in a row (last: {error}); "
@@ -453,4 +455,24 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     writer.close()
     for warning in stats["warnings"]:
         print(f"raft: warning: {warning}", file=sys.stderr, flush=True)
+    if not stats["samples"]:  # a run that produced nothing is not a success (stats.json says what happened)
+        raise RagError(nothing_made(stats, last_error[0] if last_error else None, Path(out_dir)))
     return stats
+
+
+def nothing_made(stats: GenerateStats, error: GeneratorError | None, out_dir: Path) -> str:
+    """The one-line reason an output folder holds no sample after a run.
+
+    :param stats: the folder's stats (`compute_stats`).
+    :param error: the teacher's last failure in this run, if any.
+    :param out_dir: the output folder (rejected.jsonl is named).
+    :returns: the message `raft generate` exits with (code 1).
+    """
+    failed = stats["this_run"]["failed_chunks"]
+    if error is not None and stats["chunks_done"] == 0:
+        return (f"no sample was made: the teacher failed on all {len(failed)} chunk(s) it was given (last: {error}); "
+                "fix it and rerun the same command to resume")
+    top = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items(), key=lambda kv: -kv[1])[:3]) or "none"
+    return (f"no sample was kept from {stats['chunks_done']} chunk(s): every one was rejected (most: {top})"
+            + (f"; the teacher failed on {len(failed)} more (last: {error})" if error is not None else "")
+            + f"; see {out_dir / REJECTED} for the teacher's replies")

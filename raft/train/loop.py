@@ -107,7 +107,7 @@ def _out_lock(out: Path) -> FolderLock:
 def _check_out(out: Path, identity: dict[str, Any]) -> None:
     """Create OUT's train_config.json, or check that an existing one was made with the same arguments."""
     check_identity(out, CONFIG, identity, what="a training run", option="--out",
-                   leftovers=(CHECKPOINTS, ADAPTER, MERGED, LOG, REPORT))
+                   leftovers=(CHECKPOINTS, ADAPTER, MERGED, LOG, REPORT, PLOT))  # train writes them, --no-resume removes them
 
 
 def _finished_report(out: Path) -> dict[str, Any] | None:

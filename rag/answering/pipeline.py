@@ -31,6 +31,7 @@ from typing import Any
 from rag.answering import choices, grounding, prompts
 from rag.answering.answer import Answer, Source, make_source
 from rag.answering.attribution import Support, attribute, clean_markers
+from rag.answering.budget import TokenBudget
 from rag.errors import RagError
 from rag.generation.base import GenerationParams, Generator, cancel_scope
 from rag.retrieval.retriever import MODES, Hit, Retriever
@@ -179,16 +180,25 @@ class Response:
         p = self.pipeline
         t0 = time.perf_counter()
         first = None
-        stream = self._stream = p.generator.stream(self.messages, self.params)
+        budget = TokenBudget(p.generator.count_tokens, self.params.max_new_tokens)
+        raw: list[str] = []
+        # one token more than the budget: a model that would have gone on is seen to be cut (budget.py)
+        stream = self._stream = p.generator.stream(self.messages, replace(self.params,
+                                                                          max_new_tokens=budget.limit + 1))
         if self._cancelled and hasattr(stream, "cancel"):  # cancel() came before the stream existed
             stream.cancel()
-        shown = grounding.readable(stream) if p.generator.prompt_format == "raft" else stream
+        kept = (raw.append(piece) or piece for piece in stream)
+        shown = grounding.readable(kept) if p.generator.prompt_format == "raft" else kept
         try:
             for piece in shown:
                 if first is None:
                     first = time.perf_counter() - t0
-                self._pieces.append(piece)
-                yield piece
+                piece = budget.take(piece)
+                if piece:
+                    self._pieces.append(piece)
+                    yield piece
+                if budget.cut:
+                    break
         finally:
             # Closed explicitly, in this thread: the backend's own cleanup (stop flag, join of its worker)
             # must not wait for the garbage collector, which may run it on the worker thread itself.
@@ -198,7 +208,7 @@ class Response:
         self.timings["first_token"] = first if first is not None else time.perf_counter() - t0
         self.timings["generate"] = time.perf_counter() - t0
         self._done = True
-        if self.completion_tokens >= self.params.max_new_tokens:
+        if budget.cut or budget.over("".join(raw)):
             self.finish_reason = "length"
 
     def _run_grounded(self) -> Iterator[str]:
@@ -236,7 +246,10 @@ class Response:
         self.timings["first_token"] = time.perf_counter() - t0
         self._pieces.append(head)
         yield head
-        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, SHORT_ANSWER_TOKENS),
+        # max_new_tokens bounds what the model writes (the short answer), not the quote it copied (budget.py);
+        # one token more than the request's limit, so a short answer that limit cuts is seen to be cut
+        budget = TokenBudget(p.generator.count_tokens, self.params.max_new_tokens)
+        params = replace(self.params, max_new_tokens=min(budget.limit + 1, SHORT_ANSWER_TOKENS),
                          stop=["\n", *self.params.stop])
         if self._cancelled:
             self._done = True
@@ -251,6 +264,9 @@ class Response:
             msgs = prompts.grounded_messages(self.messages, quote.text)
             short = "".join(p.generator.stream(msgs, params))
         short = grounding.clean_short_answer(short)
+        if self.choice is None:  # written by the model: the request's limit applies
+            short = budget.take(short)
+            self.finish_reason = "length" if budget.cut else "stop"
         if not short:
             short = " ".join(quote.text.split())
         self.short_answer = short
@@ -261,11 +277,11 @@ class Response:
 
     @property
     def completion_tokens(self) -> int:
-        """Model tokens in the text generated so far, by re-tokenising it (capped at max_new_tokens, which
-        re-tokenisation can overshoot by a few); 0 for an abstention: the model never ran."""
+        """Tokens of the answer given so far, a grounded quote included: the true count of what the client
+        gets back (rag.answering.budget); 0 for an abstention: the model never ran."""
         if self.abstained or not self._pieces:
             return 0
-        return min(self.pipeline.generator.count_tokens("".join(self._pieces)), self.params.max_new_tokens)
+        return self.pipeline.generator.count_tokens("".join(self._pieces))
 
     def text(self) -> str:
         """The whole raw answer (streams it to the end if needed)."""

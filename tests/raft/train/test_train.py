@@ -260,3 +260,15 @@ def test_a_second_run_on_the_same_out_is_refused(tiny_dataset: Path, tmp_path: P
         with pytest.raises(RagError, match="another `raft train` is writing"):
             train(tiny_dataset, out, TrainConfig(**TINY), progress=False)
     assert not (out / "train_config.json").exists()
+
+
+def test_a_folder_with_the_users_own_loss_plot_is_refused_not_cleared(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Issue 31: `raft train --no-resume` removes the files a run writes (loss.png among them); in a folder it
+    did not make (no train_config.json) a file of that name is the user's: refused, never deleted."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "loss.png").write_bytes(b"my own plot")
+    with pytest.raises(RagError, match="has loss.png but no train_config.json") as info:
+        train(tiny_dataset, out, TrainConfig(**TINY), progress=False, resume=False)
+    assert "\n" not in str(info.value)
+    assert (out / "loss.png").read_bytes() == b"my own plot"

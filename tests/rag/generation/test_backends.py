@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,8 @@ from rag.generation.models import (
     default_cache_dir,
     is_valid_model_cache,
 )
+from tests.fake_openai import FakeServer as SharedFakeServer
+from tests.fake_openai import free_port, sse
 
 QUESTION = [{"role": "user", "content": "Explain in a few sentences what a language model is."}]
 GREEDY = GenerationParams(max_new_tokens=8)
@@ -247,78 +247,11 @@ def test_factory_picks_the_backend(model_cache: Path) -> None:
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port, _sse = free_port, sse
 
 
-def _sse(*contents: str, done: bool = True) -> bytes:
-    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
-    chunks += [{"choices": [{"index": 0, "delta": {"content": c}}]} for c in contents]
-    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
-    return (body + ("data: [DONE]\n\n" if done else "")).encode()
-
-
-class FakeServer:
-    """A real HTTP server on 127.0.0.1 that plays back scripted responses and records requests."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[Any, ...]] = []
-        self.requests: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                # header names are case-insensitive (the openai client sends them in lower case)
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                owner.requests.append({"path": self.path, "headers": headers, "json": json.loads(body)})
-                kind, *args = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
-                if kind == "sleep":
-                    time.sleep(args[0])
-                    kind, *args = "reply", 200, "text/event-stream", _sse("late")
-                if kind == "reply":
-                    status, ctype, payload = args
-                    self.send_response(status)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                elif kind == "redirect":  # 307 keeps the method and the body
-                    self.send_response(307)
-                    self.send_header("Location", args[0])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                elif kind == "cut":  # one chunk of a chunked body, then hang up mid-stream
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    data = _sse(args[0], done=False)
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                    self.wfile.flush()
-                    self.close_connection = True
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # clients that time out on purpose make the handler hit a broken pipe
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def play(self, *responses: tuple[Any, ...]) -> None:
-        """Answer the next requests with `responses` in order; the last one repeats."""
-        self.script[:] = list(responses)
-        self.requests.clear()
+class FakeServer(SharedFakeServer):
+    """The suite's fake OpenAI-compatible server (tests/fake_openai.py) with a client for it."""
 
     def client(self, **kw: Any) -> OpenAIGenerator:
         return OpenAIGenerator(self.url, model_name="tiny", **kw)
@@ -328,8 +261,7 @@ class FakeServer:
 def _server() -> Iterator[FakeServer]:
     server = FakeServer()
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 @pytest.fixture
@@ -385,8 +317,7 @@ def test_the_key_goes_only_to_the_configured_server(server: FakeServer) -> None:
     try:
         assert server.client(api_key="secret").generate(QUESTION) == "moved"
     finally:
-        elsewhere.httpd.shutdown()
-        elsewhere.httpd.server_close()
+        elsewhere.close()
     assert server.requests[0]["headers"]["authorization"] == "Bearer secret"
     (followed,) = elsewhere.requests
     assert "authorization" not in followed["headers"] and followed["json"]["messages"] == QUESTION

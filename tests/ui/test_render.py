@@ -1,0 +1,33 @@
+"""ui.render.safe_markdown (issue 31): every way markdown and raw HTML have to make a browser load a URL is
+turned into text or a plain link; fenced code is left as written. (The browser test checks the page.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from ui.render import IMAGE_MARK, safe_markdown
+
+
+@pytest.mark.parametrize("text", [
+    "![x](http://h/p.png?q=1)", "![x](<http://h/p.png>)", "![a][r]\n\n[r]: http://h/r.png", "![a][]\n\n[a]: http://h/a.png",
+    "![a]\n\n[a]: http://h/a.png", "![a ![b](http://h/2)](http://h/1)", "![d](data:image/png;base64,AAAA)",
+    "`a\n\n![x](http://h/p.png)\n\nb`", "\\`![x](http://h/p.png)`", "<http://a`b> ![x](http://h/p.png) `",
+    "``` a`b\n![x](http://h/p.png)\n```",
+])
+def test_no_image_syntax_survives(text: str) -> None:
+    out = safe_markdown(text)
+    assert "![" not in out and IMAGE_MARK in out
+
+
+@pytest.mark.parametrize("tag", ["<img src=x>", "<IFRAME src=x></iframe>", "<video src=x>", "<audio src=x>",
+                                 "<source src=x>", "<link rel=stylesheet href=x>", "<object data=x>", "<svg>",
+                                 "<!-- x -->", "<img\nsrc=x>"])
+def test_raw_html_is_shown_as_text(tag: str) -> None:
+    assert "<" not in safe_markdown(f"a {tag} b")  # every "<" escaped: shown, never a tag
+
+
+def test_fenced_code_links_and_plain_text_are_left_alone() -> None:
+    code = "```html\n<img src=x> ![x](u)\n```\n"
+    assert safe_markdown(code) == code
+    assert safe_markdown("see [the docs](https://example.com) and <https://example.com>, 1 < 2") == \
+        "see [the docs](https://example.com) and <https://example.com>, 1 < 2"
