@@ -33,8 +33,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHIPPED = "shipped (decides nothing)"
 # The default before this evaluation existed, spelled out so that the comparison survives a change of default.
+# "query": how a quiz item is searched: "stem", "options" (stem and options as one query) or "product"
+# (what the product does today: rag.evaluation.retrieval.product_search).
 PREVIOUS = {"chunk_tokens": 256, "chunk_overlap": 32, "merge_sections": True, "embed_headings": False,
-            "child_tokens": 128, "dense_weight": 0.8, "collapse_duplicates": True, "mode": "hybrid"}
+            "child_tokens": 128, "dense_weight": 0.8, "collapse_duplicates": True, "mode": "hybrid", "query": "stem"}
+SETTINGS = [k for k in PREVIOUS if k not in ("mode", "query")]
 CANDIDATES = {
     "no child windows": {"child_tokens": 0},
     "no child windows, even RRF": {"child_tokens": 0, "dense_weight": 0.5},
@@ -46,6 +49,10 @@ CANDIDATES = {
     "no child windows, stem + options searched": {"child_tokens": 0, "query": "options"},
     "stem + options searched": {"query": "options"},
     "even RRF": {"dense_weight": 0.5},
+    "dense 0.65": {"dense_weight": 0.65},
+    "rrf_k 20": {"rrf_k": 20},
+    "stem ∪ stem + options (RRF of the two searches)": {"query": "product"},
+    "even RRF, stem ∪ stem + options": {"dense_weight": 0.5, "query": "product"},
     "headings embedded": {"embed_headings": True},
 }
 DECIDING = ("recall@5", "mrr@10")
@@ -106,9 +113,15 @@ def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, An
     """
     from rag.evaluation.compare import LangChainBaseline, build_product
     from rag.evaluation.courses import question_ranks
+    from rag.evaluation.retrieval import product_search
     from rag.retrieval.fusion import rrf as fuse
 
-    stamp = {"course": course.name, "questions": [[q["id"], q["question"]] for q in course.questions]}
+    from rag.ingest.chunking import CHUNKER_VERSION
+    from rag.ingest.loaders import LOADER_VERSION
+
+    # the text a pipeline reads changes with the loaders and the chunker: their versions are in every key
+    stamp = {"course": course.name, "questions": [[q["id"], q["question"]] for q in course.questions],
+             "loader": LOADER_VERSION, "chunker": CHUNKER_VERSION}
     top = {}
 
     def hits_of(search: Any, query: str = "stem") -> dict[str, list]:
@@ -125,17 +138,22 @@ def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, An
             return [by_id[i] for i, _ in fuse([[h.chunk.id for h in r] for r in runs], 60)[:10]]
 
         return {"LangChain 1000/200 dense": hits_of(lambda q: dense.search(q, 10)),
+                "LangChain 1000/200 dense, stem + options": hits_of(lambda q: dense.search(q, 10), "options"),
                 "LangChain 1000/200 bm25": hits_of(lambda q: bm25.search(q, 10)),
                 "LangChain 1000/200 RRF": hits_of(rrf)}
 
     folder = cache / course.name.split(" ")[0]
-    top.update(cached(folder / "langchain", {**stamp, "v": 2}, langchain))
+    top.update(cached(folder / "langchain", {**stamp, "v": 3}, langchain))
     for name, settings in pipelines.items():
         def product(settings: dict[str, Any] = settings) -> dict:
             mode = settings.get("mode", "hybrid")
-            overrides = {k: v for k, v in settings.items() if k not in ("mode", "query")}
+            overrides = {k: v for k, v in settings.items() if k in SETTINGS}
             retriever, _, _ = build_product(course.lessons, embedder, overrides, work)
-            return hits_of(lambda q: retriever.search(q, k=10, mode=mode), settings.get("query", "stem"))
+            how = settings.get("query", "stem")
+            if how == "product":
+                return {str(q["id"]): [[h.chunk.source, h.chunk.text] for h in product_search(retriever, q, 10, mode)]
+                        for q in course.questions}
+            return hits_of(lambda q: retriever.search(q, k=10, mode=mode), how)
 
         top[name] = cached(folder / "product", {**stamp, "settings": settings, "v": 2}, product)
         print(f"  {course.name}: {name} done", file=sys.stderr, flush=True)
@@ -157,13 +175,19 @@ def choice_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]]
         settings = pipelines[name]
 
         def make(settings: dict[str, Any] = settings) -> list:
-            overrides = {k: v for k, v in settings.items() if k not in ("mode", "query")}
+            overrides = {k: v for k, v in settings.items() if k in SETTINGS}
             retriever, _, _ = build_product(course.lessons, embedder, overrides, work)
             run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, **overrides,
                            mode=settings.get("mode", "hybrid"))
-            return score_choices(course, retriever, run, get_generator(run))
+            stem = None if settings.get("query") == "product" else (
+                lambda q: retriever.search(query_text(q, settings.get("query", "stem")), k=run.top_k, mode=run.mode))
+            return score_choices(course, retriever, run, get_generator(run), search=stem)
 
-        key = {"course": course.name, "questions": [q["id"] for q in course.questions], "settings": settings, "v": 1}
+        from rag.ingest.chunking import CHUNKER_VERSION
+        from rag.ingest.loaders import LOADER_VERSION
+
+        key = {"course": course.name, "questions": [q["id"] for q in course.questions], "settings": settings,
+               "loader": LOADER_VERSION, "chunker": CHUNKER_VERSION, "v": 1}
         rows = cached(cache / course.name.split(" ")[0] / "choices", key, make)
         out[name] = choice_block(rows)
         print(f"  {course.name}: choices of {name} done", file=sys.stderr, flush=True)
@@ -281,7 +305,7 @@ def main() -> None:
     from rag.config import Settings
 
     started = time.time()
-    current = {k: getattr(Settings(), k) for k in PREVIOUS}
+    current = {**{k: getattr(Settings(), k) for k in SETTINGS}, "mode": Settings().mode, "query": "product"}
     pipelines = {"previous default": PREVIOUS, "default": current,
                  **{n: {**PREVIOUS, **CANDIDATES[n]} for n in args.candidates.split(";") if n}}
     embedder = get_embedder(Settings())

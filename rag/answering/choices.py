@@ -47,6 +47,18 @@ _BOXED = re.compile(r"^\s*(?:[-*+•]\s+)?(?:\[[ xX]\]|[☐☒☑])\s*(.+)$")
 _BULLET = re.compile(r"^\s*[-*+•]\s+(.+)$")
 
 
+def search_wordings(stem: str, options: Sequence[str]) -> list[str]:
+    """What a quiz item is searched as (`Retriever.search_many` fuses the rankings): its stem, and its stem
+    followed by its options, one a line. On the independent courses this raised MRR@10 by +0.039
+    [+0.019, +0.061] over the stem alone (README, "Retrieval quality").
+
+    :param stem: the question without its options.
+    :param options: the option texts.
+    :returns: the wordings, the stem first.
+    """
+    return [stem, "\n".join([stem, *options])]
+
+
 @dataclass(frozen=True)
 class Choice:
     """A multiple-choice question read from a student's text.

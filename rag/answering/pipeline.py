@@ -108,12 +108,17 @@ class Response:
         self.prompt_tokens = 0
         self.finish_reason = "stop"
         t0 = time.perf_counter()
-        # a pasted quiz item is searched by its stem: its wrong options would pull in passages about them
+        # a pasted quiz item is searched as its stem and as its stem with the options, the two rankings fused
+        # (Retriever.search_many): the options name the answer, but alone they pull in the wrong ones' passages
         self._choice = choices.parse_choice(self.question)
         self.query = pipeline.condense(self._choice.stem if self._choice else self.question, self.history)
         self.timings["condense"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.hits = pipeline.retriever.search(self.query, self.top_k, self.mode)
+        if self._choice:
+            wordings = choices.search_wordings(self.query, self._choice.options)
+            self.hits = pipeline.retriever.search_many(wordings, self.top_k, self.mode)
+        else:
+            self.hits = pipeline.retriever.search(self.query, self.top_k, self.mode)
         self.timings["retrieve"] = time.perf_counter() - t0
         self.abstained = pipeline.should_abstain(self.query, self.hits)
         self.used_hits: list[Hit] = []

@@ -29,6 +29,7 @@ from rag.evaluation.courses import (
     score_retrieval,
     with_interval,
 )
+from rag.evaluation.retrieval import product_search
 
 BASELINE = "LangChain 1000/200 dense"
 CHOICE_WAYS = ("closed_book", "rag_plain", "rag")
@@ -62,13 +63,14 @@ def choice_block(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def score_choices(course: Course, retriever: Any, settings: Any, generator: Any, *, progress: bool = True,
-                  ) -> list[dict[str, Any]]:
+                  search: Callable[[dict[str, Any]], list] | None = None) -> list[dict[str, Any]]:
     """Score every question of `course` as multiple choice with the product's passages.
 
     :param course: the course (every question has options).
     :param retriever: the product's Retriever over the course's index.
     :param settings: the run's settings (mode, top_k, max_context_tokens, choice_retriever_weight).
     :param generator: an in-process model that gives token log-probabilities.
+    :param search: question row -> passages (default: as the product searches a quiz item, `product_search`).
     :returns: one row per question: {"id", "course", "mc": end_to_end.score_mc's result, "seconds"}.
     """
     from rag.api import make_pipeline
@@ -80,7 +82,7 @@ def score_choices(course: Course, retriever: Any, settings: Any, generator: Any,
     for q in progress_bar(course.questions, total=len(course.questions), desc=f"{course.name} choices",
                           unit="question", enabled=progress):
         t0 = time.perf_counter()
-        hits = retriever.search(q["question"], k=settings.top_k, mode=settings.mode)
+        hits = search(q) if search else product_search(retriever, q, settings.top_k, settings.mode)
         mc = score_mc(generator, q, hits, settings.top_k, budget, retriever.embedder, boilerplate,
                       weight=settings.choice_retriever_weight)
         rows.append({"id": q["id"], "course": course.name, "mc": mc, "seconds": round(time.perf_counter() - t0, 3)})
@@ -115,8 +117,10 @@ def evaluate_course(course: Course, settings: Any, embedder: Any, *,
         retriever, build_s, _ = build_product(course.lessons, embedder, overrides, Path(work))
         if baseline:
             lc = LangChainBaseline(course.lessons, embedder)
-            rows["retrieval"][BASELINE] = score_retrieval(lambda q: lc.searcher("dense").search(q, 10), course)
-        rows["retrieval"][product] = score_retrieval(lambda q: retriever.search(q, k=10, mode=settings.mode), course)
+            rows["retrieval"][BASELINE] = score_retrieval(lambda q: lc.searcher("dense").search(q["question"], 10),
+                                                          course)
+        rows["retrieval"][product] = score_retrieval(lambda q: product_search(retriever, q, 10, settings.mode),
+                                                     course)
         report: dict[str, Any] = {"course": course.name, "n": len(course.questions), "notes": course.notes,
                                   "product": product, "build_s": round(build_s, 1),
                                   "retrieval": retrieval_block(rows["retrieval"], BASELINE if baseline else None)}

@@ -235,16 +235,16 @@ def rule_verdict(per_course: dict[str, dict[str, Any]], pooled: dict[str, Any]) 
     return {"wins": bool(above and not below), "pooled_above_zero": bool(above), "courses_below_zero": below}
 
 
-def score_retrieval(search: Callable[[str], list[Hit]], course: Course) -> list[dict[str, Any]]:
+def score_retrieval(search: Callable[[dict[str, Any]], list[Hit]], course: Course) -> list[dict[str, Any]]:
     """Search every question of `course` and record its ranks at each grain.
 
-    :param search: question -> hits, best first (MRR_DEPTH of them or more).
+    :param search: question row -> hits, best first (MRR_DEPTH of them or more).
     :param course: the course.
     :returns: one row per question: {"id", "course", "ranks": {grain: rank or None}, "top": [source, ...]}.
     """
     rows = []
     for q in course.questions:
-        hits = search(q["question"])[:MRR_DEPTH]
+        hits = search(q)[:MRR_DEPTH]
         rows.append({"id": q["id"], "course": course.name, "ranks": question_ranks(hits, q),
                      "top": [h.chunk.source for h in hits[:3]]})
     return rows

@@ -14,7 +14,7 @@ from typing_extensions import NotRequired
 from rag.common.atomic import write_json_atomic, write_text_atomic
 from rag.errors import RagError
 from rag.evaluation.metrics import exact_match, token_f1
-from rag.evaluation.retrieval import first_relevant_rank, score_ranks
+from rag.evaluation.retrieval import first_relevant_rank, product_search, score_ranks
 from rag.retrieval.retriever import Hit, Retriever
 
 # --------------------------------------------------------------------------- whole-pipeline evaluation (`rag eval`)
@@ -132,7 +132,7 @@ def evaluate_rag(questions: list[dict[str, Any]], settings: Any, retriever: Retr
     for q in progress_bar(questions, total=len(questions), desc="rag eval", unit="question", enabled=progress):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"id": q["id"], "question": q["question"]}
-        hits = retriever.search(q["question"], k=max(RETRIEVAL_DEPTH, k), mode=mode)
+        hits = product_search(retriever, q, max(RETRIEVAL_DEPTH, k), mode)
         if q.get("evidence"):
             rank = first_relevant_rank(hits[:RETRIEVAL_DEPTH], q["evidence"])
             row["retrieval"] = {"rank": rank,

@@ -80,6 +80,23 @@ def contains_evidence(text: str, quotes: Iterable[str], threshold: float = FUZZY
     return False
 
 
+def product_search(retriever: Retriever, question: dict[str, Any], k: int, mode: str | None = None) -> list[Hit]:
+    """Search a question row as the product searches it: a row with "options" as a pasted quiz item (its stem
+    and its stem with the options, fused: `rag.answering.choices.search_wordings`), else its question.
+
+    :param retriever: the product's retriever.
+    :param question: a question row ("question", optional "options").
+    :param k: passages to return.
+    :param mode: retrieval mode (default: the retriever's).
+    :returns: the hits, best first.
+    """
+    from rag.answering.choices import search_wordings
+
+    if question.get("options"):
+        return retriever.search_many(search_wordings(question["question"], question["options"]), k, mode)
+    return retriever.search(question["question"], k=k, mode=mode)
+
+
 def first_relevant_rank(hits: list[Hit], quotes: list[str]) -> int | None:
     """Rank of the first hit holding an evidence quote, None when no hit does."""
     for h in hits:
@@ -117,7 +134,7 @@ def evaluate_retrieval(retriever: Retriever, questions: list[dict[str, Any]], mo
     for q in questions:
         if not q.get("evidence"):
             continue
-        hits = retriever.search(q["question"], k=depth, mode=mode)
+        hits = product_search(retriever, q, depth, mode)
         rank = first_relevant_rank(hits, q["evidence"])
         ranks.append(rank)
         rows.append({"id": q["id"], "mode": mode, "rank": rank,

@@ -100,15 +100,21 @@ def test_the_model_takes_part_in_the_choice_below_weight_one(small_index):
         list(choices.combine(ans.choice["model"], ans.choice["support"], 0.5)), abs=1e-3)
 
 
-def test_a_pasted_quiz_item_is_searched_by_its_stem(small_index):
+def test_a_pasted_quiz_item_is_searched_by_its_stem_and_with_its_options(small_index):
     from rag.api import make_pipeline
     from rag.generation.http import OpenAIGenerator
 
     # no model call happens before iteration; the generator is a closed port so one would fail the test
     pipe = make_pipeline(small_index, generator=OpenAIGenerator("http://127.0.0.1:9/v1"))
     resp = pipe.ask(LORA_MC)
-    assert resp.query == "Which of the following best describes how LoRA works?"
-    assert pipe.ask("What does LoRA freeze?").query == "What does LoRA freeze?"
+    stem = "Which of the following best describes how LoRA works?"
+    assert resp.query == stem
+    choice = choices.parse_choice(LORA_MC)
+    fused = pipe.retriever.search_many(choices.search_wordings(stem, choice.options), pipe.top_k, pipe.mode)
+    assert [h.chunk.id for h in resp.hits] == [h.chunk.id for h in fused]
+    plain = pipe.ask("What does LoRA freeze?")
+    assert plain.query == "What does LoRA freeze?"
+    assert [h.chunk.id for h in plain.hits] == [h.chunk.id for h in pipe.retriever.search(plain.query, pipe.top_k)]
 
 
 def test_the_quiz_item_itself_is_neither_support_nor_quote(embedder):

@@ -57,3 +57,28 @@ def test_every_mode_reports_the_dense_cosine(retriever):
     for mode in ("dense", "bm25", "hybrid"):
         hits = retriever.search("How do I bake sourdough bread at home?", k=3, mode=mode)
         assert all(-1.0 <= h.scores["dense"] <= 1.0 for h in hits), mode
+
+
+def test_a_quiz_item_is_searched_as_its_stem_and_with_its_options(retriever):
+    from rag.answering.choices import search_wordings
+
+    stem = "Which method trains two small low-rank matrices instead of the whole network?"
+    options = ["LoRA (low-rank adaptation)", "Full fine-tuning", "Prompt engineering"]
+    wordings = search_wordings(stem, options)
+    assert wordings == [stem, stem + "\nLoRA (low-rank adaptation)\nFull fine-tuning\nPrompt engineering"]
+    fused = retriever.search_many(wordings, k=5, mode="hybrid")
+    assert [h.rank for h in fused] == [1, 2, 3, 4, 5]
+    assert all(fused[i].score >= fused[i + 1].score for i in range(4))
+    assert len({h.chunk.id for h in fused}) == 5
+    # every fused passage comes from one of the two rankings, with that ranking's dense cosine
+    alone = [retriever.search(w, k=30, mode="hybrid") for w in wordings]
+    cosine = {h.chunk.id: h.scores["dense"] for run in alone for h in run}
+    assert all(h.chunk.id in cosine and h.scores["dense"] >= cosine[h.chunk.id] - 1e-6 for h in fused)
+    # the top passage of each wording is in the fused top 5 (RRF: a first rank is never buried)
+    assert {alone[0][0].chunk.id, alone[1][0].chunk.id} <= {h.chunk.id for h in fused}
+
+
+def test_one_wording_is_a_plain_search(retriever):
+    q = "What does LoRA freeze?"
+    plain = retriever.search(q, k=5, mode="hybrid")
+    assert [h.chunk.id for h in retriever.search_many([q, q, " "], k=5, mode="hybrid")] == [h.chunk.id for h in plain]
