@@ -1,12 +1,14 @@
 """Markdown and text files (issue 31): what a reader of the rendered file never sees is not indexed.
 
-- Front matter (a YAML block between `---` lines at the very start of a markdown file, as Jekyll, Hugo,
-  Obsidian and MkDocs write it) is metadata, not page text: an instructor's answer key there was indexed
-  and shown to students. Dropped when every line of it looks like YAML (`key: value`, `- item`, indented
-  or `#` lines); a `---` rule around an ordinary paragraph stays.
+- Front matter (a YAML block between `---` lines, or `---` and `...`, at the very start of a markdown file,
+  as Jekyll, Hugo, Obsidian and MkDocs write it; or Hugo's TOML block between `+++` lines) is metadata, not
+  page text: an instructor's answer key there was indexed and shown to students. Dropped when every line
+  of it looks like YAML (`key: value`, `- item`, indented or `#` lines) or TOML (`key = value`, `[table]`,
+  indented or `#` lines); a `---` rule around an ordinary paragraph stays.
 - `<!-- … -->` comments in .md and .txt files are dropped: no rendered page shows them, and a comment is
   where instructions aimed at the model hide. Code keeps them: fenced and indented code blocks (found by
-  the same CommonMark parser as the chunker's headings) and inline `code` spans.
+  the same CommonMark parser as the chunker's headings) and inline `code` spans. A `<!--` never closed is
+  no comment: it stays, with all the text around it, as written.
 
 Both return how many characters they dropped, for the build's notes.
 """
@@ -18,6 +20,8 @@ import re
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
 _YAML_LINE = re.compile(r"[ \t]+\S|- |#|[\"']?[\w.\- ]+[\"']?[ \t]*:(?:[ \t]|$)")
+_TOML_FRONT_MATTER = re.compile(r"\A\+\+\+[ \t]*\n(.*?\n)?\+\+\+[ \t]*(?:\n|\Z)", re.S)
+_TOML_LINE = re.compile(r"[ \t]+\S|#|\[\[?[\w.\-\" ]+\]\]?[ \t]*(?:#.*)?$|[\"']?[\w.\- ]+[\"']?[ \t]*=")
 _TICKS_OR_COMMENT = re.compile(r"`+|<!--")
 _TICKS = re.compile(r"`+")
 
@@ -27,13 +31,15 @@ def strip_front_matter(text: str) -> tuple[str, int]:
 
     :param text: a markdown file's text (newlines already \\n).
     """
-    m = _FRONT_MATTER.match(text)
-    if not m:
-        return text, 0
-    lines = [line for line in (m.group(1) or "").split("\n") if line.strip()]
-    if not lines or not all(_YAML_LINE.match(line) for line in lines) or lines[0][0] in " \t-#":
-        return text, 0
-    return text[m.end():], m.end()
+    for block, line_re in ((_FRONT_MATTER, _YAML_LINE), (_TOML_FRONT_MATTER, _TOML_LINE)):
+        m = block.match(text)
+        if not m:
+            continue
+        lines = [line for line in (m.group(1) or "").split("\n") if line.strip()]
+        if not lines or not all(line_re.match(line) for line in lines) or lines[0][0] in " \t-#":
+            return text, 0
+        return text[m.end():], m.end()
+    return text, 0
 
 
 def code_line_ranges(text: str) -> list[tuple[int, int]]:
@@ -83,8 +89,9 @@ def strip_prose_comments(text: str) -> tuple[str, int]:
     while (m := _TICKS_OR_COMMENT.search(text, pos)) is not None:
         if m.group(0) == "<!--":
             end = text.find("-->", m.end()) if comment_ends else -1
-            if end < 0:
+            if end < 0:  # not a comment: shown as written (its text, and all before it, stays)
                 comment_ends = False
+                out.append(text[pos:m.end()])
                 pos = m.end()
                 continue
             out.append(text[pos:m.start()])

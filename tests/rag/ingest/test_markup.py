@@ -47,3 +47,28 @@ def test_code_keeps_comments_and_a_rule_is_not_front_matter(tmp_path: Path):
     assert docs["code.md"].text.count("<!--") == 3 and "dropped" not in docs["code.md"].metadata
     assert docs["rule.md"].text.startswith("---\nNot front matter")
     assert "title: not at the start" in docs["late.md"].text
+
+
+def test_an_unclosed_comment_loses_no_text(tmp_path: Path):
+    """A `<!--` with no `-->` after it dropped the text before it (and the `<!--`): "Visible." was lost."""
+    docs = load(tmp_path, {
+        "open.md": "Visible.\n\n<!-- never closed\n\nmore text\n",
+        "fence.md": "Before <!-- starts\n```\ncode\n```\nends --> after\n",
+        "both.txt": "Kept <!-- dropped --> kept too <!-- open to the end\n",
+    })
+    assert docs["open.md"].text == "Visible.\n\n<!-- never closed\n\nmore text\n"
+    assert docs["fence.md"].text == "Before <!-- starts\n```\ncode\n```\nends --> after\n"
+    assert docs["both.txt"].text == "Kept  kept too <!-- open to the end\n"
+    assert docs["both.txt"].metadata["dropped"] == {"comments": len("<!-- dropped -->")}
+
+
+def test_toml_front_matter_is_dropped_like_yaml(tmp_path: Path):
+    """Hugo's `+++` front matter was indexed whole, answer key included; `...` ends YAML front matter too."""
+    toml = '+++\ntitle = "Week 4"\nanswer_key = ["B", "C"]\n[params]\n  hidden = true\n# note\n+++\n'
+    dots = "---\ntitle: Week 5\nanswer_key: A\n...\n"
+    docs = load(tmp_path, {"toml.md": toml + "# RLHF\n\nText.\n", "dots.md": dots + "Body.\n",
+                           "plus.md": "+++\nNot TOML, a paragraph.\n+++\n\nText.\n"})
+    assert docs["toml.md"].text == "# RLHF\n\nText.\n"
+    assert docs["toml.md"].metadata["dropped"] == {"front matter": len(toml)}
+    assert docs["dots.md"].text == "Body.\n" and docs["dots.md"].metadata["dropped"] == {"front matter": len(dots)}
+    assert docs["plus.md"].text.startswith("+++\nNot TOML")
