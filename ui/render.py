@@ -12,12 +12,6 @@ from rag.answering.pipeline import Source
 from rag.config import project_root
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:])")
-# Fenced code blocks (``` or ~~~ at most 3 spaces in, to their closing fence or the end), which markdown shows
-# as written. A backtick fence's info string holds no backtick (else it is no fence). Inline code spans are
-# not skipped: what counts as one depends on escapes, autolinks and HTML around it, and a wrong guess would
-# leave an image live; inside one the neutralised text just shows as it is.
-_FENCE = re.compile(r"^ {0,3}(?:(`{3,})[^`\n]*|(~{3,})[^\n]*)\n(?:.*?\n)??(?: {0,3}(?:\1|\2)[`~]*[ \t]*(?:\n|\Z)|\Z)",
-                    re.MULTILINE | re.DOTALL)
 # The start of a raw HTML tag, comment or declaration (`<img`, `</iframe`, `<!--`, `<?`); not an autolink
 # (`<https://…>`: a colon follows the name) nor an email autolink.
 _RAW_TAG = re.compile(r"<(?=/?[A-Za-z][A-Za-z0-9-]*(?:[\s/>]|$)|[!?])")
@@ -43,7 +37,11 @@ def safe_markdown(text: str) -> str:
     course file or runs the model server (`data:` images become links too, which browsers do not open by
     themselves). Raw HTML (`<img>`, `<iframe>`, `<video>`, `<audio>`, `<source>`, `<link>`, `<object>`,
     `<svg>`…) is shown as text (its `<` escaped), whether or not the renderer would pass HTML through.
-    Fenced code blocks are left as they are: markdown shows them as written, loading nothing.
+    Fenced code blocks are left as they are: markdown shows them as written, loading nothing. They are found
+    by a CommonMark parser (markdown-it), not by the look of a line: a fence inside a list item or a quote
+    ends with it, and a regex that ran on to the next fence line left an image between them live. The
+    result is parsed again, and if it still holds an image or raw HTML (a case the split missed), all of
+    the text, code included, is neutralised.
 
     Used for every text of a course file or a model the app renders as markdown (answers while they stream
     and after, quotes, history, messages naming files); passages are escaped HTML (`passage_html`).
@@ -51,12 +49,46 @@ def safe_markdown(text: str) -> str:
     :param text: the untrusted markdown.
     :returns: markdown to render (Streamlit's `st.markdown`, `st.warning`, …).
     """
-    out, at = [], 0
-    for code in _FENCE.finditer(text):
-        out += [_neutralise(text[at:code.start()]), code.group(0)]
-        at = code.end()
-    out.append(_neutralise(text[at:]))
-    return "".join(out)
+    if "```" not in text and "~~~" not in text:
+        return _neutralise(text)
+    lines = text.split("\n")
+    code = [False] * len(lines)
+    for start, end in _fence_lines(text):
+        code[start:end] = [True] * (end - start)
+    out, run = [], []
+    for line, is_code in zip(lines, code):
+        if is_code:
+            if run:
+                out.append(_neutralise("\n".join(run)))
+                run = []
+            out.append(line)
+        else:
+            run.append(line)
+    if run:
+        out.append(_neutralise("\n".join(run)))
+    safe = "\n".join(out)
+    return safe if not _loads_anything(safe) else _neutralise(text)
+
+
+def _parser():
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark")
+
+
+def _fence_lines(text: str) -> list[tuple[int, int]]:
+    """The [start, end) line ranges of the fenced code blocks of `text`, wherever they are (lists, quotes)."""
+    return [tuple(t.map) for t in _parser().parse(text) if t.type == "fence" and t.map]
+
+
+def _loads_anything(text: str) -> bool:
+    """Whether markdown `text` still renders an image or raw HTML (the check of `safe_markdown`'s result)."""
+    for token in _parser().parse(text):
+        if token.type == "html_block":
+            return True
+        if any(child.type in ("image", "html_inline") for child in token.children or []):
+            return True
+    return False
 
 
 def _find(text: str, snippet: str) -> tuple[int, int] | None:

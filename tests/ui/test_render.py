@@ -31,3 +31,23 @@ def test_fenced_code_links_and_plain_text_are_left_alone() -> None:
     assert safe_markdown(code) == code
     assert safe_markdown("see [the docs](https://example.com) and <https://example.com>, 1 < 2") == \
         "see [the docs](https://example.com) and <https://example.com>, 1 < 2"
+
+
+@pytest.mark.parametrize("text", [
+    "- item\n  ```\n  code\n![img](http://h/x.png)\n  ```\n",
+    "1. x\n   ```\n   c\n<img src=http://h/ol>\n   ```\n",
+    "- a\n\n   ```\n![i](http://h/li.png)\n   ```\n",
+    "> ```\n> code\n![q](http://h/q.png)\n```\n",
+])
+def test_a_fence_that_ends_with_its_list_or_quote_leaves_no_image_live(text: str) -> None:
+    """A fence inside a list item ends with the item: a regex that ran on to the next ``` line left the image
+    between them live (markdown-it renders it as <img>)."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").render(safe_markdown(text))
+    assert "<img" not in html and "http://h" in html
+
+
+def test_fences_in_lists_and_quotes_stay_as_written() -> None:
+    text = "- step\n\n  ```html\n  <img src=x> ![x](u)\n  ```\n\n> ```\n> <video>\n> ```\n"
+    assert safe_markdown(text) == text
