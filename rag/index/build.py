@@ -261,6 +261,7 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
                 new_chunks.append(c)
                 reuse_pos.append(old.pos_by_id.get(c.id) if old else None)
         report.deleted = sorted(s for s in old_files if s not in seen_sources)
+        copies_of_skipped(report.skipped, copy_of)
         if not files:
             raise NoDocuments(nothing_to_index(corpus, report.skipped), report.skipped)
         if on_progress:
@@ -360,6 +361,23 @@ def identical_copies(paths: list[Path], sources: dict[Path, str], digests: dict[
             kept = next((n for n in names if (old_files.get(n) or {}).get("sha256") == digest), names[0])
             copy_of.update({n: kept for n in names if n != kept})
     return copy_of
+
+
+def copies_of_skipped(skipped: list[Skipped], copy_of: dict[str, str]) -> None:
+    """Give a copy of a file that was itself skipped that file's reason, in place.
+
+    "same content as f00000.txt (identical files are indexed once)" told a user that the empty f00000.txt
+    was indexed: 10,000 empty files were 9,999 such lines. A copy of a skipped file is skipped for the
+    same reason, and says which file it copies: "empty file (no text); same content as f00000.txt".
+
+    :param skipped: the build's skipped entries (a copy's reason is `same_content(kept)` until here).
+    :param copy_of: {source of a copy: source of the file indexed instead} (see `identical_copies`).
+    """
+    reasons = {s.source: s.reason for s in skipped if s.source not in copy_of}
+    for entry in skipped:
+        kept = copy_of.get(entry.source)
+        if kept in reasons and entry.reason == same_content(kept):
+            entry.reason = f"{reasons[kept]}; same content as {kept}"
 
 
 def nothing_to_index(corpus: Path, skipped: list[Skipped]) -> str:

@@ -325,3 +325,15 @@ def test_a_bomb_and_a_link_out_of_the_course_are_skipped_and_the_rest_indexed(sm
     assert any("root:x:0" in c.text for c in VectorIndex.load(settings.index_dir, embedder).chunks)
     r = build(small_corpus, settings, embedder)  # and without it again: the link's passages leave the index
     assert r.deleted == ["week4-notes.txt"]
+
+
+def test_a_copy_of_a_skipped_file_says_why_it_is_not_indexed(small_corpus, settings, embedder):
+    """10,000 empty files: 9,999 were "same content as f00000.txt (identical files are indexed once)", though
+    f00000.txt was not indexed (empty). A copy of a skipped file now gives that file's reason."""
+    for i in range(3):
+        (small_corpus / f"f{i}.txt").write_bytes(b"")
+    r = build(small_corpus, settings, embedder)
+    assert {s.source: s.reason for s in r.skipped} == {
+        "f0.txt": "empty file (no text)",
+        "f1.txt": "empty file (no text); same content as f0.txt",
+        "f2.txt": "empty file (no text); same content as f0.txt"}
