@@ -48,9 +48,13 @@ from rag.ingest.paths import (  # the course folder and its walk; imported from 
     walk_corpus,
 )
 
-LOADER_VERSION = 4  # bump when extracted text changes: indexes re-read every file on their next update
+# pypdf's text extraction is quadratic in a page's drawing commands (1 MiB: 1.4 s, 4 MiB: 19 s), so a 10 KB
+# file inflating to 70 MiB on one page, under pypdf's own limits, would hold `rag index` for hours.
+MAX_PDF_PAGE_CONTENT = 4 * 1024 * 1024
+LOADER_VERSION = 5  # bump when extracted text changes: indexes re-read every file on their next update
 # 3: UTF-16/32 by BOM; HTML <pre> fenced as code.
 # 4: every visible HTML text node, hidden text / front matter / comments dropped, images stripped everywhere.
+# 5: PDFs with only an owner password read; an unclosed <!-- keeps its text; TOML front matter dropped.
 # UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -187,12 +191,39 @@ def _read_pdf(data: bytes) -> list[str]:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
-            raise UnreadableFile("encrypted PDF; save an unencrypted copy")
-        return [(page.extract_text() or "").strip() for page in reader.pages]
+            open_pdf(reader)
+        pages = []
+        for number, page in enumerate(reader.pages, start=1):
+            contents = page.get_contents()
+            size = len(contents.get_data()) if contents is not None else 0
+            if size > MAX_PDF_PAGE_CONTENT:
+                raise UnreadableFile(
+                    f"PDF page {number} holds {size / 1_048_576:.0f} MiB of drawing commands (over "
+                    f"{MAX_PDF_PAGE_CONTENT // 1_048_576} MiB): too costly to read, a decompression bomb or an "
+                    "oversized page; save a smaller, ordinary PDF")
+            pages.append((page.extract_text() or "").strip())
+        return pages
     except UnreadableFile:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
         raise UnreadableFile(f"broken PDF ({type(exc).__name__}: {one_line(str(exc))[:80]})") from None
+
+
+def open_pdf(reader) -> None:
+    """Open an encrypted PDF the way a viewer does: with the empty user password, else say why not.
+
+    Many course PDFs carry only an owner password (printing or copying restricted): every viewer opens them
+    without asking, so their text is read too; "encrypted PDF" used to skip them.
+
+    :raises UnreadableFile: the PDF needs a password, or its cipher needs a package that is not installed.
+    """
+    try:
+        opened = reader.decrypt("")
+    except Exception as exc:  # pypdf's DependencyError: AES needs the cryptography package
+        raise UnreadableFile(f"encrypted PDF that cannot be opened here ({one_line(str(exc))[:80]}); "
+                             "save an unencrypted copy") from None
+    if not opened:
+        raise UnreadableFile("encrypted PDF (it needs a password); save an unencrypted copy")
 
 
 def one_line(text: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from rag.errors import RagError
 from rag.ingest.chunking import sections
-from rag.ingest.loaders import load_documents, read_file, read_lines, read_text, walk_corpus
+from rag.ingest.loaders import UnreadableFile, load_documents, read_file, read_lines, read_text, walk_corpus
 from tests.pdfgen import make_flate_bomb_pdf, make_pdf
 
 
@@ -298,3 +298,44 @@ def test_read_file_turns_any_loader_error_into_a_reason(tmp_path: Path):
     assert [s.source for s in skipped] == ["rejected.html"]
     assert skipped[0].reason.startswith("the html reader failed (ParserRejectedMarkup: ")
     assert skipped[0].reason.endswith("; the file may be damaged") and "\n" not in skipped[0].reason
+
+
+def _encrypted(user: str, owner: str) -> bytes:
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["Owner-restricted lecture on the Krebs cycle."]))))
+    writer.encrypt(user, owner_password=owner, algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_a_pdf_with_only_an_owner_password_is_read_and_one_with_a_user_password_says_so():
+    """Every viewer opens a PDF whose user password is empty (copy/print restricted): it was skipped as
+    "encrypted PDF"."""
+    doc = read_file(Path("restricted.pdf"), "restricted.pdf", _encrypted("", "owner"))
+    assert "Krebs cycle" in doc.text
+    with pytest.raises(UnreadableFile, match=r"^encrypted PDF \(it needs a password\)"):
+        read_file(Path("locked.pdf"), "locked.pdf", _encrypted("secret", "owner"))
+
+
+def test_a_pdf_page_too_costly_to_read_is_a_skip_not_a_hang():
+    """5 MiB of text commands on one page (a 10 KB file, under pypdf's limits) took 30 s to read, and
+    pypdf's extraction is quadratic: 70 MiB would hold `rag index` for hours."""
+    import time
+    import zlib
+
+    from tests.pdfgen import FONT, assemble_pdf
+
+    deflate = zlib.compressobj(9)
+    ops = deflate.compress(b"BT /F1 12 Tf 14 TL 50 750 Td " + b"(abcdefgh) Tj T* " * 300_000 + b" ET") + deflate.flush()
+    pdf = assemble_pdf([
+        b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(ops)).encode() + b" /Filter /FlateDecode >>\nstream\n" + ops + b"\nendstream", FONT])
+    started = time.perf_counter()
+    with pytest.raises(UnreadableFile, match=r"^PDF page 1 holds 5 MiB of drawing commands .*too costly"):
+        read_file(Path("heavy.pdf"), "heavy.pdf", pdf)
+    assert time.perf_counter() - started < 5
