@@ -9,7 +9,8 @@ lines, `<pre>` a fenced code block (a `# comment` in code is not a heading). `<n
 
 Hidden text, dropped and counted (`dropped["hidden HTML"]`, in characters): elements with the `hidden`
 attribute or `aria-hidden="true"`, an inline style with `display:none`, `visibility:hidden|collapse`,
-`font-size:0` or `opacity:0`, and `<template>` and `<noscript>`. No reader of the page sees such text, but
+`font-size:0` or `opacity:0` (CSS comments in the style ignored, as browsers do), and `<template>` and
+`<noscript>`. No reader of the page sees such text, but
 an index would show it to students and hand it to the model (an answer key, instructions aimed at the
 model). `<script>`, `<style>` and `<title>` are code and metadata, not page text: dropped, not counted.
 HTML comments are dropped and counted as `dropped["comments"]`. Styles from `<style>` sheets or classes
@@ -34,6 +35,8 @@ _HIDING_STYLE = re.compile(
     r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*(?:hidden|collapse)|font-size\s*:\s*0(?:\.0*)?[a-z%]*"
     r"|opacity\s*:\s*0(?:\.0*)?%?)\s*(?:!\s*important\s*)?(?=;|$)", re.I)
 
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)  # `color:red;/*x*/display:none` hides as well
+
 
 def fence_code(code: str) -> str:
     """`code` as a CommonMark fenced block whose fence is longer than any backtick run inside it."""
@@ -48,7 +51,7 @@ def is_hidden(tag: Any) -> bool:
         return True
     if str(tag.attrs.get("aria-hidden", "")).strip().lower() == "true":
         return True
-    return bool(_HIDING_STYLE.search(str(tag.attrs.get("style", ""))))
+    return bool(_HIDING_STYLE.search(_CSS_COMMENT.sub("", str(tag.attrs.get("style", "")))))
 
 
 def drop_hidden(soup: Any) -> dict[str, int]:
