@@ -359,11 +359,13 @@ def load_documents(root: Path, follow_outside_links: bool = False) -> tuple[list
     return docs, skipped
 
 
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\](?:\([^)]*\)|\[[^\]]*\])")
+# `![alt](url)`, `![alt][ref]`, `![alt][]` and the shortcut `![alt]` (an image when `[alt]: url` is defined);
+# not `\![...]`, which is an escaped "!" and a link.
+_MD_IMAGE = re.compile(r"(?<!\\)!\[([^\]]*)\](?:\([^)]*\)|\[[^\]]*\])?")
 
 
 def strip_md_images(text: str) -> str:
-    """Replace markdown images (inline `![alt](url)` and reference `![alt][ref]`) by their alt text.
+    """Replace markdown images (inline `![alt](url)`, reference `![alt][ref]`, shortcut `![alt]`) by their alt text.
 
     Image links carry no words worth embedding or quoting, and a remote one copied into an answer makes
     every visitor's browser fetch its URL. Repeated until none is left: removing an inner image can

@@ -339,3 +339,12 @@ def test_a_pdf_page_too_costly_to_read_is_a_skip_not_a_hang():
     with pytest.raises(UnreadableFile, match=r"^PDF page 1 holds 5 MiB of drawing commands .*too costly"):
         read_file(Path("heavy.pdf"), "heavy.pdf", pdf)
     assert time.perf_counter() - started < 5
+
+
+def test_every_markdown_image_form_becomes_its_alt_text_and_an_escaped_one_stays():
+    """The shortcut reference image `![d3]` (with `[d3]: url` defined) kept its URL live."""
+    from rag.ingest.loaders import strip_md_images
+
+    assert strip_md_images("Look ![d1][r] ![d2][] ![d3].\n\n[d3]: http://h/z.png") == "Look d1 d2 d3.\n\n[d3]: http://h/z.png"
+    assert strip_md_images("[![logo](http://h/l.png)](http://u)") == "[logo](http://u)"
+    assert strip_md_images("Not an image: \\![x](http://u)") == "Not an image: \\![x](http://u)"
