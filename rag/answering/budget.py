@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+SEAM = 4  # tokens a join of two texts may add over the sum of their counts, with room to spare
+
+
 class TokenBudget:
     """What may still be shown of an answer under `limit` tokens, and whether the limit cut it.
 
@@ -33,7 +36,7 @@ class TokenBudget:
 
     @property
     def left(self) -> int:
-        """Tokens still free."""
+        """Tokens still free (at least; `used` is an upper bound until the text nears the limit)."""
         return max(0, self.limit - self.used)
 
     def take(self, piece: str) -> str:
@@ -45,6 +48,12 @@ class TokenBudget:
         """
         if self.cut or not piece:
             return ""
+        # Far from the limit, the piece's own count bounds what it adds (SEAM tokens of slack for where it
+        # joins the text): counting only the piece keeps a long answer linear. Near the limit, count exactly.
+        bound = self.used + self.count(piece) + SEAM
+        if bound <= self.limit - SEAM:
+            self.text, self.used = self.text + piece, bound
+            return piece
         n = self.count(self.text + piece)
         if n <= self.limit:
             self.text, self.used = self.text + piece, n
