@@ -213,8 +213,10 @@ def summarize(rows: dict[str, dict[str, list]], pipelines: dict[str, dict[str, A
         for n in pipelines:
             if n not in ("previous default",):
                 comparisons[grain][f"{n} − previous default"] = compare(rows, n, "previous default", grain)
+    decisions = {label: adopt_verdict(comparisons["evidence"][label], comparisons["lesson"][label])
+                 for label in comparisons["evidence"] if label.endswith("− previous default")}
     return {"script": "eval/courses_benchmark.py", "metrics": list(METRICS), "deciding": list(DECIDING),
-            "pipelines": pipelines, "tables": tables, "comparisons": comparisons,
+            "pipelines": pipelines, "tables": tables, "comparisons": comparisons, "decisions": decisions,
             "seconds": round(time.time() - started, 1)}
 
 
@@ -246,6 +248,29 @@ def pooled_summary(rows: dict[str, dict[str, list]], name: str, grain: str) -> d
 
     ranks = [r for c, by in rows.items() if c != SHIPPED and name in by for r in grain_ranks(by[name], grain)[1]]
     return rank_summary(ranks)
+
+
+def adopt_verdict(evidence: dict[str, Any], lesson: dict[str, Any]) -> dict[str, Any]:
+    """The README's rule for one candidate against the current default: MRR@10 at the evidence grain wins
+    pooled (interval above zero), and nothing loses beyond its interval: recall@5 pooled, and either metric
+    on any independent course at either grain.
+
+    :param evidence: `compare` result at the evidence grain.
+    :param lesson: `compare` result at the lesson grain.
+    :returns: {"adopt": bool, "why": str}.
+    """
+    if not evidence.get("pooled"):
+        return {"adopt": False, "why": "no evidence-grain comparison"}
+    if not evidence["rule"]["mrr@10"]["pooled_above_zero"]:
+        return {"adopt": False, "why": "MRR@10 pooled interval does not exclude zero"}
+    ci = evidence["pooled"]["recall@5"]["ci"]
+    if ci and ci[1] < 0:
+        return {"adopt": False, "why": "recall@5 pooled loses"}
+    for grain, cmp_ in (("evidence", evidence), ("lesson", lesson)):
+        for course, r in cmp_.get("per_course", {}).items():
+            if course != SHIPPED and any(r[m]["ci"] and r[m]["ci"][1] < 0 for m in DECIDING):
+                return {"adopt": False, "why": f"loses on {course} ({grain} grain)"}
+    return {"adopt": True, "why": "wins MRR@10 pooled, loses nowhere"}
 
 
 def report_markdown(result: dict[str, Any]) -> str:
@@ -283,6 +308,10 @@ def report_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {ch['n']} | {fmt_interval(acc['closed_book'])} | {fmt_interval(acc['rag_plain'])} | "
                          f"{fmt_interval(acc['rag'])} | {fmt_delta(ch['vs_closed_book']['rag'])} |")
         lines.append("")
+    lines += ["## Decisions (each candidate against the previous default, README rule)", "",
+              "| candidate | adopt | why |", "|---|---|---|",
+              *[f"| {label.replace(' − previous default', '')} | {'yes' if d['adopt'] else 'no'} | {d['why']} |"
+                for label, d in result.get("decisions", {}).items()], ""]
     lines.append(f"Run took {result['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
 
@@ -295,6 +324,8 @@ def main() -> None:
     ap.add_argument("--no-shipped", action="store_true", help="leave out the shipped course")
     ap.add_argument("--candidates", default=";".join(CANDIDATES), help="candidate names separated by ;")
     ap.add_argument("--choices", action="store_true", help="also score multiple choice (the bundled model)")
+    ap.add_argument("--choices-of", default="default",
+                    help="pipelines whose multiple choice is scored, separated by ; (default: the default)")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "courses")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "course-rag" / "courses-bench",
                     help="per-(course, pipeline) passages and choices, for resuming (outside the repository)")
@@ -318,7 +349,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             rows[course.name] = retrieval_rows(course, embedder, pipelines, args.cache, work)
             if args.choices:
-                choices[course.name] = choice_rows(course, embedder, pipelines, args.cache, work)
+                choices[course.name] = choice_rows(course, embedder, pipelines, args.cache, work,
+                                                   tuple(args.choices_of.split(";")))
     result = summarize(rows, pipelines, started)
     if choices:
         result["choices"] = choices

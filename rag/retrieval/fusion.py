@@ -1,11 +1,11 @@
 """Rank fusion and near-duplicate collapse: the two steps between the raw rankings and the top-k.
 
 Weighted reciprocal rank fusion (Cormack, Clarke & Büttcher 2009, with per-ranking weights as in
-Elasticsearch's and Vespa's weighted RRF): each ranking adds weight / (k + rank). On
-eval/retrieval_benchmark.py (README, Retrieval quality), dense weight 0.8 against BM25 0.2 gave recall@5
-level or +3 points over dense alone (MRR@10 −0.03 to +0.02), and beat the even 0.5/0.5 split on MRR@10
-on all four sets (+0.02 to +0.09); even weights let BM25's weaker top ranks push good dense passages
-down. On other authors' notes (issue 13) BM25 alone beat dense on MRR, which is why BM25 keeps a say.
+Elasticsearch's and Vespa's weighted RRF): each ranking adds weight / (k + rank). The product's weights
+(`Settings.dense_weight`, dense 0.65 against BM25 0.35) are chosen on the independent courses by the
+README's rule (`python eval/courses_benchmark.py`, README "Retrieval quality"); quiz-style questions by
+other authors lean on exact terms, where BM25 alone often ranks the evidence first, and even weights let
+BM25's weaker ranks push good dense passages down.
 
 Collapse: a course often holds the same text twice (a file and its copy, slides and the notes made
 from them); two copies of one passage in the top-k waste the prompt. A passage whose whitespace- and

@@ -2,7 +2,7 @@
 
 Every mode ranks *passages*: the chunks of the index are child windows of larger passages when the index
 was built with `child_tokens` (rag/retrieval/parent_child.py), and each passage scores as its best child;
-near-identical passages are collapsed (rag/retrieval/fusion.py). The default, hybrid with dense weight 0.8
+near-identical passages are collapsed (rag/retrieval/fusion.py). The default, hybrid with dense weight 0.65
 over child windows of 128 word pieces in passages of up to 254, and a quiz item searched as its stem and as
 its stem with options (`search_many`), is what holds under the independent evaluation (README, Retrieval
 quality: `python eval/courses_benchmark.py`).
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rag.config import Settings
 from rag.errors import RagError
 from rag.index.embeddings import Embedder
 from rag.index.store import VectorIndex, generation_stamp
@@ -75,7 +76,7 @@ class Retriever:
     top_k: int = 5
     rrf_k: int = 60
     auto_reload: bool = True
-    dense_weight: float = 0.8
+    dense_weight: float = Settings.model_fields["dense_weight"].default  # one default, the product's
     collapse_duplicates: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _passages: weakref.WeakKeyDictionary[VectorIndex, Passages] = field(
