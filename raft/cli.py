@@ -42,15 +42,17 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every sampling decision.")
 @click.option("--allow-no-quote", is_flag=True, help="Keep answers that quote nothing (default: reject them).")
 @click.option("--no-index", is_flag=True, help="Use the index as it is; don't update it from FOLDER first.")
+@click.option("--follow-outside-links", is_flag=True, default=None,
+              help="Also index links that lead outside FOLDER (skipped by default; RAG_FOLLOW_OUTSIDE_LINKS).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @index_dir_option
 @engine_options
 @user_errors
 def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: float, strategy: str,
              model: str | None, model_name: str | None, workers: int, max_new_tokens: int | None,
-             batch_size: int, answer_mode: str, limit: int | None, seed: int, allow_no_quote: bool, no_index: bool, as_json: bool,
-             index_dir: Path | None, engine: str, address: str | None, ray_workers: int | None,
-             gpus_per_worker: float) -> None:
+             batch_size: int, answer_mode: str, limit: int | None, seed: int, allow_no_quote: bool, no_index: bool,
+             follow_outside_links: bool | None, as_json: bool, index_dir: Path | None, engine: str,
+             address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
     """Generate (or resume) a RAFT dataset from the course files in FOLDER."""
     import contextlib
 
@@ -59,7 +61,8 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
 
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
-    settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens)
+    settings = load_settings(index_dir=index_dir, model=model, model_name=model_name, max_new_tokens=max_new_tokens,
+                             follow_outside_links=follow_outside_links or None)
     config = RaftConfig(corpus=str(folder), questions=questions, distractors=distractors, p=p, strategy=strategy,
                         seed=seed, require_quote=not allow_no_quote, limit=limit, workers=workers,
                         batch_size=batch_size, answer_mode=answer_mode)

@@ -43,6 +43,19 @@ def index_corpus(corpus: Path, settings: Settings, *, rebuild: bool = False,
                        follow_outside_links=settings.follow_outside_links)
 
 
+def index_report_lines(report: BuildReport) -> list[str]:
+    """What an index build did not take as it was, one line each, as `rag index` prints them on stderr:
+    each skipped file with its reason, each note (text dropped that no reader sees), each file whose previous
+    version was kept. Every command that indexes shows these, so nothing is left out without a word.
+
+    :param report: the build's report.
+    :returns: the lines, skips first.
+    """
+    return ([f"skipped {s.source}: {s.reason}" for s in report.skipped]
+            + [f"note {s.source}: {s.reason}" for s in report.notes]
+            + [f"kept the previously indexed version of {s}" for s in report.kept_previous])
+
+
 def open_retriever(settings: Settings) -> Retriever:
     """A retriever over settings.index_dir (raises IndexNotFound / IndexMismatch with a clear message)."""
     return Retriever(settings.index_dir, get_embedder(settings), settings.mode, settings.top_k, settings.rrf_k,

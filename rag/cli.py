@@ -101,7 +101,7 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
     """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
     import contextlib
 
-    from rag.api import index_corpus
+    from rag.api import index_corpus, index_report_lines
     from rag.common.progress import progress_bar
 
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
@@ -141,12 +141,8 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         return
-    for s in report.skipped:
-        click.echo(f"skipped {s.source}: {s.reason}", err=True)
-    for s in report.notes:
-        click.echo(f"note {s.source}: {s.reason}", err=True)
-    for s in report.kept_previous:
-        click.echo(f"kept the previously indexed version of {s}", err=True)
+    for line in index_report_lines(report):
+        click.echo(line, err=True)
     n_files = len(report.added) + len(report.changed) + len(report.unchanged) + len(report.kept_previous)
     if report.nothing_changed:
         click.echo(f"index is up to date: {n_files} files, {report.chunks_total} chunks, nothing changed "

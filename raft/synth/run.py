@@ -329,7 +329,7 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     the teacher on a Ray cluster instead (`generator` is then unused); its results are written here, to the
     same resumable dataset.
     """
-    from rag.api import generation_params, get_embedder, index_corpus
+    from rag.api import generation_params, get_embedder, index_corpus, index_report_lines
     from rag.api import get_generator as configured_generator
     from rag.index.store import VectorIndex
 
@@ -341,7 +341,9 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
         raise RagError(f"corpus folder {folder} does not exist: give a folder of .md/.txt/.pdf/.html files")
     writer = DatasetWriter(out_dir, config.run_record(settings))  # refuse other arguments before any work
     if index_first:
-        index_corpus(folder, settings, engine=engine.build_engine() if engine else None)
+        report = index_corpus(folder, settings, engine=engine.build_engine() if engine else None)
+        for line in index_report_lines(report):  # what the index left out is said, as `rag index` says it
+            print(f"raft: {line}", file=sys.stderr, flush=True)
     index = VectorIndex.load(settings.index_dir, get_embedder(settings))
     if len(index) < 2:
         raise RagError(f"the index of {folder} has {len(index)} chunk(s): RAFT needs an oracle and distractors")

@@ -87,3 +87,19 @@ def test_a_reply_that_is_not_utf8_is_a_rejected_sample(small_corpus: Path, tmp_p
     assert row["stage"] == "answer" and row["reason"] == "reply_not_utf8" and "not UTF-8" in row["raw"]
     assert "\ufffd" not in (out / REJECTED).read_text(encoding="utf-8")
     assert json.loads((out / STATS).read_text())["rejections"]["answer_reply_not_utf8"] == 1
+
+
+def test_what_the_index_left_out_is_said_and_links_out_need_the_opt_in(small_corpus: Path, tmp_path: Path,
+                                                                        teacher: FakeServer):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    (small_corpus / "week4-notes.txt").symlink_to(outside)
+    teacher.play(("hang",))
+    r = generate(small_corpus, tmp_path / "raft", teacher, RAG_MODEL_DEADLINE="0.5")
+    assert "raft: skipped week4-notes.txt: links outside the course folder" in r.stderr, r.stderr
+    assert "--follow-outside-links" in r.stderr
+    args = ["generate", str(small_corpus), "--out", str(tmp_path / "raft2"), "--index-dir", str(tmp_path / "index2"),
+            "--model", teacher.url, "--limit", "1", "--follow-outside-links", "--json"]
+    teacher.play(("hang",))
+    r2 = CliRunner().invoke(cli, args, env={"RAG_MODEL_DEADLINE": "0.5"})
+    assert "week4-notes.txt" not in r2.stderr, r2.stderr
