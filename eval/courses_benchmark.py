@@ -208,6 +208,8 @@ def summarize(rows: dict[str, dict[str, list]], pipelines: dict[str, dict[str, A
                 tables[grain][course] = {n: rank_summary(grain_ranks(by[n], grain)[1]) for n in names}
         tables[grain]["pooled (independent courses)"] = {n: pooled_summary(rows, n, grain) for n in names}
         comparisons[grain]["default − LangChain 1000/200 dense"] = compare(rows, "default", "LangChain 1000/200 dense", grain)
+        comparisons[grain]["default − LangChain 1000/200 dense, stem + options"] = compare(
+            rows, "default", "LangChain 1000/200 dense, stem + options", grain)
         comparisons[grain]["previous default − LangChain 1000/200 dense"] = compare(
             rows, "previous default", "LangChain 1000/200 dense", grain)
         for n in pipelines:
