@@ -132,8 +132,11 @@ def load_evidence(path: Path, lessons: Path, ids: Sequence[str]) -> dict[str, li
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RagError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or str(row.get("id")) not in known or not isinstance(row.get("spans"), list):
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("spans"), list):
             raise RagError(f"{where}: needs an \"id\" of the quiz and a \"spans\" list")
+        if str(row["id"]) not in known:
+            raise RagError(f"{where}: id {row['id']!r} is not a question of the quiz: give the evidence file made "
+                           "for this course's quiz")
         found = []
         for span in row["spans"]:
             found.append(_span_text(span, row.get("sha256") or {}, lessons, texts, digests, where))

@@ -102,7 +102,8 @@ def test_evidence_made_for_another_version_of_a_file_is_refused(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"id": "nope", "spans": []}, "needs an \"id\" of the quiz"),
+    ({"id": "nope", "spans": []}, "id 'nope' is not a question of the quiz"),
+    ({"spans": []}, "needs an \"id\" of the quiz"),
     ({"id": "q1", "spans": [{"file": "01-lora.md", "start": 10, "end": 10_000}]}, "does not fit"),
     ({"id": "q1", "spans": [{"file": "../quiz.jsonl", "start": 0, "end": 5}]}, "is not a file of"),
     ({"id": "q1", "spans": [{"file": "01-lora.md", "start": "0", "end": 5}]}, "character offsets"),
