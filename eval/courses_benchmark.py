@@ -104,6 +104,38 @@ def ranked(hits: list[list[str]]) -> list[Any]:
     return [SimpleNamespace(chunk=SimpleNamespace(source=s, text=t)) for s, t in hits]
 
 
+_BUILT: dict[str, Any] = {}  # (course, settings) -> the product's retriever, built once a run
+
+
+def product_retriever(course: Any, embedder: Any, settings: dict[str, Any], work: Path) -> Any:
+    """The product's retriever over `course` with `settings` (their index settings), built once a run."""
+    from rag.evaluation.compare import build_product
+
+    key = json.dumps([course.name, {k: v for k, v in settings.items() if k in SETTINGS}], sort_keys=True)
+    if key not in _BUILT:
+        overrides = {k: v for k, v in settings.items() if k in SETTINGS}
+        _BUILT[key] = build_product(course.lessons, embedder, overrides, work)[0]
+    return _BUILT[key]
+
+
+def product_searcher(retriever: Any, settings: dict[str, Any], k: int) -> Any:
+    """question row -> the top k, searched as `settings["query"]` says ("product": as the product does)."""
+    from rag.evaluation.retrieval import product_search
+
+    mode, how = settings.get("mode", "hybrid"), settings.get("query", "stem")
+    if how == "product":
+        return lambda q: product_search(retriever, q, k, mode)
+    return lambda q: retriever.search(query_text(q, how), k=k, mode=mode)
+
+
+def versions() -> dict[str, int]:
+    """The loader and chunker versions: the text a pipeline reads changes with them, so every key holds them."""
+    from rag.ingest.chunking import CHUNKER_VERSION
+    from rag.ingest.loaders import LOADER_VERSION
+
+    return {"loader": LOADER_VERSION, "chunker": CHUNKER_VERSION}
+
+
 def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]], cache: Path, work: Path,
                    ) -> dict[str, list[dict[str, Any]]]:
     """{pipeline: per-question rows} for the LangChain baselines and each product setting.
@@ -111,22 +143,15 @@ def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, An
     The top-10 passages of every question are cached (outside the repository: they hold course text), so
     a changed evidence file or metric re-scores without rebuilding an index.
     """
-    from rag.evaluation.compare import LangChainBaseline, build_product
+    from rag.evaluation.compare import LangChainBaseline
     from rag.evaluation.courses import question_ranks
-    from rag.evaluation.retrieval import product_search
     from rag.retrieval.fusion import rrf as fuse
 
-    from rag.ingest.chunking import CHUNKER_VERSION
-    from rag.ingest.loaders import LOADER_VERSION
+    stamp = {"course": course.name, "questions": [[q["id"], q["question"]] for q in course.questions], **versions()}
 
-    # the text a pipeline reads changes with the loaders and the chunker: their versions are in every key
-    stamp = {"course": course.name, "questions": [[q["id"], q["question"]] for q in course.questions],
-             "loader": LOADER_VERSION, "chunker": CHUNKER_VERSION}
-    top = {}
-
-    def hits_of(search: Any, query: str = "stem") -> dict[str, list]:
-        return {str(q["id"]): [[h.chunk.source, h.chunk.text] for h in search(query_text(q, query))[:10]]
-                for q in course.questions}
+    def hits_of(search: Any) -> dict[str, list]:
+        """{question id: [[source, text], ...]} of the top 10 for each question row."""
+        return {str(q["id"]): [[h.chunk.source, h.chunk.text] for h in search(q)[:10]] for q in course.questions}
 
     def langchain() -> dict[str, dict]:
         lc = LangChainBaseline(course.lessons, embedder)
@@ -137,23 +162,16 @@ def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, An
             by_id = {h.chunk.id: h for r in runs for h in r}
             return [by_id[i] for i, _ in fuse([[h.chunk.id for h in r] for r in runs], 60)[:10]]
 
-        return {"LangChain 1000/200 dense": hits_of(lambda q: dense.search(q, 10)),
-                "LangChain 1000/200 dense, stem + options": hits_of(lambda q: dense.search(q, 10), "options"),
-                "LangChain 1000/200 bm25": hits_of(lambda q: bm25.search(q, 10)),
-                "LangChain 1000/200 RRF": hits_of(rrf)}
+        return {"LangChain 1000/200 dense": hits_of(lambda q: dense.search(q["question"], 10)),
+                "LangChain 1000/200 dense, stem + options": hits_of(lambda q: dense.search(query_text(q, "options"), 10)),
+                "LangChain 1000/200 bm25": hits_of(lambda q: bm25.search(q["question"], 10)),
+                "LangChain 1000/200 RRF": hits_of(lambda q: rrf(q["question"]))}
 
     folder = cache / course.name.split(" ")[0]
-    top.update(cached(folder / "langchain", {**stamp, "v": 3}, langchain))
+    top = dict(cached(folder / "langchain", {**stamp, "v": 3}, langchain))
     for name, settings in pipelines.items():
         def product(settings: dict[str, Any] = settings) -> dict:
-            mode = settings.get("mode", "hybrid")
-            overrides = {k: v for k, v in settings.items() if k in SETTINGS}
-            retriever, _, _ = build_product(course.lessons, embedder, overrides, work)
-            how = settings.get("query", "stem")
-            if how == "product":
-                return {str(q["id"]): [[h.chunk.source, h.chunk.text] for h in product_search(retriever, q, 10, mode)]
-                        for q in course.questions}
-            return hits_of(lambda q: retriever.search(q, k=10, mode=mode), how)
+            return hits_of(product_searcher(product_retriever(course, embedder, settings, work), settings, 10))
 
         top[name] = cached(folder / "product", {**stamp, "settings": settings, "v": 2}, product)
         print(f"  {course.name}: {name} done", file=sys.stderr, flush=True)
@@ -167,7 +185,6 @@ def choice_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]]
     """{pipeline: choice_block} for the named pipelines, with the model `model = auto` picks for the course."""
     from rag.api import get_generator
     from rag.config import Settings
-    from rag.evaluation.compare import build_product
     from rag.evaluation.course_run import choice_block, score_choices
 
     out = {}
@@ -175,19 +192,14 @@ def choice_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]]
         settings = pipelines[name]
 
         def make(settings: dict[str, Any] = settings) -> list:
-            overrides = {k: v for k, v in settings.items() if k in SETTINGS}
-            retriever, _, _ = build_product(course.lessons, embedder, overrides, work)
-            run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, **overrides,
-                           mode=settings.get("mode", "hybrid"))
-            stem = None if settings.get("query") == "product" else (
-                lambda q: retriever.search(query_text(q, settings.get("query", "stem")), k=run.top_k, mode=run.mode))
-            return score_choices(course, retriever, run, get_generator(run), search=stem)
-
-        from rag.ingest.chunking import CHUNKER_VERSION
-        from rag.ingest.loaders import LOADER_VERSION
+            retriever = product_retriever(course, embedder, settings, work)
+            run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons,
+                           **{k: v for k, v in settings.items() if k in SETTINGS}, mode=settings.get("mode", "hybrid"))
+            return score_choices(course, retriever, run, get_generator(run),
+                                 search=product_searcher(retriever, settings, run.top_k))
 
         key = {"course": course.name, "questions": [q["id"] for q in course.questions], "settings": settings,
-               "loader": LOADER_VERSION, "chunker": CHUNKER_VERSION, "v": 1}
+               **versions(), "v": 1}
         rows = cached(cache / course.name.split(" ")[0] / "choices", key, make)
         out[name] = choice_block(rows)
         print(f"  {course.name}: choices of {name} done", file=sys.stderr, flush=True)

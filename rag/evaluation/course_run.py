@@ -42,12 +42,12 @@ def retrieval_block(rows: dict[str, list[dict[str, Any]]], baseline: str | None)
     :param baseline: the pipeline the others are compared with (None: no comparison).
     :returns: {"summary": {pipeline: {grain: rank_summary}}, "vs_baseline": {pipeline: {grain: paired}}}.
     """
-    out: dict[str, Any] = {"summary": {}, "vs_baseline": {}}
-    for name, r in rows.items():
-        out["summary"][name] = {g: rank_summary(grain_ranks(r, g)[1]) for g in GRAINS if grain_ranks(r, g)[0]}
-        if baseline and name != baseline and baseline in rows:
-            out["vs_baseline"][name] = {g: paired(grain_ranks(r, g)[1], grain_ranks(rows[baseline], g)[1])
-                                        for g in GRAINS if grain_ranks(r, g)[0]}
+    ranks = {name: {g: grain_ranks(r, g)[1] for g in GRAINS if grain_ranks(r, g)[0]} for name, r in rows.items()}
+    out: dict[str, Any] = {"summary": {name: {g: rank_summary(v) for g, v in by.items()} for name, by in ranks.items()},
+                           "vs_baseline": {}}
+    if baseline in ranks:
+        out["vs_baseline"] = {name: {g: paired(v, ranks[baseline][g]) for g, v in by.items()}
+                              for name, by in ranks.items() if name != baseline}
     return out
 
 
@@ -116,9 +116,8 @@ def evaluate_course(course: Course, settings: Any, embedder: Any, *,
         overrides = settings.model_dump(exclude={"index_dir", "corpus_dir"})
         retriever, build_s, _ = build_product(course.lessons, embedder, overrides, Path(work))
         if baseline:
-            lc = LangChainBaseline(course.lessons, embedder)
-            rows["retrieval"][BASELINE] = score_retrieval(lambda q: lc.searcher("dense").search(q["question"], 10),
-                                                          course)
+            dense = LangChainBaseline(course.lessons, embedder).searcher("dense")
+            rows["retrieval"][BASELINE] = score_retrieval(lambda q: dense.search(q["question"], 10), course)
         rows["retrieval"][product] = score_retrieval(lambda q: product_search(retriever, q, 10, settings.mode),
                                                      course)
         report: dict[str, Any] = {"course": course.name, "n": len(course.questions), "notes": course.notes,
