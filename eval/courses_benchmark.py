@@ -180,28 +180,40 @@ def retrieval_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, An
             for name, by_q in top.items()}
 
 
+def default_pipeline() -> dict[str, Any]:
+    """The product's current settings as a pipeline of this benchmark (searched as the product searches)."""
+    from rag.config import Settings
+
+    return {**{k: getattr(Settings(), k) for k in SETTINGS}, "mode": Settings().mode, "query": "product"}
+
+
+def cached_choice_rows(course: Any, embedder: Any, settings: dict[str, Any], cache: Path, work: Path) -> list:
+    """`course_run.score_choices` rows of `course` under `settings` (the model's ways and the product's
+    choice), cached: the model's log-likelihoods are the slow part."""
+    from rag.api import get_generator
+    from rag.config import Settings
+    from rag.evaluation.course_run import score_choices
+
+    def make() -> list:
+        retriever = product_retriever(course, embedder, settings, work)
+        run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons,
+                       **{k: v for k, v in settings.items() if k in SETTINGS}, mode=settings.get("mode", "hybrid"))
+        return score_choices(course, retriever, run, get_generator(run),
+                             search=product_searcher(retriever, settings, run.top_k))
+
+    key = {"course": course.name, "questions": [q["id"] for q in course.questions], "settings": settings,
+           **versions(), "v": 1}
+    return cached(cache / course.name.split(" ")[0] / "choices", key, make)
+
+
 def choice_rows(course: Any, embedder: Any, pipelines: dict[str, dict[str, Any]], cache: Path, work: Path,
                 names: tuple[str, ...] = ("previous default", "default")) -> dict[str, dict[str, Any]]:
     """{pipeline: choice_block} for the named pipelines, with the model `model = auto` picks for the course."""
-    from rag.api import get_generator
-    from rag.config import Settings
-    from rag.evaluation.course_run import choice_block, score_choices
+    from rag.evaluation.course_run import choice_block
 
     out = {}
     for name in dict.fromkeys(names):
-        settings = pipelines[name]
-
-        def make(settings: dict[str, Any] = settings) -> list:
-            retriever = product_retriever(course, embedder, settings, work)
-            run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons,
-                           **{k: v for k, v in settings.items() if k in SETTINGS}, mode=settings.get("mode", "hybrid"))
-            return score_choices(course, retriever, run, get_generator(run),
-                                 search=product_searcher(retriever, settings, run.top_k))
-
-        key = {"course": course.name, "questions": [q["id"] for q in course.questions], "settings": settings,
-               **versions(), "v": 1}
-        rows = cached(cache / course.name.split(" ")[0] / "choices", key, make)
-        out[name] = choice_block(rows)
+        out[name] = choice_block(cached_choice_rows(course, embedder, pipelines[name], cache, work))
         print(f"  {course.name}: choices of {name} done", file=sys.stderr, flush=True)
     return out
 
@@ -350,7 +362,7 @@ def main() -> None:
     from rag.config import Settings
 
     started = time.time()
-    current = {**{k: getattr(Settings(), k) for k in SETTINGS}, "mode": Settings().mode, "query": "product"}
+    current = default_pipeline()
     pipelines = {"previous default": PREVIOUS, "default": current,
                  **{n: {**PREVIOUS, **CANDIDATES[n]} for n in args.candidates.split(";") if n}}
     embedder = get_embedder(Settings())

@@ -1,23 +1,30 @@
-"""Multiple-choice questions: the options a student pasted under the question, and the one the passages support.
+"""Multiple-choice questions: the options a student pasted under the question, and the ones the passages support.
 
-Students paste quiz items into a course assistant ("Which of the following…" with options A-D). Each
-option gets two scores, combined as the grounded quote choice combines its two (`grounding.combine`:
-standardised over the options, `weight` on the retriever):
+Students paste quiz items into a course assistant ("Which of the following…" with options A-D, true/false
+statements, "select all that apply", fill-in-the-blank stems). Each option is turned into the statement a
+student makes by choosing it (`claim`: written into the stem's blank, else after the stem), and the claim is
+scored against the sentences of the passages given to the model (`claim_support`: the retriever's embedder,
+its best cosine with a candidate sentence of `grounding.quote_candidates`, boilerplate and the quiz item
+restated in the course excluded, `restated_options`). Then the item's kind decides:
 
-* support: the retriever's embedder, the option's best cosine with a sentence of the passages given to the
-  model (the candidate sentences of `grounding.quote_candidates`, boilerplate excluded, and the options
-  themselves excluded where the course holds the quiz item: `restated_options`): how directly the course
-  states it;
-* model: the option's log-likelihood per UTF-8 byte as the start of the model's reply to the RAG prompt, as
-  lm-evaluation-harness scores options (acc_norm, `rag.evaluation.loglik`).
+* an "all / both of the above" option (`option_kind`) wins when every plain option is about as well stated
+  as the best one (support spread <= ALL_MARGIN); a "none of the above" option wins when no plain option
+  reaches NONE_FLOOR; otherwise the best-supported plain option wins;
+* "select all that apply" (`asks_for_several`) chooses the best option and any within SET_MARGIN of it;
+* true/false (`is_true_false`): the embedder cannot tell a statement from its altered copy, so the model
+  reads the statement's closest sentences and its preference for "True" over "False" is compared with its
+  preference closed book (the passages' effect, as context-aware decoding contrasts the two; Shi et al.
+  2023); a model without log-probabilities falls back to the claims.
 
-Measured on the dev quiz (the course without its quizzes, 17 multiple-choice items, bundled 135M model,
-`python eval/answers_benchmark.py --modes ""`): closed book 0.529; the model's scores with the passages
-0.471, so the passages did not help the model; CAD's contrast of the two (Shi et al. 2023, "Trusting Your
-Evidence", alpha 0.5-4) 0.353-0.412; support alone 0.647; support and model mixed at weight 0.25-0.75
-0.471-0.647. So the default weight is 1.0: the option the passages state wins, and the model is not
-asked (a stronger model can be given a share with `choice_retriever_weight`). 17 items are few: one item is
-5.9 points (README "Answers").
+Why these, measured on the two independent courses' own quizzes (265 items, bundled 135M model, the
+product's passages; `python eval/choices_benchmark.py`, docs in README "Answers" and
+eval/results/courses/choices_benchmark.md): the bare option's support (the previous method) was right on
+0.434 pooled against closed book's 0.355; the model's option scores with the passages on 0.366, so the small
+model does not read the passages when it scores options, and mixing them in lowered every combination
+tried; the claims raised it on both courses. The margins were measured across courses: ALL_MARGIN chosen on
+one course and applied to the other kept its accuracy both ways; for sets, treating the quizzes' items as
+"select all that apply" (an "all of the above" key is the set of every plain option), every margin wider
+than 0 lost, so SET_MARGIN is 0 until a quiz with such items says otherwise.
 
 Parsing is by hand because no library reads options from free text; the markers are the ones quiz
 exports and students use: lettered options (`A.`, `b)`, `(C)`), check boxes (`- [ ]`, `- [x]`), ballot
@@ -42,6 +49,21 @@ RETRIEVER_WEIGHT = 1.0
 MIN_OPTIONS = 2
 MAX_OPTIONS = 8
 
+#: An "all of the above" option wins when every plain option's support is within this cosine of the best
+#: one's (module docstring: measured across the two independent courses).
+ALL_MARGIN = 0.3
+#: A "none of the above" option wins when no plain option's support reaches this cosine (the 5th percentile
+#: of the right options' support on the independent courses).
+NONE_FLOOR = 0.48
+#: "Select all that apply": the options within this cosine of the best one are chosen with it (measured: 0,
+#: the best option alone, won at every wider margin tried).
+SET_MARGIN = 0.0
+
+_ALL_OPTION = re.compile(r"^\s*(?:both|all)\b|\b(?:[a-d] and [a-d]|of the above|of these|the above)\b", re.IGNORECASE)
+_NONE_OPTION = re.compile(r"^\s*none\b|\bneither\b", re.IGNORECASE)
+_BLANK = re.compile(r"_{2,}|…|\.{3}")
+_MULTI = re.compile(r"\b(?:select|choose|check|mark|pick|tick)\s+(?:all|every|each|two|three|four|2|3|4)\b|"
+                    r"\ball that apply\b|\(\s*(?:two|three|2|3)\s+answers?\s*\)", re.IGNORECASE)
 _LETTERED = re.compile(r"^\s*(?:[-*+•]\s+)?\(?([A-Ha-h])[.):](?:\s+|$)(.*)$")
 _BOXED = re.compile(r"^\s*(?:[-*+•]\s+)?(?:\[[ xX]\]|[☐☒☑])\s*(.+)$")
 _BULLET = re.compile(r"^\s*[-*+•]\s+(.+)$")
@@ -66,11 +88,19 @@ class Choice:
     :param stem: the question without its options (whitespace kept as typed).
     :param options: the option texts, markers stripped, in the order given.
     :param labels: the label of each option as the student wrote it ("A", "B"…; "1", "2"… when unlabelled).
+    :param multi: the stem asks for every right option ("select all that apply", "choose two", "which of
+        these are…").
     """
 
     stem: str
     options: tuple[str, ...]
     labels: tuple[str, ...]
+    multi: bool = False
+
+
+def asks_for_several(stem: str) -> bool:
+    """Whether a stem asks for every right option ("Select all that apply", "Choose two", "(2 answers)")."""
+    return bool(_MULTI.search(stem))
 
 
 def parse_choice(question: str) -> Choice | None:
@@ -109,7 +139,7 @@ def parse_choice(question: str) -> Choice | None:
             labels.append(m.group(1).upper() if pattern is _LETTERED else str(n))
         else:
             if len({o.lower() for o in options}) == len(options):
-                return Choice(stem, tuple(options), tuple(labels))
+                return Choice(stem, tuple(options), tuple(labels), asks_for_several(stem))
     return None
 
 
@@ -138,22 +168,67 @@ def restated_options(passages: Sequence[str], options: Sequence[str]) -> frozens
     return frozenset(out)
 
 
-def option_support(options: Sequence[str], passages: Sequence[str], embedder: Any,
-                   exclude: Collection[str] = ()) -> list[float]:
-    """Each option's best cosine with a candidate sentence of `passages` (0.0 for all when none has one).
+def option_kind(option: str) -> str:
+    """What an option stands for: "all" (every other option: "all of the above", "both", "a and b"), "none"
+    ("none of the above"), or "plain" (a statement of its own).
 
-    :param options: the option texts.
+    :param option: the option text, marker stripped.
+    :returns: "all", "none" or "plain".
+    """
+    if _NONE_OPTION.search(option):
+        return "none"
+    return "all" if _ALL_OPTION.search(option) else "plain"
+
+
+def is_true_false(options: Sequence[str]) -> bool:
+    """True for a true/false item: exactly two options, "true" and "false" (or "yes" and "no"), any case."""
+    return len(options) == 2 and {o.strip().strip(".").lower() for o in options} in ({"true", "false"}, {"yes", "no"})
+
+
+def claim(stem: str, option: str) -> str:
+    """The statement a student makes by choosing `option`: the option written into the stem's blanks
+    ("A perceptron is a ___ model" + "binary classification"; several blanks take a comma-separated option
+    in order), else the stem followed by the option ("The AI winter occurred in" + "the 1970s").
+
+    :param stem: the question without its options.
+    :param option: one option text.
+    :returns: one sentence-like claim.
+    """
+    blanks = _BLANK.findall(stem)
+    if not blanks:
+        return f"{stem.strip()} {option.strip()}"
+    parts = [p.strip() for p in option.split(",")]
+    if len(blanks) == 1 or len(parts) != len(blanks):
+        parts = [option.strip()] * len(blanks)
+    out = stem.strip()
+    for part in parts:
+        out = _BLANK.sub(lambda _m, part=part: part, out, count=1)
+    return out
+
+
+def claim_support(claims: Sequence[str], passages: Sequence[str], embedder: Any,
+                  exclude: Collection[str] = ()) -> list[float]:
+    """Each claim's best cosine with a candidate sentence of `passages` (0.0 for all when none has one).
+
+    :param claims: statements (`claim`), or bare option texts.
     :param passages: the passage texts given to the model.
     :param embedder: the retriever's embedder (`encode(list[str]) -> (n, dim)` unit vectors).
-    :param exclude: sentences never to count (`grounding.boilerplate_sentences`).
-    :returns: one cosine in [-1, 1] per option.
+    :param exclude: sentences never to count (boilerplate, the quiz item restated).
+    :returns: one cosine in [-1, 1] per claim.
     """
     sentences = [c for text in passages for c in quote_candidates(text, exclude=exclude)]
-    if not sentences or not options:
-        return [0.0] * len(options)
-    vecs = np.asarray(embedder.encode([*options, *sentences]), dtype=float)
-    sims = vecs[: len(options)] @ vecs[len(options):].T
+    if not sentences or not claims:
+        return [0.0] * len(claims)
+    vecs = np.asarray(embedder.encode([*claims, *sentences]), dtype=float)
+    sims = vecs[: len(claims)] @ vecs[len(claims):].T
     return [float(x) for x in sims.max(axis=1)]
+
+
+def option_support(options: Sequence[str], passages: Sequence[str], embedder: Any,
+                   exclude: Collection[str] = ()) -> list[float]:
+    """Each bare option's best cosine with a candidate sentence of `passages` (`claim_support` of the options
+    alone, without the stem): the support the product used before claims, kept as the evaluation's baseline."""
+    return claim_support(options, passages, embedder, exclude)
 
 
 def option_logprobs(generator: Generator, messages: Messages, options: Sequence[str]) -> list[float]:
@@ -170,41 +245,120 @@ def option_logprobs(generator: Generator, messages: Messages, options: Sequence[
 
 @dataclass
 class Picked:
-    """The chosen option and the scores that chose it (one float per option, in the given order)."""
+    """The chosen options and the scores that chose them (one float per option, in the given order).
 
-    index: int
+    :param chosen: indexes of the chosen options, ascending (one for a single-answer item).
+    :param scores: the combined score of each option (an "all"/"none" option scores as its rule decided).
+    :param support: each option's claim support (cosine).
+    :param model: the model's per-byte log-probability of each option, or None when it was not asked.
+    :param rule: how the choice was made: "best", "all", "none", "set", "true-false".
+    """
+
+    chosen: tuple[int, ...]
     scores: list[float]
     support: list[float]
     model: list[float] | None
+    rule: str = "best"
+
+    @property
+    def index(self) -> int:
+        """The first chosen option."""
+        return self.chosen[0]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: index and the score lists, rounded (model None when the model was not asked)."""
-        return {"index": self.index, "scores": [round(s, 5) for s in self.scores],
-                "support": [round(s, 5) for s in self.support],
+        """JSON form: chosen, index, rule and the score lists, rounded (model None when not asked)."""
+        return {"index": self.index, "chosen": list(self.chosen), "rule": self.rule,
+                "scores": [round(s, 5) for s in self.scores], "support": [round(s, 5) for s in self.support],
                 "model": None if self.model is None else [round(s, 5) for s in self.model]}
 
 
-def pick_option(generator: Generator, messages: Messages, options: Sequence[str], passages: Sequence[str],
-                embedder: Any, weight: float = RETRIEVER_WEIGHT, exclude: Collection[str] = ()) -> Picked:
-    """The option the passages support most: support and model scores combined (`grounding.combine`).
+def _decide(choice: Choice, scores: np.ndarray, support: np.ndarray) -> tuple[tuple[int, ...], str]:
+    """The chosen options from the combined scores (plain options) and the raw supports (the rules'
+    margins are in cosine units): module docstring."""
+    kinds = [option_kind(o) for o in choice.options]
+    plain = [i for i, k in enumerate(kinds) if k == "plain"]
+    if not plain:
+        return (int(np.argmax(scores)),), "best"
+    best = max(plain, key=lambda i: scores[i])
+    spread = float(support[plain].max() - support[plain].min())
+    if "all" in kinds and len(plain) >= 2 and spread <= ALL_MARGIN:
+        return (kinds.index("all"),), "all"
+    if "none" in kinds and float(support[plain].max()) < NONE_FLOOR:
+        return (kinds.index("none"),), "none"
+    if choice.multi:
+        top = float(support[best])
+        chosen = sorted({best, *(i for i in plain if support[i] >= top - SET_MARGIN)})
+        return tuple(chosen), "set"
+    return (best,), "best"
 
-    :param generator: the chat model; asked only when weight < 1 and it `supports_logprobs`.
+
+#: Evidence sentences (closest to the statement) the model reads for a true/false item.
+TRUE_FALSE_EVIDENCE = 3
+
+
+def true_false_messages(statement: str, evidence: Sequence[str]) -> Messages:
+    """The prompt a true/false item is judged with: the evidence sentences (none: closed book), the statement,
+    and the request to answer True or False."""
+    context = "Course text:\n" + "\n".join(evidence) + "\n\n" if evidence else ""
+    where = " according to the course text" if evidence else ""
+    return [{"role": "user", "content": f"{context}Statement: {statement.strip()}\n\n"
+                                        f"Is the statement true or false{where}? Answer True or False."}]
+
+
+def _pick_true_false(generator: Generator, choice: Choice, passages: Sequence[str], embedder: Any,
+                     exclude: Collection[str]) -> Picked:
+    """A true/false item: the model's preference for each answer given the statement's closest sentences,
+    minus its preference closed book (the passages' effect, as context-aware decoding contrasts the two:
+    Shi et al. 2023); without log-probabilities, the claims' support."""
+    options = list(choice.options)
+    sentences = [c for text in passages for c in quote_candidates(text, exclude=exclude)]
+    if not sentences or not generator.supports_logprobs:
+        support = claim_support([claim(choice.stem, o) for o in options], passages, embedder, exclude)
+        return Picked((int(np.argmax(support)),), support, support, None, "true-false")
+    vecs = np.asarray(embedder.encode([choice.stem, *sentences]), dtype=float)
+    order = np.argsort(-(vecs[1:] @ vecs[0]))[:TRUE_FALSE_EVIDENCE]
+    evidence = [sentences[i] for i in sorted(order)]
+    answers = ["True", "False"] if options[0].strip().strip(".").lower() in ("true", "false") else ["Yes", "No"]
+    read = [t for t, _ in generator.continuation_logprobs(true_false_messages(choice.stem, evidence), "", answers)]
+    prior = [t for t, _ in generator.continuation_logprobs(true_false_messages(choice.stem, ()), "", answers)]
+    lean = (read[0] - read[1]) - (prior[0] - prior[1])  # > 0: the passages move the model towards "true"
+    first_is_true = options[0].strip().strip(".").lower() in ("true", "yes")
+    scores = [lean, -lean] if first_is_true else [-lean, lean]
+    sims = [float(vecs[1:][i] @ vecs[0]) for i in order]
+    return Picked((int(np.argmax(scores)),), scores, [max(sims)] * 2, [read[0] - read[1]] * 2, "true-false")
+
+
+def pick_option(generator: Generator, messages: Messages, choice: Choice, passages: Sequence[str],
+                embedder: Any, weight: float = RETRIEVER_WEIGHT, exclude: Collection[str] = ()) -> Picked:
+    """The option(s) the passages support: each option as a claim (`claim`) scored against the passages'
+    sentences (`claim_support`), mixed with the model's option scores when weight < 1 (`grounding.combine`),
+    then the rules for "all/both of the above", "none of the above", "select all that apply" and true/false
+    (module docstring).
+
+    :param generator: the chat model; asked only when weight < 1 and it declares `supports_logprobs`, or for a
+        true/false item when it does.
     :param messages: the RAG prompt (passages + question) the model sees.
-    :param options: the option texts (each non-empty).
+    :param choice: the parsed item (stem, options, whether several answers are wanted).
     :param passages: the passage texts of that prompt.
     :param embedder: the retriever's embedder.
-    :param weight: the support's share, 0..1 (1.0 = support alone).
-    :param exclude: sentences never to count as support (`grounding.boilerplate_sentences`); the options
-        restated in the passages (`restated_options`) never count either.
-    :returns: Picked (index of the best option, its scores).
+    :param weight: the claim support's share, 0..1 (1.0 = support alone).
+    :param exclude: sentences never to count as support (boilerplate); the quiz item restated in the passages
+        (`restated_options`) never counts either.
+    :returns: Picked (the chosen options, their scores, the rule that chose).
     :raises GeneratorError: when the model fails while scoring.
     """
-    support = option_support(options, passages, embedder, frozenset(exclude) | restated_options(passages, options))
+    options = list(choice.options)
+    exclude = frozenset(exclude) | restated_options(passages, [*options, choice.stem])
+    if is_true_false(options):
+        return _pick_true_false(generator, choice, passages, embedder, exclude)
+    support = np.asarray(claim_support([claim(choice.stem, o) for o in options], passages, embedder, exclude))
     model = (option_logprobs(generator, messages, options)
              if weight < 1.0 and generator.supports_logprobs else None)
-    scores = [float(x) for x in combine(model, support, weight)]
-    best = max(range(len(options)), key=scores.__getitem__)
-    return Picked(best, scores, support, model)
+    scores = np.asarray(combine(model, support, weight), dtype=float)
+    chosen, rule = _decide(choice, scores, support)
+    return Picked(chosen, [float(x) for x in scores], [float(x) for x in support], model, rule)
 
 
-__all__ = ["RETRIEVER_WEIGHT", "Choice", "parse_choice", "restated_options", "option_support", "option_logprobs", "Picked", "pick_option"]
+__all__ = ["RETRIEVER_WEIGHT", "ALL_MARGIN", "NONE_FLOOR", "SET_MARGIN", "TRUE_FALSE_EVIDENCE", "Choice", "asks_for_several", "parse_choice", "restated_options",
+           "option_kind", "is_true_false", "true_false_messages", "claim", "claim_support", "option_support", "option_logprobs", "Picked",
+           "pick_option"]

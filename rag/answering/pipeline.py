@@ -226,11 +226,11 @@ class Response:
         exclude = p.boilerplate()
         if choice is not None:  # a pasted quiz item: pick an option first, then quote what supports it
             exclude = exclude | choices.restated_options(texts, [*choice.options, choice.stem])  # no support, no quote
-            picked = choices.pick_option(p.generator, self.messages, choice.options, texts, p.retriever.embedder,
+            picked = choices.pick_option(p.generator, self.messages, choice, texts, p.retriever.embedder,
                                          p.choice_retriever_weight, exclude)
-            self.choice = {"label": choice.labels[picked.index], "option": choice.options[picked.index],
-                           **picked.to_dict()}
-            about = f"{choice.stem} {choice.options[picked.index]}"
+            self.choice = {"label": ", ".join(choice.labels[i] for i in picked.chosen),
+                           "option": "; ".join(choice.options[i] for i in picked.chosen), **picked.to_dict()}
+            about = choices.claim(choice.stem, self.choice["option"])
             self.timings["choice"] = time.perf_counter() - t0
         quote = grounding.choose_quote(p.generator, self.messages, about, texts, p.retriever.embedder,
                                        weight=p.retriever_weight, exclude=exclude)

@@ -73,12 +73,17 @@ def _mean(values: list[float]) -> float | None:
 
 
 def score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget: int, embedder: Any,
-              exclude: frozenset[str] = frozenset(), weight: float | None = None) -> dict[str, Any]:
+             exclude: frozenset[str] = frozenset(), weight: float | None = None) -> dict[str, Any]:
     """One multiple-choice question scored three ways: the model closed book, the model with the passages
-    (`rag_plain`), and the product's grounded choice (`rag`, as rag.answering.choices.pick_option makes it:
-    the options' support in the passages, `exclude` never counted, and at `weight` < 1 the model's scores
-    with the passages; default weight choices.RETRIEVER_WEIGHT)."""
-    from rag.answering.choices import RETRIEVER_WEIGHT, pick_option, restated_options
+    (`rag_plain`), and the product's choice (`rag`: rag.answering.choices.pick_option on the same passages,
+    `exclude` never counted, at `weight` < 1 mixed with the model's scores; default choices.RETRIEVER_WEIGHT).
+
+    The product's choice is right when the set it chose is the key's set (every correct option, no wrong
+    one); the model's ways are right when every correct option outscores every wrong one (`mc_correct`).
+
+    :returns: {"correct", "closed_book", "rag_plain", "rag"}, each way with "right" and "predicted".
+    """
+    from rag.answering.choices import RETRIEVER_WEIGHT, Choice, asks_for_several, pick_option
     from rag.evaluation.loglik import option_scores
 
     weight = RETRIEVER_WEIGHT if weight is None else weight
@@ -91,10 +96,11 @@ def score_mc(generator: Any, q: dict[str, Any], hits: list[Hit], k: int, budget:
         out[name] = {"right": mc_correct(norm, correct), "predicted": mc_predicted(norm, len(correct)),
                      "options": [s.to_dict() for s in scored]}
     texts = [h.chunk.text for h in used]
-    picked = pick_option(generator, rag_msgs, options, texts, embedder, weight,
-                         exclude | restated_options(texts, [*options, q["question"]]))
-    out["rag"] = {"right": mc_correct(picked.scores, correct), "predicted": mc_predicted(picked.scores, len(correct)),
-                  "weight": weight, **{k: v for k, v in picked.to_dict().items() if k in ("support", "scores")}}
+    choice = Choice(q["question"], tuple(options), tuple(chr(65 + i) for i in range(len(options))),
+                    multi=asks_for_several(q["question"]))
+    picked = pick_option(generator, rag_msgs, choice, texts, embedder, weight, exclude)
+    out["rag"] = {"right": set(picked.chosen) == set(correct), "predicted": list(picked.chosen), "weight": weight,
+                  **{k: v for k, v in picked.to_dict().items() if k in ("support", "scores", "rule")}}
     out["rag"]["passages"] = out["rag_plain"]["passages"] = len(used)
     return out
 

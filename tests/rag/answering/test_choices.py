@@ -63,8 +63,11 @@ def test_support_is_the_best_cosine_with_a_sentence_of_the_passages(embedder):
     assert option_support(["Temperature"], passages[1:], embedder,
                           exclude={"Temperature controls the randomness of sampling."}) == [0.0]
     # weight 1.0: the support decides and the model is not asked (None cannot score anything)
-    picked = pick_option(None, [], options, passages, embedder, 1.0)
-    assert picked.model is None and picked.index == max(range(3), key=support.__getitem__)
+    item = Choice("Which of these is stated?", tuple(options), ("A", "B", "C"))
+    picked = pick_option(None, [], item, passages, embedder, 1.0)
+    claims = choices.claim_support([choices.claim(item.stem, o) for o in options], passages, embedder)
+    assert picked.model is None and picked.rule == "best"
+    assert picked.support == pytest.approx(claims, abs=1e-5) and picked.index == max(range(3), key=claims.__getitem__)
 
 
 @pytest.mark.llm  # the bundled causal model in-process
@@ -128,7 +131,91 @@ def test_the_quiz_item_itself_is_neither_support_nor_quote(embedder):
     assert choice is not None
     restated = choices.restated_options([item, notes], choice.options)
     assert len(restated) == 3 and all("LoRA" in r for r in restated) and notes not in restated
-    picked = pick_option(None, [], choice.options, [item, notes], embedder, 1.0)
+    picked = pick_option(None, [], choice, [item, notes], embedder, 1.0)
     assert picked.index == 1  # chosen by the notes' sentence, not by the item's own option lines
     with_stem = choices.restated_options([item, notes], [*choice.options, choice.stem])
     assert len(with_stem) == 4 and any(r.startswith("Question 12:") for r in with_stem)
+
+
+@pytest.mark.parametrize("stem, option, expected", [
+    ("A perceptron is a ___ type of model", "binary classification", "A perceptron is a binary classification type of model"),
+    ("TensorFlow is to ____ while PyTorch is to ____", "Google, Facebook", "TensorFlow is to Google while PyTorch is to Facebook"),
+    ("The AI winter occurred in", "the 1970s", "The AI winter occurred in the 1970s"),
+    ("Which method freezes the weights?", "LoRA", "Which method freezes the weights? LoRA"),
+])
+def test_an_option_becomes_a_claim_written_into_its_stem(stem, option, expected):
+    assert choices.claim(stem, option) == expected
+
+
+@pytest.mark.parametrize("option, kind", [
+    ("All of the above", "all"), ("both of these", "all"), ("a and b", "all"), ("Both RNNs and Transformers", "all"),
+    ("None of the above", "none"), ("neither", "none"), ("Dense optical flow", "plain"), ("Allocation", "plain"),
+])
+def test_options_that_stand_for_the_others_are_recognised(option, kind):
+    assert choices.option_kind(option) == kind
+
+
+def test_item_kinds_are_read_from_the_options_and_the_stem():
+    assert choices.is_true_false(["True", "False"]) and choices.is_true_false(["false.", "TRUE"])
+    assert not choices.is_true_false(["True", "False", "Both"]) and not choices.is_true_false(["Yes", "Maybe"])
+    item = parse_choice("Which are PEFT methods? Select all that apply.\nA. LoRA\nB. Prompt tuning\nC. Full fine-tuning")
+    assert item is not None and item.multi
+    single = parse_choice("Which is a PEFT method?\nA. LoRA\nB. Full fine-tuning")
+    assert single is not None and not single.multi
+
+
+PASSAGES = ["LoRA freezes the pre-trained weights and trains two small low-rank matrices.",
+            "Prompt tuning learns a few soft prompt vectors and leaves the model unchanged.",
+            "Temperature rescales the logits before sampling."]
+
+
+def test_all_of_the_above_wins_when_every_option_is_stated(embedder):
+    item = Choice("Parameter-efficient fine-tuning methods include", ("LoRA, which trains low-rank matrices",
+                  "prompt tuning, which learns soft prompt vectors", "all of the above"), ("A", "B", "C"))
+    picked = pick_option(None, [], item, PASSAGES, embedder, 1.0)
+    assert picked.rule == "all" and picked.chosen == (2,)
+    # one option the passages do not state at all: the spread is beyond the margin, the best plain one wins
+    uneven = Choice(item.stem, ("LoRA, which trains low-rank matrices", "baking sourdough bread at home",
+                                "all of the above"), ("A", "B", "C"))
+    picked = pick_option(None, [], uneven, PASSAGES, embedder, 1.0)
+    assert picked.rule == "best" and picked.chosen == (0,)
+
+
+def test_none_of_the_above_wins_when_no_option_is_stated(embedder):
+    item = Choice("Which bread needs a starter?", ("Sourdough loaf", "Rye bread", "None of the above"), ("A", "B", "C"))
+    picked = pick_option(None, [], item, PASSAGES, embedder, 1.0)
+    assert max(picked.support[:2]) < choices.NONE_FLOOR and picked.rule == "none" and picked.chosen == (2,)
+
+
+def test_select_all_that_apply_returns_a_set_holding_the_best_option(embedder):
+    item = Choice("Which methods train low-rank matrices? Select all that apply.",
+                  ("LoRA", "Temperature sampling", "Beam search"), ("A", "B", "C"), multi=True)
+    picked = pick_option(None, [], item, PASSAGES, embedder, 1.0)
+    assert picked.rule == "set" and 0 in picked.chosen
+    assert all(picked.support[i] >= picked.support[0] - choices.SET_MARGIN for i in picked.chosen)
+
+
+def test_true_false_without_log_probabilities_falls_back_to_the_claims(embedder):
+    from rag.generation.http import OpenAIGenerator
+
+    # an HTTP model declares no log-probabilities; the closed port would fail the test if it were asked
+    gen = OpenAIGenerator("http://127.0.0.1:9/v1")
+    assert not gen.supports_logprobs
+    item = Choice("LoRA freezes the pre-trained weights.", ("True", "False"), ("A", "B"))
+    picked = pick_option(gen, [], item, PASSAGES, embedder, 1.0)
+    assert picked.rule == "true-false" and picked.model is None and len(picked.chosen) == 1
+
+
+@pytest.mark.llm  # the bundled causal model in-process
+def test_true_false_asks_the_model_with_the_closest_sentences_against_closed_book(embedder):
+    from rag.api import get_generator
+    from rag.config import Settings
+
+    gen = get_generator(Settings(model="bundled"))
+    item = Choice("LoRA freezes the pre-trained weights.", ("True", "False"), ("A", "B"))
+    picked = pick_option(gen, [], item, PASSAGES, embedder, 1.0)
+    assert picked.rule == "true-false" and picked.model is not None
+    assert picked.scores[0] == pytest.approx(-picked.scores[1]) and picked.chosen == (0 if picked.scores[0] > 0 else 1,)
+    evidence = ["LoRA freezes the pre-trained weights and trains two small low-rank matrices."]
+    read = gen.continuation_logprobs(choices.true_false_messages(item.stem, evidence[:1]), "", ["True", "False"])
+    assert len(read) == 2
