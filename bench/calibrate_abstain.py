@@ -45,15 +45,15 @@ def main() -> None:
     from rag.api import make_pipeline
 
     settings = load_settings()
-    cov = retriever.index.bm25.term_coverage
+    cov = retriever.term_coverage
     on_q = [q["question"] for q in load_questions(on_file)]
     off_q = [q for q in off_file.read_text().splitlines() if q.strip()]
-    # the model is not needed here: should_abstain() reads only the hits and the index
+    # the model is not needed here: should_abstain() reads only the hits and the retriever's term coverage
     from types import SimpleNamespace
 
-    pipe = make_pipeline(settings, retriever=retriever, generator=SimpleNamespace(small_model=True))
-    wrong_on = [q for q in on_q if pipe.should_abstain(q, retriever.search(q, k=5))]
-    wrong_off = [q for q in off_q if not pipe.should_abstain(q, retriever.search(q, k=5))]
+    planner = make_pipeline(settings, retriever=retriever, generator=SimpleNamespace(small_model=True)).planner()
+    wrong_on = [q for q in on_q if planner.should_abstain(q, retriever.search(q, k=5))]
+    wrong_off = [q for q in off_q if not planner.should_abstain(q, retriever.search(q, k=5))]
     print(f"off-topic term coverage: max {max(cov(q) for q in off_q):.2f}; on-topic: min {min(cov(q) for q in on_q):.2f}")
     print(f"product rule (cosine < {settings.abstain_threshold} and coverage < {settings.abstain_coverage}): "
           f"{len(wrong_on)} on-topic abstained {wrong_on}, {len(wrong_off)} off-topic answered {wrong_off}")

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     total = time.perf_counter() - t0
                     pred = ans.short_answer or ans.text
                     r = {"ttft": first, "total": total, "abstained": ans.abstained,
-                         "choice_right": (ans.choice["index"] in q["correct"]) if ans.choice else None,
+                         "choice_right": (ans.choice.index in q["correct"]) if ans.choice else None,
                          "em": exact_match(pred, q["answer"]), "f1": token_f1(pred, q["answer"]),
                          "f1_with_quote": token_f1(ans.text, q["answer"]), "answer": ans.text}
                     if ans.quote is not None:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         r["quote_evidence"] = contains_evidence(ans.quote.text, q.get("evidence", []))
                         if not args.no_sweep:
                             cands, msc, retr = grounding.score_candidates(
-                                gen, resp.messages, q["question"], [h.chunk.text for h in resp.used_hits], embedder)
+                                gen, resp.plan.messages, q["question"], resp.plan.passages, embedder)
                             r["sweep"] = {}
                             for w in WEIGHTS:
                                 best = cands[int(np.argmax(grounding.combine(msc, retr, w)))] if cands else None

@@ -362,7 +362,7 @@ def generation_options(f: Callable) -> Callable:
 def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str | None, **gen: Any) -> None:
     """Answer QUESTION from the course documents, streaming the answer, then every passage given to the
     model (the ones that support the answer first, marked *)."""
-    from rag.answering.pipeline import validate_question
+    from rag.answering.plan import validate_question
     from rag.api import make_pipeline
 
     validate_question(question)

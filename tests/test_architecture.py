@@ -77,3 +77,36 @@ def test_no_module_over_500_lines() -> None:
     long = [f"{p.relative_to(ROOT)}: {n} lines" for p in _modules().values()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
     assert not long, "\n".join(long)
+
+
+def _imports_of(prefix: str) -> list[tuple[str, Path, str]]:
+    """(module, its path, imported project module) for every module whose name starts with `prefix`."""
+    modules = _modules()
+    return [(m, path, target) for m, path in sorted(modules.items()) if m == prefix or m.startswith(prefix + ".")
+            for target, _ in _imports(path, m, set(modules))]
+
+
+def test_answering_reaches_the_index_only_through_retrieval() -> None:
+    """rag/answering uses what the Retriever offers (rag/retrieval is the index's public face), never the
+    index's own modules: a change of the index's insides cannot break answering."""
+    bad = [f"{path.relative_to(ROOT)} imports {target}" for _, path, target in _imports_of("rag.answering")
+           if target == "rag.index" or target.startswith("rag.index.")]
+    assert not bad, "\n".join(bad)
+
+
+# The answering's stages in the order an answer flows through them; a stage imports no later one, so no stage
+# can call back into what runs it. The composition root (pipeline) comes last.
+ANSWERING_FLOW = ("rag.answering.plan", "rag.answering.modes", "rag.answering.finalize", "rag.answering.stream",
+                  "rag.answering.pipeline")
+
+
+def test_answering_flows_one_way() -> None:
+    def stage(module: str) -> int | None:
+        return next((i for i, s in enumerate(ANSWERING_FLOW) if module == s or module.startswith(s + ".")), None)
+
+    bad = []
+    for m, path, target in _imports_of("rag.answering"):
+        here, there = stage(m), stage(target)
+        if here is not None and there is not None and there > here:
+            bad.append(f"{path.relative_to(ROOT)} ({ANSWERING_FLOW[here]}) imports {target}, a later stage")
+    assert not bad, "\n".join(bad)

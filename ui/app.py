@@ -24,7 +24,8 @@ from typing import Any
 
 import streamlit as st
 
-from rag.answering.pipeline import MAX_QUESTION_CHARS, Source
+from rag.answering.answer import Source
+from rag.answering.plan import MAX_QUESTION_CHARS
 from rag.api import effective_model, get_generator, http_limits, index_corpus, make_pipeline, open_retriever
 from rag.config import Settings, load_settings
 from rag.errors import GeneratorError, IndexNotFound, RagError
@@ -326,11 +327,11 @@ def answer_turn(question: str, history: list[dict[str, str]], settings: Settings
         try:
             with st.spinner("Searching the course documents…"):
                 resp = make_pipeline(settings, retriever, generator).ask(question, history)
-            if resp.abstained:
+            if resp.plan.abstained:
                 answer = resp.answer()
                 slot.warning(safe_markdown(answer.text))
             else:
-                with st.spinner(f"Reading {len(resp.hits)} passages…"):  # the model's prompt prefill
+                with st.spinner(f"Reading {len(resp.plan.hits)} passages…"):  # the model's prompt prefill
                     raw = next(resp, "")
                 # The whole text so far is made safe at each step (not piece by piece: "!" and "[" may
                 # come in two pieces), then drawn in place of the previous step.

@@ -1,14 +1,18 @@
-"""What `RagPipeline` returns: the Answer and its Sources (every passage given to the model, supporting ones
-first), with the JSON form that the CLI's `--json`, the server and the app all use."""
+"""What answering gives in the end (rag.answering.finalize builds it): the Answer and its Sources (every passage
+given to the model, supporting ones first), with the JSON form that the CLI's `--json`, the server and the app
+all use."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag.answering import grounding
 from rag.answering.attribution import Support
 from rag.retrieval.retriever import Hit
+
+if TYPE_CHECKING:  # only a type here
+    from rag.answering.modes.result import ChosenOption
 
 
 @dataclass
@@ -35,6 +39,20 @@ class Source:
 
 @dataclass
 class Answer:
+    """A finished answer: its text, whether it abstained, its sources, and how it was answered.
+
+    :param question: the question asked. `query`: what was searched for it.
+    :param text: the answer shown ([n] markers kept when they name a passage given).
+    :param abstained: the course does not cover the question; `sources` are then the nearest passages.
+    :param sources: every passage given to the model, supporting ones first.
+    :param hits: every passage retrieved, best first.
+    :param supports: the answer's sentences matched to passages.
+    :param timings: seconds per step. `notes`: what the user should know.
+    :param answer_mode: "grounded" or "free". `quote`: the grounded answer's quote.
+    :param short_answer: the answer without the quote (grounded); the whole text in free mode.
+    :param choice: the option chosen when the question listed options.
+    """
+
     question: str
     query: str
     text: str
@@ -47,13 +65,15 @@ class Answer:
     answer_mode: str = "free"
     quote: grounding.Quote | None = None
     short_answer: str = ""  # the answer without the quote (grounded mode); the whole text in free mode
-    choice: dict[str, Any] | None = None  # a multiple-choice question: label, option, index, scores (choices.py)
+    choice: ChosenOption | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: question, answer, short_answer, answer_mode, quote, choice, abstained, sources, timings, notes."""
+        """JSON form: question, answer, short_answer, answer_mode, quote, choice (label, option, index, scores),
+        abstained, sources, timings, notes."""
         return {"question": self.question, "query": self.query, "answer": self.text, "short_answer": self.short_answer,
                 "answer_mode": self.answer_mode, "quote": self.quote.to_dict() if self.quote else None,
-                "choice": self.choice, "abstained": self.abstained, "sources": [s.to_dict() for s in self.sources],
+                "choice": self.choice.to_dict() if self.choice else None, "abstained": self.abstained,
+                "sources": [s.to_dict() for s in self.sources],
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}, "notes": self.notes}
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from rapidfuzz import fuzz
 
-from rag.index.embeddings import Embedder
 from rag.retrieval.retriever import Hit
 
 _SENT_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n|\n(?=\s*[-*•]\s)")
@@ -18,6 +18,14 @@ _MARKER = re.compile(r"\s?\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")
 SIM_THRESHOLD = 0.6
 OVERLAP_THRESHOLD = 0.8
 MIN_WORDS = 3
+
+
+class Encoder(Protocol):
+    """What answering needs of the retriever's embedder (the Retriever's `embedder`): sentences as vectors."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` as an (n, dim) array of unit vectors (a dot product is a cosine)."""
+        ...
 
 
 @dataclass
@@ -45,7 +53,7 @@ def clean_markers(answer: str, n_passages: int) -> str:
     return _MARKER.sub(fix, answer)
 
 
-def attribute(answer: str, hits: Sequence[Hit], embedder: Embedder) -> list[Support]:
+def attribute(answer: str, hits: Sequence[Hit], embedder: Encoder) -> list[Support]:
     """For each answer sentence of a few words, the best supporting passage if support is strong enough."""
     sentences = [s for s in split_sentences(_MARKER.sub("", answer)) if len(s.split()) >= MIN_WORDS]
     if not sentences or not hits:

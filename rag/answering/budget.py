@@ -7,7 +7,7 @@ The budget is spent on the text the model writes, as it is shown: a piece that w
 its longest prefix that fits, and the answer ends there with "length". The model is asked for one token
 more than the budget, so a model that would have gone on is seen to be cut, even when the text shown
 (markers removed) is shorter than its tokens. `completion_tokens` counts the whole answer returned, a
-grounded quote included (rag.answering.pipeline.Response.completion_tokens): the true count of what came
+grounded quote included (rag.answering.stream.AnswerStream.completion_tokens): the true count of what came
 back, which the quote can make larger than max_tokens. Tokens are the generator's `count_tokens`: exact
 for in-process models, an estimate for HTTP ones.
 """

@@ -1,9 +1,10 @@
 """The `Generator` interface: `stream()` yields text pieces, `generate()` joins them; settings and stop strings.
 
-What a backend can do is declared as class attributes (`local`, `supports_logprobs`, `parallel_requests`,
-`small_model`), the way simonw/llm's `Model` declares `can_stream`/`supports_schema`: callers read the
-attribute instead of testing the class with isinstance/hasattr, so a new backend (or a test's scripted
-teacher) says what it can do in one place and every caller follows.
+What a backend can do is declared as class attributes (`local`, `supports_logprobs`, `supports_prefixes`,
+`parallel_requests`, `small_model`), the way simonw/llm's `Model` declares `can_stream`/`supports_schema`:
+callers read the attribute instead of testing the class with isinstance/hasattr, so a new backend (or a
+test's scripted teacher) says what it can do in one place and every caller follows. Likewise every
+`stream()` returns a `TextStream`, whose `cancel()` and `close()` every caller may use.
 """
 
 from __future__ import annotations
@@ -51,6 +52,49 @@ def cancel_scope(event: threading.Event | None) -> Iterator[None]:
 def current_cancel() -> threading.Event | None:
     """The event of the innermost `cancel_scope` open in this thread, if any."""
     return getattr(_scope, "event", None)
+
+
+def _delegate(pieces: Iterable[str]) -> Iterator[str]:
+    # `yield from` hands close() on to `pieces` when it is a generator (PEP 380): no attribute test needed
+    yield from pieces
+
+
+class TextStream:
+    """The text pieces of one generation, with `cancel()` and `close()` for every backend.
+
+    A backend that can stop mid-call (the in-process model: rag.generation.local.GenerationStream) stops
+    its work on `cancel()`; here, the stream ends before its next piece. Either way it also ends once the
+    `cancel_scope` open where the stream was made is cancelled.
+
+    :param pieces: the pieces, in order (a generator is closed by `close()`).
+    """
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self._pieces = _delegate(pieces)
+        self._cancel = threading.Event()
+        self._scope = current_cancel()
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        if self.cancelled:
+            raise StopIteration
+        return next(self._pieces)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether `cancel()` was called, or the `cancel_scope` the stream was made in was cancelled."""
+        return self._cancel.is_set() or (self._scope is not None and self._scope.is_set())
+
+    def cancel(self) -> None:
+        """Ask the backend to stop as soon as it can (thread-safe; also before iteration starts)."""
+        self._cancel.set()
+
+    def close(self) -> None:
+        """Stop and release what the generation holds (its thread, its connection); call it from the
+        iterating thread. A no-op once the stream has ended."""
+        self._pieces.close()
 
 
 @dataclass
@@ -108,6 +152,9 @@ class Generator(ABC):
     #: `continuation_logprobs` / `score_continuations` work: token log-probabilities of given continuations
     #: after a prompt + prefix (multiple-choice scoring in `rag eval`, guided RAFT answers).
     supports_logprobs: ClassVar[bool] = False
+    #: `generate_batch(..., prefixes=...)` works: the model continues a given start of its reply (the grounded
+    #: answer's quote, RAFT style). Without it a caller puts such text into the question instead.
+    supports_prefixes: ClassVar[bool] = False
     #: Several threads may call it at once and gain from it (a server batches them; so does the in-process
     #: model with an ONNX decoder, which sets it per instance); plain transformers runs one at a time.
     parallel_requests: ClassVar[bool] = False
@@ -120,15 +167,30 @@ class Generator(ABC):
     prompt_format: str = "chat"
 
     @abstractmethod
-    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
-        """Yield the answer to `messages` (OpenAI-style role/content dicts) piece by piece."""
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> TextStream:
+        """The answer to `messages` (OpenAI-style role/content dicts), piece by piece.
+
+        :returns: a TextStream (iterate it; `cancel()` and `close()` stop it).
+        """
 
     def generate(self, messages: Messages, params: GenerationParams | None = None) -> str:
         """Return the whole answer at once."""
         return "".join(self.stream(messages, params))
 
-    def generate_batch(self, batch: list[Messages], params: GenerationParams | None = None) -> list[str]:
-        """Whole answers to several conversations; backends that can run them together override this."""
+    def generate_batch(self, batch: list[Messages], params: GenerationParams | None = None,
+                       prefixes: list[str] | None = None) -> list[str]:
+        """Whole answers to several conversations; backends that can run them together override this.
+
+        :param batch: the conversations.
+        :param params: generation settings (the same for all).
+        :param prefixes: one start of the assistant's reply per conversation, continued by the model (not part
+            of the returned text); only for backends that declare `supports_prefixes`.
+        :returns: one answer per conversation, in order.
+        :raises GeneratorError: prefixes given to a backend without `supports_prefixes`.
+        """
+        if prefixes and any(prefixes):
+            raise GeneratorError(f"{self!r} cannot continue a given start of its reply (prefixes): it does not "
+                                 "declare supports_prefixes")
         return [self.generate(m, params) for m in batch]
 
     @abstractmethod

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rag.errors import BadReply, GeneratorError
-from rag.generation.base import GenerationParams, Generator, Messages, apply_stop
+from rag.generation.base import GenerationParams, Generator, Messages, TextStream, apply_stop
 
 CHAT_PATH = "/chat/completions"
 DEFAULT_READ_TIMEOUT = 120.0  # seconds (setting model_timeout)
@@ -386,15 +386,17 @@ class OpenAIGenerator(Generator):
                 f"character {e.start} of a piece): the reply is rejected; check the server's model and tokenizer",
                 "reply_not_utf8") from None
 
-    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
-        """Yield `choices[0].delta.content` pieces as the server sends them; stop strings also apply client-side.
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> TextStream:
+        """`choices[0].delta.content` pieces as the server sends them; stop strings also apply client-side.
+        The request is sent on the first piece asked for; `cancel()` ends the stream before its next piece,
+        `close()` closes the connection.
 
         :raises GeneratorError: one line naming the server, for every failure (raised while iterating);
             `BadReply` (a subclass) for a reply that is not UTF-8 or longer than `max_reply_bytes`.
         """
         params = params or GenerationParams()
         params.validate()
-        return apply_stop(self._stream(messages, params), params.stop)
+        return TextStream(apply_stop(self._stream(messages, params), params.stop))
 
     def _open(self, request: dict[str, Any], deadline_at: float) -> Any:
         """Make the tries of one call until a reply starts; each try's timeouts are cut to the time left.

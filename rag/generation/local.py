@@ -24,6 +24,7 @@ from rag.generation.base import (
     GenerationParams,
     Generator,
     Messages,
+    TextStream,
     apply_stop,
     current_cancel,
 )
@@ -37,31 +38,21 @@ class _Interrupted(BaseException):  # control flow, like GeneratorExit: no `exce
     """Raised inside the model's forward pass to abandon work that was cancelled."""
 
 
-class GenerationStream:
+class GenerationStream(TextStream):
     """The pieces of one local generation; `cancel()` (from any thread) stops the model within one decoder
-    layer, even while it reads the prompt, and the iteration then ends early.
+    layer, even while it reads the prompt, and the iteration then ends early; `close()` (from the iterating
+    thread) stops it and waits until the model is free.
 
     Why: a cancel that waited for the next token left the model busy for the whole prompt prefill (3.7-3.9 s
     for a 1,100-token RAG prompt here) after a `rag serve` client had hung up (issue 12).
+
+    :param pieces: the generation's pieces (a generator: `close()` ends it).
+    :param cancel: the event the model's work checks; `cancel()` sets it.
     """
 
     def __init__(self, pieces: Iterator[str], cancel: threading.Event) -> None:
-        self._pieces = pieces
+        super().__init__(pieces)
         self._cancel = cancel
-
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def cancel(self) -> None:
-        """Stop generating as soon as possible (thread-safe)."""
-        self._cancel.set()
-
-    def close(self) -> None:
-        """Stop and wait until the model is free (call from the iterating thread)."""
-        self._pieces.close()
 
 
 def release_local_models() -> None:
@@ -77,6 +68,7 @@ class LocalGenerator(Generator):
 
     local = True
     supports_logprobs = True
+    supports_prefixes = True
     #: plain transformers: one generation at a time (a lock). With an ONNX decoder the instance sets it True:
     #: concurrent answers share decode passes (rag/generation/engine.py).
     parallel_requests = False
@@ -335,8 +327,8 @@ class LocalGenerator(Generator):
             offset += len(c)
         return [scores[c] for c in conts]
 
-    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
-        """Yield answer pieces as `model.generate` (in a background thread) produces them."""
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> GenerationStream:
+        """Answer pieces as `model.generate` (in a background thread) produces them."""
         params = params or GenerationParams()
         params.validate()
         # Do the work that can fail before the generator starts, so errors surface at the call site.

@@ -114,6 +114,18 @@ class Retriever:
             got = self._passages[index] = Passages.of(index.chunks)
         return got
 
+    def term_coverage(self, query: str) -> float:
+        """Share of `query`'s information (IDF-weighted terms) whose terms occur in the live index's text.
+
+        The answering's abstention reads it (rag.answering.plan): 1.0 means every term, rare ones included,
+        is in the course's vocabulary, a sign that the question is about the course even when the embedder
+        does not know its jargon.
+
+        :param query: the retrieval query.
+        :returns: a share in [0, 1]; 0.0 for an empty query or index.
+        """
+        return self.index.bm25.term_coverage(query)
+
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> list[Hit]:
         """The top-k passages for `query`, best first.
 

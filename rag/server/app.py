@@ -40,7 +40,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rag.answering.pipeline import Answer, RagPipeline, Response
+from rag.answering.answer import Answer
+from rag.answering.pipeline import RagPipeline
+from rag.answering.stream import AnswerStream
 from rag.errors import GeneratorError, RagError
 from rag.generation.base import GenerationParams
 from rag.server.queue import GenerationRun, ModelQueue, QueueFull, Ticket
@@ -195,11 +197,11 @@ def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) 
     docs = cfg.docs
     app = FastAPI(title="course-rag", version="0.1", docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
-    slots = cfg.parallel_slots if getattr(pipeline.generator, "parallel_requests", False) else 1
+    slots = cfg.parallel_slots if pipeline.generator.parallel_requests else 1
     state: dict[str, Any] = {}
     # Retrievals run one at a time in arrival order for an in-process model (they share its 2 cores); with a
     # server backend as many as it has slots, since condensing a follow-up then calls that server.
-    retrieval = anyio.CapacityLimiter(1 if getattr(pipeline.generator, "local", False) else slots)
+    retrieval = anyio.CapacityLimiter(1 if pipeline.generator.local else slots)
     health_limiter = anyio.CapacityLimiter(2)  # /health never waits behind request threads
 
     def model_queue() -> ModelQueue:
@@ -283,7 +285,7 @@ def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) 
         except BaseException:
             ticket.leave()
             raise
-        if not resp.needs_model:
+        if not resp.plan.needs_model:
             ticket.leave()  # an abstention is answered now, whatever the line
         else:
             try:
@@ -332,7 +334,7 @@ def _error_event(error: ApiError) -> str:
 class Reply:
     """One request's answer in the API's shapes: a whole completion, or its SSE stream."""
 
-    def __init__(self, model_name: str, req: ChatCompletionRequest, resp: Response) -> None:
+    def __init__(self, model_name: str, req: ChatCompletionRequest, resp: AnswerStream) -> None:
         self.model_name = model_name
         self.req = req
         self.resp = resp
@@ -340,13 +342,13 @@ class Reply:
         self.created = int(time.time())
 
     def usage(self) -> dict[str, int]:
-        prompt = self.resp.prompt_tokens if self.resp.needs_model else 0
+        prompt = self.resp.plan.prompt_tokens
         completion = self.resp.completion_tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     async def complete(self, ticket: Ticket) -> Answer:
         """Wait for the model (if needed), generate to the end and attribute; the model is freed before attribution."""
-        if not self.resp.needs_model:
+        if not self.resp.plan.needs_model:
             return self.resp.answer()
         t0 = time.perf_counter()
         await ticket.wait()
@@ -393,7 +395,7 @@ class Reply:
         waiter: asyncio.Future[None] | None = None
         try:
             yield self._chunk({"role": "assistant", "content": ""})
-            if not self.resp.needs_model:
+            if not self.resp.plan.needs_model:
                 answer = self.resp.answer()
                 yield self._chunk({"content": answer.text})
             else:

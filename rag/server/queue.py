@@ -15,9 +15,9 @@ the model busy. Here:
   ticket and a model slot is free. Tickets whose retrieval has not finished keep their place.
 - Everything here runs on the event loop (no locks); worker threads hand results back with
   `loop.call_soon_threadsafe`.
-- `GenerationRun` iterates a pipeline Response in its own thread and releases the slot the moment the
-  model is done (attribution, which needs only the embedder, happens after). `stop()` cancels the
-  Response: the in-process model abandons its forward pass at the next decoder layer, whether it is
+- `GenerationRun` iterates an answer's stream (rag.answering.stream) in its own thread and releases the slot
+  the moment the model is done (attribution, which needs only the embedder, happens after). `stop()` cancels the
+  stream: the in-process model abandons its forward pass at the next decoder layer, whether it is
   streaming, reading the prompt or scoring a grounded answer's quote candidates; the slot is released
   once it has. Measured (bench/load.py): a hang-up mid-answer frees the model in 0.05-0.16 s, one
   during prompt prefill in 0.1-0.6 s (3.7-3.9 s when a cancel waited for the next token; 15-20 s
@@ -35,7 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from rag.answering.pipeline import Answer, Response
+from rag.answering.answer import Answer
+from rag.answering.stream import AnswerStream
 
 
 class QueueFull(Exception):
@@ -187,14 +188,14 @@ class ModelQueue:
 
 
 class GenerationRun:
-    """Iterate a Response in a worker thread and hand its pieces to the event loop.
+    """Iterate an AnswerStream in a worker thread and hand its pieces to the event loop.
 
     Events, in order: ("piece", str)..., then ("done", Answer) or ("error", BaseException). The model slot
     is released (`on_model_free(stopped)`, called in the worker thread) as soon as generation ends or has
     been stopped; `stopped` says whether it was cut short.
     """
 
-    def __init__(self, response: Response, on_model_free: Callable[[bool], None]) -> None:
+    def __init__(self, response: AnswerStream, on_model_free: Callable[[bool], None]) -> None:
         self.response = response
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -3,7 +3,7 @@
 The reference's fields come first in each model and are always sent (null where the server has nothing,
 e.g. `logprobs`, `system_fingerprint`); the extensions (`sources`, `abstained`, `timings`; `sources` and
 `abstained` on the last streamed chunk) follow. A source's JSON is defined once, by
-`rag.answering.pipeline.Source.to_dict` (the CLI's `--json` prints the same), not mirrored here. Chunks are
+`rag.answering.answer.Source.to_dict` (the CLI's `--json` prints the same), not mirrored here. Chunks are
 dumped with exclude_unset, so a chunk carries only the fields given (`usage` only when the request asked for `stream_options.include_usage`).
 """
 
@@ -45,7 +45,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None
     service_tier: str | None
-    sources: list[dict[str, Any]] = []  # rag.answering.pipeline.Source.to_dict(), its one definition
+    sources: list[dict[str, Any]] = []  # rag.answering.answer.Source.to_dict(), its one definition
     abstained: bool = False
     timings: dict[str, float] = {}
 

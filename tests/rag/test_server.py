@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from rag.answering.pipeline import MAX_TURN_CHARS
+from rag.answering.plan import MAX_TURN_CHARS
 from rag.api import make_pipeline
 from rag.errors import RagError
 from rag.generation.base import GenerationCancelled, GenerationParams
@@ -490,10 +490,10 @@ def pipe(course_index):
 def test_ask_takes_per_call_settings_and_leaves_the_pipeline_alone(pipe):
     before = (pipe.params, pipe.top_k, pipe.mode)
     resp = pipe.ask(ON_TOPIC, params=GenerationParams(max_new_tokens=2), top_k=2, mode="bm25")
-    assert [h.chunk.id for h in resp.hits] == [h.chunk.id for h in pipe.retriever.search(ON_TOPIC, 2, "bm25")]
+    assert [h.chunk.id for h in resp.plan.hits] == [h.chunk.id for h in pipe.retriever.search(ON_TOPIC, 2, "bm25")]
     assert resp.text().strip() and pipe.generator.count_tokens(resp.text()) <= 3 and resp.finish_reason == "length"
     assert (pipe.params, pipe.top_k, pipe.mode) == before
-    assert len(pipe.ask(OFF_TOPIC).hits) == 3  # the pipeline's own defaults still apply
+    assert len(pipe.ask(OFF_TOPIC).plan.hits) == 3  # the pipeline's own defaults still apply
     for bad in ({"top_k": 0}, {"top_k": 101}, {"mode": "semantic"}, {"params": GenerationParams(top_p=0)}):
         with pytest.raises(RagError):
             pipe.ask(ON_TOPIC, **bad)
@@ -504,12 +504,13 @@ def test_ask_does_the_no_model_work_up_front_and_clips_long_turns(pipe):
     history = [{"role": "user", "content": "LoRA " * 400_000}, {"role": "assistant", "content": "..."},
                {"role": "system", "content": "Answer in French."}]
     resp = pipe.ask("And what does it freeze?", history, params=GenerationParams(max_new_tokens=1))
-    assert resp.needs_model and resp.prompt_tokens > 0 and resp.messages  # prompt fitted before generation
-    assert all(len(m["content"]) <= MAX_TURN_CHARS + 1 for m in resp.history)
-    assert "Answer in French." in resp.messages[0]["content"] and resp.messages[0]["role"] == "system"
+    plan = resp.plan
+    assert plan.needs_model and plan.prompt_tokens > 0 and plan.messages  # prompt fitted before generation
+    assert all(len(m["content"]) <= MAX_TURN_CHARS + 1 for m in plan.history)
+    assert "Answer in French." in plan.messages[0]["content"] and plan.messages[0]["role"] == "system"
     assert resp.completion_tokens == 0  # nothing generated until iterated
     resp.close()  # never started: closing is safe and leaves the model free
-    assert not pipe.ask(OFF_TOPIC).needs_model
+    assert not pipe.ask(OFF_TOPIC).plan.needs_model
 
 
 @pytest.mark.llm

@@ -79,16 +79,17 @@ def test_a_pasted_quiz_item_gets_an_option_quoted_from_the_passages(small_index)
     pieces = list(resp)
     ans = resp.answer()
     assert ans.answer_mode == "grounded" and ans.choice is not None
-    scores = ans.choice["scores"]
-    assert len(scores) == 4 and ans.choice["index"] == max(range(4), key=scores.__getitem__)
-    assert len(ans.choice["support"]) == 4
-    assert ans.choice["label"] == "B"  # the passage says LoRA freezes the weights and trains low-rank matrices
-    assert ans.short_answer == f"B. {ans.choice['option']}" and pieces[-1] == ans.short_answer
+    choice = ans.choice.to_dict()
+    scores = choice["scores"]
+    assert len(scores) == 4 and choice["index"] == ans.choice.index == max(range(4), key=scores.__getitem__)
+    assert len(choice["support"]) == 4
+    assert ans.choice.label == "B"  # the passage says LoRA freezes the weights and trains low-rank matrices
+    assert ans.short_answer == f"B. {ans.choice.option}" and pieces[-1] == ans.short_answer
     # the quote is the LoRA passage's own sentence, that passage listed first and marked
     assert ans.quote is not None and "freezes" in ans.quote.text
     first = ans.sources[0]
     assert first.cited and first.quote is ans.quote and first.text[ans.quote.start:ans.quote.end] == ans.quote.text
-    assert len(ans.sources) == len(resp.used_hits)  # every passage given to the model is listed
+    assert len(ans.sources) == len(resp.plan.used_hits)  # every passage given to the model is listed
     assert ans.to_dict()["choice"]["label"] == "B"
 
 
@@ -98,9 +99,10 @@ def test_the_model_takes_part_in_the_choice_below_weight_one(small_index):
 
     pipe = make_pipeline(small_index.model_copy(update={"choice_retriever_weight": 0.5}))
     ans = pipe.ask(LORA_MC).answer()
-    assert ans.choice is not None and ans.choice["model"] is not None and len(ans.choice["model"]) == 4
-    assert ans.choice["scores"] == pytest.approx(
-        list(choices.combine(ans.choice["model"], ans.choice["support"], 0.5)), abs=1e-3)
+    assert ans.choice is not None
+    choice = ans.choice.to_dict()
+    assert choice["model"] is not None and len(choice["model"]) == 4
+    assert choice["scores"] == pytest.approx(list(choices.combine(choice["model"], choice["support"], 0.5)), abs=1e-3)
 
 
 def test_a_pasted_quiz_item_is_searched_by_its_stem_and_with_its_options(small_index):
@@ -111,13 +113,14 @@ def test_a_pasted_quiz_item_is_searched_by_its_stem_and_with_its_options(small_i
     pipe = make_pipeline(small_index, generator=OpenAIGenerator("http://127.0.0.1:9/v1"))
     resp = pipe.ask(LORA_MC)
     stem = "Which of the following best describes how LoRA works?"
-    assert resp.query == stem
+    assert resp.plan.query == stem
     choice = choices.parse_choice(LORA_MC)
     fused = pipe.retriever.search_many(choices.search_wordings(stem, choice.options), pipe.top_k, pipe.mode)
-    assert [h.chunk.id for h in resp.hits] == [h.chunk.id for h in fused]
+    assert [h.chunk.id for h in resp.plan.hits] == [h.chunk.id for h in fused]
     plain = pipe.ask("What does LoRA freeze?")
-    assert plain.query == "What does LoRA freeze?"
-    assert [h.chunk.id for h in plain.hits] == [h.chunk.id for h in pipe.retriever.search(plain.query, pipe.top_k)]
+    assert plain.plan.query == "What does LoRA freeze?"
+    searched = pipe.retriever.search(plain.plan.query, pipe.top_k)
+    assert [h.chunk.id for h in plain.plan.hits] == [h.chunk.id for h in searched]
 
 
 def test_the_quiz_item_itself_is_neither_support_nor_quote(embedder):

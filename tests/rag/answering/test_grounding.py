@@ -76,8 +76,8 @@ def test_lora_question_quotes_the_lora_passage_listed_first_and_marked(pipe):
 def test_sources_list_every_passage_given_supporting_first(pipe):
     resp = pipe.ask(LORA_Q)
     ans = resp.answer()
-    assert sorted(s.n for s in ans.sources) == list(range(1, len(resp.used_hits) + 1))
-    assert [s.chunk_id for s in sorted(ans.sources, key=lambda s: s.n)] == [h.chunk.id for h in resp.used_hits]
+    assert sorted(s.n for s in ans.sources) == list(range(1, len(resp.plan.used_hits) + 1))
+    assert [s.chunk_id for s in sorted(ans.sources, key=lambda s: s.n)] == [h.chunk.id for h in resp.plan.used_hits]
     cited = [s.cited for s in ans.sources]
     assert cited[0] and cited == sorted(cited, reverse=True)  # every marked one before every unmarked one
     d = ans.to_dict()
@@ -91,7 +91,7 @@ def test_free_mode_still_answers_and_lists_every_passage(pipe):
     text = "".join(resp)
     ans = resp.answer()
     assert ans.answer_mode == "free" and ans.quote is None and text.strip()
-    assert len(ans.sources) == len(resp.used_hits)
+    assert len(ans.sources) == len(resp.plan.used_hits)
     assert not any(s.quote for s in ans.sources)
 
 

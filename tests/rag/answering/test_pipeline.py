@@ -7,7 +7,9 @@ import socket
 import pytest
 
 from rag.answering.attribution import attribute, clean_markers
-from rag.answering.pipeline import validate_question
+from rag.answering.condense import condense
+from rag.answering.plan import validate_question
+from rag.answering.window import fit_prompt
 from rag.api import make_pipeline, open_retriever
 from rag.errors import GeneratorError, RagError
 from rag.generation.base import Generator
@@ -51,7 +53,7 @@ class CountingGenerator(Generator):
 @pytest.mark.llm
 def test_answer_streams_then_lists_sources(pipe):
     resp = pipe.ask("What does LoRA freeze?")
-    assert any("LoRA" in h.chunk.text for h in resp.hits)
+    assert any("LoRA" in h.chunk.text for h in resp.plan.hits)
     pieces = list(resp)
     assert len(pieces) >= 2 and "".join(pieces).strip()
     ans = resp.answer()
@@ -86,8 +88,9 @@ def test_markers_pointing_at_nothing_are_removed():
 
 
 def test_follow_up_is_condensed_with_history(quiet_pipe):
-    q = quiet_pipe.condense("and how does it compare to prompt tuning?",
-                            [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}])
+    q = condense("and how does it compare to prompt tuning?",
+                 [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}],
+                 quiet_pipe.generator, small_model=True)
     assert "LoRA" in q and "prompt tuning" in q
 
 
@@ -99,15 +102,11 @@ def test_bad_questions_get_clear_messages(bad, msg):
 
 
 def test_prompt_drops_lowest_passages_to_fit(quiet_pipe):
-    pipe = quiet_pipe
-    hits = pipe.retriever.search("What is LoRA?", k=5)
-    saved = pipe.max_context_tokens
-    try:
-        pipe.max_context_tokens = pipe.generator.count_tokens(
-            [{"role": "user", "content": hits[0].chunk.text + hits[1].chunk.text}]) + 120
-        used, messages = pipe.fit_prompt("What is LoRA?", hits, [])
-    finally:
-        pipe.max_context_tokens = saved
+    gen = quiet_pipe.generator
+    hits = quiet_pipe.retriever.search("What is LoRA?", k=5)
+    budget = gen.count_tokens([{"role": "user", "content": hits[0].chunk.text + hits[1].chunk.text}]) + 120
+    used, messages = fit_prompt("What is LoRA?", hits, [], gen, params=quiet_pipe.params, max_context_tokens=budget,
+                                small_model=True)
     assert 1 <= len(used) < 5 and used == hits[:len(used)]
     assert hits[0].chunk.text.strip() in messages[-1]["content"]
 
@@ -128,9 +127,9 @@ def test_server_down_error_names_the_url():
 def test_bm25_mode_abstains_too(course_index, quiet_pipe):
     p = make_pipeline(course_index.model_copy(update={"mode": "bm25"}), retriever=quiet_pipe.retriever,
                       generator=CountingGenerator(quiet_pipe.generator))
-    assert p.ask("How do I bake sourdough bread at home?").abstained
+    assert p.plan("How do I bake sourdough bread at home?").abstained
 
 
 def test_self_contained_short_question_is_not_merged_with_history(quiet_pipe):
     history = [{"role": "user", "content": "What does LoRA freeze?"}, {"role": "assistant", "content": "..."}]
-    assert quiet_pipe.condense("What is PEFT?", history) == "What is PEFT?"
+    assert condense("What is PEFT?", history, quiet_pipe.generator, small_model=True) == "What is PEFT?"

@@ -67,6 +67,7 @@ class RecordingGenerator(Generator):
 
     local = True
     supports_logprobs = True
+    supports_prefixes = True
     small_model = True
 
     def __init__(self, inner) -> None:
@@ -114,13 +115,13 @@ def test_a_raft_model_is_asked_with_documents_and_answers_after_the_answer_mark(
     assert gen.prompt_format == "raft" and get_generator("bundled").prompt_format == "chat"
     pipe = make_pipeline(small_index, generator=gen)
     resp = pipe.ask("What does LoRA freeze during fine-tuning?", answer_mode="grounded")
-    user = resp.messages[-1]["content"]
-    assert [m["role"] for m in resp.messages] == ["user"]  # no system prompt: trained without one
+    user = resp.plan.messages[-1]["content"]
+    assert [m["role"] for m in resp.plan.messages] == ["user"]  # no system prompt: trained without one
     assert user.startswith("<DOCUMENT>") and user.endswith("</DOCUMENT>\nWhat does LoRA freeze during fine-tuning?")
-    assert user.count("<DOCUMENT>") == len(resp.used_hits)
+    assert user.count("<DOCUMENT>") == len(resp.plan.used_hits)
     ans = resp.answer()
     assert ans.quote is not None and gen.prefixes and gen.prefixes[-1].endswith("##end_quote##\n<ANSWER>:")
-    assert all(m == resp.messages for m in gen.asked)  # quote scoring and the short answer saw the same prompt
+    assert all(m == resp.plan.messages for m in gen.asked)  # quote scoring and the short answer saw the same prompt
 
     free = pipe.ask("What does LoRA freeze during fine-tuning?", answer_mode="free")
     text = "".join(free)
