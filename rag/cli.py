@@ -192,8 +192,7 @@ def search(query: str | None, index_dir: Path | None, top_k: int | None, mode: s
     if not hits:
         click.echo("no matching passages")
     for h in hits:
-        where = h.chunk.source + (f" > {h.chunk.section}" if h.chunk.section else "")
-        click.secho(f"[{h.rank}] {h.score:.4f}  {where}", bold=True)
+        click.secho(f"[{h.rank}] {h.score:.4f}  {h.label}", bold=True)
         text = " ".join(h.snippet.split())  # the window that matched, inside the passage the model reads
         click.echo("    " + (text[:300] + ("..." if len(text) > 300 else "")))
 
@@ -381,10 +380,9 @@ def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str |
         click.echo(f"({note})", err=True)
     click.secho("\nNearest passages:" if answer.abstained else "\nSources:", bold=True)
     for s in answer.sources:
-        where = s.source + (f" > {s.section}" if s.section else "")
         mark = "*" if s.cited else " "
         label = "quoted" if s.quote else ("supports" if s.cited else "given")
-        click.echo(f"{mark}[{s.n}] {where}  (score {s.score:.3f}, {label})")
+        click.echo(f"{mark}[{s.n}] {s.label}  (score {s.score:.3f}, {label})")
         click.echo(f"    \"{' '.join(s.snippet.split())[:240]}\"")
 
 

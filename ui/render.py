@@ -121,8 +121,9 @@ def passage_html(text: str, snippet: str = "", highlight: bool = True) -> str:
 
 
 def source_label(src: Source) -> str:
-    """The expander title of one source: number, file, heading and score."""
-    where = src.source + (f" › {src.section}" if src.section and src.section != src.source else "")
+    """The expander title of one source: number, its label (file · slide/page/cell · heading, as the CLI and
+    API name it: rag.ingest.locations.passage_label) and score."""
+    where = src.label or src.source
     mark = " · quoted" if src.quote is not None else (" · supports the answer" if src.cited else "")
     return md_escape(f"[{src.n}] {where}") + f" · score {src.score:.2f}{mark}"
 
