@@ -92,12 +92,14 @@ def cli() -> None:
 @click.option("--chunk-tokens", type=int, default=None, help="Target chunk size in embedder tokens.")
 @click.option("--follow-outside-links", is_flag=True, default=None,
               help="Also index links that lead outside CORPUS (skipped by default; RAG_FOLLOW_OUTSIDE_LINKS).")
+@click.option("--ocr", is_flag=True, default=None,
+              help="Read scanned PDF pages with Tesseract (apt-get install tesseract-ocr; RAG_OCR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @engine_options
 @user_errors
 def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_model: str | None,
-          faiss_type: str | None, chunk_tokens: int | None, follow_outside_links: bool | None, as_json: bool,
-          engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
+          faiss_type: str | None, chunk_tokens: int | None, follow_outside_links: bool | None, ocr: bool | None,
+          as_json: bool, engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
     """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
     import contextlib
 
@@ -107,7 +109,7 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens,
-                         follow_outside_links=follow_outside_links or None)
+                         follow_outside_links=follow_outside_links or None, ocr=ocr or None)
     corpus = corpus or settings.corpus_dir
     bars: dict[str, Any] = {}
     labels = {"read": "reading files", "embed": "embedding chunks", "index": "writing index"}

@@ -119,7 +119,7 @@ def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
         return FileChunks(problem=f"cannot read: {os_reason(exc)}")
     digest = file_sha256(data)
     try:
-        doc = read_file(path, source, data)
+        doc = read_file(path, source, data, ocr=chunker.ocr)
     except UnreadableFile as exc:
         return FileChunks(sha256=digest, size=len(data), problem=str(exc))
     try:

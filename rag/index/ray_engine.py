@@ -212,7 +212,7 @@ def chunker_spec(chunker: Chunker) -> dict[str, Any]:
     """The Chunker arguments that rebuild `chunker` on a worker (checked there against `chunker.params()`)."""
     return {"max_tokens": chunker.window + 2, "chunk_tokens": chunker.chunk_tokens, "overlap": chunker.overlap,
             "merge_sections": chunker.merge_sections, "embed_headings": chunker.embed_headings,
-            "child_tokens": chunker.child_tokens}
+            "child_tokens": chunker.child_tokens, "ocr": chunker.ocr}
 
 
 def file_chunks_to_json(fc: FileChunks) -> str:

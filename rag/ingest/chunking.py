@@ -129,7 +129,8 @@ class Chunker:
     """Heading- and quiz-aware splitter sized in the embedder's tokens, with overlap."""
 
     def __init__(self, tokenizer: Any, max_tokens: int = 256, chunk_tokens: int = 200, overlap: int = 32,
-                 merge_sections: bool = True, embed_headings: bool = False, child_tokens: int = 0):
+                 merge_sections: bool = True, embed_headings: bool = False, child_tokens: int = 0,
+                 ocr: bool = False):
         """
         :param tokenizer: the embedder's tokenizer (sizes are counted in its word pieces).
         :param max_tokens: the embedder's window, special tokens included.
@@ -144,6 +145,9 @@ class Chunker:
             are embedded and searched, the parent is what retrieval returns (small-to-big; see
             rag/retrieval/parent_child.py). Each child's metadata holds "parent" (id) and "parent_span";
             the parent's first child also holds "parent_text".
+        :param ocr: the loader reads scanned PDF pages with Tesseract (rag.ingest.ocr) for this index. A
+            loader option kept here because the chunker's `params()` are the recipe from file to passages
+            that the manifest records: turning OCR on or off re-reads every file on the next update.
         """
         self.tokenizer = tokenizer
         self.window = max_tokens - 2  # [CLS] and [SEP]
@@ -152,6 +156,7 @@ class Chunker:
         self.merge_sections = merge_sections
         self.embed_headings = embed_headings
         self.child_tokens = child_tokens if 0 < child_tokens < self.chunk_tokens else 0
+        self.ocr = ocr
         self._splitters: dict[tuple[int, bool], RecursiveCharacterTextSplitter] = {}
         # The splitter measures the same pieces many times while merging; memoise per chunker.
         self.count = functools.lru_cache(maxsize=65536)(self._count)
@@ -159,7 +164,7 @@ class Chunker:
     def params(self) -> dict[str, Any]:
         return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "window": self.window,
                 "merge_sections": self.merge_sections, "embed_headings": self.embed_headings,
-                "child_tokens": self.child_tokens,
+                "child_tokens": self.child_tokens, "ocr": self.ocr,
                 "version": CHUNKER_VERSION, "loader_version": LOADER_VERSION}
 
     def _count(self, text: str) -> int:

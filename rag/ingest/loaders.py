@@ -205,8 +205,10 @@ def loader_failure(kind: str, exc: Exception) -> str:
     return f"the {kind} reader failed ({type(exc).__name__}: {detail}); the file may be damaged"
 
 
-def extract_text(kind: str, data: bytes) -> FileText:
+def extract_text(kind: str, data: bytes, ocr: bool = False) -> FileText:
     """The text of a file of `kind` (a value of SUPPORTED): its parts, and what no reader sees, dropped.
+
+    :param ocr: read scanned PDF pages with Tesseract (rag.ingest.ocr).
 
     :returns: the reader's FileText (pages, slides and cells numbered; one part for the other kinds).
     :raises UnreadableFile: the reader's own reasons (binary, encoding, broken or encrypted PDF, scanned PDF,
@@ -214,7 +216,7 @@ def extract_text(kind: str, data: bytes) -> FileText:
     :raises Exception: whatever else a reader raised (see `read_file`).
     """
     if kind == "pdf":
-        return read_pdf(data)
+        return read_pdf(data, ocr)
     if kind == "pptx":
         return read_pptx(data)
     if kind == "docx":
@@ -232,12 +234,13 @@ def extract_text(kind: str, data: bytes) -> FileText:
     return FileText([text], dropped={what: n for what, n in dropped.items() if n})
 
 
-def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
+def read_file(path: Path, source: str, data: bytes | None = None, ocr: bool = False) -> Document:
     """Read one supported file (or its already-read bytes) into a Document.
 
     :param path: the file (its suffix picks the reader).
     :param source: the name it is indexed under.
     :param data: its bytes when already read.
+    :param ocr: read scanned PDF pages with Tesseract (the setting `ocr`; rag.ingest.ocr).
     :raises UnreadableFile: with the user-facing reason (type, size, binary, encoding, broken PDF, empty).
     :raises OSError: when `data` is None and the file cannot be read.
     """
@@ -249,7 +252,7 @@ def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
     if data is None:
         data = path.read_bytes()
     try:
-        got = extract_text(kind, data)
+        got = extract_text(kind, data, ocr)
     except UnreadableFile:
         raise
     except Exception as exc:  # the one funnel: no reader's error stops a build or an upload (issue 31)
@@ -303,10 +306,12 @@ def same_content(source: str) -> str:
     return f"same content as {source} (identical files are indexed once)"
 
 
-def load_documents(root: Path, follow_outside_links: bool = False) -> tuple[list[Document], list[Skipped]]:
+def load_documents(root: Path, follow_outside_links: bool = False, ocr: bool = False
+                   ) -> tuple[list[Document], list[Skipped]]:
     """Load every file under `root` (not incrementally: see rag.index.build for the index's loader).
 
     :param follow_outside_links: read links that lead out of `root` too (see rag.ingest.paths).
+    :param ocr: read scanned PDF pages with Tesseract (rag.ingest.ocr).
     :returns: (documents, skipped): every entry the walk sees is in one of the two; of identical files
         only the first (in path order) is a document.
     :raises RagError: when `root` cannot be walked (see `open_corpus`).
@@ -318,7 +323,7 @@ def load_documents(root: Path, follow_outside_links: bool = False) -> tuple[list
     for path in paths:
         src = source_name(path, root)
         try:
-            doc = read_file(path, src)
+            doc = read_file(path, src, ocr=ocr)
         except UnreadableFile as exc:
             skipped.append(Skipped(src, str(exc)))
             continue

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from rag.cli import cli
+from rag.ingest.ocr import tesseract_path
 from tests.formatgen import make_docx, make_ipynb, make_pptx, make_scanned_pdf, make_text_pdf
 
 SLIDE3 = "Prompting changes only the input text, while fine-tuning updates the weights of the model itself."
@@ -53,7 +54,8 @@ def test_the_folder_indexes_with_the_scanned_pdf_skipped_with_its_reason(course)
     _, _, output = course
     assert "4 added" in output and "1 skipped" in output, output
     assert ("skipped scanned.pdf: scanned or image-only PDF (its page is an image with no text layer); run OCR "
-            "on it first (for example `ocrmypdf in.pdf out.pdf`) or export its text") in output
+            "on it first (for example `ocrmypdf in.pdf out.pdf`), turn on the setting ocr (`rag index --ocr`), "
+            "or export its text") in output
 
 
 def test_search_finds_the_slide_3_sentence_with_its_slide_number(course):
@@ -100,3 +102,16 @@ def test_ask_json_sources_carry_the_slide_and_the_label(course, monkeypatch):
     r = CliRunner().invoke(cli, ["ask", "--model", "bundled", "--index-dir", str(idx),
                                  "Does prompting change the weights of the model?"])
     assert "slides.pptx · slide 3 · Fine-tuning vs prompting  (score" in r.output
+
+
+@pytest.mark.skipif(tesseract_path() is None, reason="Debian's tesseract-ocr is not installed "
+                    "(scripts/test.sh installs it when run as root)")
+def test_index_with_ocr_reads_the_scanned_pdf_and_finds_its_page(course, tmp_path):
+    corpus, _, _ = course
+    idx = str(tmp_path / "idx-ocr")
+    r = CliRunner().invoke(cli, ["index", str(corpus), "--ocr", "--index-dir", idx])
+    assert r.exit_code == 0 and "5 added" in r.output and "0 skipped" in r.output, r.output
+    assert "note scanned.pdf: page 1 was read by OCR (tesseract): its words may hold recognition errors" in r.output
+    r = CliRunner().invoke(cli, ["search", "handwritten notes", "-k", "5", "--json", "--index-dir", idx])
+    scan = next(h for h in json.loads(r.output) if h["source"] == "scanned.pdf")
+    assert "handwritten notes" in scan["text"] and scan["page"] == 1 and scan["label"] == "scanned.pdf · page 1"

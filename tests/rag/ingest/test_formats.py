@@ -13,6 +13,7 @@ import pytest
 from rag.ingest.chunking import Chunker
 from rag.ingest.loaders import UnreadableFile, load_documents, read_file
 from rag.ingest.locations import SHARED_LABEL, passage_label
+from rag.ingest.ocr import tesseract_path
 from tests.formatgen import make_docx, make_ipynb, make_pptx, make_scanned_pdf, make_text_pdf
 from tests.pdfgen import make_pdf
 
@@ -155,7 +156,8 @@ def test_a_scanned_pdf_is_skipped_with_its_reason_and_scanned_pages_are_named(tm
     doc = read_file(Path("mixed.pdf"), "mixed.pdf", bytes(pdf.output()))
     assert "A typed first page." in doc.text
     assert doc.metadata["notes"] == ["page 2 holds only images (scanned?), no text read; run OCR on it first "
-                                     "(for example `ocrmypdf in.pdf out.pdf`) or export its text"]
+                                     "(for example `ocrmypdf in.pdf out.pdf`), turn on the setting ocr "
+                                     "(`rag index --ocr`), or export its text"]
     blank = make_pdf([""])
     with pytest.raises(UnreadableFile, match="no text layer on any page"):
         read_file(Path("blank.pdf"), "blank.pdf", blank)
@@ -219,3 +221,29 @@ def test_the_app_accepts_the_types_the_indexer_reads(tmp_path):
         save_upload(corpus, "scan.pdf", make_scanned_pdf(["Scanned text"]))
     with pytest.raises(RagError, match="only .docx, .htm"):
         save_upload(corpus, "grades.xlsx", b"PK\x03\x04")
+
+
+needs_tesseract = pytest.mark.skipif(tesseract_path() is None, reason="Debian's tesseract-ocr is not installed "
+                                     "(scripts/test.sh installs it when run as root)")
+
+
+@needs_tesseract
+def test_with_ocr_on_a_scanned_pdf_is_read_page_by_page_and_said_so(chunker):
+    data = make_scanned_pdf(["Backpropagation computes the gradient\nof the loss for every weight.",
+                             "Dropout switches off random neurons\nduring training."])
+    doc = read_file(Path("scan.pdf"), "scan.pdf", data, ocr=True)
+    words = " ".join(doc.text.split())
+    assert "Backpropagation computes the gradient of the loss for every weight." in words
+    assert "Dropout switches off random neurons during training." in words
+    assert doc.metadata["notes"] == ["pages 1 and 2 were read by OCR (tesseract): their words may hold "
+                                     "recognition errors"]
+    cutting = Chunker(chunker.tokenizer, 256, chunk_tokens=8, overlap=0)
+    pages = {c.metadata["page"] for c in cutting.split(doc) if "Dropout" in c.text}
+    assert pages == {2}
+
+
+def test_with_ocr_on_but_no_tesseract_the_reason_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without the tesseract program
+    with pytest.raises(UnreadableFile, match=r"the setting ocr is on but the tesseract program is not installed: "
+                                              r"install it with `apt-get install tesseract-ocr`$"):
+        read_file(Path("scan.pdf"), "scan.pdf", make_scanned_pdf(["Scanned text"]), ocr=True)
