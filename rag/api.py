@@ -26,7 +26,7 @@ def make_chunker(embedder: Embedder, settings: Settings) -> Chunker:
     """A chunker sized in `embedder`'s own tokens."""
     return Chunker(embedder.tokenizer, embedder.max_tokens, settings.chunk_tokens, settings.chunk_overlap,
                    merge_sections=settings.merge_sections, embed_headings=settings.embed_headings,
-                   child_tokens=settings.child_tokens)
+                   child_tokens=settings.child_tokens, ocr=settings.ocr)
 
 
 def index_corpus(corpus: Path, settings: Settings, *, rebuild: bool = False,

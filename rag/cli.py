@@ -92,12 +92,14 @@ def cli() -> None:
 @click.option("--chunk-tokens", type=int, default=None, help="Target chunk size in embedder tokens.")
 @click.option("--follow-outside-links", is_flag=True, default=None,
               help="Also index links that lead outside CORPUS (skipped by default; RAG_FOLLOW_OUTSIDE_LINKS).")
+@click.option("--ocr", is_flag=True, default=None,
+              help="Read scanned PDF pages with Tesseract (apt-get install tesseract-ocr; RAG_OCR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @engine_options
 @user_errors
 def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_model: str | None,
-          faiss_type: str | None, chunk_tokens: int | None, follow_outside_links: bool | None, as_json: bool,
-          engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
+          faiss_type: str | None, chunk_tokens: int | None, follow_outside_links: bool | None, ocr: bool | None,
+          as_json: bool, engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
     """Build or update the index from CORPUS (a folder or file; default: corpus/)."""
     import contextlib
 
@@ -107,7 +109,7 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
 
     settings = _settings(index_dir=index_dir, embed_model=embed_model, faiss_type=faiss_type, chunk_tokens=chunk_tokens,
-                         follow_outside_links=follow_outside_links or None)
+                         follow_outside_links=follow_outside_links or None, ocr=ocr or None)
     corpus = corpus or settings.corpus_dir
     bars: dict[str, Any] = {}
     labels = {"read": "reading files", "embed": "embedding chunks", "index": "writing index"}
@@ -192,8 +194,7 @@ def search(query: str | None, index_dir: Path | None, top_k: int | None, mode: s
     if not hits:
         click.echo("no matching passages")
     for h in hits:
-        where = h.chunk.source + (f" > {h.chunk.section}" if h.chunk.section else "")
-        click.secho(f"[{h.rank}] {h.score:.4f}  {where}", bold=True)
+        click.secho(f"[{h.rank}] {h.score:.4f}  {h.label}", bold=True)
         text = " ".join(h.snippet.split())  # the window that matched, inside the passage the model reads
         click.echo("    " + (text[:300] + ("..." if len(text) > 300 else "")))
 
@@ -381,10 +382,9 @@ def ask(question: str, index_dir: Path | None, as_json: bool, answer_mode: str |
         click.echo(f"({note})", err=True)
     click.secho("\nNearest passages:" if answer.abstained else "\nSources:", bold=True)
     for s in answer.sources:
-        where = s.source + (f" > {s.section}" if s.section else "")
         mark = "*" if s.cited else " "
         label = "quoted" if s.quote else ("supports" if s.cited else "given")
-        click.echo(f"{mark}[{s.n}] {where}  (score {s.score:.3f}, {label})")
+        click.echo(f"{mark}[{s.n}] {s.label}  (score {s.score:.3f}, {label})")
         click.echo(f"    \"{' '.join(s.snippet.split())[:240]}\"")
 
 

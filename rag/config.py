@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     follow_outside_links: bool = Field(False, description=(
         "Index links in the course folder that lead outside it (off: they are skipped with their reason; "
         "rag.ingest.paths). `rag index --follow-outside-links`, RAG_FOLLOW_OUTSIDE_LINKS."))
+    ocr: bool = Field(False, description=(
+        "Read scanned PDF pages with Tesseract (Debian's tesseract-ocr; rag.ingest.ocr); off: a scanned PDF "
+        "is skipped with its reason. `rag index --ocr`, RAG_OCR."))
 
     # retrieval
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"  # won eval/retrieval_benchmark.py (README, Retrieval quality)

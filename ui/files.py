@@ -17,9 +17,9 @@ from pathlib import Path
 
 from rag.errors import RagError
 from rag.ingest.loaders import UnreadableFile, read_file
-from rag.ingest.paths import os_reason, outside_course
+from rag.ingest.paths import SUPPORTED, os_reason, outside_course
 
-ALLOWED_EXTENSIONS = (".md", ".txt", ".pdf")
+ALLOWED_EXTENSIONS = tuple(sorted(SUPPORTED))  # what the indexer reads, no more and no less
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_NAME_CHARS = 120

@@ -10,6 +10,7 @@ from typing import Any
 
 from rag.answering.answer import Source
 from rag.config import project_root
+from rag.ingest.locations import passage_label
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:])")
 # The start of a raw HTML tag, comment or declaration (`<img`, `</iframe`, `<!--`, `<?`); not an autolink
@@ -121,8 +122,9 @@ def passage_html(text: str, snippet: str = "", highlight: bool = True) -> str:
 
 
 def source_label(src: Source) -> str:
-    """The expander title of one source: number, file, heading and score."""
-    where = src.source + (f" › {src.section}" if src.section and src.section != src.source else "")
+    """The expander title of one source: number, its label (file · slide/page/cell · heading, as the CLI and
+    API name it: rag.ingest.locations.passage_label) and score."""
+    where = src.label or passage_label(src.source, src.section, src.location)
     mark = " · quoted" if src.quote is not None else (" · supports the answer" if src.cited else "")
     return md_escape(f"[{src.n}] {where}") + f" · score {src.score:.2f}{mark}"
 

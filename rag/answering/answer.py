@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.answering import grounding
 from rag.answering.attribution import Support
+from rag.ingest.locations import location_of, passage_label
 from rag.retrieval.retriever import Hit
 
 if TYPE_CHECKING:  # only a type here
@@ -28,11 +29,15 @@ class Source:
     text: str
     cited: bool = True
     quote: grounding.Quote | None = None  # the verified supporting sentence, when it comes from this passage
+    location: dict[str, int] = field(default_factory=dict)  # page/slide/cell (and _end) where the file has them
+    label: str = ""  # "slides.pptx · slide 12 · Fine-tuning vs prompting" (rag.ingest.locations.passage_label)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; `cited` marks a supporting passage, `quote` (text, start, end: character offsets in
-        the passage) the sentence quoted in the answer."""
+        the passage) the sentence quoted in the answer; `page`, `slide` or `cell` (and `page_end`...) where
+        the file has them, and `label`, the passage as the CLI and the app name it."""
         return {"n": self.n, "chunk_id": self.chunk_id, "source": self.source, "section": self.section,
+                **self.location, "label": self.label or passage_label(self.source, self.section, self.location),
                 "score": round(self.score, 4), "snippet": self.snippet, "cited": self.cited,
                 "quote": self.quote.to_dict() if self.quote else None}
 
@@ -80,4 +85,4 @@ class Answer:
 def make_source(n: int, hit: Hit, snippet: str, cited: bool = True, quote: grounding.Quote | None = None) -> Source:
     """The Source of passage `n` (1-based, as numbered in the prompt) showing `snippet`."""
     return Source(n, hit.chunk.id, hit.chunk.source, hit.chunk.section, hit.scores.get("dense", hit.score),
-                  snippet, hit.chunk.text, cited, quote)
+                  snippet, hit.chunk.text, cited, quote, location_of(hit.chunk.metadata), hit.label)

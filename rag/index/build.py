@@ -6,7 +6,7 @@ publishing an empty index (issue 11: a folder of .docx files indexed with exit 0
 of the course folder is skipped unless `follow_outside_links`, and no error of a loader or the chunker
 stops a build: the file is skipped with its reason (issue 31: one PDF decompression bomb stopped
 `rag index` with a traceback). A file indexed with text no reader sees dropped (hidden HTML, front matter,
-comments) gets a note in the report's `notes`.
+comments) or parts its reader left out (hidden slides, scanned PDF pages) gets a note in the report's `notes`.
 Identical files (same bytes under two names) are indexed once: the copy already in the index, else the
 first in path order; the others are skipped with "same content as X". Both copies would otherwise fill
 the top-k with the same passage twice, and a user who cites either finds the text under the kept name.
@@ -53,7 +53,7 @@ class BuildReport:
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
-    notes: list[Skipped] = field(default_factory=list)  # files indexed with text dropped: (source, what)
+    notes: list[Skipped] = field(default_factory=list)  # files indexed with text dropped or parts left out
     kept_previous: list[str] = field(default_factory=list)
     chunks_total: int = 0
     chunks_embedded: int = 0
@@ -91,6 +91,8 @@ class FileChunks:
     :param chunks: the file's chunks in order; None when it could not be read or parsed.
     :param problem: the skip reason when `chunks` is None ("cannot read: ...", or the loader's message).
     :param dropped: characters of text no reader sees that the loader dropped, by kind (`Document.metadata`).
+    :param notes: what the loader left out of an indexed file and why, one line each (hidden slides,
+        scanned pages: `Document.metadata["notes"]`).
     """
 
     sha256: str | None = None
@@ -99,6 +101,7 @@ class FileChunks:
     chunks: list[Chunk] | None = None
     problem: str | None = None
     dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
@@ -116,7 +119,7 @@ def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
         return FileChunks(problem=f"cannot read: {os_reason(exc)}")
     digest = file_sha256(data)
     try:
-        doc = read_file(path, source, data)
+        doc = read_file(path, source, data, ocr=chunker.ocr)
     except UnreadableFile as exc:
         return FileChunks(sha256=digest, size=len(data), problem=str(exc))
     try:
@@ -125,7 +128,8 @@ def read_and_chunk(path: Path, source: str, chunker: Chunker) -> FileChunks:
         detail = " ".join(str(exc).split())[:120]
         return FileChunks(sha256=digest, size=len(data), problem=f"cannot be split into passages "
                           f"({type(exc).__name__}: {detail})")
-    return FileChunks(digest, len(data), doc.metadata.get("kind"), chunks, dropped=doc.metadata.get("dropped", {}))
+    return FileChunks(digest, len(data), doc.metadata.get("kind"), chunks, dropped=doc.metadata.get("dropped", {}),
+                      notes=list(doc.metadata.get("notes", [])))
 
 
 class BuildEngine(Protocol):
@@ -257,6 +261,9 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
             if got.dropped:
                 files[src]["dropped"] = got.dropped
                 report.notes.append(Skipped(src, dropped_note(got.dropped)))
+            if got.notes:
+                files[src]["notes"] = got.notes
+                report.notes.extend(Skipped(src, note) for note in got.notes)
             for c in chunks:
                 new_chunks.append(c)
                 reuse_pos.append(old.pos_by_id.get(c.id) if old else None)

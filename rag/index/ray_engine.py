@@ -212,12 +212,13 @@ def chunker_spec(chunker: Chunker) -> dict[str, Any]:
     """The Chunker arguments that rebuild `chunker` on a worker (checked there against `chunker.params()`)."""
     return {"max_tokens": chunker.window + 2, "chunk_tokens": chunker.chunk_tokens, "overlap": chunker.overlap,
             "merge_sections": chunker.merge_sections, "embed_headings": chunker.embed_headings,
-            "child_tokens": chunker.child_tokens}
+            "child_tokens": chunker.child_tokens, "ocr": chunker.ocr}
 
 
 def file_chunks_to_json(fc: FileChunks) -> str:
     """A FileChunks as one JSON text (what a ChunkWorker sends back; nothing is pickled)."""
     return json.dumps({"sha256": fc.sha256, "size": fc.size, "kind": fc.kind, "problem": fc.problem,
+                       "dropped": fc.dropped, "notes": fc.notes,
                        "chunks": None if fc.chunks is None else [c.to_record() for c in fc.chunks]},
                       ensure_ascii=False)
 
@@ -229,7 +230,8 @@ def file_chunks_from_json(text: str) -> FileChunks:
     """
     d = json.loads(text)
     chunks = None if d["chunks"] is None else [Chunk.from_record(r) for r in d["chunks"]]
-    return FileChunks(d["sha256"], int(d["size"]), d["kind"], chunks, d["problem"])
+    return FileChunks(d["sha256"], int(d["size"]), d["kind"], chunks, d["problem"],
+                      dict(d.get("dropped") or {}), list(d.get("notes") or []))
 
 
 def set_threads(n: float) -> None:

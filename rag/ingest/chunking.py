@@ -15,20 +15,23 @@ import bisect
 import functools
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from rag.ingest.loaders import LOADER_VERSION, Document
+from rag.ingest.locations import LABEL_ORDINAL, SHARED_LABEL, locate, location_of, opening_words, part_regions
 
 # A numbered quiz item at the start of a line: "**3.**", "3.", "3)", "Question 3", "Q3:".
 QUESTION_START = r"\n(?=[ \t]*(?:\*\*|__)?(?:(?:Question|Q)[ \t]*\d{1,3}\b|\d{1,3}[.)](?=[ \t*_]))(?:\*\*|__)?)"
 _MD_DECOR = re.compile(r"(\\?[*_`]+)|\[([^\]]*)\]\([^)]*\)")
 SECTION_SEP = " > "
-CHUNKER_VERSION = 3  # bump when splitting changes: indexes re-chunk every file on their next update
+CHUNKER_VERSION = 4  # bump when splitting changes: indexes re-chunk every file on their next update
 # 2: headings found by a CommonMark parser (code fences of any length, nested fences, fences in lists)
 # 3: small sections packed into one chunk up to the budget (issue 13); heading path embedded only on request
+# 4: page/slide/cell locations (a chunk never spans two slides); passages sharing a label marked
 MAX_SECTION_TOKENS = 48
 _HEADING_LINE = re.compile(r"^ {0,3}#{1,6}([ \t]|$)")
 UNIT_MARK = "\x1e"  # marks section starts for the splitter (ASCII record separator; never left in a chunk)
@@ -126,7 +129,8 @@ class Chunker:
     """Heading- and quiz-aware splitter sized in the embedder's tokens, with overlap."""
 
     def __init__(self, tokenizer: Any, max_tokens: int = 256, chunk_tokens: int = 200, overlap: int = 32,
-                 merge_sections: bool = True, embed_headings: bool = False, child_tokens: int = 0):
+                 merge_sections: bool = True, embed_headings: bool = False, child_tokens: int = 0,
+                 ocr: bool = False):
         """
         :param tokenizer: the embedder's tokenizer (sizes are counted in its word pieces).
         :param max_tokens: the embedder's window, special tokens included.
@@ -141,6 +145,9 @@ class Chunker:
             are embedded and searched, the parent is what retrieval returns (small-to-big; see
             rag/retrieval/parent_child.py). Each child's metadata holds "parent" (id) and "parent_span";
             the parent's first child also holds "parent_text".
+        :param ocr: the loader reads scanned PDF pages with Tesseract (rag.ingest.ocr) for this index. A
+            loader option kept here because the chunker's `params()` are the recipe from file to passages
+            that the manifest records: turning OCR on or off re-reads every file on the next update.
         """
         self.tokenizer = tokenizer
         self.window = max_tokens - 2  # [CLS] and [SEP]
@@ -149,6 +156,7 @@ class Chunker:
         self.merge_sections = merge_sections
         self.embed_headings = embed_headings
         self.child_tokens = child_tokens if 0 < child_tokens < self.chunk_tokens else 0
+        self.ocr = ocr
         self._splitters: dict[tuple[int, bool], RecursiveCharacterTextSplitter] = {}
         # The splitter measures the same pieces many times while merging; memoise per chunker.
         self.count = functools.lru_cache(maxsize=65536)(self._count)
@@ -156,7 +164,7 @@ class Chunker:
     def params(self) -> dict[str, Any]:
         return {"chunk_tokens": self.chunk_tokens, "overlap": self.overlap, "window": self.window,
                 "merge_sections": self.merge_sections, "embed_headings": self.embed_headings,
-                "child_tokens": self.child_tokens,
+                "child_tokens": self.child_tokens, "ocr": self.ocr,
                 "version": CHUNKER_VERSION, "loader_version": LOADER_VERSION}
 
     def _count(self, text: str) -> int:
@@ -216,44 +224,59 @@ class Chunker:
     def split(self, doc: Document) -> list[Chunk]:
         """All chunks of one document, in reading order.
 
+        A document read in numbered parts (`doc.metadata["parts"]`: pages, slides, cells) gives each chunk
+        its location (`{"slide": 3}`, `{"page": 2, "page_end": 3}`: rag.ingest.locations.locate); a chunk
+        never spans two slides. Chunks of one file that share a location and heading path are marked
+        `metadata[SHARED_LABEL]`, so their labels add their opening words.
+
         :param doc: the loaded document.
         :returns: chunks whose `span` indexes `doc.text` exactly and whose `section` is the heading path
             where the chunk starts; `embed_text` fits the embedder's window.
         """
         text = doc.text.replace(UNIT_MARK, " ")
-        units = self._units(text)
-        starts = [u[0] for u in units]
+        parts = doc.metadata.get("parts")
+        regions = [(a, b, self._units(text[a:b])) for a, b in part_regions(parts, len(text))]
         budget = self.chunk_tokens
         if self.embed_headings:
-            room = max((self.count(label) + 1 for _, label in units if label), default=0)
+            room = max((self.count(label) + 1 for *_, units in regions for _, label in units if label), default=0)
             budget = max(16, min(budget, self.window - room))
+        labelled: list[tuple[tuple[int, int], str]] = []
+        for a, b, units in regions:
+            region = text[a:b]
+            starts = [u[0] for u in units]
+            for start, end in self._spans(region, units, budget):
+                label = units[bisect.bisect_right(starts, start) - 1][1] if units else ""
+                labelled.append(((a + start, a + end), label))
+        chunks: list[Chunk] = []
+        seen: dict[int, int] = {}
+        for span, label in labelled:
+            part = text[span[0]:span[1]]
+            base = chunk_id(doc.source, label, part)
+            occurrence = seen.get(base, 0)
+            seen[base] = occurrence + 1
+            cid = base if occurrence == 0 else chunk_id(doc.source, label, part, occurrence)
+            meta: dict[str, Any] = {} if self.embed_headings else {"embed_context": ""}
+            meta.update(locate(parts, *span))
+            chunks.append(Chunk(cid, part, doc.source, label, span, meta))
+        mark_shared_labels(chunks)
+        return self._children(doc, chunks) if self.child_tokens else chunks
+
+    def _spans(self, text: str, units: list[tuple[int, str]], budget: int) -> list[tuple[int, int]]:
+        """The [start, end) spans of the chunks of `text` (sections `units`), in reading order."""
         spans: list[tuple[int, int]] = []
         cursor = 0
         for piece in self._pieces(text, units, budget):
             if not piece:
                 continue
-            parts = [piece] if self.count(piece) <= budget else self._hard_split(piece, budget)
-            for part in parts:
+            pieces = [piece] if self.count(piece) <= budget else self._hard_split(piece, budget)
+            for part in pieces:
                 at = text.find(part, cursor)
                 if at < 0:
                     at = text.find(part)
                 at = max(at, 0)
                 cursor = at + 1
                 spans.append((at, at + len(part)))
-        chunks: list[Chunk] = []
-        seen: dict[int, int] = {}
-        for span in self._attach_headings(text, spans, budget):
-            part = text[span[0]:span[1]]
-            label = units[bisect.bisect_right(starts, span[0]) - 1][1] if units else ""
-            base = chunk_id(doc.source, label, part)
-            occurrence = seen.get(base, 0)
-            seen[base] = occurrence + 1
-            cid = base if occurrence == 0 else chunk_id(doc.source, label, part, occurrence)
-            meta: dict[str, Any] = {} if self.embed_headings else {"embed_context": ""}
-            if "page_starts" in doc.metadata:
-                meta["page"] = _page_of(doc.metadata["page_starts"], span[0])
-            chunks.append(Chunk(cid, part, doc.source, label, span, meta))
-        return self._children(doc, chunks) if self.child_tokens else chunks
+        return self._attach_headings(text, spans, budget)
 
     def _attach_headings(self, text: str, spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
         """A piece that is only heading lines (its section was too long to join it) joins the next piece
@@ -289,8 +312,6 @@ class Chunker:
                 seen[base] = occurrence + 1
                 cid = base if occurrence == 0 else chunk_id(doc.source, parent.section, piece, occurrence)
                 meta = {**parent.metadata, "parent": parent.id, "parent_span": list(parent.span)}
-                if "page_starts" in doc.metadata:
-                    meta["page"] = _page_of(doc.metadata["page_starts"], start)
                 if first:
                     meta["parent_text"] = parent.text
                     first = False
@@ -298,9 +319,22 @@ class Chunker:
         return children
 
 
-def _page_of(page_starts: list[int], offset: int) -> int:
-    page = 1
-    for i, s in enumerate(page_starts):
-        if s <= offset:
-            page = i + 1
-    return page
+def mark_shared_labels(chunks: list[Chunk]) -> None:
+    """Mark the chunks of one file that another chunk's label would not tell apart (see rag.ingest.locations).
+
+    A chunk whose location and heading path another chunk of the file has gets `metadata[SHARED_LABEL]`
+    (its label adds its opening words); when its opening words are shared too, `metadata[LABEL_ORDINAL]` is
+    [k, n]: the k-th of the n such chunks in reading order (its label adds "(k of n)").
+
+    :param chunks: one document's chunks, in reading order (changed in place).
+    """
+    keys = [(tuple(sorted(location_of(c.metadata).items())), c.section) for c in chunks]
+    counts = Counter(keys)
+    shared = [(c, (*key, opening_words(c.text))) for c, key in zip(chunks, keys) if counts[key] > 1]
+    totals = Counter(key for _, key in shared)
+    seen: Counter = Counter()
+    for chunk, key in shared:
+        chunk.metadata[SHARED_LABEL] = True
+        if totals[key] > 1:
+            seen[key] += 1
+            chunk.metadata[LABEL_ORDINAL] = [seen[key], totals[key]]

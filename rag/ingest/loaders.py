@@ -1,5 +1,12 @@
-"""Load course files (.md .txt .pdf .html) into Documents; every file the walk sees is indexed or skipped with
-its reason, never passed over in silence.
+"""Load course files (.md .txt .pdf .html .pptx .docx .ipynb) into Documents; every file the walk sees is indexed
+or skipped with its reason, never passed over in silence.
+
+Each format has its reader, each through a well-kept library: PDF pages (rag.ingest.pdf, pypdf), slides
+(rag.ingest.slides, python-pptx), Word documents (rag.ingest.word, python-docx), notebook cells
+(rag.ingest.notebooks, nbformat), HTML (rag.ingest.html, BeautifulSoup). A file read in numbered parts
+(pages, slides, cells) keeps their numbers in `Document.metadata["parts"]` (rag.ingest.locations), so each
+passage can say where it lies; what a reader leaves out (hidden slides, scanned pages) is named in
+`Document.metadata["notes"]`.
 
 Why each rule (issue 11):
 - Text is decoded by its byte-order mark: UTF-8 (with or without BOM), UTF-16 and UTF-32 with a BOM (what
@@ -35,7 +42,13 @@ from typing import BinaryIO, Iterable, Iterator
 
 from rag.errors import RagError
 from rag.ingest.html import read_html
+from rag.ingest.locations import parts_meta
 from rag.ingest.markup import strip_comments, strip_front_matter
+from rag.ingest.notebooks import read_ipynb
+from rag.ingest.pdf import read_pdf
+from rag.ingest.reader import FileText, UnreadableFile, one_line
+from rag.ingest.slides import read_pptx
+from rag.ingest.word import read_docx
 from rag.ingest.paths import (  # the course folder and its walk; imported from here by older callers
     MAX_FILE_BYTES,
     SUPPORTED,
@@ -48,13 +61,11 @@ from rag.ingest.paths import (  # the course folder and its walk; imported from 
     walk_corpus,
 )
 
-# pypdf's text extraction is quadratic in a page's drawing commands (1 MiB: 1.4 s, 4 MiB: 19 s), so a 10 KB
-# file inflating to 70 MiB on one page, under pypdf's own limits, would hold `rag index` for hours.
-MAX_PDF_PAGE_CONTENT = 4 * 1024 * 1024
-LOADER_VERSION = 5  # bump when extracted text changes: indexes re-read every file on their next update
+LOADER_VERSION = 6  # bump when extracted text changes: indexes re-read every file on their next update
 # 3: UTF-16/32 by BOM; HTML <pre> fenced as code.
 # 4: every visible HTML text node, hidden text / front matter / comments dropped, images stripped everywhere.
 # 5: PDFs with only an owner password read; an unclosed <!-- keeps its text; TOML front matter dropped.
+# 6: .pptx, .docx and .ipynb read; page, slide and cell numbers kept as `metadata["parts"]`; scanned PDFs said.
 # UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -68,10 +79,6 @@ class Document:
     source: str  # path relative to the corpus root, with forward slashes
     sha256: str
     metadata: dict = field(default_factory=dict)
-
-
-class UnreadableFile(Exception):
-    """Raised by a reader when a file has no usable text; the message is the reason shown to the user."""
 
 
 def file_sha256(data: bytes) -> str:
@@ -182,55 +189,6 @@ def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
         line, n = stream.readline(), n + 1
 
 
-def _read_pdf(data: bytes) -> list[str]:
-    import io
-
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            open_pdf(reader)
-        pages = []
-        for number, page in enumerate(reader.pages, start=1):
-            contents = page.get_contents()
-            size = len(contents.get_data()) if contents is not None else 0
-            if size > MAX_PDF_PAGE_CONTENT:
-                raise UnreadableFile(
-                    f"PDF page {number} holds {size / 1_048_576:.0f} MiB of drawing commands (over "
-                    f"{MAX_PDF_PAGE_CONTENT // 1_048_576} MiB): too costly to read, a decompression bomb or an "
-                    "oversized page; save a smaller, ordinary PDF")
-            pages.append((page.extract_text() or "").strip())
-        return pages
-    except UnreadableFile:
-        raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise UnreadableFile(f"broken PDF ({type(exc).__name__}: {one_line(str(exc))[:80]})") from None
-
-
-def open_pdf(reader) -> None:
-    """Open an encrypted PDF the way a viewer does: with the empty user password, else say why not.
-
-    Many course PDFs carry only an owner password (printing or copying restricted): every viewer opens them
-    without asking, so their text is read too; "encrypted PDF" used to skip them.
-
-    :raises UnreadableFile: the PDF needs a password, or its cipher needs a package that is not installed.
-    """
-    try:
-        opened = reader.decrypt("")
-    except Exception as exc:  # pypdf's DependencyError: AES needs the cryptography package
-        raise UnreadableFile(f"encrypted PDF that cannot be opened here ({one_line(str(exc))[:80]}); "
-                             "save an unencrypted copy") from None
-    if not opened:
-        raise UnreadableFile("encrypted PDF (it needs a password); save an unencrypted copy")
-
-
-def one_line(text: str) -> str:
-    """`text` with its whitespace runs (newlines included) collapsed to single spaces."""
-    return " ".join(text.split())
-
-
 def loader_failure(kind: str, exc: Exception) -> str:
     """The skip reason of a file whose `kind` reader raised `exc` (an error no reader anticipated).
 
@@ -247,32 +205,42 @@ def loader_failure(kind: str, exc: Exception) -> str:
     return f"the {kind} reader failed ({type(exc).__name__}: {detail}); the file may be damaged"
 
 
-def extract_text(kind: str, data: bytes) -> tuple[list[str], dict[str, int]]:
-    """The text of a file of `kind` as pages (one for every kind but PDF), and what no reader sees, dropped.
+def extract_text(kind: str, data: bytes, ocr: bool = False) -> FileText:
+    """The text of a file of `kind` (a value of SUPPORTED): its parts, and what no reader sees, dropped.
 
-    :returns: (pages, characters dropped by kind: "front matter", "comments", "hidden HTML"; n > 0 only).
-    :raises UnreadableFile: the reader's own reasons (binary, encoding, broken or encrypted PDF).
+    :param ocr: read scanned PDF pages with Tesseract (rag.ingest.ocr).
+
+    :returns: the reader's FileText (pages, slides and cells numbered; one part for the other kinds).
+    :raises UnreadableFile: the reader's own reasons (binary, encoding, broken or encrypted PDF, scanned PDF,
+        not a .pptx/.docx/notebook).
     :raises Exception: whatever else a reader raised (see `read_file`).
     """
     if kind == "pdf":
-        return _read_pdf(data), {}
+        return read_pdf(data, ocr)
+    if kind == "pptx":
+        return read_pptx(data)
+    if kind == "docx":
+        return read_docx(data)
     text = decode_text(data)
+    if kind == "notebook":
+        return read_ipynb(text)
     if kind == "html":
         text, dropped = read_html(text)
-        return [text], dropped
+        return FileText([text], dropped=dropped)
     dropped = {}
     if kind == "markdown":
         text, dropped["front matter"] = strip_front_matter(text)
     text, dropped["comments"] = strip_comments(text)
-    return [text], {what: n for what, n in dropped.items() if n}
+    return FileText([text], dropped={what: n for what, n in dropped.items() if n})
 
 
-def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
+def read_file(path: Path, source: str, data: bytes | None = None, ocr: bool = False) -> Document:
     """Read one supported file (or its already-read bytes) into a Document.
 
     :param path: the file (its suffix picks the reader).
     :param source: the name it is indexed under.
     :param data: its bytes when already read.
+    :param ocr: read scanned PDF pages with Tesseract (the setting `ocr`; rag.ingest.ocr).
     :raises UnreadableFile: with the user-facing reason (type, size, binary, encoding, broken PDF, empty).
     :raises OSError: when `data` is None and the file cannot be read.
     """
@@ -284,31 +252,40 @@ def read_file(path: Path, source: str, data: bytes | None = None) -> Document:
     if data is None:
         data = path.read_bytes()
     try:
-        pages, dropped = extract_text(kind, data)
+        got = extract_text(kind, data, ocr)
     except UnreadableFile:
         raise
     except Exception as exc:  # the one funnel: no reader's error stops a build or an upload (issue 31)
         raise UnreadableFile(loader_failure(kind, exc)) from None
-    pages = [strip_md_images(page) for page in pages]  # every format: no image URL reaches a passage
+    parts = [strip_md_images(part) for part in got.parts]  # every format: no image URL reaches a passage
+    if got.part_kind:
+        parts = [part.strip("\n") for part in parts]
     meta: dict = {"kind": kind}
-    if kind == "pdf":
+    if got.part_kind:
+        numbers = got.numbers or list(range(1, len(parts) + 1))
         starts = [0]
-        for page in pages[:-1]:
-            starts.append(starts[-1] + len(page) + 2)
-        meta["page_starts"] = starts[:len(pages)]
-    if dropped:
-        meta["dropped"] = dropped
-    text = "\n\n".join(pages)
+        for part in parts[:-1]:
+            starts.append(starts[-1] + len(part) + 2)
+        meta["parts"] = parts_meta(got.part_kind, starts[:len(parts)], numbers)
+    if got.dropped:
+        meta["dropped"] = got.dropped
+    if got.notes:
+        meta["notes"] = list(got.notes)
+    text = "\n\n".join(parts)
     if not text.strip():
-        raise UnreadableFile(empty_reason(kind, dropped))
+        raise UnreadableFile(empty_reason(kind, got))
     return Document(text=text, source=source, sha256=file_sha256(data), metadata=meta)
 
 
-def empty_reason(kind: str, dropped: dict[str, int]) -> str:
-    """The skip reason of a file of `kind` with no text left (`dropped`: what was taken out, see `read_file`)."""
-    if dropped:
-        return f"no text a reader sees ({dropped_note(dropped)})"
-    return "empty file (no text)" if kind != "pdf" else "PDF has no extractable text (scanned images?)"
+def empty_reason(kind: str, got: FileText) -> str:
+    """The skip reason of a file of `kind` with no text left (`got`: what its reader found, see `read_file`)."""
+    if got.dropped:
+        return f"no text a reader sees ({dropped_note(got.dropped)})"
+    if got.notes:
+        return "no text indexed: " + "; ".join(got.notes)
+    what = {"pdf": "PDF has no extractable text (no text layer on any page)", "pptx": "no text on any slide",
+            "notebook": "notebook with no text in any cell"}
+    return what.get(kind, "empty file (no text)")
 
 
 def dropped_note(dropped: dict[str, int]) -> str:
@@ -329,10 +306,12 @@ def same_content(source: str) -> str:
     return f"same content as {source} (identical files are indexed once)"
 
 
-def load_documents(root: Path, follow_outside_links: bool = False) -> tuple[list[Document], list[Skipped]]:
+def load_documents(root: Path, follow_outside_links: bool = False, ocr: bool = False
+                   ) -> tuple[list[Document], list[Skipped]]:
     """Load every file under `root` (not incrementally: see rag.index.build for the index's loader).
 
     :param follow_outside_links: read links that lead out of `root` too (see rag.ingest.paths).
+    :param ocr: read scanned PDF pages with Tesseract (rag.ingest.ocr).
     :returns: (documents, skipped): every entry the walk sees is in one of the two; of identical files
         only the first (in path order) is a document.
     :raises RagError: when `root` cannot be walked (see `open_corpus`).
@@ -344,7 +323,7 @@ def load_documents(root: Path, follow_outside_links: bool = False) -> tuple[list
     for path in paths:
         src = source_name(path, root)
         try:
-            doc = read_file(path, src)
+            doc = read_file(path, src, ocr=ocr)
         except UnreadableFile as exc:
             skipped.append(Skipped(src, str(exc)))
             continue

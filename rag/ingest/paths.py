@@ -1,7 +1,7 @@
 """The course folder: what it may contain, and the walk that lists it (issues 11 and 31).
 
 The walk (`walk_corpus`) lists every entry it sees: the files to read, and the rest as skipped with a
-reason: hidden entries, unsupported types (.docx, images…), broken links, symlink loops, unreadable folders,
+reason: hidden entries, unsupported types (.ppt, .doc, images…), broken links, symlink loops, unreadable folders,
 special files, links out of the course. Symlinked folders inside the course are followed once; a link back
 to one of its own ancestors is a loop and is not followed. It is iterative: 1,100 nested folders raised
 RecursionError.
@@ -30,7 +30,8 @@ from typing import Iterator
 
 from rag.errors import RagError
 
-SUPPORTED = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf", ".html": "html", ".htm": "html"}
+SUPPORTED = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf", ".html": "html", ".htm": "html",
+             ".pptx": "pptx", ".docx": "docx", ".ipynb": "notebook"}  # suffix -> reader (rag.ingest.loaders)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 SUPPORTED_LIST = ", ".join(sorted(SUPPORTED))
 OPT_IN = "pass --follow-outside-links or set RAG_FOLLOW_OUTSIDE_LINKS=true"

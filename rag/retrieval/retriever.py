@@ -22,6 +22,7 @@ from rag.errors import RagError
 from rag.index.embeddings import Embedder
 from rag.index.store import VectorIndex, generation_stamp
 from rag.ingest.chunking import Chunk
+from rag.ingest.locations import location_of, passage_label
 from rag.retrieval.fusion import DUPLICATE_RATIO, collapse_near_duplicates, rrf
 from rag.retrieval.parent_child import Passages
 
@@ -47,12 +48,21 @@ class Hit:
         at = self.chunk.text.find(self.match[:80]) if self.match else -1
         return self.chunk.text[at:] if at > 0 else self.chunk.text
 
+    @property
+    def label(self) -> str:
+        """The passage as a reader names it: "slides.pptx · slide 12 · Fine-tuning vs prompting"
+        (rag.ingest.locations.passage_label)."""
+        c = self.chunk
+        return passage_label(c.source, c.section, c.metadata, c.text)
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (`rag search --json`): the passage, its scores, its location (page, slide or cell and
+        their `_end`, where the file has them) and its label."""
         return {"chunk_id": self.chunk.id, "text": self.chunk.text, "score": round(self.score, 6),
                 "rank": self.rank, "source": self.chunk.source, "section": self.chunk.section,
                 "span": list(self.chunk.span), "scores": {k: round(v, 6) for k, v in self.scores.items()},
                 **({"match": self.match} if self.match else {}),
-                **({"page": self.chunk.metadata["page"]} if "page" in self.chunk.metadata else {})}
+                **location_of(self.chunk.metadata), "label": self.label}
 
 
 @dataclass(eq=False)

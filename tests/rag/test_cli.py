@@ -192,20 +192,20 @@ def test_damaged_manifest_is_one_line(built_index, damage, needle):
 
 
 def test_index_lists_unsupported_files_and_refuses_zero_documents(run, small_corpus, tmp_path):
-    (small_corpus / "notes.docx").write_bytes(b"PK\x03\x04 word")
+    (small_corpus / "notes.doc").write_bytes(b"\xd0\xcf\x11\xe0 word")
     r = CliRunner().invoke(cli, ["index", str(small_corpus), "--index-dir", str(tmp_path / "idx")])
-    assert r.exit_code == 0 and "skipped notes.docx: unsupported file type .docx" in r.output
+    assert r.exit_code == 0 and "skipped notes.doc: unsupported file type .doc;" in r.output
     assert "3 added" in r.output and "1 skipped" in r.output
     empty = tmp_path / "empty"
     empty.mkdir()
     r = CliRunner().invoke(cli, ["index", str(empty), "--index-dir", str(tmp_path / "idx2")])
     _one_line_error(r, "no documents to index", str(empty))
-    only_docx = tmp_path / "docx"
-    only_docx.mkdir()
-    (only_docx / "notes.docx").write_bytes(b"PK\x03\x04 word")
-    r = CliRunner().invoke(cli, ["index", str(only_docx), "--index-dir", str(tmp_path / "idx3")])
-    _one_line_error(r, "no documents to index", "notes.docx")
-    assert "skipped notes.docx: unsupported file type .docx" in r.output
+    only_doc = tmp_path / "doc"
+    only_doc.mkdir()
+    (only_doc / "notes.doc").write_bytes(b"\xd0\xcf\x11\xe0 word")
+    r = CliRunner().invoke(cli, ["index", str(only_doc), "--index-dir", str(tmp_path / "idx3")])
+    _one_line_error(r, "no documents to index", "notes.doc")
+    assert "skipped notes.doc: unsupported file type .doc;" in r.output
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -151,7 +151,7 @@ def test_sidebar_retrieval_settings_reach_the_pipeline(monkeypatch, course_index
     bot = at.chat_message[-1]
     assert len(bot.expander) == 2
     expected = [h.chunk.source for h in search(OFF_TOPIC, course_index, k=2, mode="hybrid")]
-    shown = [label(e).split("] ", 1)[1].split(" › ")[0] for e in bot.expander]
+    shown = [label(e).split("] ", 1)[1].split(" · ")[0] for e in bot.expander]
     assert shown == expected
 
 

@@ -51,3 +51,17 @@ def test_a_fence_that_ends_with_its_list_or_quote_leaves_no_image_live(text: str
 def test_fences_in_lists_and_quotes_stay_as_written() -> None:
     text = "- step\n\n  ```html\n  <img src=x> ![x](u)\n  ```\n\n> ```\n> <video>\n> ```\n"
     assert safe_markdown(text) == text
+
+
+def test_a_source_is_titled_by_the_label_the_cli_and_api_use() -> None:
+    from rag.answering.answer import make_source
+    from rag.ingest.chunking import Chunk
+    from rag.retrieval.retriever import Hit
+    from ui.render import source_label
+
+    chunk = Chunk(7, "# Fine-tuning vs prompting\n\nPrompting changes the input.", "slides.pptx",
+                  "Fine-tuning vs prompting", (0, 50), {"slide": 12})
+    src = make_source(1, Hit(chunk, 0.5, 1, {"dense": 0.5}), "Prompting changes the input.")
+    assert src.to_dict()["slide"] == 12 and src.to_dict()["label"] == "slides.pptx · slide 12 · Fine-tuning vs prompting"
+    title = source_label(src)
+    assert title.replace("\\", "") == "[1] slides.pptx · slide 12 · Fine-tuning vs prompting · score 0.50 · supports the answer"

@@ -203,10 +203,10 @@ def test_zero_documents_is_an_error_and_the_previous_index_stays(small_corpus, s
     with pytest.raises(NoDocuments, match="holds no files"):
         build(empty, settings, embedder)
     assert not (settings.index_dir / "CURRENT").exists()
-    (empty / "notes.docx").write_bytes(b"PK\x03\x04")
-    with pytest.raises(NoDocuments, match=r"notes\.docx: unsupported file type \.docx") as exc:
+    (empty / "notes.doc").write_bytes(b"\xd0\xcf\x11\xe0")
+    with pytest.raises(NoDocuments, match=r"notes\.doc: unsupported file type \.doc") as exc:
         build(empty, settings, embedder)
-    assert [s.source for s in exc.value.skipped] == ["notes.docx"]
+    assert [s.source for s in exc.value.skipped] == ["notes.doc"]
     build(small_corpus, settings, embedder)
     gen = current_generation(settings.index_dir)
     for f in [small_corpus / "fine-tuning.md", small_corpus / "sampling.txt", small_corpus / "week2" / "attention.md"]:
@@ -218,12 +218,13 @@ def test_zero_documents_is_an_error_and_the_previous_index_stays(small_corpus, s
 
 def test_the_report_lists_every_entry_the_walk_skipped(small_corpus, settings, embedder):
     (small_corpus / "notes.docx").write_bytes(b"PK\x03\x04 word")
-    (small_corpus / "week2" / "slides.pptx").write_bytes(b"PK\x03\x04 slides")
+    (small_corpus / "week2" / "slides.ppt").write_bytes(b"\xd0\xcf\x11\xe0 slides")
     (small_corpus / "loop").symlink_to(small_corpus / "loop")
     r = build(small_corpus, settings, embedder)
     reasons = {s.source: s.reason for s in r.skipped}
-    assert set(reasons) == {"notes.docx", "week2/slides.pptx", "loop"}
-    assert "unsupported file type .pptx" in reasons["week2/slides.pptx"] and "symlink loop" in reasons["loop"]
+    assert set(reasons) == {"notes.docx", "week2/slides.ppt", "loop"}
+    assert "unsupported file type .ppt;" in reasons["week2/slides.ppt"] and "symlink loop" in reasons["loop"]
+    assert reasons["notes.docx"].startswith("not a Word .docx file")
     assert len(r.added) == 3
 
 

@@ -27,18 +27,22 @@ def test_loads_md_txt_html_pdf_recursively(tmp_path: Path):
         "<html><head><style>x{}</style></head><body><h2>Attention</h2><p>Heads attend.</p>"
         "<ul><li>one</li></ul><script>alert(1)</script></body></html>", encoding="utf-8")
     (root / "d.pdf").write_bytes(make_pdf(["LoRA freezes the base weights.", "Second page here."]))
-    (root / "notes.docx").write_bytes(b"PK\x03\x04 not supported, ignored")
+    (root / "notes.docx").write_bytes(b"PK\x03\x04 not a real Word file")
     (root / ".hidden.md").write_text("secret", encoding="utf-8")
     docs, skipped = load_documents(root)
     by = {d.source: d for d in docs}
     assert set(by) == {"a.md", "sub/b.txt", "sub/deeper/c.html", "d.pdf"}
-    assert {s.source for s in skipped} == {"notes.docx", ".hidden.md"}  # listed with their reasons (issue 11)
+    assert {s.source: s.reason for s in skipped} == {  # listed with their reasons (issue 11)
+        "notes.docx": "not a Word .docx file (not a zip archive: damaged, or an old binary file renamed); "
+                      "save it again in that format",
+        ".hidden.md": "hidden file (name starts with '.'), not read"}
     html = by["sub/deeper/c.html"].text
     assert "## Attention" in html and "Heads attend." in html and "- one" in html
     assert "alert" not in html and "x{}" not in html
     pdf = by["d.pdf"]
     assert "LoRA freezes the base weights." in pdf.text and "Second page here." in pdf.text
-    assert pdf.metadata["page_starts"][0] == 0 and len(pdf.metadata["page_starts"]) == 2
+    assert pdf.metadata["parts"] == {"kind": "page", "starts": [0, len("LoRA freezes the base weights.") + 2],
+                                     "numbers": [1, 2]}
 
 
 def test_each_bad_file_kind_is_skipped_with_its_reason(tmp_path: Path):
@@ -93,12 +97,12 @@ def test_utf16_and_utf32_text_is_decoded_by_its_bom(tmp_path: Path):
 
 
 def test_every_entry_the_walk_sees_is_indexed_or_skipped_with_its_reason(tmp_path: Path):
-    """.docx and other types were passed over without a word; so were links, hidden files, special files."""
+    """.doc and other types were passed over without a word; so were links, hidden files, special files."""
     root = tmp_path / "c"
     (root / "sub").mkdir(parents=True)
     (root / "a.md").write_text("# A\n\nreadable", encoding="utf-8")
     (root / "sub" / "b.txt").write_text("plain text in a folder", encoding="utf-8")
-    (root / "notes.docx").write_bytes(b"PK\x03\x04 a word file")
+    (root / "notes.doc").write_bytes(b"\xd0\xcf\x11\xe0 an old binary word file")
     (root / "diagram.png").write_bytes(b"\x89PNG\r\n")
     (root / "Makefile").write_text("all:\n", encoding="utf-8")
     (root / ".hidden.md").write_text("secret", encoding="utf-8")
@@ -118,12 +122,12 @@ def test_every_entry_the_walk_sees_is_indexed_or_skipped_with_its_reason(tmp_pat
     assert [d.source for d in docs] == ["a.md", "sub/b.txt"]
     reasons = {s.source: s.reason for s in skipped}
     assert reasons == {s.source: s.reason for s in walk_skipped}
-    assert set(reasons) == {"notes.docx", "diagram.png", "Makefile", ".hidden.md", ".git/", "broken.md",
+    assert set(reasons) == {"notes.doc", "diagram.png", "Makefile", ".hidden.md", ".git/", "broken.md",
                             "loop.md", "sub/up/", "pipe.txt", "shared/"}
     assert "outside the course folder" in reasons["shared/"]
     files, _ = walk_corpus(root, follow_outside_links=True)
     assert [f.relative_to(root).as_posix() for f in files] == ["a.md", "shared/s.md", "sub/b.txt"]
-    assert reasons["notes.docx"].startswith("unsupported file type .docx") and ".md" in reasons["notes.docx"]
+    assert reasons["notes.doc"].startswith("unsupported file type .doc;") and ".docx" in reasons["notes.doc"]
     assert "unsupported file type (no extension)" in reasons["Makefile"]
     assert "hidden" in reasons[".hidden.md"] and "hidden folder" in reasons[".git/"]
     assert "broken symlink" in reasons["broken.md"]
