@@ -438,6 +438,35 @@ def serve(index_dir: Path | None, host: str, port: int, served_model_name: str, 
     server.run(sockets=[listener])
 
 
+
+@cli.group()
+def feedback() -> None:
+    """The app's thumbs up/down on answers (kept in its chat history file)."""
+
+
+@feedback.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--history", "history", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The app's chat history file (default: the history_path setting, else chats.sqlite3 next to the index).")
+@click.option("--rating", type=click.Choice(["all", "up", "down"]), default="all", show_default=True)
+@user_errors
+def feedback_export(out: Path, history: Path | None, rating: str) -> None:
+    """Write every visitor's rated answers to OUT as `rag eval` questions (JSONL; - for stdout)."""
+    from rag.common.atomic import write_text_atomic
+    from ui.feedback import eval_jsonl
+    from ui.history import ChatStore, history_path
+
+    path = history or history_path(_settings())
+    if not path.is_file():
+        raise RagError(f"no chat history at {path}: the app writes it once someone asks a question "
+                       "(or pass --history FILE)")
+    text = eval_jsonl(ChatStore(path).feedback(None), rating)  # type: ignore[arg-type]
+    if str(out) == "-":
+        click.echo(text, nl=False)
+    else:
+        write_text_atomic(out, text)
+    click.echo(f"{text.count(chr(10))} question(s) written to {'stdout' if str(out) == '-' else out}", err=True)
+
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (IPv6 when `host` has a colon; port 0 = any free port).
 

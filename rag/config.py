@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     ui_backend_urls: Annotated[list[str], NoDecode] = []  # servers an app visitor may pick besides `model`
     server_api_key: SecretStr | None = None  # `rag serve` wants `Authorization: Bearer <key>` when set
     cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed to call `rag serve`
+    history_path: Path | None = Field(None, description=(
+        "The app's SQLite file of conversations and answer feedback (RAG_HISTORY_PATH); unset: chats.sqlite3 "
+        "next to the index folder (data/chats.sqlite3 by default). `rag feedback export` reads it too."))
 
     @field_validator("ui_backend_urls", "cors_origins", mode="before")
     @classmethod
@@ -192,6 +195,13 @@ class Settings(BaseSettings):
             if not re.match(r"https?://[^\s/]+", url, re.I):
                 raise ValueError(f"{url!r} is not an http(s):// URL of an OpenAI-compatible server")
         return [url.rstrip("/") for url in value]
+
+    @field_validator("history_path")
+    @classmethod
+    def _history_path_is_a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            raise ValueError(f"{value} is a folder; point it at a file (e.g. {value / 'chats.sqlite3'})")
+        return value
 
     @field_validator("index_dir")
     @classmethod

@@ -14,7 +14,10 @@ controls are not drawn and the actions refuse.
 Nothing the app shows can make a visitor's browser fetch a URL chosen by a course file's author or a model
 server (issue 31): every text of a course file or a model rendered as markdown goes through
 ui.render.safe_markdown (images become plain links, raw HTML shows as text), the answer while it streams too;
-passages are escaped HTML (ui.render.passage_html).
+passages are rendered through ui.highlight (safe markdown, the quote highlighted by a markdown directive).
+
+Conversations are kept across reloads and restarts, per visitor, in a local SQLite file; sources open in
+their document; answers get thumbs up/down (ui/chat.py and the modules it names).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rag.generation.base import Generator
 from rag.generation.factory import get_generator as backend_for
 from rag.generation.factory import resolve_model
 from rag.retrieval.retriever import MODES, Retriever
+from ui import chat
 from ui.access import (
     admin_enabled,
     allowed_servers,
@@ -51,7 +55,6 @@ from ui.render import (
     display_path,
     index_facts,
     md_escape,
-    passage_html,
     safe_markdown,
     source_label,
     timing_caption,
@@ -273,8 +276,9 @@ def documents_section(settings: Settings, retriever: Retriever | None, admin: st
 
 # ---- chat ----------------------------------------------------------------------------------------
 
-def show_sources(sources: list[Source], abstained: bool) -> None:
-    """One expander per source: file, heading, score and the passage with its supporting words marked."""
+def show_sources(sources: list[Source], abstained: bool, msg_id: str | None = None) -> None:
+    """One expander per source: file, heading, score and the passage with its supporting words marked (and,
+    for a stored message `msg_id`, a button that opens it in its document)."""
     if not sources:
         return
     st.caption("Nearest passages" if abstained else "Sources")
@@ -284,7 +288,7 @@ def show_sources(sources: list[Source], abstained: bool) -> None:
                 st.caption("Quoted in the answer (highlighted).")
             elif not src.cited:
                 st.caption("Given to the model; no answer sentence was matched to it.")
-            st.markdown(passage_html(src.text, src.snippet, highlight=src.cited), unsafe_allow_html=True)
+            chat.show_passage(src, msg_id)
 
 
 def show_message(msg: dict[str, Any]) -> None:
@@ -297,12 +301,13 @@ def show_message(msg: dict[str, Any]) -> None:
         elif msg.get("abstained"):
             st.warning(safe_markdown(msg["content"]))
         else:
-            st.markdown(safe_markdown(msg["content"]))
+            st.markdown(safe_markdown(chat.answer_text(msg)))
         for note in msg.get("notes", []):
             st.caption(md_escape(note))
-        show_sources(msg.get("sources", []), bool(msg.get("abstained")))
+        show_sources(msg.get("sources", []), bool(msg.get("abstained")), msg.get("id"))
         if msg.get("timings"):
             st.caption(timing_caption(msg["timings"]))
+        chat.answer_extras(msg)
 
 
 def chat_history(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -354,7 +359,7 @@ def answer_turn(question: str, history: list[dict[str, str]], settings: Settings
             return turn
         notes = ([f"Searched for: {answer.query}"] if answer.query != answer.question else []) + answer.notes
         turn.update(content=answer.text, abstained=answer.abstained, sources=answer.sources, notes=notes,
-                    timings=answer.timings)
+                    timings=answer.timings, supports=answer.supports)
         for note in notes:
             st.caption(md_escape(note))
         show_sources(answer.sources, answer.abstained)
@@ -394,8 +399,10 @@ def main() -> None:
     except RagError as exc:
         st.error(safe_markdown(str(exc)))
         st.stop()
+    session = chat.start(base)
     if st.sidebar.button("New chat", key="new_chat", icon=":material/add_comment:", width="stretch"):
-        st.session_state.messages = []
+        chat.new_conversation()
+    chat.sidebar(session)
     facts_box = st.sidebar.container()  # filled once the index is loaded, below
     try:
         settings = load_settings(**sidebar_settings(base))
@@ -413,6 +420,7 @@ def main() -> None:
     if question:
         st.session_state.messages.append({"role": "user", "content": question})
         show_message(st.session_state.messages[-1])
+        chat.remember(st.session_state.messages[-1])
 
     # Everything above is on screen before the models load (the first run takes a while).
     status = st.empty()
@@ -437,8 +445,10 @@ def main() -> None:
             st.session_state.messages.append({"role": "assistant", "content": "",
                                               "error": f"The {missing} is not available (see above)."})
             show_message(st.session_state.messages[-1])
+            chat.remember(st.session_state.messages[-1])
             return
         st.session_state.messages.append(answer_turn(question, history, settings, retriever, generator))
+        chat.remember(st.session_state.messages[-1], rerun=True)
 
 
 main()

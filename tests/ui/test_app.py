@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
 from rag.api import index_corpus, search
@@ -52,6 +53,7 @@ def point_app_at(monkeypatch: pytest.MonkeyPatch, settings: Settings, max_new_to
     empty = settings.index_dir.parent / "empty-rag.toml"  # no settings from a rag.toml in the checkout
     empty.write_text("", encoding="utf-8")
     monkeypatch.setenv("RAG_CONFIG", str(empty))
+    monkeypatch.setenv("RAG_HISTORY_PATH", str(settings.index_dir.parent / "test-chats.sqlite3"))
     for var in ("RAG_MODE", "RAG_TOP_K", "RAG_MODEL", "RAG_MODEL_NAME", "RAG_TEMPERATURE", "RAG_TOP_P",
                 "RAG_ADMIN_SECRET", "RAG_UI_BACKEND_URLS", "RAG_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
@@ -118,7 +120,11 @@ def test_question_gets_a_streamed_answer_with_sources(monkeypatch, course_index)
     assert any("fine" in label(e).lower() or "lora" in "".join(m.value for m in e.markdown).lower()
                for e in bot.expander)
     passages = [m.value for e in bot.expander for m in e.markdown]
-    assert passages and all('class="rag-passage"' in p for p in passages)
+    assert passages and any(":color[" in p for p in passages)  # the quote, highlighted in its rendered passage
+    tokens = [t for p in passages for block in MarkdownIt("commonmark").parse(p) for t in [block, *(block.children or [])]]
+    assert not [t for t in tokens if t.type in ("html_block", "html_inline", "image")]  # no raw HTML, no image
+    answer_id = at.session_state.messages[1]["id"]  # each source opens in its document
+    assert {b.key for e in bot.expander for b in e.button} == {f"view_{answer_id}_{n}" for n in range(1, len(bot.expander) + 1)}
     assert any("first token" in c.value for c in bot.caption)
     assert not any("Searched for" in c.value for c in bot.caption)
     # A follow-up is searched together with the previous question (the history reaches the pipeline).
@@ -323,7 +329,7 @@ def test_the_key_goes_only_to_the_configured_server(monkeypatch, course_index, r
                RAG_UI_BACKEND_URLS=f"{other.url}/")
     assert at.selectbox(key="server_url").options == [configured.url, other.url]  # a list, no free-text URL
     ask(at, ON_TOPIC)
-    assert "LoRA freezes the weights." in at.chat_message[-1].markdown[0].value
+    assert at.chat_message[-1].markdown[0].value.startswith("LoRA freezes the weights")  # [n] may follow
     assert configured.authorizations() == ["Bearer sk-configured"]
 
     at.selectbox(key="server_url").set_value(other.url).run()
