@@ -35,7 +35,7 @@ class DocumentView:
     :param text: the window of the document's text around the passage (the passage alone when not found).
     :param span: the character range of `text` to highlight (the quote, else the whole passage), or None.
     :param color: QUOTE_COLOR for the supporting words, PASSAGE_COLOR for a passage that supports nothing.
-    :param location: where the passage is, e.g. "page 3 of 12" ("" when the format has no pages).
+    :param location: where the passage is, e.g. "page 3 of 12", "slide 2 of 9" ("" when the file has no numbered parts).
     :param before: characters of the document before the window (0: it starts the document).
     :param after: characters after the window.
     :param note: why the passage is shown alone ("" when it was found in the file).
@@ -168,11 +168,14 @@ def document_view(settings: Settings, src: Source, context_chars: int = CONTEXT_
 
 
 def page_of(doc: Document, offset: int) -> str:
-    """'page i of n' for a document with pages (a PDF's `page_starts`), else ''."""
-    starts = doc.metadata.get("page_starts")
-    if not starts:
+    """Where `offset` is in a file read in numbered parts ("page 2 of 3", "slide 4 of 12", "cell 7 of 20":
+    `Document.metadata["parts"]`, rag.ingest.locations), else ''."""
+    parts = doc.metadata.get("parts") or {}
+    starts, numbers = parts.get("starts") or [], parts.get("numbers") or []
+    if not starts or len(starts) != len(numbers):
         return ""
-    return f"page {bisect.bisect_right(starts, offset)} of {len(starts)}"
+    number = numbers[max(bisect.bisect_right(starts, offset) - 1, 0)]
+    return f"{parts.get('kind', 'part')} {number} of {max(numbers)}"
 
 
 def mime_type(path: Path) -> str:

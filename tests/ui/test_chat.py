@@ -407,3 +407,19 @@ def test_an_unusable_history_file_is_said_and_the_chat_goes_on(app_env):
     at.chat_input(key="question").set_value("What does LoRA freeze?").run()
     assert not at.exception and [m.name for m in at.chat_message] == ["user", "assistant"]
     assert app_env.read_text(encoding="utf-8") == "not a database\n" * 50
+
+
+def test_the_viewer_names_the_slide_of_a_deck_passage(tmp_path):
+    from rag.ingest.loaders import read_file
+    from tests.formatgen import make_pptx
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "deck.pptx").write_bytes(make_pptx([{"title": "Intro", "body": ["Welcome to the course"]},
+                                                  {"title": "LoRA", "body": ["LoRA freezes the base weights"]},
+                                                  {"title": "Summary", "body": ["That was all"]}]))
+    text = read_file(corpus / "deck.pptx", "deck.pptx").text
+    passage = text[text.index("LoRA freezes"):text.index("weights") + len("weights")]
+    view = document_view(Settings(index_dir=tmp_path / "index", corpus_dir=corpus),
+                         passage_source(passage, "freezes the base", source="deck.pptx"))
+    assert view.location == "slide 2 of 3" and view.text[view.span[0]:view.span[1]] == "freezes the base"
