@@ -209,7 +209,7 @@ def passage_units(text: str) -> list[Unit]:
             continue  # a setext heading's underline
         span = (starts[i] + m_end, starts[i] + m_end + len(content))
         marked = bool(body[:m_end].strip())
-        if (logical and logical[-1][0][1] == info[1] and not marked and prev_end
+        if (logical and logical[-1][0][1] == info[1] and not marked and prev_end and info[0] != "code"
                 and content[0].islower() and prev_end not in ".!?:"):
             logical[-1][1].append(span)  # a hard-wrapped line continues its sentence
         else:
