@@ -7,8 +7,10 @@ image captions, formula lines, bold run-in headings. Each sentence of a passage 
 the block it stands in and its own shape:
 
 * the block, from a CommonMark parse (markdown-it-py, the parser the chunker already uses for headings):
-  a heading (ATX or setext), code (fenced or indented), raw HTML, a table's header row or body row, an
-  item of a list and how many items that list has, or a paragraph (a block quote's paragraph included);
+  a heading (ATX or setext), code (fenced or indented; a passage cut from inside a code block, which
+  starts with a bare closing fence, is read as starting in code), a table's header row or body row, an
+  item of a list and how many items that list has, or a paragraph (a block quote's paragraph included;
+  each line of a raw HTML block is a paragraph of its own, judged with its tags set aside);
 * the logical line within the block: plain-text and slide passages put one statement on each line, so a
   line joins the previous one only when it continues it (starts lower-case after a line not ended by
   `.!?:`), as the quote candidates always did;
@@ -18,7 +20,7 @@ The kinds (`KINDS`) and how each is decided:
 
 * ``heading``: the sentences of a heading, of a table's header row, and a sentence wholly in emphasis
   (``**Detecting motion**.``, a bold run-in heading);
-* ``code``: code blocks and raw HTML blocks;
+* ``code``: the lines of code blocks;
 * ``title``: a line that is a block by itself (a paragraph of its own, a block quote of one line, a list of
   one item, or one line of a plain-text paragraph), has no sentence-final punctuation and at most
   `TITLE_MAX_WORDS` words, and no finite verb of the closed class `_FINITE` (is, are, can, ...): a slide
@@ -61,6 +63,7 @@ _LINE_MARKER = re.compile(r"^[ \t]*(?:>[ \t]?)*[ \t]*(?:#{1,6}[ \t]+|[-*+•][ \
 _CLOSERS = "\"'”’)]*_`»"  # what may follow a sentence's last punctuation mark
 _MARKUP = re.compile(r"<[^>\n]{1,200}>|&[#\w]{1,10};|\]\([^)\s]*\)|https?://\S+")
 _FENCE_LINE = re.compile(r"^[ \t]{0,3}(?:`{3,}|~{3,})[ \t]*(\S*)", re.M)  # group 1: the info string
+_LINE_END = re.compile(r"\r\n?|\n")  # the line ends markdown-it counts lines by
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _EMPHASIS_ONLY = re.compile(r"^(\*\*|__|\*|_)(?=\S)(?:(?!\1).)+(?<=\S)\1[.:!]?$")
 # finite verbs of the closed class: a line holding one states something, even standing alone unpunctuated
@@ -145,10 +148,6 @@ def _line_blocks(text: str, n_lines: int) -> list[tuple[str, int, int] | None]:
     return out
 
 
-def _words(text: str) -> int:
-    return len(_WORD.findall(_MARKUP.sub(" ", text)))
-
-
 def _ends(text: str) -> str:
     """The sentence's last character once closing quotes, brackets and emphasis marks are set aside."""
     stripped = text.rstrip().rstrip(_CLOSERS)
@@ -189,10 +188,11 @@ def passage_units(text: str) -> list[Unit]:
     :param text: a passage (markdown, or plain text from a PDF or slides).
     :returns: the units; `passage[u.start:u.end]` is each one's own text (markers outside the span).
     """
-    raw_lines = text.splitlines(keepends=True)
-    starts = [0]
-    for ln in raw_lines:
-        starts.append(starts[-1] + len(ln))
+    starts = [0, *(m.end() for m in _LINE_END.finditer(text))]  # lines as CommonMark counts them
+    if starts[-1] == len(text) and len(starts) > 1:
+        starts.pop()
+    starts.append(len(text))
+    raw_lines = [text[a:b] for a, b in zip(starts, starts[1:])]
     blocks = _line_blocks(text, len(raw_lines))
     # logical lines: (block, [(content start, content end), ...]) joining hard-wrapped continuations
     logical: list[tuple[tuple[str, int, int], list[tuple[int, int]]]] = []
