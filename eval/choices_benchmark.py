@@ -58,8 +58,9 @@ def course_rows(course: Any, embedder: Any, settings: dict[str, Any], cache: Pat
     )
     from rag.answering.grounding import boilerplate_sentences
 
-    retriever = cb.product_retriever(course, embedder, settings, work)
-    lm_rows = {r["id"]: r for r in cb.cached_choice_rows(course, embedder, settings, cache, work)}
+    raw = getattr(embedder, "embedder", embedder)  # the index is built with the embedder itself
+    retriever = cb.product_retriever(course, raw, settings, work)
+    lm_rows = {r["id"]: r for r in cb.cached_choice_rows(course, raw, settings, cache, work)}
     boilerplate = boilerplate_sentences(g.text for g in retriever.passages().passages)
     search = cb.product_searcher(retriever, settings, 10)
     out = []
@@ -80,6 +81,37 @@ def course_rows(course: Any, embedder: Any, settings: dict[str, Any], cache: Pat
                               "previous": _argmax_right(bare, key), "claims": _argmax_right(claims, key),
                               "product": set(picked.chosen) == key}})
     return out
+
+
+class MemoEncoder:
+    """The embedder with a memory of every text it encoded: a quiz's questions share passages, so the same
+    sentences would otherwise be encoded once per way and question (vectors are identical either way)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder, self.memory = embedder, {}
+
+    def encode(self, texts: list[str], **kw: Any) -> Any:
+        import numpy as np
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self.memory))
+        if missing:
+            self.memory.update(zip(missing, np.asarray(self.embedder.encode(missing, **kw))))
+        return np.stack([self.memory[t] for t in texts]) if texts else np.zeros((0, 0))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.embedder, name)
+
+
+def code_stamp() -> str:
+    """SHA-256 of the code that makes the product's choice (choices.py, grounding.py and its sentence rules):
+    a cached row is reused only while that code is unchanged."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("choices.py", "grounding.py", "sentences.py"):
+        path = ROOT / "rag" / "answering" / name
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()[:16]
 
 
 def _argmax_right(scores: list[float], key: set[int]) -> bool:
@@ -107,19 +139,23 @@ def summarize(rows: list[dict[str, Any]], courses: list[str], shipped: str) -> d
                            "by_kind": {k: block([r for r in independent if r["kind"] == k])
                                        for k in sorted({r["kind"] for r in independent})}}
     pooled = out["pooled"]["vs_closed_book"]["product"]
-    losing = [c for c in courses if c != shipped and out["per_course"][c]["vs_closed_book"]["product"]["ci_high"] < 0]
-    out["gate"] = {"pooled_delta": pooled["mean_diff"], "pooled_ci": [pooled["ci_low"], pooled["ci_high"]],
-                   "passes": pooled["mean_diff"] >= 0.10 and pooled["ci_low"] > 0 and not losing,
+    losing = [c for c in courses if c != shipped and (out["per_course"][c]["vs_closed_book"]["product"]["ci"] or [0, 0])[1] < 0]
+    out["gate"] = {"pooled_delta": pooled["mean_delta"], "pooled_ci": pooled["ci"],
+                   "passes": pooled["mean_delta"] >= 0.10 and pooled["ci"][0] > 0 and not losing,
                    "courses_below_closed_book": losing}
     return out
 
 
 def _cell(c: dict[str, Any]) -> str:
-    return f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+    from rag.evaluation.course_run import fmt_interval
+
+    return fmt_interval(c)
 
 
 def _delta(c: dict[str, Any]) -> str:
-    return f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    from rag.evaluation.course_run import fmt_delta
+
+    return fmt_delta(c)
 
 
 def report_markdown(result: dict[str, Any]) -> str:
@@ -153,6 +189,8 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "eval-courses")
     ap.add_argument("--evidence", type=Path, default=ROOT / "eval" / "courses")
     ap.add_argument("--no-shipped", action="store_true", help="leave out the shipped course")
+    ap.add_argument("--only", default="", help="score only the course whose name starts with this (rows are cached; "
+                    "a later run without --only reads them)")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "courses")
     ap.add_argument("--model", default="bundled",
                     help="the model the product's choice asks for true/false items (bundled, bundled-raft, teacher)")
@@ -167,15 +205,20 @@ def main() -> None:
 
     started = time.strftime("%Y-%m-%d %H:%M")
     settings = cb.default_pipeline()
-    embedder = get_embedder(Settings())
+    embedder = MemoEncoder(get_embedder(Settings()))
     generator = get_generator(Settings(model=args.model))
     rows: list[dict[str, Any]] = []
     names = []
     with tempfile.TemporaryDirectory(prefix="rag-choices-bench-") as td:
         for course in cb.courses(args.shared, args.evidence, Path(td), not args.no_shipped):
+            if args.only and not course.name.startswith(args.only):
+                continue
             print(f"{course.name}: {len(course.questions)} questions", file=sys.stderr, flush=True)
             names.append(course.name)
-            rows += course_rows(course, embedder, settings, args.cache, Path(td), generator)
+            key = {"course": course.name, "model": args.model, "settings": settings, **cb.versions(),
+                   "code": code_stamp(), "v": 1}
+            rows += cb.cached(args.cache / course.name.split(" ")[0] / "product-choices", key,
+                              lambda course=course: course_rows(course, embedder, settings, args.cache, Path(td), generator))
     result = {"started": started, "model": args.model, "settings": settings, "versions": cb.versions(),
               "summary": summarize(rows, names, cb.SHIPPED),
               "rules": dict(Counter(r["rule"] for r in rows if r["course"] != cb.SHIPPED)), "rows": rows}

@@ -12,6 +12,13 @@ student is verified by construction; the short answer is then generated with the
 in the assistant's turn (RAFT's format), and a model without log-probabilities (an HTTP server) falls
 back to the retriever's score alone.
 
+Which spans are candidates (`spans`, default `QUOTE_SPANS`): "lines", every sentence and list item of at
+least three words (headings with `#` aside), as it was; "content", only the sentences that state something
+(`rag.answering.sentences`: never a heading, a slide or section title, a list label, a question or a
+fragment); "content-pairs", those and each two adjacent ones of one line, for an answer stated in two
+sentences. A pair competes with the single sentences on the same two scores. Measured in
+eval/quotes_benchmark.py (does the quote overlap the annotated evidence of the independent courses).
+
 This is the one implementation of the sentence candidates and the model's quote choice: RAFT's guided
 answers (raft/synth/answers.py) call `quote_candidates` and `pick_quote` from here (rag never imports raft).
 """
@@ -26,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.answering.sentences import quote_spans
+from rag.errors import RagError
 from rag.generation.base import Generator, Messages
 
 BEGIN_QUOTE = "##begin_quote##"  # RAFT's markers (raft/prompts.py holds the same strings)
@@ -49,6 +58,12 @@ MAX_SCORED = 8
 #: A sentence found in at least this many passages of the index is boilerplate (a "Refer: <course URL>" line
 #: under every quiz item, a slide footer, a copyright line): it supports no particular answer.
 BOILERPLATE_MIN_PASSAGES = 3
+#: What a quote may be (see the module docstring): "lines" (every sentence and list item), "content" (only
+#: sentences that state something), "content-pairs" (those, and two adjacent ones of one line).
+SPAN_MODES = ("lines", "content", "content-pairs")
+#: The default of the grounded quote choice; chosen by eval/quotes_benchmark.py (README "Answers": the quote
+#: holds the annotated evidence more often on the pooled independent courses, paired interval above zero).
+QUOTE_SPANS = "content-pairs"
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9*])")
 _LINE_MARKER = re.compile(r"^(?:#{1,6}|[-*+•>]|\d{1,3}[.)]|\*\*\d{1,3}\.\*\*)\s+")
@@ -69,15 +84,22 @@ def _lines(text: str) -> list[str]:
     return out
 
 
-def quote_candidates(text: str, max_candidates: int = MAX_CANDIDATES, exclude: Collection[str] = ()) -> list[str]:
+def quote_candidates(text: str, max_candidates: int = MAX_CANDIDATES, exclude: Collection[str] = (), *,
+                     spans: str = "lines") -> list[str]:
     """The sentences and list items of `text` worth quoting, in order, whitespace collapsed, markdown
     line markers stripped, headings skipped, at least 3 words and MIN_QUOTE_CHARS characters.
 
     :param text: a passage (markdown or plain text).
     :param max_candidates: keep at most this many (the longest, in their original order).
     :param exclude: sentences never to offer (`boilerplate_sentences` of the index).
+    :param spans: one of SPAN_MODES; "lines" (the default here, for option support and RAFT's guided
+        answers) as above; "content" only the sentences that state something; "content-pairs" those and
+        two adjacent ones (`candidate_spans`).
     :returns: candidate quotes; each is in `text` up to whitespace (`find_span` locates it).
+    :raises RagError: an unknown `spans`.
     """
+    if spans != "lines":
+        return [" ".join(text[a:b].split()) for a, b in candidate_spans(text, max_candidates, exclude, spans=spans)]
     out: list[str] = []
     for line in _lines(text):
         if line.startswith("#"):
@@ -90,6 +112,34 @@ def quote_candidates(text: str, max_candidates: int = MAX_CANDIDATES, exclude: C
         keep = set(sorted(out, key=len, reverse=True)[:max_candidates])
         out = [t for t in out if t in keep]
     return out
+
+
+def candidate_spans(text: str, max_candidates: int = MAX_CANDIDATES, exclude: Collection[str] = (), *,
+                    spans: str = QUOTE_SPANS) -> list[tuple[int, int]]:
+    """Character spans [start, end) of `text` that may be quoted, in order.
+
+    :param text: a passage.
+    :param max_candidates: at most this many single sentences (the longest; 0 = all); a pair is kept when
+        both its sentences are.
+    :param exclude: sentences never to offer, whitespace collapsed (`boilerplate_sentences`); nor a pair
+        holding one.
+    :param spans: one of SPAN_MODES ("lines": `quote_candidates` located with `find_span`; "content" and
+        "content-pairs": `rag.answering.sentences.quote_spans`).
+    :returns: the spans; `text[start:end]` is the passage's own wording of each candidate.
+    :raises RagError: an unknown `spans`.
+    """
+    if spans not in SPAN_MODES:
+        raise RagError(f"unknown quote spans {spans!r}: use one of {', '.join(SPAN_MODES)}")
+    if spans == "lines":
+        found = (find_span(text, c) for c in quote_candidates(text, max_candidates, exclude))
+        return [s for s in found if s]
+    units = quote_spans(text, pairs=spans == "content-pairs", exclude=exclude)
+    singles = [u for u in units if u.sentences == 1]
+    if max_candidates and len(singles) > max_candidates:
+        kept = sorted(singles, key=lambda u: len(u.text), reverse=True)[:max_candidates]
+        starts, ends = {u.start for u in kept}, {u.end for u in kept}
+        units = [u for u in units if u.start in starts and u.end in ends]
+    return [(u.start, u.end) for u in units]
 
 
 def boilerplate_sentences(passages: Iterable[str], min_passages: int = BOILERPLATE_MIN_PASSAGES) -> frozenset[str]:
@@ -175,22 +225,23 @@ def verify_quote(quote: Quote, passage_text: str) -> bool:
 
 def score_candidates(generator: Generator, messages: Messages, question: str, passages: Sequence[str],
                      embedder: Any, *, use_model: bool = True, max_scored: int = MAX_SCORED,
-                     exclude: Collection[str] = ()) -> tuple[list[tuple[int, str, int, int]], np.ndarray | None, np.ndarray]:
+                     exclude: Collection[str] = (), spans: str = QUOTE_SPANS,
+                     ) -> tuple[list[tuple[int, str, int, int]], np.ndarray | None, np.ndarray]:
     """The candidate sentences of `passages` and their two scores, before combining.
 
     :param use_model: also score with the model (needs `generator.supports_logprobs`).
     :param exclude: sentences never to offer (`boilerplate_sentences`).
     :param max_scored: the model scores only the retriever's `max_scored` best sentences (0 = all).
+    :param spans: which spans are candidates, one of SPAN_MODES (`candidate_spans`).
     :returns: (candidates as (passage number, exact passage text, start, end), the model's mean token
         log-probability per candidate or None, the retriever's cosine per candidate).
     :raises GeneratorError: when the model fails while scoring.
+    :raises RagError: an unknown `spans`.
     """
     cands: list[tuple[int, str, int, int]] = []
     for n, text in enumerate(passages, start=1):
-        for c in quote_candidates(text, exclude=exclude):
-            span = find_span(text, c)
-            if span:
-                cands.append((n, text[span[0]:span[1]], span[0], span[1]))
+        for start, end in candidate_spans(text, exclude=exclude, spans=spans):
+            cands.append((n, text[start:end], start, end))
     if not cands:
         return [], None, np.zeros(0)
     vecs = embedder.encode([question] + [" ".join(c[1].split()) for c in cands])
@@ -207,7 +258,7 @@ def score_candidates(generator: Generator, messages: Messages, question: str, pa
 
 def choose_quote(generator: Generator, messages: Messages, question: str, passages: Sequence[str],
                  embedder: Any, *, weight: float = RETRIEVER_WEIGHT, use_model: bool | None = None,
-                 max_scored: int = MAX_SCORED, exclude: Collection[str] = ()) -> Quote | None:
+                 max_scored: int = MAX_SCORED, exclude: Collection[str] = (), spans: str = QUOTE_SPANS) -> Quote | None:
     """The best supporting sentence among the sentences of `passages`, by model and retriever together.
 
     :param generator: the chat model; its `score_continuations` is used when it `supports_logprobs`.
@@ -219,13 +270,15 @@ def choose_quote(generator: Generator, messages: Messages, question: str, passag
     :param use_model: score with the model (default: when it supports log-probabilities and weight < 1).
     :param max_scored: the model scores only the retriever's `max_scored` best sentences (0 = all).
     :param exclude: sentences never to choose (`boilerplate_sentences` of the index).
+    :param spans: which spans may be chosen, one of SPAN_MODES (default `QUOTE_SPANS`).
     :returns: the chosen Quote (exact substring of its passage, with span), or None without candidates.
     :raises GeneratorError: when the model fails while scoring.
+    :raises RagError: an unknown `spans`.
     """
     if use_model is None:
         use_model = bool(generator.supports_logprobs) and weight < 1.0
     cands, model, retr = score_candidates(generator, messages, question, passages, embedder,
-                                          use_model=use_model, max_scored=max_scored, exclude=exclude)
+                                          use_model=use_model, max_scored=max_scored, exclude=exclude, spans=spans)
     if not cands:
         return None
     total = combine(model, retr, weight if model is not None else 1.0)

@@ -123,6 +123,29 @@ def load_evidence(path: Path, lessons: Path, ids: Sequence[str]) -> dict[str, li
     :raises RagError: bad JSON or fields, an unknown id, a file not in the lesson folder, a SHA-256 that
         does not match the file (the course changed since the annotation), or offsets out of range.
     """
+    return {qid: [s.text for s in spans] for qid, spans in load_evidence_spans(path, lessons, ids).items()}
+
+
+@dataclass(frozen=True)
+class EvidenceSpan:
+    """One annotated evidence span: its lesson file (relative to the lesson folder), character offsets
+    [start, end) into that file's text (universal newlines), and the text there."""
+
+    file: str
+    start: int
+    end: int
+    text: str
+
+
+def load_evidence_spans(path: Path, lessons: Path, ids: Sequence[str]) -> dict[str, list[EvidenceSpan]]:
+    """Read an evidence annotation file with its offsets (what `load_evidence` reads, spans kept whole).
+
+    :param path: the annotation file (JSON Lines, see `load_evidence`).
+    :param lessons: the lesson folder the spans point into.
+    :param ids: the quiz's question ids; an annotation for another id is refused.
+    :returns: {question id: [EvidenceSpan, ...]} for the annotated questions that have spans.
+    :raises RagError: as `load_evidence`.
+    """
     known, out, texts, digests = set(ids), {}, {}, {}
     for n, line in enumerate(read_text(path, "evidence file").split("\n"), start=1):
         if not line.strip():
@@ -139,7 +162,8 @@ def load_evidence(path: Path, lessons: Path, ids: Sequence[str]) -> dict[str, li
                            "for this course's quiz")
         found = []
         for span in row["spans"]:
-            found.append(_span_text(span, row.get("sha256") or {}, lessons, texts, digests, where))
+            text = _span_text(span, row.get("sha256") or {}, lessons, texts, digests, where)
+            found.append(EvidenceSpan(span["file"], span["start"], span["end"], text))
         if found:
             out[str(row["id"])] = found
     return out
@@ -259,6 +283,6 @@ def grain_ranks(rows: Sequence[dict[str, Any]], grain: str) -> tuple[list[str], 
     return [f"{r['course']}/{r['id']}" for r in kept], [r["ranks"][grain] for r in kept]
 
 
-__all__ = ["Course", "GRAINS", "KS", "LESSONS_DIR", "METRICS", "MRR_DEPTH", "QUIZ_FILE", "evidence_rank",
-           "file_sha256", "grain_ranks", "lesson_rank", "load_course", "load_evidence", "paired", "per_question",
+__all__ = ["Course", "EvidenceSpan", "GRAINS", "KS", "LESSONS_DIR", "METRICS", "MRR_DEPTH", "QUIZ_FILE", "evidence_rank",
+           "file_sha256", "grain_ranks", "lesson_rank", "load_course", "load_evidence", "load_evidence_spans", "paired", "per_question",
            "question_ranks", "rank_summary", "rule_verdict", "score_retrieval", "with_interval"]

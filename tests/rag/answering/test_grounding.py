@@ -43,11 +43,16 @@ def test_sentences_repeated_across_passages_are_never_quoted(embedder):
     assert grounding.boilerplate_sentences(passages, min_passages=4) == frozenset()
     # the retriever alone would pick the reference line for a question about the course's weeks
     question = "Which course and week does this refer to?"
-    free = grounding.choose_quote(None, [], question, passages[:1], embedder, weight=1.0, use_model=False)
-    assert free is not None and free.text == refer
+    for spans in grounding.SPAN_MODES:
+        free = grounding.choose_quote(None, [], question, passages[:1], embedder, weight=1.0, use_model=False,
+                                      spans=spans)
+        assert free is not None and free.text == refer
     kept = grounding.choose_quote(None, [], question, passages[:1], embedder, weight=1.0, use_model=False,
-                                  exclude=boiler)
+                                  exclude=boiler, spans="lines")
     assert kept is not None and kept.text.startswith("Question 0")
+    # by default a question is never a quote either (rag/answering/sentences.py): nothing left to quote
+    assert grounding.choose_quote(None, [], question, passages[:1], embedder, weight=1.0, use_model=False,
+                                  exclude=boiler) is None
 
 
 def test_combine_weights_the_retriever_against_the_model():
