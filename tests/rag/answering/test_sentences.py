@@ -127,9 +127,9 @@ def test_lora_question_still_quotes_the_lora_passage_on_the_shipped_course(cours
     pipe = make_pipeline(course_index)
     for question in ("What does LoRA freeze?", "What does LoRA freeze during fine-tuning?"):
         resp = pipe.ask(question)
-        texts = [h.chunk.text for h in resp.used_hits]
+        texts = [h.chunk.text for h in resp.plan.used_hits]
         for spans in ("content", "content-pairs"):
-            q = grounding.choose_quote(pipe.generator, resp.messages, question, texts, pipe.retriever.embedder,
+            q = grounding.choose_quote(pipe.generator, resp.plan.messages, question, texts, pipe.retriever.embedder,
                                        weight=pipe.retriever_weight, exclude=pipe.boilerplate(), spans=spans)
             assert q is not None and grounding.verify_quote(q, texts[q.passage - 1])
             assert "LoRA" in q.text or "LoRA" in texts[q.passage - 1][max(0, q.start - 300):q.start], (spans, q.text)

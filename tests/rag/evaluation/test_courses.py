@@ -205,8 +205,11 @@ def test_multiple_choice_is_scored_three_ways_with_multi_answer_items(tmp_path: 
     ch = report["choices"]
     assert ch["n"] == 4 and ch["multi_answer"] == 1
     multi = next(r for r in rows["choices"] if r["id"] == "q3")["mc"]
+    for way in ("closed_book", "rag_plain"):
+        assert len(multi[way]["predicted"]) == 2  # the model's ways: as many picks as correct options
     for way in ("closed_book", "rag_plain", "rag"):
-        assert len(multi[way]["predicted"]) == 2  # as many picks as correct options
         assert 0.0 <= ch["accuracy"][way]["mean"] <= 1.0
+    # the product's choice is the set it chose, right only when that set is the key's whole set
+    assert multi["rag"]["predicted"] and multi["rag"]["right"] == (set(multi["rag"]["predicted"]) == set(multi["correct"]))
     assert ch["vs_closed_book"]["rag"]["n"] == 4
     assert "| product's choice |" in format_course_report(report)
