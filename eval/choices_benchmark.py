@@ -139,6 +139,9 @@ def summarize(rows: list[dict[str, Any]], courses: list[str], shipped: str) -> d
                            "by_kind": {k: block([r for r in independent if r["kind"] == k])
                                        for k in sorted({r["kind"] for r in independent})}}
     pooled = out["pooled"]["vs_closed_book"]["product"]
+    if pooled["mean_delta"] is None:  # only the shipped course was scored: nothing decides
+        out["gate"] = {"pooled_delta": None, "pooled_ci": None, "passes": False, "courses_below_closed_book": []}
+        return out
     losing = [c for c in courses if c != shipped and (out["per_course"][c]["vs_closed_book"]["product"]["ci"] or [0, 0])[1] < 0]
     out["gate"] = {"pooled_delta": pooled["mean_delta"], "pooled_ci": pooled["ci"],
                    "passes": pooled["mean_delta"] >= 0.10 and pooled["ci"][0] > 0 and not losing,
@@ -175,6 +178,8 @@ def report_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {b['n']} | " + " | ".join(_delta(b["vs_closed_book"][w]) for w in WAYS[1:])
                      + f" | {_delta(b['product_vs_previous'])} |")
     g = result["summary"]["gate"]
+    if g["pooled_delta"] is None:
+        return "\n".join(lines)
     lines += ["", f"Gate (≥ +0.10 pooled over closed book, interval above zero, no course below): "
               f"{'passes' if g['passes'] else 'fails'}; pooled {g['pooled_delta']:+.3f} "
               f"[{g['pooled_ci'][0]:+.3f}, {g['pooled_ci'][1]:+.3f}]", "",

@@ -14,7 +14,8 @@ from rag.cli import check_engine_flags, engine_options, index_dir_option, user_e
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="course-rag")
 def cli() -> None:
-    """RAFT from a course's documents: generate training data, export it, fine-tune the model, evaluate it."""
+    """RAFT from a course's documents: generate training data, export it, fine-tune the model, evaluate it
+    (or all of it in one resumable command: `raft course CORPUS`)."""
 
 
 @cli.command()
@@ -209,6 +210,87 @@ def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fract
                          max_val_samples=max_val_samples, save_steps=save_steps, threads=threads)
     report = run_train(dataset_dir, out_dir, config, resume=resume, command=command_line(sys.argv))
     click.echo(json.dumps(report, indent=1, ensure_ascii=False) if as_json else format_report(report))
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default: models/course-NAME, NAME = CORPUS's folder name). Same args = resume.")
+@click.option("--teacher", default=None, help="auto (default: the 0.5B `teacher` extra, else refuse), an http(s):// "
+              "URL of an OpenAI-compatible server, or any model spec `raft generate --model` accepts.")
+@click.option("--model-name", "teacher_name", default=None, help="Model to request from the teacher's server.")
+@click.option("--workers", type=int, default=None, help="Parallel requests to a server teacher (1).")
+@click.option("--questions", type=int, default=None, help="Questions per chunk (3).")
+@click.option("--distractors", type=int, default=None, help="Distractor documents per sample (4).")
+@click.option("--limit", type=int, default=None, help="Use at most N chunks of the course (seeded choice).")
+@click.option("--max-tokens", "teacher_max_tokens", type=int, default=None, help="Max new tokens per teacher reply (256).")
+@click.option("--split", default=None, help="train,validation,test fractions by chunk (0.7,0.1,0.2).")
+@click.option("--seed", type=int, default=None, help="Seed of sampling, split, training and bootstrap (0).")
+@click.option("--base", default=None, help="The student model the adapter is for (bundled).")
+@click.option("--epochs", type=float, default=None, help="Training epochs (1).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (1e-3).")
+@click.option("--lora-r", type=int, default=None, help="LoRA rank (8).")
+@click.option("--grad-accum", type=int, default=None, help="Forward passes per optimizer step (4).")
+@click.option("--max-length", type=int, default=None, help="Tokens per training sample (1024).")
+@click.option("--max-samples", type=int, default=None, help="Train on at most N samples.")
+@click.option("--max-val-samples", type=int, default=None, help="Validation samples (32; 0 = none).")
+@click.option("--save-steps", type=int, default=None, help="Checkpoint every N optimizer steps (10).")
+@click.option("--threads", type=int, default=None, help="Torch threads for training (all available cores).")
+@click.option("--eval-settings", default=None, help="Held-out settings, comma-separated (oracle,distractors,retrieved).")
+@click.option("--eval-limit", type=int, default=None, help="Evaluate at most N held-out questions.")
+@click.option("--eval-max-new-tokens", type=int, default=None, help="Max new tokens per evaluated answer (192).")
+@click.option("-k", "--top-k", "top_k", type=int, default=None, help="retrieved setting: passages per question (5).")
+@click.option("--resamples", type=int, default=None, help="Bootstrap resamples of the 95% intervals (2000).")
+@click.option("--install", "install_policy", type=click.Choice(["if-better", "always", "never"]), default=None,
+              help="if-better (default): install when the tuned model beats the base on the retrieved setting "
+                   "(paired 95% interval above zero) and loses nowhere beyond its interval; always; never.")
+@click.option("--plan", "plan_only", is_flag=True, help="Say how long the run takes and what disk it needs, then stop.")
+@click.option("--uninstall", is_flag=True, help="Remove the adapter installed for CORPUS (the run folder is kept).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON at the end.")
+@index_dir_option
+@user_errors
+def course(corpus: Path, out_dir: Path | None, index_dir: Path | None, install_policy: str | None, plan_only: bool,
+           uninstall: bool, as_json: bool, eval_settings: str | None, **given: object) -> None:
+    """Make a RAFT adapter for the course in CORPUS and install it for `model = auto`: plan (time, disk), generate
+    with the teacher, train, evaluate base vs tuned on the held-out split, install. Killed, the same command resumes."""
+    import os
+    import sys
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `raft train` (must precede torch)
+    from raft.course.options import make_options
+    from raft.course.progress import CourseEvent, ProgressView
+    from raft.course.report import format_outcome, format_plan
+    from raft.course.run import run_course, uninstall_course
+    from raft.evaluate import SETTINGS, parse_list
+    from raft.runinfo import command_line
+    from rag.config import load_settings
+
+    if uninstall:
+        gone = uninstall_course(corpus, load_settings(index_dir=index_dir))
+        click.echo(f"removed {len(gone)} adapter(s) installed for {corpus}: `model = auto` no longer uses them"
+                   if gone else f"no adapter is installed for {corpus}")
+        return
+    out = out_dir or Path("models") / f"course-{corpus.resolve().name}"
+    settings_list = tuple(parse_list(eval_settings, "--eval-settings", SETTINGS)) if eval_settings else None
+    options = make_options(install=install_policy, eval_settings=settings_list, **given)
+    settings = load_settings(index_dir=index_dir or out / "index")
+    view = ProgressView(enabled=not (as_json or plan_only))  # the bar; lines are always written (stderr)
+
+    def on_event(event: CourseEvent) -> None:
+        if event.kind == "plan":
+            view.write(format_plan(event.data, event.data["left"], str(out), event.data["chunks_done_now"]))
+        view(event)
+
+    try:
+        result = run_course(corpus, out, options, settings, on_event=on_event, command=command_line(sys.argv),
+                            plan_only=plan_only)
+    finally:
+        view.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=1, ensure_ascii=False))
+        return
+    if text := format_outcome(result):
+        click.echo(text)
 
 
 def main() -> None:

@@ -359,13 +359,15 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
              settings: list[str] | tuple[str, ...] = DEFAULT_SETTINGS, model_name: str | None = None,
              batch_size: int = DEFAULT_BATCH, index_dir: Path | None = None, k: int | None = None,
              baseline: str | None = None, resamples: int = DEFAULT_RESAMPLES, command: str | None = None,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Answer the held-out questions with every model in every setting; write the report folder; return the summary.
 
     One `raft eval` at a time per report folder (its .lock); the same arguments resume. `index_dir` and `k`
     choose the retrieved setting's passages (see retrieve_documents); `baseline` (default: the first model)
     and `resamples` only shape the summary (raft.eval_report), never the answers. `command` is recorded in
-    summary.json's `run` (default: this process's command line).
+    summary.json's `run` (default: this process's command line). `on_progress(done, total)` is called with the
+    answers on disk (of all models and settings) before the first batch and after each one.
 
     :raises RagError: an unknown setting or baseline, no model, bad numbers, or what loading the questions,
         the index or a model raises.
@@ -395,7 +397,7 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
         rows = _open_report(report, config, fingerprints, log, retrieval)
         rows = _answer(records, rows, models=models, report=report, settings=settings, seed=seed,
                        max_new_tokens=max_new_tokens, model_name=model_name, batch_size=batch_size,
-                       retrieved=retrieved, progress=progress)
+                       retrieved=retrieved, progress=progress, on_progress=on_progress)
         wanted = {(m, s, r["id"]) for m in models for s in settings for r in records}
         latest = {(r["model"], r["setting"], r["id"]): r for r in rows if (r["model"], r["setting"], r["id"]) in wanted}
         summary = {
@@ -420,7 +422,7 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
 
 def _answer(records: list[dict], rows: list[dict], *, models: list[str], report: Path, settings: list[str],
             seed: int, max_new_tokens: int, model_name: str | None, batch_size: int, retrieved: Retrieved | None,
-            progress: bool) -> list[dict]:
+            progress: bool, on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """run_eval under the report folder's lock: answer what is not done yet (appended to results.jsonl as each
     batch finishes); return every row, old and new."""
     from rag.common.progress import progress_bar
@@ -432,6 +434,9 @@ def _answer(records: list[dict], rows: list[dict], *, models: list[str], report:
     total = len(models) * len(settings) * len(records)
     todo_all = sum((m, s, r["id"]) not in done for m in models for s in settings for r in records)
     bar = progress_bar(total=total, initial=total - todo_all, desc="raft eval", unit="answer", enabled=progress)
+    answered = total - todo_all
+    if on_progress is not None:
+        on_progress(answered, total)
     try:
         for m in models:
             todo = [(s, r) for s in settings for r in records if (m, s, r["id"]) not in done]
@@ -457,6 +462,9 @@ def _answer(records: list[dict], rows: list[dict], *, models: list[str], report:
                     append_jsonl(report / RESULTS, new)
                     rows.extend(new)
                     bar.update(len(new))
+                    answered += len(new)
+                    if on_progress is not None:
+                        on_progress(answered, total)
             finally:
                 local = generator.local
                 del generator

@@ -87,6 +87,22 @@ def _generator(model: str, model_name: str | None, limits: tuple[tuple[str, floa
     return get_generator(model, model_name=model_name, **(dict(limits) if http else {}))
 
 
+def _indexed_files(index_dir: Path, generation: str) -> dict[str, str] | None:
+    """file name -> SHA-256 of the files of the index generation `generation`; None when unreadable (a missing or
+    damaged index is reported by what needs it)."""
+    import json
+
+    from rag.errors import RagError
+    from rag.index.store import validate_manifest
+
+    gen = Path(index_dir) / generation
+    try:
+        manifest = validate_manifest(json.loads((gen / "manifest.json").read_text(encoding="utf-8")), gen)
+    except (RagError, OSError, ValueError):
+        return None
+    return {name: f["sha256"] for name, f in manifest["files"].items()}
+
+
 def course_adapter_applies(index_dir: Path) -> bool:
     """Whether the shipped course's RAFT adapter fits the index at `index_dir`: it is installed and at least
     rag.generation.adapter.COURSE_SHARE of the indexed files (by SHA-256) are files of the course it was
@@ -100,30 +116,77 @@ def course_adapter_applies(index_dir: Path) -> bool:
 
 @lru_cache(maxsize=8)
 def _course_adapter_applies(index_dir: str, generation: str | None, adapter: Path) -> bool:
-    import json
-
     from rag.errors import RagError
     from rag.generation.adapter import COURSE_SHARE, course_share, is_adapter_folder, read_adapter_info
-    from rag.index.store import validate_manifest
 
     if generation is None or not is_adapter_folder(adapter):
         return False
-    gen = Path(index_dir) / generation
+    files = _indexed_files(Path(index_dir), generation)
     try:
-        manifest = validate_manifest(json.loads((gen / "manifest.json").read_text(encoding="utf-8")), gen)
-        files = {name: f["sha256"] for name, f in manifest["files"].items()}
-        return course_share(read_adapter_info(adapter), files) >= COURSE_SHARE
-    except (RagError, OSError, ValueError):
+        return files is not None and course_share(read_adapter_info(adapter), files) >= COURSE_SHARE
+    except RagError:  # an unreadable shipped adapter: the base model, as when it is missing
         return False
 
 
+def course_model(index_dir: Path, adapters_dir: Path | None = None) -> str | None:
+    """The course adapter `model = "auto"` loads for the index at `index_dir`, as a model spec: the folder of the
+    adapter `raft course` installed for its course, "bundled-raft" for the shipped course, or None.
+
+    The course is recognised by content (rag.generation.course_registry.match_course: at least COURSE_SHARE of
+    the indexed files, by SHA-256); decided once per index generation and registry version.
+
+    :param adapters_dir: the registry folder (Settings.course_adapters_dir; None = the model cache's).
+    :raises RagError: the registry of installed course adapters is damaged (naming the file and what to do).
+    """
+    from rag.generation.adapter import COURSE_ADAPTER
+    from rag.generation.course_registry import REGISTRY, registry_dir
+    from rag.index.store import generation_stamp
+
+    root = registry_dir(adapters_dir)
+    try:
+        st = (root / REGISTRY).stat()
+        registry = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        registry = None
+    return _course_model(str(Path(index_dir).resolve()), generation_stamp(Path(index_dir)), str(root), registry,
+                         COURSE_ADAPTER)
+
+
+@lru_cache(maxsize=8)
+def _course_model(index_dir: str, generation: str | None, root: str, registry: tuple[int, int] | None,
+                  shipped_folder: Path) -> str | None:
+    from rag.errors import RagError
+    from rag.generation.adapter import is_adapter_folder, read_adapter_info
+    from rag.generation.course_registry import match_course
+    from rag.generation.spec import COURSE_SPEC
+
+    if generation is None:
+        return None
+    files = _indexed_files(Path(index_dir), generation)
+    if files is None:
+        return None
+    if registry is None:  # nothing installed: the shipped adapter alone (its own rule)
+        return COURSE_SPEC if _course_adapter_applies(index_dir, generation, shipped_folder) else None
+    try:
+        shipped = read_adapter_info(shipped_folder) if is_adapter_folder(shipped_folder) else None
+    except RagError:  # an unreadable shipped adapter: as when it is missing
+        shipped = None
+    chosen = match_course(Path(root), files, shipped)
+    if chosen is None:
+        return None
+    return COURSE_SPEC if chosen == "shipped" else str(chosen.folder(Path(root)))
+
+
 def effective_model(settings: Settings) -> str:
-    """The model spec to load: `settings.model`, with the default "auto" made concrete — "bundled-raft" (the
-    bundled model with the shipped course's RAFT adapter, issue 15) when the index is that course
-    (`course_adapter_applies`), else "bundled" (the base; also `--model bundled-base`)."""
+    """The model spec to load: `settings.model`, with the default "auto" made concrete: the bundled model with
+    the RAFT adapter of the index's course (`course_model`: one `raft course` installed, or "bundled-raft", the
+    shipped course's) when the index is such a course, else "bundled" (the base; also `--model bundled-base`).
+
+    :raises RagError: the registry of installed course adapters is damaged.
+    """
     if not is_auto_model(settings.model):
         return settings.model
-    return "bundled-raft" if course_adapter_applies(settings.index_dir) else "bundled"
+    return course_model(settings.index_dir, settings.course_adapters_dir) or "bundled"
 
 
 def get_generator(settings: Settings):

@@ -141,10 +141,14 @@ class Settings(BaseSettings):
     collapse_duplicates: bool = True  # drop passages near-identical to a better-ranked one
 
     # generation
-    # "auto": the bundled model, with the shipped course's RAFT adapter when the index is that course
-    # (rag.api.effective_model); "bundled-base", "bundled-raft", "teacher", a model or adapter folder, or a URL
+    # "auto": the bundled model, with the RAFT adapter of the index's course when one is installed (`raft course`)
+    # or shipped (rag.api.effective_model); "bundled-base", "bundled-raft", "teacher", a model or adapter folder, or a URL
     model: str = AUTO_MODEL
     model_name: str | None = None  # the model to ask for at an OpenAI-compatible server
+    course_adapters_dir: Path | None = Field(None, description=(
+        "The folder of the course adapters `raft course` installs, which `model = auto` picks by the index's "
+        "content (rag.generation.course_registry); unset: course-adapters/ in the model cache. "
+        "RAG_COURSE_ADAPTERS_DIR."))
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)

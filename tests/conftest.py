@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The course adapters `raft course` installs change what `model = auto` loads: the suite (and every command it
+# starts) sees an empty registry of its own, never the machine's.
+_COURSE_ADAPTERS = tempfile.mkdtemp(prefix="rag-test-course-adapters-")
+os.environ["RAG_COURSE_ADAPTERS_DIR"] = _COURSE_ADAPTERS
+atexit.register(shutil.rmtree, _COURSE_ADAPTERS, True)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two pytest-xdist workers on 2 cores: one OpenMP/ONNX Runtime thread each (and in the commands a test
     # starts), since two workers of 2 threads each oversubscribe the cores and spin-wait 3-10x slower.

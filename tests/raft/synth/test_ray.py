@@ -13,76 +13,17 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from raft.records import DATASET, PROGRESS, REJECTED, read_jsonl
 from rag.config import Settings
 from tests.conftest import CORPUS, ROOT
-from tests.raft.synth.test_synth import ScriptedTeacher
+from tests.raft.teacher_server import TeacherServer
 
 from tests.raycluster import NO_RAY, cluster, needs_ray  # noqa: F401  (cluster: a fixture)
-
-
-class TeacherServer:
-    """An OpenAI-compatible chat server on 127.0.0.1 answering as ScriptedTeacher, `delay` seconds per
-    request; counts requests in flight (`max_in_flight`) and can hold new ones (`gate`)."""
-
-    def __init__(self, delay: float = 0.05) -> None:
-        self.delay = delay
-        self.gate = threading.Event()
-        self.gate.set()
-        self.lock = threading.Lock()
-        self.in_flight = self.max_in_flight = self.served = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with owner.lock:
-                    owner.in_flight += 1
-                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
-                try:
-                    owner.gate.wait(120)
-                    time.sleep(owner.delay)
-                    text = "".join(ScriptedTeacher().stream(body["messages"]))
-                    events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]},
-                              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
-                    payload = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                finally:
-                    with owner.lock:
-                        owner.in_flight -= 1
-                        owner.served += 1
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a killed client leaves its handler writing to a closed socket
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
