@@ -191,8 +191,7 @@ def main() -> None:
     import courses_benchmark as cb
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "eval-courses")
-    ap.add_argument("--evidence", type=Path, default=ROOT / "eval" / "courses")
+    cb.add_course_arguments(ap)
     ap.add_argument("--no-shipped", action="store_true", help="leave out the shipped course")
     ap.add_argument("--only", default="", help="score only the course whose name starts with this (rows are cached; "
                     "a later run without --only reads them)")

@@ -342,11 +342,16 @@ def report_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_course_arguments(ap: argparse.ArgumentParser) -> None:
+    """--shared (the independent courses) and --evidence (their annotations): every course benchmark's inputs."""
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "eval-courses",
                     help="folder of course folders (default ../shared/eval-courses)")
     ap.add_argument("--evidence", type=Path, default=ROOT / "eval" / "courses", help="evidence annotations")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_course_arguments(ap)
     ap.add_argument("--no-shipped", action="store_true", help="leave out the shipped course")
     ap.add_argument("--candidates", default=";".join(CANDIDATES), help="candidate names separated by ;")
     ap.add_argument("--choices", action="store_true", help="also score multiple choice (the bundled model)")

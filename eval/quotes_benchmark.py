@@ -300,10 +300,10 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    from courses_benchmark import add_course_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "eval-courses",
-                    help="folder of course folders (default ../shared/eval-courses)")
-    ap.add_argument("--evidence", type=Path, default=ROOT / "eval" / "courses", help="evidence annotations")
+    add_course_arguments(ap)
     ap.add_argument("--no-model", action="store_true", help="the retriever path only")
     ap.add_argument("--students", action="store_true", help="also the shipped course's student questions")
     ap.add_argument("--limit", type=int, default=None, help="questions per course (default all)")
