@@ -5,7 +5,7 @@ embedding similarity or verbatim overlap, independent of whether the model wrote
 the model's own markers that name a real passage. This module puts a marker after every supported sentence
 that has none for its passage, so the reader can follow each claim to a source whose title carries the
 same number. Markers are display only: the stored answer text and the history the model sees stay as the
-pipeline returned them. Nothing is inserted into code (fenced or indented blocks, inline `code`).
+pipeline returned them. Nothing is inserted into code (fenced or indented blocks, inline `code`) or into a quote.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 _MARKER = re.compile(r"\s?\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")  # rag.answering.attribution's marker form
 _END_PUNCT = re.compile(r"[.!?:;]+[\"')\]]*$")
+_QUOTED = re.compile(r'"[^"\n]+"')  # a quote of the passages ("…" [n]): its own marker follows it
 
 
 def _code_ranges(text: str) -> list[tuple[int, int]]:
@@ -50,10 +51,11 @@ def mark_citations(text: str, citations: Iterable[Mapping[str, Any]]) -> str:
     :param citations: {"sentence": answer sentence (as rag.answering.attribution.attribute split it, without
         markers), "passage": n (1-based)}.
     :returns: the text with markers added before the sentence's final punctuation ("… weights [2].");
-        unchanged where a sentence cannot be found, lies in code, or already names its passage.
+        unchanged where a sentence cannot be found, lies in code or inside a quote (the quote's marker
+        follows its closing mark), or already names its passage.
     """
     plain, where = _plain(text)
-    code = _code_ranges(text)
+    code = _code_ranges(text) + [(m.start(), m.end()) for m in _QUOTED.finditer(text)]
     inserts: dict[int, set[int]] = {}
     cursor = 0  # citations come in the order of their sentences: a repeated sentence is found in its place
     for c in citations:

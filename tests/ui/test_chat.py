@@ -175,6 +175,10 @@ def test_supported_sentences_get_their_marker_once_and_code_gets_none():
     assert mark_citations(repeated, [{"sentence": '"LoRA freezes all the weights."', "passage": 4},
                                      {"sentence": "LoRA freezes all the weights.", "passage": 4}]) == \
         repeated[:-1] + " [4]."
+    # a quote of two sentences: the first is not marked inside the quote, the quote's own marker follows it
+    pair = '"Full fine-tuning updates all weights. It needs memory like pre-training." [1]\n\nA. Full fine-tuning'
+    assert mark_citations(pair, [{"sentence": "Full fine-tuning updates all weights.", "passage": 1},
+                                 {"sentence": "It needs memory like pre-training.", "passage": 1}]) == pair
 
 
 # ---- rendered passages: math, code, the highlight, and still nothing loaded ------------------------------
