@@ -2,8 +2,9 @@
 
 Students paste quiz items into a course assistant ("Which of the following…" with options A-D, true/false
 statements, "select all that apply", fill-in-the-blank stems). Each option is turned into the statement a
-student makes by choosing it (`claim`: written into the stem's blank, else after the stem), and the claim is
-scored against the sentences of the passages given to the model (`claim_support`: the retriever's embedder,
+student makes by choosing it (`claim`: written into the stem's blank, else after the stem; under a question
+stem, "Which …?", the option alone, `support_text`), and that text is scored against the sentences of the
+passages given to the model (`claim_support`: the retriever's embedder,
 its best cosine with a candidate sentence of `grounding.quote_candidates`, boilerplate and the quiz item
 restated in the course excluded, `restated_options`). Then the item's kind decides:
 
@@ -21,7 +22,9 @@ product's passages; `python eval/choices_benchmark.py`, docs in README "Answers"
 eval/results/courses/choices_benchmark.md): the bare option's support (the previous method) was right on
 0.434 pooled against closed book's 0.355; the model's option scores with the passages on 0.366, so the small
 model does not read the passages when it scores options, and mixing them in lowered every combination
-tried; the claims raised it on both courses. The margins were measured across courses: ALL_MARGIN chosen on
+tried; the claims raised it on both courses, except under question stems, where stem + option is mostly
+the question's words (the same for every option) and the bare option scored as well (0.41-0.43 either way on
+the 89 such items) and chose the passage's own answer where the claim did not ("What does LoRA freeze?"). The margins were measured across courses: ALL_MARGIN chosen on
 one course and applied to the other kept its accuracy both ways; for sets, treating the quizzes' items as
 "select all that apply" (an "all of the above" key is the set of every plain option), every margin wider
 than 0 lost, so SET_MARGIN is 0 until a quiz with such items says otherwise.
@@ -206,6 +209,20 @@ def claim(stem: str, option: str) -> str:
     return out
 
 
+def support_text(stem: str, option: str) -> str:
+    """What an option is scored as against the passages: its claim (`claim`) under a completion or
+    fill-in-the-blank stem; the option alone under a question ("Which …?", "What does …?"), where stem +
+    option is mostly the question's words, the same for every option (measured: module docstring).
+
+    :param stem: the question without its options.
+    :param option: one option text.
+    :returns: the text to embed.
+    """
+    if not _BLANK.search(stem) and stem.strip().endswith("?"):
+        return option.strip()
+    return claim(stem, option)
+
+
 def claim_support(claims: Sequence[str], passages: Sequence[str], embedder: Any,
                   exclude: Collection[str] = ()) -> list[float]:
     """Each claim's best cosine with a candidate sentence of `passages` (0.0 for all when none has one).
@@ -351,7 +368,7 @@ def pick_option(generator: Generator, messages: Messages, choice: Choice, passag
     exclude = frozenset(exclude) | restated_options(passages, [*options, choice.stem])
     if is_true_false(options):
         return _pick_true_false(generator, choice, passages, embedder, exclude)
-    support = np.asarray(claim_support([claim(choice.stem, o) for o in options], passages, embedder, exclude))
+    support = np.asarray(claim_support([support_text(choice.stem, o) for o in options], passages, embedder, exclude))
     model = (option_logprobs(generator, messages, options)
              if weight < 1.0 and generator.supports_logprobs else None)
     scores = np.asarray(combine(model, support, weight), dtype=float)
@@ -360,5 +377,5 @@ def pick_option(generator: Generator, messages: Messages, choice: Choice, passag
 
 
 __all__ = ["RETRIEVER_WEIGHT", "ALL_MARGIN", "NONE_FLOOR", "SET_MARGIN", "TRUE_FALSE_EVIDENCE", "Choice", "asks_for_several", "parse_choice", "restated_options",
-           "option_kind", "is_true_false", "true_false_messages", "claim", "claim_support", "option_support", "option_logprobs", "Picked",
+           "option_kind", "is_true_false", "true_false_messages", "claim", "support_text", "claim_support", "option_support", "option_logprobs", "Picked",
            "pick_option"]

@@ -65,7 +65,7 @@ def test_support_is_the_best_cosine_with_a_sentence_of_the_passages(embedder):
     # weight 1.0: the support decides and the model is not asked (None cannot score anything)
     item = Choice("Which of these is stated?", tuple(options), ("A", "B", "C"))
     picked = pick_option(None, [], item, passages, embedder, 1.0)
-    claims = choices.claim_support([choices.claim(item.stem, o) for o in options], passages, embedder)
+    claims = choices.claim_support([choices.support_text(item.stem, o) for o in options], passages, embedder)
     assert picked.model is None and picked.rule == "best"
     assert picked.support == pytest.approx(claims, abs=1e-5) and picked.index == max(range(3), key=claims.__getitem__)
 
@@ -148,6 +148,21 @@ def test_the_quiz_item_itself_is_neither_support_nor_quote(embedder):
 ])
 def test_an_option_becomes_a_claim_written_into_its_stem(stem, option, expected):
     assert choices.claim(stem, option) == expected
+
+
+def test_under_a_question_stem_the_option_alone_is_scored():
+    assert choices.support_text("What does LoRA freeze?", "The weights") == "The weights"
+    assert choices.support_text("LoRA freezes", "the weights") == "LoRA freezes the weights"
+    assert choices.support_text("What is a ___ model?", "binary") == "What is a binary model?"  # a blank: the claim
+
+
+def test_what_lora_freezes_is_chosen_from_the_passage_that_says_so(embedder):
+    item = Choice("What does LoRA freeze during fine-tuning?", ("The weights of the pre-trained model",
+                  "The tokenizer's vocabulary", "The learning rate schedule"), ("A", "B", "C"))
+    passages = ["LoRA freezes all weights in the original model layers and introduces new components which are "
+                "trained on new data.",
+                "Partial fine-tuning (PEFT: LoRA, QLoRA) updates only a subset of parameters, freezing the rest."]
+    assert pick_option(None, [], item, passages, embedder, 1.0).chosen == (0,)
 
 
 @pytest.mark.parametrize("option, kind", [
