@@ -203,10 +203,13 @@ def test_ask_follow_a_source_rate_and_reload(app_url: str, browser, course_index
     document = dialog.find_element(By.CSS_SELECTOR, ".st-key-rag_viewer_text").text
     passage = source.find_element(By.CSS_SELECTOR, "[data-testid='stMarkdownContainer']").text
     assert quote in " ".join(document.split()) and len(document) > len(passage)  # the text around it too
-    js_click(browser, dialog.find_element(By.XPATH, ".//button[contains(., 'Download')]"))
+    # the dialog's parts render one after another: wait for the button as for the highlight
+    js_click(browser, wait_for(browser, 30).until(
+        lambda d: dialog.find_element(By.XPATH, ".//button[contains(., 'Download')]")))
     original = downloaded(tmp_path / "downloads", Path(name).name, browser)
     assert original.read_bytes() == (course_index.corpus_dir / name).read_bytes()
-    js_click(browser, dialog.find_element(By.CSS_SELECTOR, "button[aria-label='Close']"))
+    js_click(browser, wait_for(browser, 10).until(
+        lambda d: dialog.find_element(By.CSS_SELECTOR, "button[aria-label='Close']")))
     wait_for(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[role='dialog']"))
 
     # Thumbs down with a note and the expected answer: it lands in the feedback export.
@@ -416,7 +419,8 @@ def test_a_hostile_answer_and_passage_load_nothing(tmp_path: Path, embedder, bro
             js_click(browser, source.find_element(By.XPATH, ".//button[contains(., 'Open in the document')]"))
             dialog = wait_for(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "[role='dialog']"))
             wait_for(browser, 10).until(lambda d: "passage-leak" in dialog.text)  # the file in the viewer too
-            js_click(browser, dialog.find_element(By.CSS_SELECTOR, "button[aria-label='Close']"))
+            js_click(browser, wait_for(browser, 10).until(
+        lambda d: dialog.find_element(By.CSS_SELECTOR, "button[aria-label='Close']")))
             box = wait(30).until(EC.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']")))
             box.send_keys("And what does it train?", Keys.ENTER)  # the first answer is redrawn from history
             wait_for(browser, 180).until(lambda d: answered(d, 3))
