@@ -55,18 +55,6 @@ def block_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def find_span(text: str, snippet: str) -> tuple[int, int] | None:
-    """Where `snippet` occurs in `text`, tolerating different whitespace; None if it does not."""
-    words = snippet.split()
-    if not words:
-        return None
-    i = text.find(snippet.strip())
-    if i >= 0:
-        return i, i + len(snippet.strip())
-    m = re.search(r"\s+".join(re.escape(w) for w in words), text)
-    return (m.start(), m.end()) if m else None
-
-
 def _label(segment: str) -> str | None:
     """`segment` as the label of a directive (brackets escaped); None when it would break the markdown
     around it (an inline code or math span cut in two)."""

@@ -22,7 +22,8 @@ from rag.config import Settings
 from rag.errors import RagError
 from rag.ingest.loaders import Document, UnreadableFile, read_file
 from rag.ingest.paths import os_reason, outside_course
-from ui.highlight import PASSAGE_COLOR, QUOTE_COLOR, block_ranges, find_span
+from rag.answering.grounding import find_span
+from ui.highlight import PASSAGE_COLOR, QUOTE_COLOR, block_ranges
 
 CONTEXT_CHARS = 1200  # text shown before and after the passage, widened to whole paragraphs
 
