@@ -147,6 +147,18 @@ def prune_stale_decoders(root: Path, keep: Path | None = None) -> list[Path]:
     return removed
 
 
+def builder_command(model_dir: Path, out: Path, precision: str, options: list[str]) -> list[str]:
+    """The onnxruntime-genai model builder's command line for `model_dir` into `out`.
+
+    :param options: builder `--extra_options` entries ("key=value"); the flag is left out when there are
+        none, because the builder's argparse rejects it without a value (models with untied embeddings).
+    :returns: argv for `subprocess`.
+    """
+    extra = ["--extra_options", *options] if options else []
+    return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out),
+            "-p", precision, "-e", "cpu", "-c", str(out / ".hf-cache"), *extra]
+
+
 def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
                        cache_dir: str | Path | None = None, *, pack: bool = True) -> Path:
     """Return the ONNX decoder of a transformers model folder, building it once and reusing it.
@@ -181,9 +193,7 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
     options = ["shared_embeddings=true"] if config.get("tie_word_embeddings") else []
 
     def write(tmp: Path) -> None:
-        _run_builder([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o",
-                      str(tmp), "-p", precision, "-e", "cpu", "-c", str(tmp / ".hf-cache"), "--extra_options",
-                      *options], label, int(config.get("num_hidden_layers", 0)))
+        _run_builder(builder_command(model_dir, tmp, precision, options), label, int(config.get("num_hidden_layers", 0)))
         shutil.rmtree(tmp / ".hf-cache", ignore_errors=True)
         data = tmp / "model.onnx.data"
         if not (tmp / "model.onnx").is_file() or not data.is_file():

@@ -467,3 +467,19 @@ def test_prompt_cache_keeps_several_prompts() -> None:
     assert len(cache.entries) == 2 and cache.common_prefix(b + [1]) == 100
     cache.store(c, Cache(100))  # past size: the oldest (b) goes
     assert cache.common_prefix(b + [1]) == 0 and cache.common_prefix(a + [7, 8, 9]) == 102
+
+
+@pytest.mark.parametrize("options", [[], ["shared_embeddings=true"]])
+def test_builder_command_is_accepted_by_the_builder(options: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """The builder's own argument parser takes the command, with and without extra options (a model with
+    untied embeddings, as the teacher, has none; an empty `--extra_options` is refused)."""
+    from onnxruntime_genai.models import builder
+
+    from rag.generation.onnx_build import builder_command
+
+    argv = builder_command(tmp_path / "model", tmp_path / "out", "fp32", options)
+    monkeypatch.setattr("sys.argv", argv[2:])
+    args = builder.get_args()
+    assert args.precision == "fp32" and args.output == str(tmp_path / "out")
+    assert (args.extra_options or []) == options
