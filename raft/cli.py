@@ -165,6 +165,9 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.option("--oracle-fraction", type=click.FloatRange(0, 1), default=None,
               help="Re-draw which train samples show the oracle: exactly this fraction do (e.g. 1.0 for the P = 1 "
                    "ablation); default: as generated (`raft generate --p`).")
+@click.option("--distractor-strategy", type=click.Choice(["random"]), default=None,
+              help="random = re-draw each sample's distractors uniformly from the split's other source chunks (the "
+                   "hard-vs-random ablation without a new `raft generate`); default: as generated.")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
@@ -188,7 +191,8 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: all available cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print train_report.json.")
 @user_errors
-def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fraction: float | None, epochs: float, lr: float, lora_r: int, lora_alpha: float,
+def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fraction: float | None,
+          distractor_strategy: str | None, epochs: float, lr: float, lora_r: int, lora_alpha: float,
           lora_dropout: float, batch_size: int, grad_accum: int, max_length: int, max_samples: int | None,
           max_val_samples: int, split: str, seed: int, dtype: str, resume: bool, save_steps: int,
           threads: int | None, as_json: bool) -> None:
@@ -204,7 +208,8 @@ def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fract
     from raft.train.loop import train as run_train
     from raft.train.report import format_report
 
-    config = TrainConfig(base=base, method=method, oracle_fraction=oracle_fraction, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+    config = TrainConfig(base=base, method=method, oracle_fraction=oracle_fraction,
+                         distractor_strategy=distractor_strategy, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, batch_size=batch_size, grad_accum=grad_accum,
                          max_length=max_length, max_samples=max_samples, split=split, seed=seed, dtype=dtype,
                          max_val_samples=max_val_samples, save_steps=save_steps, threads=threads)

@@ -36,11 +36,15 @@ class TrainConfig:
     oracle_fraction: None keeps each sample's documents as `raft generate` drew them (its --p); a value P
     re-draws, from the stored documents, which samples show the oracle: exactly round(P * n) samples
     (a seeded choice) do, the others don't (raft datasets and --method raft only).
+    distractor_strategy: None keeps the distractors `raft generate` drew (its --distractor-strategy, hard by
+    default); "random" re-draws them uniformly from the split's other source chunks
+    (raft.train.data.with_random_distractors), the paper's hard-vs-random ablation from one generated dataset.
     """
 
     base: str = "bundled"
     method: str = "raft"
     oracle_fraction: float | None = None
+    distractor_strategy: str | None = None
     epochs: float = 1.0
     lr: float = 1e-3  # with grad_accum 4: 1 epoch over the course's 631 samples learned the RAFT format (README
     # "The whole course"); 2e-4 with grad_accum 8 (40 steps over 320 samples) did not
@@ -76,6 +80,10 @@ class TrainConfig:
              f"--oracle-fraction must be in [0, 1], got {self.oracle_fraction}"),
             (self.oracle_fraction is not None and self.method == "dsf",
              "--oracle-fraction needs --method raft: DSF shows no documents"),
+            (self.distractor_strategy not in (None, "random"),
+             f"--distractor-strategy must be random (or left out: as generated), got {self.distractor_strategy!r}"),
+            (self.distractor_strategy is not None and self.method == "dsf",
+             "--distractor-strategy needs --method raft: DSF shows no documents"),
             (self.dtype not in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.max_val_samples < 0, f"--max-val-samples must be >= 0, got {self.max_val_samples}"),
             (self.save_steps < 1, f"--save-steps must be >= 1, got {self.save_steps}"),
@@ -89,14 +97,14 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained model (a re-run must match them to resume).
 
-        `method` and `oracle_fraction` are left out at their defaults (raft, None), so folders trained
+        `method`, `oracle_fraction` and `distractor_strategy` are left out at their defaults (raft, None, None), so folders trained
         before they existed still resume; any other value is part of the identity, so a changed method
         or fraction against an existing --out is refused.
         """
         d = asdict(self)
         for k in _NOT_IDENTITY:
             d.pop(k)
-        for k, default in (("method", "raft"), ("oracle_fraction", None)):
+        for k, default in (("method", "raft"), ("oracle_fraction", None), ("distractor_strategy", None)):
             if d[k] == default:
                 d.pop(k)
         if d["base"] != "bundled":

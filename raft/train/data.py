@@ -134,6 +134,38 @@ def with_oracle_fraction(records: list[dict], fraction: float, seed: int) -> lis
     return out
 
 
+def with_random_distractors(records: list[dict], seed: int) -> list[dict]:
+    """Copies of `records` whose distractors are re-drawn uniformly at random from the other source chunks
+    of `records` (the "random" arm of the RAFT paper's distractor ablation, without calling the teacher again).
+
+    The pool is the oracle text of every distinct source chunk in `records`; pass one split part at a time
+    so that no other part's text enters it. Each record keeps its number of distractors (capped by the
+    pool), its oracle (if shown) at the same position, and its question and answer; the draw is
+    derive_rng(seed, "random-distractors", id), independent of order.
+
+    :param records: raft records (one split part).
+    :param seed: the run's seed.
+    :returns: new records; `distractor_ids` holds the drawn chunks' source ids.
+    """
+    pool: dict[int, str] = {}
+    for rec in records:
+        pool.setdefault(rec["source_chunk_id"], rec["oracle_context"])
+    out = []
+    for rec in records:
+        shown = rec["oracle_index"] >= 0 and rec["oracle_present"]
+        wanted = len(rec["context"]["sentences"]) - (1 if shown else 0)
+        others = sorted(i for i, text in pool.items() if i != rec["source_chunk_id"] and text != rec["oracle_context"])
+        picked = derive_rng(seed, "random-distractors", rec["id"]).sample(others, min(wanted, len(others)))
+        docs = [pool[i] for i in picked]
+        at = -1
+        if shown:
+            at = min(rec["oracle_index"], len(docs))
+            docs.insert(at, rec["oracle_context"])
+        out.append({**rec, "context": {"title": [""] * len(docs), "sentences": docs}, "oracle_index": at,
+                    "oracle_present": shown, "distractor_ids": picked})
+    return out
+
+
 def _as_method(examples: list[Example], method: str) -> list[Example]:
     """DSF (the RAFT paper's domain-specific fine-tuning baseline): the same examples without documents."""
     if method != "dsf":
@@ -144,8 +176,8 @@ def _as_method(examples: list[Example], method: str) -> list[Example]:
 def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], list[Example], dict[str, Any]]:
     """(train, validation, info) from a `raft generate` folder or a `raft export --format chat` folder/file.
 
-    --method dsf drops every example's documents; --oracle-fraction re-draws which samples show the oracle
-    (raft datasets only: a chat export does not say which document is the oracle; RagError otherwise).
+    --method dsf drops every example's documents; --distractor-strategy random re-draws the distractors
+    (`with_random_distractors`); --oracle-fraction re-draws which samples show the oracle (raft datasets only: a chat export does not say which document is the oracle; RagError otherwise).
     """
     path = Path(dataset)
     if not path.exists():
@@ -157,11 +189,16 @@ def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], li
             raise RagError(f"{source} has no samples: run or finish `raft generate` first")
         where = {r["id"]: f"line {i + 1} of {source}" for i, r in enumerate(records)}  # ids are unique
         parts = split_by_chunk(records, parse_split(config.split), config.seed)
+        if config.distractor_strategy == "random":
+            parts = {k: with_random_distractors(v, config.seed) for k, v in parts.items()}
         if config.oracle_fraction is not None:
             parts = {k: with_oracle_fraction(v, config.oracle_fraction, config.seed) for k, v in parts.items()}
         train = [_from_record(r, where[r["id"]]) for r in parts["train"]]
         val = [_from_record(r, where[r["id"]]) for r in parts.get("validation", [])]
         info = {"format": "raft", "source": str(source), "records": len(records), "split": config.split}
+    elif config.distractor_strategy is not None:
+        raise RagError(f"--distractor-strategy needs a `raft generate` folder ({DATASET}); {path} is not one (a "
+                       "chat export does not say which document is the oracle)")
     elif config.oracle_fraction is not None:
         raise RagError(f"--oracle-fraction needs a `raft generate` folder ({DATASET}); {path} is not one (a chat "
                        "export does not say which document is the oracle)")
@@ -185,6 +222,7 @@ def load_examples(dataset: Path, config: TrainConfig) -> tuple[list[Example], li
     train = _as_method(_sample(train, config.max_samples, config.seed, "max-samples"), config.method)
     val = _as_method(_sample(val, config.max_val_samples, config.seed, "max-val-samples"), config.method)
     info.update(train=len(train), validation=len(val), method=config.method, oracle_fraction=config.oracle_fraction,
+                distractor_strategy=config.distractor_strategy,
                 train_oracle_shown=round(sum(e.oracle_index >= 0 for e in train) / len(train), 4))
     return train, val, info
 

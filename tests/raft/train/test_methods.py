@@ -9,7 +9,7 @@ import pytest
 from raft.prompts import instruction
 from raft.records import documents_with_oracle, documents_without_oracle
 from raft.train.config import TrainConfig
-from raft.train.data import load_examples, with_oracle_fraction
+from raft.train.data import load_examples, with_oracle_fraction, with_random_distractors
 from rag.errors import RagError
 from tests.raft.train.test_train import FACTS, write_dataset
 
@@ -91,3 +91,37 @@ def test_method_and_fraction_are_validated_and_part_of_the_identity(dataset: Pat
         load_examples(Path(chat["dir"]), TrainConfig(oracle_fraction=1.0))
     dsf_chat, _, _ = load_examples(Path(chat["dir"]), TrainConfig(method="dsf"))
     assert dsf_chat and all(e.docs == [] for e in dsf_chat)
+
+
+def test_random_distractors_come_from_the_other_chunks_and_keep_the_oracle() -> None:
+    out = with_random_distractors(RECORDS, seed=0)
+    oracles = {r["oracle_context"] for r in RECORDS}
+    for before, after in zip(RECORDS, out):
+        docs = after["context"]["sentences"]
+        assert len(docs) == len(before["context"]["sentences"]) and len(after["context"]["title"]) == len(docs)
+        assert after["oracle_present"] == before["oracle_present"]
+        if before["oracle_present"]:
+            assert docs[after["oracle_index"]] == before["oracle_context"] == docs[before["oracle_index"]]
+        others = [d for i, d in enumerate(docs) if i != after["oracle_index"]]
+        assert before["oracle_context"] not in others  # never the sample's own oracle as a distractor
+        assert set(others) <= oracles - {before["oracle_context"]}  # drawn from the other chunks, not stored ones
+        assert not set(others) & set(DISTRACTORS)
+        assert after["question"] == before["question"] and after["cot_answer"] == before["cot_answer"]
+    assert with_random_distractors(RECORDS, seed=0) == out
+    assert with_random_distractors(RECORDS, seed=1) != out
+
+
+def test_random_distractors_stay_inside_each_split_part(dataset: Path) -> None:
+    split = "0.75,0.25"
+    plain, plain_val, _ = load_examples(dataset, TrainConfig(split=split))
+    train, val, info = load_examples(dataset, TrainConfig(split=split, distractor_strategy="random"))
+    assert info["distractor_strategy"] == "random" and [e.id for e in train] == [e.id for e in plain]
+    val_oracles = {r["oracle_context"] for r in RECORDS if r["id"] in {e.id for e in val}}
+    train_oracles = {r["oracle_context"] for r in RECORDS if r["id"] in {e.id for e in train}}
+    assert all(set(e.docs) <= train_oracles for e in train)
+    assert all(set(e.docs) <= val_oracles for e in val)
+    assert TrainConfig(distractor_strategy="random").identity()["distractor_strategy"] == "random"
+    for config, message in [(TrainConfig(distractor_strategy="hard"), "--distractor-strategy must be random"),
+                            (TrainConfig(method="dsf", distractor_strategy="random"), "needs --method raft")]:
+        with pytest.raises(RagError, match=message):
+            config.validate()
