@@ -37,6 +37,7 @@ from rag.answering.grounding import (  # the one implementation of quote candida
     GUIDED_FINAL,
     GUIDED_REASON,
     MAX_CANDIDATES,  # noqa: F401  (re-exported: raft callers read it here)
+    QUOTE_SPANS,
     pick_quote,
     quote_candidates,
 )
@@ -307,7 +308,9 @@ class AnswerWriter:
         for question, oracle in items:
             msgs = answer_messages(question, oracle, small=True)
             reason = GUIDED_REASON.format(question=" ".join(question.split()))
-            cands = quote_candidates(oracle, exclude=self.exclude)
+            # the spans the product quotes from (statements, or two adjacent ones), so the tuned model learns
+            # the answers it will be asked to give: no captions, links, headings or fragments as quotes
+            cands = quote_candidates(oracle, exclude=self.exclude, spans=QUOTE_SPANS)
             head = reason
             if cands:
                 best = cands[pick_quote(self.generator, msgs, reason + BEGIN_QUOTE, cands)]
