@@ -103,3 +103,15 @@ def test_readme_links_are_relative_and_resolve():
             headings = re.findall(r"^#+\s+(.*)$", target.read_text(encoding="utf-8"), re.M)
             slugs = {re.sub(r"[^\w\s-]", "", h.lower()).strip().replace(" ", "-") for h in headings}
             assert anchor in slugs, f"README links to {link}: no such heading"
+
+
+def test_the_site_loads_nothing_from_another_host(site):
+    """Built offline and read offline: no web font, script, style sheet or image fetched from elsewhere (a
+    course example such as `![x](http://host/p.png)` must stay code, never become a live image)."""
+    out, _ = site
+    pages = list(out.rglob("*.html"))
+    assert pages
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        remote = re.findall(r"<(?:img|script|iframe|link)\b[^>]*?\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"", html)
+        assert not remote, (page.relative_to(out), remote)
