@@ -1,7 +1,7 @@
 """mkdocs hook: the settings table of docs/reference/settings.md, generated from rag.config.Settings.
 
 The page holds the marker `<!-- settings-table -->`; this hook replaces it with one row per field of
-`Settings.model_fields` (name, `RAG_*` variable, type, default, allowed range, description), so the table
+`Settings.model_fields` (name and `RAG_*` variable, type, default, allowed range, description), so the table
 cannot drift from the code: a new setting appears in it at the next build. A field's description is its
 pydantic `Field(description=...)`, else the line in `FALLBACK` below (for fields declared with a comment
 only). Written by hand because mkdocstrings renders a pydantic model's fields without their environment
@@ -97,11 +97,12 @@ def settings_table() -> str:
     from rag.config import Settings
 
     prefix = Settings.model_config.get("env_prefix", "RAG_")
-    rows = ["| setting | environment | type | default | range | what it does |", "|---|---|---|---|---|---|"]
+    rows = ["| setting and variable | type, default, range | what it does |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         text = (field.description or FALLBACK.get(name, "")).replace("\n", " ").replace("|", "\\|")
-        rows.append(f"| `{name}` | `{prefix}{name.upper()}` | {_type_name(field.annotation)} | "
-                    f"{_default(name, field)} | {_bounds(field)} | {text} |")
+        bounds = _bounds(field)
+        rows.append(f"| `{name}`<br>`{prefix}{name.upper()}` | {_type_name(field.annotation)}<br>"
+                    f"default {_default(name, field)}{'<br>' + bounds if bounds else ''} | {text} |")
     return "\n".join(rows)
 
 
