@@ -1,6 +1,6 @@
 """User-facing errors: one class the CLI, UI and server turn into a one-line message (CLI exit code 1).
 
-The README's "Errors and exit codes" table lists what raises each of them.
+The table of docs/reference/errors.md ("Errors and exit codes") lists what raises each of them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Every mode ranks *passages*: the chunks of the index are child windows of larger
 was built with `child_tokens` (rag/retrieval/parent_child.py), and each passage scores as its best child;
 near-identical passages are collapsed (rag/retrieval/fusion.py). The default, hybrid with dense weight 0.65
 over child windows of 128 word pieces in passages of up to 254, and a quiz item searched as its stem and as
-its stem with options (`search_many`), is what holds under the independent evaluation (README, Retrieval
-quality: `python eval/courses_benchmark.py`).
+its stem with options (`search_many`), is what holds under the independent evaluation
+(`python eval/courses_benchmark.py`; docs/results/retrieval.md).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class Retriever:
 
         Reciprocal rank fusion (k 60, equal weights; Cormack et al. 2009) of the queries' rankings, each
         MULTI_QUERY_DEPTH deep: a passage high in any ranking comes up. A quiz item is searched as its stem
-        and as its stem with its options (README, "Retrieval quality"): the stem alone misses the passage
+        and as its stem with its options (docs/results/retrieval.md): the stem alone misses the passage
         that names the answer, the options alone pull in passages about the wrong ones.
 
         :param queries: the wordings, most faithful first (duplicates and empty ones are dropped).

@@ -459,18 +459,23 @@ def test_key_from_the_environment_and_docs_on_request(course_index):
             timeout=30).headers  # no CORS origins configured: none allowed
 
 
-def test_every_readme_server_command_binds_loopback():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    apps = re.findall(r"streamlit run [^`\n#]*", readme)
-    servers = re.findall(r"rag serve[^`\n#]*", readme)
+def test_every_documented_server_command_binds_loopback():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # the README and the docs site's pages
+    apps = servers = 0
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for command in re.findall(r"streamlit run [^`\n#]*", text):  # an explicit address; the network only
+            apps += 1                                                  # next to the admin secret it needs
+            address = re.search(r"--server\.address (\S+)", command)
+            assert address, (page, command)
+            assert address.group(1) == "127.0.0.1" or "export RAG_ADMIN_SECRET" in text, (page, command)
+        for command in re.findall(r"rag serve[^`\n#]*", text):  # default host 127.0.0.1; another only with a key
+            servers += 1
+            host = re.search(r"--host (\S+)", command)
+            assert host is None or host.group(1) == "127.0.0.1" or "--api-key" in command, (page, command)
     assert apps and servers
-    for command in apps:  # an explicit address; the network only next to the admin secret it needs
-        address = re.search(r"--server\.address (\S+)", command)
-        assert address, command
-        assert address.group(1) == "127.0.0.1" or "export RAG_ADMIN_SECRET" in readme, command
-    for command in servers:  # rag serve's default host is 127.0.0.1; another host only with a key
-        host = re.search(r"--host (\S+)", command)
-        assert host is None or host.group(1) == "127.0.0.1" or "--api-key" in command, command
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "streamlit run ui/app.py --server.address 127.0.0.1" in readme and "rag serve" in readme
     assert "--server.address 127.0.0.1" in (ROOT / "scripts" / "run.sh").read_text(encoding="utf-8")
     config = (ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8")
     assert re.search(r'address\s*=\s*"127\.0\.0\.1"', config)  # a bare `streamlit run` here binds loopback too
