@@ -78,9 +78,23 @@ def answer_row(pipe: Any, q: dict[str, Any], embedder: Any) -> dict[str, Any]:
             "f1_key": token_f1(answer.short_answer or text, q["options"][key[0]])}
 
 
+def _resumed(path: Path) -> dict[str, dict[str, Any]]:
+    """{question id: row} already in a JSONL cache file; a torn last line (killed mid-write) is asked again."""
+    done = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            done[row["id"]] = row
+    return done
+
+
 def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[str, Any], work: Path,
-               cache: Path, with_answers: bool) -> list[dict[str, Any]]:
-    """Rows of one model on `course`, resumed from `cache` question by question."""
+               cache: Path, part: str) -> list[dict[str, Any]]:
+    """Rows of one model on `course` for `part` ("choices": the three multiple-choice ways; "answers": the
+    product's answer to the stem), resumed from `cache` question by question."""
     import courses_benchmark as cb
 
     from rag.api import get_generator, make_pipeline
@@ -89,18 +103,11 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     from rag.evaluation.end_to_end import score_mc
 
     key = {"course": course.name, "spec": spec, "model": model_stamp(spec), "settings": settings, **cb.versions(),
-           "answers": with_answers, "v": 1}
+           "part": part, "v": 2}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache / course.name.split(" ")[0] / f"raft-quiz-{name}-{digest}.jsonl"
+    path = cache / course.name.split(" ")[0] / f"raft-quiz-{part}-{name}-{digest}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a torn last line (killed mid-write): that question is asked again
-            done[row["id"]] = row
+    done = _resumed(path)
     todo = [q for q in course.questions if q["id"] not in done]
     if todo:
         retriever = cb.product_retriever(course, embedder, settings, work)
@@ -111,22 +118,35 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
         budget = min(generator.context_window, run.max_context_tokens)
         search = cb.product_searcher(retriever, settings, run.top_k)
         with path.open("a", encoding="utf-8") as out:
-            for q in progress_bar(todo, total=len(todo), desc=f"{name} on {course.name}", unit="question"):
+            for q in progress_bar(todo, total=len(todo), desc=f"{name} {part} on {course.name}", unit="question"):
                 t0 = time.perf_counter()
-                mc = score_mc(generator, q, search(q), run.top_k, budget, embedder, pipe.boilerplate(),
-                              weight=run.choice_retriever_weight)
-                row = {"id": q["id"], "course": course.name, "model": name,
-                       "right": {"closed_book": bool(mc["closed_book"]["right"]),
-                                 "rag_plain": bool(mc["rag_plain"]["right"]), "product": bool(mc["rag"]["right"])},
-                       "rule": mc["rag"].get("rule")}
-                if with_answers:
-                    row["answer"] = answer_row(pipe, q, embedder)
-                    row["right"]["answer"] = row["answer"]["right"]
+                if part == "answers":
+                    row = {"id": q["id"], "answer": answer_row(pipe, q, embedder)}
+                else:
+                    mc = score_mc(generator, q, search(q), run.top_k, budget, embedder, pipe.boilerplate(),
+                                  weight=run.choice_retriever_weight)
+                    row = {"id": q["id"], "right": {"closed_book": bool(mc["closed_book"]["right"]),
+                                                    "rag_plain": bool(mc["rag_plain"]["right"]),
+                                                    "product": bool(mc["rag"]["right"])},
+                           "rule": mc["rag"].get("rule")}
                 row["seconds"] = round(time.perf_counter() - t0, 2)
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 out.flush()
                 done[q["id"]] = row
     return [done[q["id"]] for q in course.questions]
+
+
+def merged_rows(choices: list[dict[str, Any]], answers: list[dict[str, Any]] | None, name: str,
+                course: str) -> list[dict[str, Any]]:
+    """One row per question: the choice ways' `right`, with the answer's (and the answer) when measured."""
+    out = []
+    for i, c in enumerate(choices):
+        row = {"id": c["id"], "course": course, "model": name, "right": dict(c["right"]), "rule": c.get("rule")}
+        if answers is not None:
+            row["answer"] = answers[i]["answer"]
+            row["right"]["answer"] = row["answer"]["right"]
+        out.append(row)
+    return out
 
 
 def summarize(rows: dict[str, list[dict[str, Any]]], base: str) -> dict[str, Any]:
@@ -207,7 +227,7 @@ def main() -> None:
     ap.add_argument("--course", default="ai", help="the course folder under --shared")
     ap.add_argument("--models", default="base=bundled", help="name=model spec, comma-separated; the first is the base")
     ap.add_argument("--answers", default="", help="models whose answers are generated (comma-separated names; "
-                    "default: all)")
+                    "default: none)")
     ap.add_argument("--pairs", default="raft:dsf,raft:raft-p1,raft:raft-random",
                     help="a:b comparisons beside each model − base (names absent from --models are skipped)")
     ap.add_argument("--limit", type=int, default=0, help="first N questions only (a smoke run; decides nothing)")
@@ -223,7 +243,7 @@ def main() -> None:
 
     models = parse_models(args.models)
     base = next(iter(models))
-    answers = set(filter(None, args.answers.split(","))) or set(models)
+    answers = [a for a in args.answers.split(",") if a in models]
     started = time.strftime("%Y-%m-%d %H:%M")
     settings = cb.default_pipeline()
     embedder = MemoEncoder(get_embedder(Settings()))
@@ -235,10 +255,16 @@ def main() -> None:
             raise SystemExit(f"no course {args.course!r} under {args.shared}")
         if args.limit:
             course.questions[:] = course.questions[: args.limit]
-        rows = {}
+        rows, choices_of = {}, {}
         for name, spec in models.items():
             print(f"{name} ({spec}) on {course.name}", file=sys.stderr, flush=True)
-            rows[name] = model_rows(course, name, spec, raw, settings, Path(td), args.cache, name in answers)
+            choices = model_rows(course, name, spec, raw, settings, Path(td), args.cache, "choices")
+            choices_of[name] = choices
+            rows[name] = merged_rows(choices, None, name, course.name)
+        for name, spec in models.items():  # the answers after every model's choices: they take the longest
+            if name in answers:
+                said = model_rows(course, name, spec, raw, settings, Path(td), args.cache, "answers")
+                rows[name] = merged_rows(choices_of[name], said, name, course.name)
     comparisons = [tuple(p.split(":", 1)) for p in args.pairs.split(",") if ":" in p]
     # the answers quote the course: its text stays in --cache, the repository gets scores only
     public = {name: [{**r, "answer": {k: v for k, v in r["answer"].items() if k != "text"}} if "answer" in r else r
