@@ -73,7 +73,7 @@ class ServerConfig:
         client cannot hold the model for minutes.
     :param parallel_slots: generations at once for a backend that declares `parallel_requests`: a server
         backend, or the in-process model with an ONNX decoder (its answers share decode passes,
-        rag/generation/engine.py); plain transformers gets 1.
+        rag/generation/decoder/engine.py); plain transformers gets 1.
     """
 
     model_name: str = "course-rag"

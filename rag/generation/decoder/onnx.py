@@ -4,8 +4,8 @@ Measured by `python bench/generation.py` (bundled SmolLM2-135M, a 1,407-token RA
 tokens, 1 thread, contenders in separate processes interleaved per round; README "Speed" has the table):
 transformers `generate` pays per-operation overhead on 30 layers of tiny matrix-vector products. Against
 it, one fp32 ONNX step per token decodes 2.0x faster, bound by reading 540 MB of weights per step; the same
-weights stored as the exact 4-bit blocks they came from (rag/generation/packing.py, the default) 2.8x, with
-the same greedy text. Speculating (rag/generation/speculative.py) took the plain fp32 decoder to 2.4x but
+weights stored as the exact 4-bit blocks they came from (rag/generation/decoder/packing.py, the default) 2.8x, with
+the same greedy text. Speculating (rag/generation/decoder/speculative.py) took the plain fp32 decoder to 2.4x but
 slows the packed one (1.9-2.0x): its passes of several tokens cost 2.5-4x a one-token pass. int8 (2.5x) and
 int4 (3.8x) decoders change the text; llama.cpp on the Q4_1 GGUF decodes 4.2x faster but pre-fills 2.1x
 slower. OpenVINO, a static KV cache with `torch.compile`, torch.ao dynamic int8 and bf16 weights were
@@ -13,7 +13,7 @@ slower or changed the greedy text (an earlier session; not part of bench/generat
 
 How: the prompt goes through the transformers model as before (same first token, cancellable within a
 layer, prompt cache of rag/generation/prefill.py), each row's key/value cache is copied once into the
-preallocated buffers of this decoder's DecodeEngine (rag/generation/engine.py), and every further pass is
+preallocated buffers of this decoder's DecodeEngine (rag/generation/decoder/engine.py), and every further pass is
 one `InferenceSession` run of the decoder written by onnxruntime-genai's model builder, whose
 GroupQueryAttention writes into those buffers in place. The engine writes concurrent answers in shared
 passes (continuous batching: what `rag serve` runs). Token selection reuses transformers' own logits
@@ -29,7 +29,7 @@ shipped course adapter, `bundled-raft`, what `rag ask` runs on that course) has 
 decoder is the unpacked one with the int8 draft (2.4x).
 
 Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers' greedy
-text token for token (tests/rag/generation/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
+text token for token (tests/rag/generation/decoder/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
 in blocks of 32, int8 activations) drift after the first token (3 and 0 of 12, lower token F1): opt-in.
 "transformers" is plain `model.generate` (no build, no second copy of the weights, one answer at a time).
 """
@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import GeneratorError
-from rag.generation.engine import DecodeEngine, DecodeSequence
+from rag.generation.decoder.engine import DecodeEngine, DecodeSequence
 from rag.generation.models import LoadedModel
-from rag.generation.onnx_build import DECODER_ENV, build_onnx_decoder, is_packed
+from rag.generation.decoder.build import DECODER_ENV, build_onnx_decoder, is_packed
 from rag.generation.prefill import output_cache, read_prompt
 
 #: Decoders a LocalGenerator can use: an ONNX precision, or "transformers" (plain `model.generate`).
@@ -57,7 +57,7 @@ DECODERS = ("int4", "int8", "fp32", "transformers")
 #: What "auto" means when $RAG_DECODER is unset: the fastest decoder whose greedy text equals transformers'
 #: (bench/generation.py, README "Speed").
 DEFAULT_DECODER = "fp32"
-#: Proposers of speculative decoding (rag/generation/speculative.py), and the default under "auto": none for
+#: Proposers of speculative decoding (rag/generation/decoder/speculative.py), and the default under "auto": none for
 #: a decoder of packed 4-bit blocks (its passes of several tokens cost 2.5-4x a
 #: one-token pass: speculating made it slower, 1.96x against 2.81x transformers' decode), else the int8 draft.
 DRAFTS = ("int8", "int4", "lookup", "off")
@@ -115,7 +115,7 @@ class OnnxDecoder:
         :param onnx_dir: a folder from `build_onnx_decoder` for the same model.
         :param threads: ONNX Runtime intra-op threads (LocalGenerator passes torch's thread count).
         :param draft_dir: a cheaper decoder of the same model proposing tokens for speculative decoding
-            (rag/generation/speculative.py), or None (prompt lookup only).
+            (rag/generation/decoder/speculative.py), or None (prompt lookup only).
         :param speculate: False = one token per pass, never speculating (RAG_DRAFT=off).
         :raises GeneratorError: when an ONNX model cannot be opened or does not match the model's shape.
         """
@@ -185,7 +185,7 @@ class OnnxDecoder:
         """Continue left-padded prompts, with `model.generate`'s meaning for every argument it takes.
 
         `loaded`'s model reads the prompts inside `reading()`; every row then becomes a DecodeSequence of
-        this decoder's DecodeEngine (rag/generation/engine.py), written together with any other answers.
+        this decoder's DecodeEngine (rag/generation/decoder/engine.py), written together with any other answers.
 
         :param input_ids: LongTensor [batch, prompt_len], left-padded.
         :param attention_mask: LongTensor [batch, prompt_len], 0 on padding (None = no padding).

@@ -19,7 +19,7 @@ has 8 bits, but its fp32 arithmetic has no fast kernel - 3.6 ms against 0.05 ms 
 ONNX Runtime 1.32 - and its fast one quantizes the activations.)
 
 The weights are the same numbers; the products are summed in another order (as between any two fp32
-kernels), so the greedy text is checked like the fp32 decoder's (tests/rag/generation/test_onnx.py, the
+kernels), so the greedy text is checked like the fp32 decoder's (tests/rag/generation/decoder/test_onnx.py, the
 bench's fidelity set).
 
 Written by hand: ONNX Runtime's quantizers (MatMulNBitsQuantizer, the genai builder's int4) quantize the
