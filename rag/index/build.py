@@ -26,8 +26,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from rag.common.files import file_sha256, os_reason, path_sha256
 from rag.common.runfolder import FolderLock
-from rag.errors import IndexNotFound, NoDocuments
+from rag.errors import IndexNotFound, NoDocuments, UnreadableFile
 from rag.index.bm25 import BM25Index
 from rag.index.embeddings import Embedder
 from rag.index.store import (
@@ -38,8 +39,8 @@ from rag.index.store import (
     utc_now,
 )
 from rag.ingest.chunking import Chunk, Chunker
-from rag.ingest.loaders import UnreadableFile, dropped_note, file_sha256, path_sha256, read_file, same_content
-from rag.ingest.paths import SUPPORTED_LIST, Skipped, open_corpus, os_reason, source_name, walk_corpus
+from rag.ingest.loaders import dropped_note, read_file, same_content
+from rag.ingest.paths import SUPPORTED_LIST, Skipped, open_corpus, source_name, walk_corpus
 
 
 @dataclass

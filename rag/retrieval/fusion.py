@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from rapidfuzz import fuzz
 
-from rag.ingest.loaders import normalize_ws
+from rag.common.text import normalize_ws
 
 T = TypeVar("T", bound=Hashable)
 
