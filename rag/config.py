@@ -27,6 +27,7 @@ from pydantic_settings import (
 from rag.common.files import folder_problem
 from rag.common.text import read_text
 from rag.errors import RagError
+from rag.retrieval.fusion import DENSE_WEIGHT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,8 +117,8 @@ class Settings(BaseSettings):
     top_k: int = Field(default=5, ge=1, le=100)
     rrf_k: int = Field(default=60, ge=1)
     # hybrid: dense ranking's weight, BM25 gets the rest (0.65 won the independent evaluation over 0.8: README,
-    # Retrieval quality)
-    dense_weight: float = Field(default=0.65, ge=0.0, le=1.0)
+    # Retrieval quality; the value lives in rag.retrieval.fusion)
+    dense_weight: float = Field(default=DENSE_WEIGHT, ge=0.0, le=1.0)
     collapse_duplicates: bool = True  # drop passages near-identical to a better-ranked one
 
     # generation
