@@ -6,13 +6,13 @@ which must write exactly --tokens new tokens (EOS masked), greedy with repetitio
 
 * transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
 * ours-int4 / ours-int8 LocalGenerator's quantised ONNX decoders (with prompt lookup)
-* ours-fp32plain-off    the fp32 ONNX decoder before 4-bit packing (rag/generation/packing.py), one token per pass
+* ours-fp32plain-off    the fp32 ONNX decoder before 4-bit packing (rag/generation/decoder/packing.py), one token per pass
 * ours-fp32plain        ... speculating with prompt lookup and the int8 draft model (the default before packing)
 * ours-fp32-off         the fp32 ONNX decoder, exact 4-bit blocks packed, one token per pass
 * ours-fp32-lookup      ... speculating with prompt lookup only
 * ours-fp32-int8        ... with prompt lookup and the int8 draft model (RAG_DRAFT=int8)
 * ours-fp32-int4        ... with prompt lookup and the int4 draft model (RAG_DRAFT=int4)
-* ours-fp32             ... with the default draft (rag/generation/onnx.py DEFAULT_DRAFT)
+* ours-fp32             ... with the default draft (rag/generation/decoder/onnx.py DEFAULT_DRAFT)
 * llama.cpp             llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
 * ort-genai-int4        (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
 
@@ -114,8 +114,7 @@ def _make_runner(kind: str, threads: int) -> Any:
     if kind == "transformers":
         return _hf_style(LocalGenerator("bundled", decoder="transformers")._loaded.model.generate)
     if kind.startswith("ours-fp32plain"):  # ours-fp32plain[-DRAFT]: the fp32 decoder without 4-bit packing
-        from rag.generation.onnx import OnnxDecoder, resolve_draft
-        from rag.generation.onnx_build import build_onnx_decoder
+        from rag.generation.decoder import OnnxDecoder, build_onnx_decoder, resolve_draft
 
         gen = LocalGenerator("bundled", decoder="transformers")
         model_dir = gen.model_dir
@@ -322,7 +321,7 @@ def engines_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    from rag.generation.onnx import DEFAULT_DECODER
+    from rag.generation.decoder import DEFAULT_DECODER
 
     rag = str(Path(sys.executable).parent / "rag")
     cmd = [rag, "ask", QUESTION, "--max-tokens", str(args.ask_tokens)]

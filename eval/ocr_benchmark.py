@@ -88,7 +88,7 @@ def run_course(name: str, work: Path, embedder: Any, lessons: int = 0) -> dict[s
     from rag.evaluation.courses import load_course, paired, rank_summary
     from rag.evaluation.retrieval import product_search
     from rag.index.build import build_index
-    from rag.ingest.loaders import normalize_ws
+    from rag.common.text import normalize_ws
     from rag.retrieval.retriever import Retriever
 
     course = load_course(COURSES / name)

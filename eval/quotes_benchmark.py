@@ -138,7 +138,7 @@ def score_quote(quote: Any, used: list, spans: list, lessons: dict[str, str], fo
     :param lessons: lesson texts read so far, by file (filled as files are read).
     """
     from rag.evaluation.quotes import MIN_SHARE, evidence_share, holds_by_words, holds_evidence, locate, quote_kind
-    from rag.ingest.loaders import read_text
+    from rag.common.text import read_text
 
     if quote is None:
         return {"holds": 0.0, "precise": 0.0, "kind": None, "chars": 0, "located": True}

@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterable
 
 import click
 
+from rag.common.files import os_reason
+from rag.common.text import read_lines, read_text
 from rag.errors import NoDocuments, RagError
-from rag.ingest.loaders import os_reason, read_lines, read_text
 
 
 def index_dir_option(f: Callable) -> Callable:

@@ -9,10 +9,8 @@ deep in `rag index` or `rag search` (issue 11).
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,8 +24,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from rag.common.files import folder_problem
+from rag.common.text import read_text
 from rag.errors import RagError
-from rag.ingest.loaders import os_reason, read_text
+from rag.retrieval.fusion import DENSE_WEIGHT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,25 +48,6 @@ def project_root() -> Path:
 def _config_file() -> Path:
     explicit = os.environ.get("RAG_CONFIG")
     return Path(explicit) if explicit else project_root() / "rag.toml"
-
-
-def folder_problem(path: Path) -> str | None:
-    """Why `path` cannot be used as a folder to read or create, or None when it can.
-
-    :param path: a folder that may not exist yet.
-    :returns: e.g. "is a file, not a folder", "is a symlink loop …", or None (a folder, or nothing there).
-    """
-    try:
-        st = Path(path).stat()
-    except FileNotFoundError:
-        return "is a broken symlink (its target does not exist)" if Path(path).is_symlink() else None
-    except NotADirectoryError:
-        return "is inside a file, not a folder (a parent of it is a file)"
-    except OSError as exc:
-        return "is a symlink loop" if exc.errno == errno.ELOOP else f"cannot be used: {os_reason(exc)}"
-    if not stat.S_ISDIR(st.st_mode):
-        return "is a file, not a folder"
-    return None
 
 
 def read_config_file(path: Path | None = None) -> dict[str, Any]:
@@ -136,8 +117,8 @@ class Settings(BaseSettings):
     top_k: int = Field(default=5, ge=1, le=100)
     rrf_k: int = Field(default=60, ge=1)
     # hybrid: dense ranking's weight, BM25 gets the rest (0.65 won the independent evaluation over 0.8: README,
-    # Retrieval quality)
-    dense_weight: float = Field(default=0.65, ge=0.0, le=1.0)
+    # Retrieval quality; the value lives in rag.retrieval.fusion)
+    dense_weight: float = Field(default=DENSE_WEIGHT, ge=0.0, le=1.0)
     collapse_duplicates: bool = True  # drop passages near-identical to a better-ranked one
 
     # generation

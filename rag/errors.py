@@ -47,3 +47,10 @@ class NoDocuments(RagError):
     def __init__(self, message: str, skipped: list[Any] | None = None):
         super().__init__(message)
         self.skipped = list(skipped or [])
+
+
+class UnreadableFile(Exception):
+    """Raised by a reader when a file has no usable text; the message is the reason shown to the user.
+
+    Not a RagError: a build skips that file with this reason and goes on (rag.ingest.loaders.read_file).
+    """

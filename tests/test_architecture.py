@@ -3,7 +3,10 @@
 - no import cycle between the project's modules, counting imports inside functions (a lazy import that
   closes a cycle is still a cycle: it only moves the failure to run time);
 - no private name (`_x`) imported from another module;
-- no module in rag/, raft/ or ui/ over 500 lines.
+- no module in rag/, raft/ or ui/ over 500 lines, no function there over 80 (issue 32);
+- the index, retrieval and generation take their settings as arguments: they never import rag.config, and
+  rag.config imports nothing of ingest (the shared helpers live in rag.common);
+- the ONNX decoder engine (rag.generation.decoder) is reached through its package only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from tests.conftest import ROOT
 
 PACKAGES = ("rag", "raft", "ui")
 MAX_LINES = 500
+MAX_FUNCTION_LINES = 80
 
 
 def _modules() -> dict[str, Path]:
@@ -109,4 +113,54 @@ def test_answering_flows_one_way() -> None:
         here, there = stage(m), stage(target)
         if here is not None and there is not None and there > here:
             bad.append(f"{path.relative_to(ROOT)} ({ANSWERING_FLOW[here]}) imports {target}, a later stage")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_function_over_80_lines() -> None:
+    """Every function and method of the product, nested ones included, measured from its `def` line to its
+    last line (docstring included, decorators not): a longer one is split into steps that return data."""
+    long = []
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
+# The domains below the settings: whoever builds them (rag.api, the CLI, the server, the app, RAFT) reads
+# rag.config and passes the values in, so each can be built and tested without the product's settings.
+SETTINGS_FREE = ("rag.index", "rag.retrieval", "rag.generation")
+
+
+def test_index_retrieval_and_generation_never_import_config() -> None:
+    bad = [f"{path.relative_to(ROOT)} imports {target}"
+           for prefix in SETTINGS_FREE for _, path, target in _imports_of(prefix)
+           if target == "rag.config"]
+    assert not bad, "\n".join(bad)
+
+
+def test_config_never_imports_ingest() -> None:
+    """The settings read their file with rag.common.text, not with the course loaders."""
+    bad = [f"{path.relative_to(ROOT)} imports {target}" for _, path, target in _imports_of("rag.config")
+           if target == "rag.ingest" or target.startswith("rag.ingest.")]
+    assert not bad, "\n".join(bad)
+
+
+DECODER = "rag.generation.decoder"
+
+
+def test_decoder_is_reached_through_its_package() -> None:
+    """Outside rag/generation/decoder/, product code, benchmarks and evaluations import `rag.generation.decoder`,
+    never one of its modules (its tests may: they test the modules' insides)."""
+    bad = []
+    for folder in (*PACKAGES, "bench", "eval"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(ROOT / "rag" / "generation" / "decoder"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                bad += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.startswith(DECODER + ".")]
     assert not bad, "\n".join(bad)

@@ -15,9 +15,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.errors import RagError
-from rag.ingest.loaders import UnreadableFile, read_file
-from rag.ingest.paths import SUPPORTED, os_reason, outside_course
+from rag.common.files import os_reason
+from rag.errors import RagError, UnreadableFile
+from rag.ingest.loaders import read_file
+from rag.ingest.paths import SUPPORTED, outside_course
 
 ALLOWED_EXTENSIONS = tuple(sorted(SUPPORTED))  # what the indexer reads, no more and no less
 MAX_UPLOAD_MB = 20

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from rag.answering.answer import Source
-from rag.config import Settings
-from rag.errors import RagError
-from rag.ingest.loaders import Document, UnreadableFile, read_file
-from rag.ingest.paths import os_reason, outside_course
 from rag.answering.grounding import find_span
+from rag.common.files import os_reason
+from rag.config import Settings
+from rag.errors import RagError, UnreadableFile
+from rag.ingest.loaders import Document, read_file
+from rag.ingest.paths import outside_course
 from ui.highlight import PASSAGE_COLOR, QUOTE_COLOR, block_ranges
 
 CONTEXT_CHARS = 1200  # text shown before and after the passage, widened to whole paragraphs

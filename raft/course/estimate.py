@@ -135,7 +135,7 @@ def disk_need(work: Workload, *, sample_bytes: int, adapter_bytes: int, base_byt
 
     :param sample_bytes: one dataset.jsonl record (the probe's). :param adapter_bytes: the LoRA weights (float32).
     :param base_bytes: the base model's weights (float32 safetensors). :param decoder: the decoder rag uses
-        (rag.generation.onnx.resolve_decoder), which decides what first use adds to the model cache.
+        (rag.generation.decoder.resolve_decoder), which decides what first use adds to the model cache.
     """
     n = work.counts()
     return DiskNeed(dataset=n["samples"] * sample_bytes, checkpoints=KEEP_CHECKPOINTS * 3 * adapter_bytes,

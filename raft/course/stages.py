@@ -43,7 +43,7 @@ def plan(run: CourseRun, state: CourseState) -> dict[str, Any]:
     does not fit on disk. Returns the plan record (raft.course.estimate.plan_record) with the course and probes."""
     from rag.api import generation_params
     from rag.generation.course_registry import course_fingerprint
-    from rag.generation.onnx import resolve_decoder
+    from rag.generation.decoder import resolve_decoder
 
     o = run.options
     chunks = run.chunks()

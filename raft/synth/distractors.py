@@ -15,7 +15,7 @@ import random
 import numpy as np
 from rapidfuzz import fuzz
 
-from rag.ingest.loaders import normalize_ws
+from rag.common.text import normalize_ws
 
 STRATEGIES = ("random", "hard", "mixed")
 DUP_COSINE = 0.95  # above this cosine a chunk is a near-duplicate of the oracle

@@ -9,14 +9,13 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 
 from raft.records import REJECTED, STATS, derive_rng
 from raft.synth.answers import AnswerWriter
+from raft.synth.dispatch import ChunkTally, dispatch
 from raft.synth.distractors import STRATEGIES, DistractorSampler
 from raft.synth.questions import QuestionGenerator
 from raft.synth.samples import DatasetWriter, SampleBuilder, make_record
@@ -329,9 +328,9 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     the teacher on a Ray cluster instead (`generator` is then unused); its results are written here, to the
     same resumable dataset.
     """
-    from rag.api import generation_params, get_embedder, index_corpus, index_report_lines
+    from rag.api import generation_params
     from rag.api import get_generator as configured_generator
-    from rag.index.store import VectorIndex
+    from rag.common.progress import progress_bar
 
     config.validate()
     settings = teacher_settings(settings)
@@ -340,18 +339,13 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     if not folder.exists():
         raise RagError(f"corpus folder {folder} does not exist: give a folder of .md/.txt/.pdf/.html files")
     writer = DatasetWriter(out_dir, config.run_record(settings))  # refuse other arguments before any work
-    if index_first:
-        report = index_corpus(folder, settings, engine=engine.build_engine() if engine else None)
-        for line in index_report_lines(report):  # what the index left out is said, as `rag index` says it
-            print(f"raft: {line}", file=sys.stderr, flush=True)
-    index = VectorIndex.load(settings.index_dir, get_embedder(settings))
-    if len(index) < 2:
-        raise RagError(f"the index of {folder} has {len(index)} chunk(s): RAFT needs an oracle and distractors")
+    index = course_index(folder, settings, index_first, engine)
     chosen, too_short = select_chunks(index.chunks, config.seed, config.limit, config.min_chunk_words)
     for c in too_short:
         if c.id not in writer.done:
             writer.add_chunk(c.id, [], {"questions": None, "rejected": {"chunk_too_short": 1}})
     todo = [c for c in chosen if c.id not in writer.done]
+    process = None
     if engine is None:
         generator = generator or configured_generator(settings)
         process = ChunkProcessor(index, generator, generation_params(settings), config)
@@ -359,107 +353,56 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     else:  # the teacher lives in the engine's workers; the engine checks the settings here, before any work
         model_id = engine.prepare(index, settings, config)
     before = writer.samples_on_disk
-    kept = 0
-    rejected: Counter = Counter()
-
-    from rag.common.progress import progress_bar
-
     bar = progress_bar(total=len(chosen), initial=len(chosen) - len(todo), desc="raft chunks", unit="chunk",
                        enabled=config.progress)
-
-    failed: list[str] = []
-    last_error: list[GeneratorError] = []
-    streak = 0
-
-    def finish(results: list[ChunkResult]) -> None:
-        nonlocal kept, streak
-        streak = 0
-        for result in results:
-            writer.add_chunk(result.chunk_id, result.samples, result.counts, result.rejected)
-            kept += len(result.samples)
-            rejected.update(result.counts.get("rejected", {}))
-            if on_chunk:
-                on_chunk(result)
-        top = ", ".join(f"{k.split('_', 1)[1]}={v}" for k, v in rejected.most_common(3))
-        bar.set_postfix_str(f"kept={writer.samples_on_disk} rejected={sum(rejected.values())}"
-                            + (f" ({top})" if top else "") + (f" failed={len(failed)}" if failed else ""))
-        bar.update(len(results))
-
-    def failure(chunks: list, error: GeneratorError) -> None:
-        # The chunks get no progress line, so the next run retries them; a teacher that keeps failing stops the run.
-        nonlocal streak
-        streak += 1
-        failed.extend(f"{c.id:016x}" for c in chunks)
-        last_error[:] = [error]
-        bar.write(f"raft: {len(chunks)} chunk(s) skipped for now: {error}")
-        if streak >= config.max_failures:
-            raise RagError(f"the teacher failed {streak} times in a row (last: {error}); "
-                           "fix it and rerun the same command to resume")
-
-    def work(chunks: list) -> tuple[list, list[ChunkResult] | None, GeneratorError | None]:
-        try:
-            return chunks, process(chunks), None
-        except GeneratorError as e:
-            return chunks, None, e
-
-    def settle(outcome: tuple) -> None:
-        chunks, results, error = outcome
-        if error is not None:
-            failure(chunks, error)
-        else:
-            finish(results)
-
+    tally = ChunkTally(writer, bar, config.max_failures, on_chunk)
     try:
-        if engine is not None:  # a Ray cluster: each unit is written as its result streams back
-            with closing(engine.generate(todo, config)) as outcomes:
-                for outcome in outcomes:
-                    settle(outcome)
         # HTTP backends serve requests in parallel; an in-process model runs batches instead (declared by
         # the backend: rag.generation.base.Generator.parallel_requests).
-        elif config.workers > 1 and generator.parallel_requests:
-            with ThreadPoolExecutor(config.workers, thread_name_prefix="raft") as pool:
-                pending = set()
-                try:
-                    for chunk in todo:  # keep at most 2*workers chunks in flight
-                        pending.add(pool.submit(work, [chunk]))
-                        if len(pending) >= 2 * config.workers:
-                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            for f in done:
-                                settle(f.result())
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in done:
-                            settle(f.result())
-                except BaseException:
-                    for f in pending:
-                        f.cancel()
-                    raise
-        else:
-            size = config.batch_size if not generator.parallel_requests else 1
-            for start in range(0, len(todo), size):
-                settle(work(todo[start:start + size]))
+        dispatch(todo, tally, process=process, parallel=engine is None and generator.parallel_requests,
+                 workers=config.workers, batch_size=config.batch_size, engine=engine, config=config)
     finally:
         bar.close()
     seconds = time.perf_counter() - started
+    new = writer.samples_on_disk - before
     stats = compute_stats(writer, config, {
         "generator_model": model_id,
         "seed": config.seed,
         "chunks_selected": len(chosen) + len(too_short),
-        "this_run": {"chunks": len(todo), "samples": writer.samples_on_disk - before, "seconds": round(seconds, 1),
-                     "samples_per_minute": round(60 * (writer.samples_on_disk - before) / seconds, 2) if seconds else 0.0,
+        "this_run": {"chunks": len(todo), "samples": new, "seconds": round(seconds, 1),
+                     "samples_per_minute": round(60 * new / seconds, 2) if seconds else 0.0,
                      "resumed": len(chosen) - len(todo) > 0, "dropped_unfinished": writer.resumed_dropped,
                      "damaged_lines_moved": writer.damaged, "repairs": writer.notes,
                      "limit": config.limit, "workers": config.workers, "batch_size": config.batch_size,
                      "engine": "ray" if engine is not None else "local",
-                     "failed_chunks": failed},
+                     "failed_chunks": tally.failed},
     })
     write_json_atomic(Path(out_dir) / STATS, stats)
     writer.close()
     for warning in stats["warnings"]:
         print(f"raft: warning: {warning}", file=sys.stderr, flush=True)
     if not stats["samples"]:  # a run that produced nothing is not a success (stats.json says what happened)
-        raise RagError(nothing_made(stats, last_error[0] if last_error else None, Path(out_dir)))
+        raise RagError(nothing_made(stats, tally.last_error, Path(out_dir)))
     return stats
+
+
+def course_index(folder: Path, settings, index_first: bool = True, engine=None):
+    """The index of the course in `folder` (rag.index.store.VectorIndex), built or updated first when
+    `index_first` (on the engine's cluster when one is given); what the build left out is said on stderr.
+
+    :raises RagError: the index has fewer than 2 chunks (an oracle and a distractor at least).
+    """
+    from rag.api import get_embedder, index_corpus, index_report_lines
+    from rag.index.store import VectorIndex
+
+    if index_first:
+        report = index_corpus(folder, settings, engine=engine.build_engine() if engine else None)
+        for line in index_report_lines(report):  # what the index left out is said, as `rag index` says it
+            print(f"raft: {line}", file=sys.stderr, flush=True)
+    index = VectorIndex.load(settings.index_dir, get_embedder(settings))
+    if len(index) < 2:
+        raise RagError(f"the index of {folder} has {len(index)} chunk(s): RAFT needs an oracle and distractors")
+    return index
 
 
 def nothing_made(stats: GenerateStats, error: GeneratorError | None, out_dir: Path) -> str:

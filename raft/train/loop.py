@@ -50,7 +50,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -208,58 +208,107 @@ def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume
 def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex: list[Example],
          val_ex: list[Example], data_info: dict[str, Any], progress: bool,
          on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """One training session in OUT (its lock held): resume, train the remaining steps, save, report."""
     import torch
-    from rag.common.progress import progress_bar
-
-    from rag.generation.adapter import ADAPTER_INFO
-    from rag.generation.spec import resolve_model
-    from rag.generation.models import PROMPT_FORMAT_FILE, is_valid_model_cache
 
     run_started = time.perf_counter()
     for junk in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*"), *(out / CHECKPOINTS).glob(".step-*")]:
         shutil.rmtree(junk, ignore_errors=True)  # left by a killed run
     model, tokenizer = load_base(model_dir)
-    encoder = ChatEncoder(tokenizer, config.max_length, config.seed)
-    encoded = [e for e in (encoder.encode(x) for x in train_ex) if e is not None]
-    skipped = len(train_ex) - len(encoded)
-    if not encoded:
-        raise RagError(f"no training sample fits in --max-length {config.max_length} tokens (the question and "
-                       "answer alone are longer): raise --max-length")
-    val_enc = [e for e in (encoder.encode(x) for x in val_ex) if e is not None]
+    encoded, val_enc = _encode(tokenizer, train_ex, val_ex, config)
     pad_id = tokenizer.pad_token_id
     model, targets = add_lora(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-
-    total_micro, samples_of = _micro_batches(len(encoded), config)
+    total_micro, _ = _micro_batches(len(encoded), config)
     total_steps = math.ceil(total_micro / config.grad_accum)
-    log_path = out / LOG
-    start_step, elapsed_before, resumed_from = 0, 0.0, None
+    resumed = _resume(out, model, optimizer)
+    if val_enc and resumed.step == 0:
+        _log_row(out, resumed.log, {"step": 0, "val_loss": mean_loss(model, val_enc, pad_id, config.dtype)})
+
+    model.train()
+    train_seconds = _train_steps(out, model, optimizer, params, encoded, pad_id, config, resumed, progress, on_step)
+    val_after = None
+    if val_enc:
+        val_after = mean_loss(model, val_enc, pad_id, config.dtype)
+        _log_row(out, resumed.log, {"step": total_steps, "val_loss": val_after})
+    _save_adapter(out, model, config, model_dir)
+    _save_merged(out, model, tokenizer, config)
+    _plot(out / PLOT, resumed.log)
+    return _report(out, config, base_id, model_dir, data_info, targets=targets,
+                   trainable=sum(p.numel() for p in params), encoded=encoded, skipped=len(train_ex) - len(encoded),
+                   validation_samples=len(val_enc), steps=total_steps, resumed=resumed, train_seconds=train_seconds,
+                   session_seconds=time.perf_counter() - run_started, val_after=val_after)
+
+
+def _encode(tokenizer: Any, train_ex: list[Example], val_ex: list[Example],
+            config: TrainConfig) -> tuple[list[Any], list[Any]]:
+    """The training and validation examples as token ids (ChatEncoder), those over `max_length` left out.
+
+    :raises RagError: no training example fits in `max_length` tokens.
+    """
+    encoder = ChatEncoder(tokenizer, config.max_length, config.seed)
+    encoded = [e for e in (encoder.encode(x) for x in train_ex) if e is not None]
+    if not encoded:
+        raise RagError(f"no training sample fits in --max-length {config.max_length} tokens (the question and "
+                       "answer alone are longer): raise --max-length")
+    return encoded, [e for e in (encoder.encode(x) for x in val_ex) if e is not None]
+
+
+@dataclass
+class _Resumed:
+    """Where a session starts: the last checkpoint's step (0: none), the training seconds before it, the log
+    rows kept (steps up to it and the validation loss before training), the damaged log lines moved aside."""
+
+    step: int
+    seconds: float
+    from_step: int | None
+    log: list[dict[str, Any]]
+    damaged: int
+
+
+def _resume(out: Path, model: Any, optimizer: Any) -> _Resumed:
+    """Load the newest checkpoint into `model` and `optimizer`, and cut the log back to it (rewritten atomically;
+    damaged lines moved to train_log.jsonl.damaged)."""
+    step, seconds, from_step = 0, 0.0, None
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
-        start_step = resumed_from = int(state["step"])
-        elapsed_before = float(state.get("seconds", 0.0))
-    # keep the steps up to the checkpoint and the validation loss before training; drop the rest
-    repaired = repair_jsonl(log_path)  # damaged lines moved to train_log.jsonl.damaged, valid ones kept
-    log = [r for r in repaired.rows if isinstance(r.get("step", 0), int) and r.get("step", 0) <= start_step
+        step = from_step = int(state["step"])
+        seconds = float(state.get("seconds", 0.0))
+    repaired = repair_jsonl(out / LOG)
+    log = [r for r in repaired.rows if isinstance(r.get("step", 0), int) and r.get("step", 0) <= step
            and ("loss" in r or r.get("step") == 0)]
-    write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log))
+    write_text_atomic(out / LOG, "".join(json.dumps(r) + "\n" for r in log))
+    return _Resumed(step, seconds, from_step, log, len(repaired.damaged))
 
-    if val_enc and start_step == 0:
-        row = {"step": 0, "val_loss": mean_loss(model, val_enc, pad_id, config.dtype)}
-        append_jsonl(log_path, [row])
-        log.append(row)
 
-    model.train()
+def _log_row(out: Path, log: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Append `row` to OUT's train log (fsynced) and to `log`."""
+    append_jsonl(out / LOG, [row])
+    log.append(row)
+
+
+def _train_steps(out: Path, model: Any, optimizer: Any, params: list[Any], encoded: list[Any], pad_id: int,
+                 config: TrainConfig, resumed: _Resumed, progress: bool,
+                 on_step: Callable[[dict[str, Any]], None] | None) -> float:
+    """The optimizer steps after `resumed.step`: each logged, checkpointed every `save_steps` and at the end.
+
+    :returns: the training seconds of every session so far.
+    """
+    import torch
+    from rag.common.progress import progress_bar
+
+    total_micro, samples_of = _micro_batches(len(encoded), config)
+    total_steps = math.ceil(total_micro / config.grad_accum)
     started = time.perf_counter()
-    bar = progress_bar(total=total_micro, initial=min(start_step * config.grad_accum, total_micro), enabled=progress,
-                       desc="raft train", unit="sample" if config.batch_size == 1 else "batch")
-    last = next((r for r in reversed(log) if "loss" in r), None)
+    bar = progress_bar(total=total_micro, initial=min(resumed.step * config.grad_accum, total_micro),
+                       enabled=progress, desc="raft train", unit="sample" if config.batch_size == 1 else "batch")
+    last = next((r for r in reversed(resumed.log) if "loss" in r), None)
     if last:
-        bar.set_postfix(step=f"{start_step}/{total_steps}", loss=f"{last['loss']:.3f}")
+        bar.set_postfix(step=f"{resumed.step}/{total_steps}", loss=f"{last['loss']:.3f}")
     try:
-        for step in range(start_step + 1, total_steps + 1):
+        for step in range(resumed.step + 1, total_steps + 1):
             torch.manual_seed(_step_seed(config.seed, step))  # LoRA dropout: the same after a resume
             lr = lr_at(step, total_steps, config.lr)
             for group in optimizer.param_groups:
@@ -276,11 +325,10 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            seconds = elapsed_before + time.perf_counter() - started
+            seconds = resumed.seconds + time.perf_counter() - started
             row = {"step": step, "loss": step_loss / n_tokens, "lr": lr, "grad_norm": grad_norm,
                    "samples": sum(len(b) for b in batches), "tokens": n_tokens, "seconds": round(seconds, 2)}
-            append_jsonl(log_path, [row])
-            log.append(row)
+            _log_row(out, resumed.log, row)
             bar.set_postfix(step=f"{step}/{total_steps}", loss=f"{row['loss']:.3f}")
             if step % config.save_steps == 0 or step == total_steps:
                 save_checkpoint(out, step, model, optimizer, {"seconds": seconds})
@@ -288,20 +336,19 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
                 on_step(row)
     finally:
         bar.close()
-    train_seconds = elapsed_before + time.perf_counter() - started
+    return resumed.seconds + time.perf_counter() - started
 
-    val_after = None
-    if val_enc:
-        val_after = mean_loss(model, val_enc, pad_id, config.dtype)
-        row = {"step": total_steps, "val_loss": val_after}
-        append_jsonl(log_path, [row])
-        log.append(row)
+
+def _save_adapter(out: Path, model: Any, config: TrainConfig, model_dir: Path) -> None:
+    """OUT/adapter: the LoRA weights and ADAPTER_INFO, so `rag ask --model OUT/adapter` merges it onto this base
+    (rag.generation.adapter); written in a temp folder renamed into place."""
+    from rag.generation.adapter import ADAPTER_INFO
+    from rag.generation.spec import resolve_model
 
     tmp = out / f".{ADAPTER}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        # `rag ask --model OUT/adapter` merges it onto this base (rag.generation.adapter); peft's own record
-        # of the base is this machine's cache path
+        # peft's own record of the base is this machine's cache path
         portable = resolve_model(config.base).kind in ("bundled", "teacher")  # a keyword, not a path
         write_json_atomic(tmp / ADAPTER_INFO, {"base": config.base if portable else str(model_dir.resolve()),
                                                "prompt_format": "raft",
@@ -309,6 +356,16 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         replace_dir(tmp, out / ADAPTER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_merged(out: Path, model: Any, tokenizer: Any, config: TrainConfig) -> None:
+    """OUT/merged: the base with the LoRA merged in, its tokenizer and prompt format; written in a temp folder
+    renamed into place.
+
+    :raises RagError: the saved folder is incomplete (a full disk).
+    """
+    from rag.generation.models import PROMPT_FORMAT_FILE, is_valid_model_cache
+
     merged = model.merge_and_unload()
     tmp = out / f".{MERGED}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -322,17 +379,24 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         replace_dir(tmp, out / MERGED)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _plot(out / PLOT, log)
 
+
+def _report(out: Path, config: TrainConfig, base_id: str, model_dir: Path, data_info: dict[str, Any], *,
+            targets: list[str], trainable: int, encoded: list[Any], skipped: int, validation_samples: int,
+            steps: int, resumed: _Resumed, train_seconds: float, session_seconds: float,
+            val_after: float | None) -> dict[str, Any]:
+    """The run's report (report.json, written by `train` with the session's record)."""
+    import peft
+    import torch
+    import transformers
+
+    log = resumed.log
     step_rows = [r for r in log if "loss" in r]
     samples_seen = sum(r["samples"] for r in step_rows)
     lengths = [len(e.input_ids) for e in encoded]
     untruncated = [e.untruncated_length for e in encoded]
     val_before = next((r["val_loss"] for r in log if "val_loss" in r and r["step"] == 0), None)
-    import peft
-    import transformers
-
-    report = {
+    return {
         "dataset": data_info,
         "out": str(out),
         "base_model": base_id,
@@ -340,7 +404,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "args": asdict(config),
         "method": config.method,
         "target_modules": targets,
-        "trainable_params": sum(p.numel() for p in params),
+        "trainable_params": trainable,
         "samples": len(encoded),
         "skipped_too_long": skipped,
         "truncated": sum(e.truncated for e in encoded),
@@ -349,14 +413,14 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "tokens_per_sample": {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths),
                               "mean_before_truncation": round(sum(untruncated) / len(untruncated), 1),
                               "answer_mean": round(sum(answer_tokens(e) for e in encoded) / len(encoded), 1)},
-        "validation_samples": len(val_enc),
-        "steps": total_steps,
+        "validation_samples": validation_samples,
+        "steps": steps,
         "epochs": config.epochs,
         "samples_seen": samples_seen,
-        "resumed_from_step": resumed_from,
-        "log_damaged_lines": len(repaired.damaged),  # moved to train_log.jsonl.damaged on resume
+        "resumed_from_step": resumed.from_step,
+        "log_damaged_lines": resumed.damaged,  # moved to train_log.jsonl.damaged on resume
         "seconds": round(train_seconds, 1),  # the training steps, over all resumed sessions
-        "seconds_this_session": round(time.perf_counter() - run_started, 1),  # + loading, validation, saving
+        "seconds_this_session": round(session_seconds, 1),  # + loading, validation, saving
         "seconds_per_sample": round(train_seconds / max(samples_seen, 1), 2),
         "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 4),
         "peak_rss_mb": peak_rss_mb(),
@@ -367,6 +431,5 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "val_loss_after": val_after,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "files": {"adapter": str(out / ADAPTER), "merged": str(out / MERGED), "loss_plot": str(out / PLOT),
-                  "log": str(log_path)},
+                  "log": str(out / LOG)},
     }
-    return report  # written by train(), with the session's record

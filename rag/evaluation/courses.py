@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.common.text import read_text
 from rag.errors import RagError
 from rag.evaluation.bootstrap import bootstrap_ci, paired_comparison
 from rag.evaluation.retrieval import contains_evidence, load_questions
-from rag.ingest.loaders import read_text
 from rag.retrieval.retriever import Hit
 
 LESSONS_DIR = "course"

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 from rapidfuzz import fuzz
 
+from rag.common.text import normalize_ws, read_text
 from rag.errors import RagError
-from rag.ingest.loaders import normalize_ws, read_text
 from rag.retrieval.retriever import Hit, Retriever
 
 FUZZY_THRESHOLD = 90.0

@@ -30,9 +30,10 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
+from rag.common.text import normalize_ws
 from rag.errors import RagError
 from rag.evaluation.retrieval import contains_evidence
-from rag.ingest.loaders import Document, load_documents, normalize_ws
+from rag.ingest.loaders import Document, load_documents
 
 # A numbered quiz item at the start of a line (same forms as the chunker's QUESTION_START).
 _ITEM = re.compile(r"^[ \t]*(?:\*\*|__)?(?:(?:Question|Q)[ \t]*\d{1,3}\b|\d{1,3}[.)](?=[ \t*_]))", re.MULTILINE)

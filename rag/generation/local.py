@@ -2,9 +2,9 @@
 
 A transformers model always reads the prompt and scores continuations; the tokens of an answer come from
 `model.generate` or, with `decoder` "fp32"/"int8"/"int4" ($RAG_DECODER), from the ONNX Runtime decoder of
-rag/generation/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them). With
+rag/generation/decoder/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them). With
 the ONNX decoder the model's lock (models.ModelLock) is held only while the prompt is read: answers
-requested from several threads at once are written together (rag/generation/engine.py), so the instance
+requested from several threads at once are written together (rag/generation/decoder/engine.py), so the instance
 declares `parallel_requests`.
 """
 
@@ -29,7 +29,7 @@ from rag.generation.base import (
     current_cancel,
 )
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
-from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, release_decoders, resolve_decoder
+from rag.generation.decoder import DECODER_ENV, load_onnx_decoder, release_decoders, resolve_decoder
 from rag.generation.prefill import cache_kwarg, output_cache, packed_continuations, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
 
@@ -70,7 +70,7 @@ class LocalGenerator(Generator):
     supports_logprobs = True
     supports_prefixes = True
     #: plain transformers: one generation at a time (a lock). With an ONNX decoder the instance sets it True:
-    #: concurrent answers share decode passes (rag/generation/engine.py).
+    #: concurrent answers share decode passes (rag/generation/decoder/engine.py).
     parallel_requests = False
     small_model = True  # every local model this project ships or trains is 135M-0.5B parameters
 
@@ -90,8 +90,8 @@ class LocalGenerator(Generator):
         :param dtype: "auto" (float32, measured fastest here), "float32" or "bfloat16".
         :param cache_dir: where converted GGUF models and ONNX decoders live (default: the model cache).
         :param decoder: who writes the answer after transformers has read the prompt: "auto" ($RAG_DECODER,
-            else rag.generation.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
-            built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/onnx.py.
+            else rag.generation.decoder.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
+            built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/decoder/onnx.py.
         :param draft: speculative decoding's proposer under an ONNX decoder: "auto" ($RAG_DRAFT, else
             "int8"), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
         :raises GeneratorError: for an unknown dtype, decoder or spec, an http spec, a model that cannot be
@@ -126,7 +126,7 @@ class LocalGenerator(Generator):
 
         Plain transformers holds the model's lock throughout. The ONNX decoder holds it only while the
         transformers model reads the prompt, so concurrent callers' answers are decoded together by its
-        DecodeEngine (rag/generation/engine.py) while the next prompt is read.
+        DecodeEngine (rag/generation/decoder/engine.py) while the next prompt is read.
 
         :param stop: polled while waiting for the lock, in every decoder layer and before every decode pass.
         :raises GenerationCancelled: when `stop()` became true.

@@ -197,7 +197,7 @@ class ModelLock:
     prompt of an answer, whose stream is under way or about to start) before 1 (scoring continuations:
     a grounded answer's quote candidates), first come first served within a priority.
 
-    Why: `rag serve` writes several answers at once (rag/generation/engine.py), but their prompts are read
+    Why: `rag serve` writes several answers at once (rag/generation/decoder/engine.py), but their prompts are read
     one at a time on the transformers model. With a plain lock, a grounded answer that had streamed its
     quote waited for the model behind other requests' quote scoring (2-3 s each): a stream stalled 11 s
     with 4 clients and 19 s with 8 (bench/generation.py part 4).

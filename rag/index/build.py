@@ -26,8 +26,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from rag.common.files import file_sha256, os_reason, path_sha256
 from rag.common.runfolder import FolderLock
-from rag.errors import IndexNotFound, NoDocuments
+from rag.errors import IndexNotFound, NoDocuments, UnreadableFile
 from rag.index.bm25 import BM25Index
 from rag.index.embeddings import Embedder
 from rag.index.store import (
@@ -38,8 +39,8 @@ from rag.index.store import (
     utc_now,
 )
 from rag.ingest.chunking import Chunk, Chunker
-from rag.ingest.loaders import UnreadableFile, dropped_note, file_sha256, path_sha256, read_file, same_content
-from rag.ingest.paths import SUPPORTED_LIST, Skipped, open_corpus, os_reason, source_name, walk_corpus
+from rag.ingest.loaders import dropped_note, read_file, same_content
+from rag.ingest.paths import SUPPORTED_LIST, Skipped, open_corpus, source_name, walk_corpus
 
 
 @dataclass
@@ -199,29 +200,16 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
     ensure_index_dir(index_dir)
     report = BuildReport(corpus=str(corpus), index_dir=str(index_dir))
     with build_lock(index_dir):
-        old: VectorIndex | None = None
-        if not rebuild:
-            try:
-                old = VectorIndex.load(index_dir, embedder)
-            except IndexNotFound:
-                old = None
+        old = None if rebuild else previous_index(index_dir, embedder)
         old_files: dict[str, Any] = old.manifest["files"] if old else {}
         same_chunker = bool(old) and old.manifest.get("chunker") == chunker.params()
         same_faiss = bool(old) and old.manifest.get("faiss", {}).get("type") == faiss_type
-        old_by_source: dict[str, list[int]] = {}
-        if old:
-            for i, c in enumerate(old.chunks):
-                old_by_source.setdefault(c.source, []).append(i)
 
         paths, walk_skipped = walk_corpus(corpus, follow_outside_links)
         report.skipped.extend(walk_skipped)
         sources = {path: source_name(path, corpus) for path in paths}
         digests = file_digests(paths)
         copy_of = identical_copies(paths, sources, digests, old_files)
-        new_chunks: list[Chunk] = []
-        reuse_pos: list[int | None] = []  # per new chunk: position of its vector in `old`, or None
-        files: dict[str, Any] = {}
-        seen_sources: set[str] = set()
 
         def unchanged(path: Path) -> bool:
             prev = old_files.get(sources[path])
@@ -231,107 +219,171 @@ def build_index(corpus: Path, index_dir: Path, embedder: Embedder, chunker: Chun
         to_read = [p for p in paths if sources[p] not in copy_of and not unchanged(p)]
         read = dict(zip(to_read, engine.read_files([(p, sources[p]) for p in to_read], chunker, embedder,
                                                    on_progress)))
-        for path in paths:
-            src = sources[path]
-            seen_sources.add(src)
-            if src in copy_of:
-                report.skipped.append(Skipped(src, same_content(copy_of[src])))
-                continue
-            prev = old_files.get(src)
-            def keep_previous() -> None:
-                files[src] = prev
-                for i in old_by_source.get(src, []):
-                    new_chunks.append(old.chunks[i])
-                    reuse_pos.append(i)
-
-            if path not in read:  # unchanged
-                report.unchanged.append(src)
-                keep_previous()
-                continue
-            got = read[path]
-            if got.chunks is None:
-                report.skipped.append(Skipped(src, got.problem or "cannot read"))
-                if prev:  # keep what was indexed before rather than lose it to a bad edit
-                    report.kept_previous.append(src)
-                    keep_previous()
-                continue
-            (report.changed if prev else report.added).append(src)
-            chunks = got.chunks
-            files[src] = {"sha256": got.sha256, "bytes": got.size, "chunks": len(chunks), "kind": got.kind}
-            if got.dropped:
-                files[src]["dropped"] = got.dropped
-                report.notes.append(Skipped(src, dropped_note(got.dropped)))
-            if got.notes:
-                files[src]["notes"] = got.notes
-                report.notes.extend(Skipped(src, note) for note in got.notes)
-            for c in chunks:
-                new_chunks.append(c)
-                reuse_pos.append(old.pos_by_id.get(c.id) if old else None)
-        report.deleted = sorted(s for s in old_files if s not in seen_sources)
+        contents = collect_contents(paths, sources, read, copy_of, old, report)
+        report.deleted = sorted(s for s in old_files if s not in set(sources.values()))
         copies_of_skipped(report.skipped, copy_of)
-        if not files:
+        if not contents.files:
             raise NoDocuments(nothing_to_index(corpus, report.skipped), report.skipped)
         if on_progress:
             on_progress("read", len(paths), len(paths))
 
-        # The same text in two places gets one entry (ids are content hashes).
-        dedup: dict[int, int] = {}
-        keep_idx = []
-        for j, c in enumerate(new_chunks):
-            if c.id not in dedup:
-                dedup[c.id] = j
-                keep_idx.append(j)
-        new_chunks = [new_chunks[j] for j in keep_idx]
-        reuse_pos = [reuse_pos[j] for j in keep_idx]
-
+        contents = contents.unique()
         changed = bool(report.added or report.changed or report.deleted) or old is None \
             or not same_chunker or not same_faiss or rebuild
-        report.chunks_total = len(new_chunks)
-        if not changed and old is not None and [c.id for c in new_chunks] == [c.id for c in old.chunks]:
+        report.chunks_total = len(contents.chunks)
+        if not changed and old is not None and [c.id for c in contents.chunks] == [c.id for c in old.chunks]:
             report.seconds = time.perf_counter() - t0
             return report
 
-        dim = embedder.dim
-        vectors = np.zeros((len(new_chunks), dim), dtype=np.float32)
-        # Longest first, so each encode() slice holds texts of similar length: sentence-transformers
-        # sorts by length only within one call, and mixed slices pad every text to their longest.
-        todo = sorted((j for j, p in enumerate(reuse_pos) if p is None), key=lambda j: -len(new_chunks[j].embed_text))
-        for j, p in enumerate(reuse_pos):
-            if p is not None:
-                vectors[j] = old.vectors[p]
-        if todo:
-            vectors[todo] = engine.embed([new_chunks[j].embed_text for j in todo], embedder, on_progress)
-        report.chunks_embedded = len(todo)
-
+        vectors, report.chunks_embedded = chunk_vectors(contents, old, engine, embedder, on_progress)
         if on_progress:
             on_progress("index", 0, 1)
-        fidx = make_faiss(faiss_type, dim, len(new_chunks))
-        ids = np.array([c.id for c in new_chunks], dtype=np.int64)
-        if len(new_chunks):
-            if faiss_type == "ivf":
-                fidx.train(vectors)
-            fidx.add_with_ids(vectors, ids)
-        bm25 = BM25Index.build([c.embed_text for c in new_chunks])
-        created = old.manifest.get("created") if old else None
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "embedding": {"model_id": embedder.model_id, "dim": dim, "normalized": True,
-                          "dtype": embedder.dtype, "max_tokens": embedder.max_tokens, "vector_dtype": "float32"},
-            "chunker": chunker.params(),
-            "faiss": {"type": faiss_type, "metric": "inner_product", "ids": "chunk_id (IndexIDMap2)"},
-            "bm25": {"library": "bm25s", "stemmer": "english", "stopwords": "en"},
-            "corpus_root": str(corpus),
-            "files": files,
-            "counts": {"files": len(files), "chunks": len(new_chunks)},
-            "created": created or utc_now(),
-            "updated": utc_now(),
-        }
-        VectorIndex(new_chunks, vectors, fidx, bm25, manifest).save(index_dir)
+        manifest = index_manifest(corpus, contents, embedder, chunker, faiss_type,
+                                  old.manifest.get("created") if old else None)
+        VectorIndex(contents.chunks, vectors, make_search_index(faiss_type, contents.chunks, vectors),
+                    BM25Index.build([c.embed_text for c in contents.chunks]), manifest).save(index_dir)
         if on_progress:
             on_progress("index", 1, 1)
         report.wrote = True
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def previous_index(index_dir: Path, embedder: Embedder) -> VectorIndex | None:
+    """The index already in `index_dir`, or None when there is none.
+
+    :raises RagError: the index is damaged, or was built with another embedder (IndexMismatch).
+    """
+    try:
+        return VectorIndex.load(index_dir, embedder)
+    except IndexNotFound:
+        return None
+
+
+@dataclass
+class IndexContents:
+    """What the new index holds, in order: its chunks, the manifest entry of each indexed file, and for each
+    chunk the position of its vector in the previous index (None: the chunk is new and must be embedded)."""
+
+    files: dict[str, Any] = field(default_factory=dict)
+    chunks: list[Chunk] = field(default_factory=list)
+    reuse_pos: list[int | None] = field(default_factory=list)
+
+    def keep_previous(self, src: str, entry: dict[str, Any], old: VectorIndex, positions: list[int]) -> None:
+        """Keep file `src` as the previous index holds it: its manifest `entry`, its chunks (at `positions` in
+        `old`) and their vectors."""
+        self.files[src] = entry
+        for i in positions:
+            self.chunks.append(old.chunks[i])
+            self.reuse_pos.append(i)
+
+    def unique(self) -> IndexContents:
+        """The same contents with the same text in two places kept once, first place first (ids are content
+        hashes)."""
+        first: dict[int, int] = {}
+        keep = []
+        for j, c in enumerate(self.chunks):
+            if c.id not in first:
+                first[c.id] = j
+                keep.append(j)
+        return IndexContents(self.files, [self.chunks[j] for j in keep], [self.reuse_pos[j] for j in keep])
+
+
+def collect_contents(paths: list[Path], sources: dict[Path, str], read: dict[Path, FileChunks],
+                     copy_of: dict[str, str], old: VectorIndex | None, report: BuildReport) -> IndexContents:
+    """The new index's contents from the walk: files read anew, files kept as indexed before, copies skipped.
+
+    :param paths: the files of the walk, in order; `sources` their source names.
+    :param read: the files read and chunked by this build (the others are unchanged).
+    :param copy_of: {source of a copy: source of the file indexed instead} (see `identical_copies`).
+    :param old: the previous index, or None.
+    :param report: filled in place: added, changed, unchanged, kept_previous, skipped and notes.
+    :returns: the contents in walk order; a file that cannot be read now keeps what was indexed before.
+    """
+    old_by_source: dict[str, list[int]] = {}
+    for i, c in enumerate(old.chunks if old else []):
+        old_by_source.setdefault(c.source, []).append(i)
+    old_files: dict[str, Any] = old.manifest["files"] if old else {}
+    contents = IndexContents()
+    for path in paths:
+        src = sources[path]
+        if src in copy_of:
+            report.skipped.append(Skipped(src, same_content(copy_of[src])))
+            continue
+        prev = old_files.get(src)
+        if path not in read:  # unchanged
+            report.unchanged.append(src)
+            contents.keep_previous(src, prev, old, old_by_source.get(src, []))
+            continue
+        got = read[path]
+        if got.chunks is None:
+            report.skipped.append(Skipped(src, got.problem or "cannot read"))
+            if prev:  # keep what was indexed before rather than lose it to a bad edit
+                report.kept_previous.append(src)
+                contents.keep_previous(src, prev, old, old_by_source.get(src, []))
+            continue
+        (report.changed if prev else report.added).append(src)
+        contents.files[src] = {"sha256": got.sha256, "bytes": got.size, "chunks": len(got.chunks), "kind": got.kind}
+        if got.dropped:
+            contents.files[src]["dropped"] = got.dropped
+            report.notes.append(Skipped(src, dropped_note(got.dropped)))
+        if got.notes:
+            contents.files[src]["notes"] = got.notes
+            report.notes.extend(Skipped(src, note) for note in got.notes)
+        for c in got.chunks:
+            contents.chunks.append(c)
+            contents.reuse_pos.append(old.pos_by_id.get(c.id) if old else None)
+    return contents
+
+
+def chunk_vectors(contents: IndexContents, old: VectorIndex | None, engine: BuildEngine, embedder: Embedder,
+                  on_progress: ProgressFn | None) -> tuple[np.ndarray, int]:
+    """The unit vector of every chunk: the previous index's where it holds the chunk, else embedded now.
+
+    :returns: (vectors float32 [chunks, embedder.dim], how many chunks were embedded).
+    """
+    chunks, reuse_pos = contents.chunks, contents.reuse_pos
+    vectors = np.zeros((len(chunks), embedder.dim), dtype=np.float32)
+    # Longest first, so each encode() slice holds texts of similar length: sentence-transformers
+    # sorts by length only within one call, and mixed slices pad every text to their longest.
+    todo = sorted((j for j, p in enumerate(reuse_pos) if p is None), key=lambda j: -len(chunks[j].embed_text))
+    for j, p in enumerate(reuse_pos):
+        if p is not None:
+            vectors[j] = old.vectors[p]
+    if todo:
+        vectors[todo] = engine.embed([chunks[j].embed_text for j in todo], embedder, on_progress)
+    return vectors, len(todo)
+
+
+def make_search_index(faiss_type: str, chunks: list[Chunk], vectors: np.ndarray) -> Any:
+    """The FAISS index of `vectors` [chunks, dim] (trained first for "ivf"), keyed by the chunks' ids."""
+    fidx = make_faiss(faiss_type, vectors.shape[1], len(chunks))
+    if len(chunks):
+        if faiss_type == "ivf":
+            fidx.train(vectors)
+        fidx.add_with_ids(vectors, np.array([c.id for c in chunks], dtype=np.int64))
+    return fidx
+
+
+def index_manifest(corpus: Path, contents: IndexContents, embedder: Embedder, chunker: Chunker, faiss_type: str,
+                   created: str | None) -> dict[str, Any]:
+    """The manifest the index folder is validated by: formats, models and settings, and each file's entry.
+
+    :param created: when the previous index was first built (kept across updates); None: now.
+    """
+    return {
+        "format_version": FORMAT_VERSION,
+        "embedding": {"model_id": embedder.model_id, "dim": embedder.dim, "normalized": True,
+                      "dtype": embedder.dtype, "max_tokens": embedder.max_tokens, "vector_dtype": "float32"},
+        "chunker": chunker.params(),
+        "faiss": {"type": faiss_type, "metric": "inner_product", "ids": "chunk_id (IndexIDMap2)"},
+        "bm25": {"library": "bm25s", "stemmer": "english", "stopwords": "en"},
+        "corpus_root": str(corpus),
+        "files": contents.files,
+        "counts": {"files": len(contents.files), "chunks": len(contents.chunks)},
+        "created": created or utc_now(),
+        "updated": utc_now(),
+    }
 
 
 def file_digests(paths: list[Path]) -> dict[Path, str | None]:

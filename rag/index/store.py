@@ -28,7 +28,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from rag.common.atomic import fsync_dir, write_text_atomic
-from rag.config import folder_problem
+from rag.common.files import folder_problem
 from rag.errors import IndexMismatch, IndexNotFound, RagError
 from rag.index.bm25 import BM25Index
 from rag.index.embeddings import Embedder

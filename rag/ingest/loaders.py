@@ -12,8 +12,9 @@ Why each rule (issue 11):
 - Text is decoded by its byte-order mark: UTF-8 (with or without BOM), UTF-16 and UTF-32 with a BOM (what
   Windows editors save as "Unicode"). Without a BOM only UTF-8 is accepted: guessing a legacy code page
   turns bytes into wrong words silently, so a bad byte is reported with its offset instead. One function
-  (`decode_text`) does this for course files, and `read_text` / `read_lines` for every other text file a
-  command reads (question files, queries files, rag.toml), so each gives the same one-line error.
+  (`rag.common.text.decode_text`) does this for course files, and `read_text` / `read_lines` there for every
+  other text file a command reads (question files, queries files, rag.toml), so each gives the same one-line
+  error.
 - The corpus walk (`walk_corpus`, in rag.ingest.paths) lists hidden entries, unsupported types (.docx,
   images…), broken links, symlink loops, unreadable folders and special files as skipped with a reason.
 - HTML `<pre>` blocks are fenced, so a `# comment` inside one is code, not a heading (the chunker reads
@@ -33,20 +34,20 @@ Issue 31 (nothing outside the course gets in, nothing inside gets lost):
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable
 
-from rag.errors import RagError
+from rag.common.files import file_sha256, os_reason
+from rag.common.text import decode_text
+from rag.errors import UnreadableFile
 from rag.ingest.html import read_html
 from rag.ingest.locations import parts_meta
 from rag.ingest.markup import strip_comments, strip_front_matter
 from rag.ingest.notebooks import read_ipynb
 from rag.ingest.pdf import read_pdf
-from rag.ingest.reader import FileText, UnreadableFile, one_line
+from rag.ingest.reader import FileText, one_line
 from rag.ingest.slides import read_pptx
 from rag.ingest.word import read_docx
 from rag.ingest.paths import (  # the course folder and its walk; imported from here by older callers
@@ -55,7 +56,6 @@ from rag.ingest.paths import (  # the course folder and its walk; imported from 
     SUPPORTED_LIST,
     Skipped,
     open_corpus,
-    os_reason,
     source_name,
     type_problem,
     walk_corpus,
@@ -66,9 +66,6 @@ LOADER_VERSION = 6  # bump when extracted text changes: indexes re-read every fi
 # 4: every visible HTML text node, hidden text / front matter / comments dropped, images stripped everywhere.
 # 5: PDFs with only an owner password read; an unclosed <!-- keeps its text; TOML front matter dropped.
 # 6: .pptx, .docx and .ipynb read; page, slide and cell numbers kept as `metadata["parts"]`; scanned PDFs said.
-# UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @dataclass
@@ -79,114 +76,6 @@ class Document:
     source: str  # path relative to the corpus root, with forward slashes
     sha256: str
     metadata: dict = field(default_factory=dict)
-
-
-def file_sha256(data: bytes) -> str:
-    """Hex SHA-256 of `data` (a file's identity in the manifest)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def path_sha256(path: Path) -> str:
-    """Hex SHA-256 of the file at `path`, read in 1 MiB blocks (constant memory).
-
-    :raises OSError: when the file cannot be read.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def bom_encoding(head: bytes) -> str | None:
-    """The Python codec named by the byte-order mark at the start of `head`, or None without one.
-
-    :param head: the first bytes of a file (4 are enough).
-    :returns: "utf-32", "utf-8-sig" or "utf-16" (codecs that consume the mark themselves), or None.
-    """
-    for bom, encoding in _BOMS:
-        if head.startswith(bom):
-            return encoding
-    return None
-
-
-def decode_text(data: bytes) -> str:
-    """Decode the bytes of a text file: UTF-8 (BOM optional), or UTF-16/UTF-32 with a BOM; newlines become \\n.
-
-    :param data: the whole file.
-    :returns: the text, without the BOM, with \\r\\n and \\r turned into \\n.
-    :raises UnreadableFile: binary content (NUL bytes or control characters), or a byte sequence that is
-        not valid in the encoding (the reason names the byte offset and says to re-save as UTF-8).
-    """
-    encoding = bom_encoding(data[:4])
-    if encoding is None and b"\x00" in data[:8192]:
-        raise UnreadableFile("binary file (contains NUL bytes), not text; "
-                             "if it is UTF-16 text, re-save it as UTF-8 or with a byte-order mark")
-    label = {"utf-32": "UTF-32", "utf-16": "UTF-16"}.get(encoding or "", "UTF-8")
-    try:
-        text = data.decode(encoding or "utf-8")
-    except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"not valid {label} (byte {exc.start}); re-save the file as UTF-8") from None
-    # Control characters other than whitespace mean this is not a text document.
-    bad = sum(1 for ch in text[:8192] if ord(ch) < 32 and ch not in "\n\r\t\f")
-    if bad > 8:
-        raise UnreadableFile("binary content in a text file")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def read_text(path: Path, what: str) -> str:
-    """Read a text file a command was given (question file, queries file, config file), decoded by BOM.
-
-    :param path: the file.
-    :param what: what the file is, for the message ("question file").
-    :returns: its text (see `decode_text`).
-    :raises RagError: one line naming `what` and `path`: missing, a folder, a symlink loop, unreadable,
-        binary, or not valid UTF-8/UTF-16/UTF-32.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise RagError(f"{what} {path} not found") from None
-    except IsADirectoryError:
-        raise RagError(f"{what} {path} is a folder, not a file") from None
-    except OSError as exc:
-        raise RagError(f"cannot read {what} {path}: {os_reason(exc)}") from None
-    try:
-        return decode_text(data)
-    except UnreadableFile as exc:
-        raise RagError(f"cannot read {what} {path}: {exc}") from None
-
-
-def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
-    """Lines of a binary stream (stdin, a pipe) as they arrive, without their line ends.
-
-    UTF-8 is decoded line by line (a BOM on the first line is dropped), so a reader on a pipe gets each
-    line at once; a UTF-16/UTF-32 BOM makes it read the rest of the stream and decode it whole.
-
-    :param stream: a binary stream with readline().
-    :param name: how to name the stream in errors ("stdin").
-    :raises RagError: a line that is not valid UTF-8 or holds NUL bytes (naming the line number).
-    """
-    first = stream.readline()
-    encoding = bom_encoding(first[:4])
-    if encoding in ("utf-16", "utf-32"):
-        try:
-            text = decode_text(first + stream.read())
-        except UnreadableFile as exc:
-            raise RagError(f"cannot read {name}: {exc}") from None
-        yield from text.split("\n")
-        return
-    line, n = first, 1
-    while line:
-        try:
-            text = line.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise RagError(f"{name} line {n}: not valid UTF-8 (byte {exc.start} of the line); "
-                           "re-save it as UTF-8") from None
-        if "\x00" in text:
-            raise RagError(f"{name} line {n}: binary data (NUL bytes), not text")
-        yield text.rstrip("\r\n")
-        line, n = stream.readline(), n + 1
 
 
 def loader_failure(kind: str, exc: Exception) -> str:
@@ -355,11 +244,3 @@ def strip_md_images(text: str) -> str:
         if stripped == text:
             return text
         text = stripped
-
-
-_WS = re.compile(r"\s+")
-
-
-def normalize_ws(text: str) -> str:
-    """Collapse whitespace runs to one space (for matching quotes against passages)."""
-    return _WS.sub(" ", text).strip()

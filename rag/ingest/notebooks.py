@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import warnings
 
+from rag.errors import UnreadableFile
 from rag.ingest.html import fence_code
 from rag.ingest.markup import strip_comments
-from rag.ingest.reader import FileText, UnreadableFile, one_line
+from rag.ingest.reader import FileText, one_line
 
 
 def read_ipynb(text: str) -> FileText:

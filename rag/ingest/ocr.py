@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from rag.ingest.reader import UnreadableFile
+from rag.errors import UnreadableFile
 
 TESSERACT = "tesseract"
 OCR_LANGUAGE = "eng"  # tesseract-ocr-eng, installed with tesseract-ocr

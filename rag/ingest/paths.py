@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from rag.common.files import os_reason
 from rag.errors import RagError
 
 SUPPORTED = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf", ".html": "html", ".htm": "html",
@@ -68,13 +69,6 @@ class Skipped:
 
     source: str  # path relative to the corpus root; folders end with "/"
     reason: str
-
-
-def os_reason(exc: OSError) -> str:
-    """A short, user-facing reason for an OS error (a symlink loop is named as such)."""
-    if exc.errno == errno.ELOOP:
-        return "symlink loop (a link that points back to itself or its own folder); fix or remove the link"
-    return exc.strerror or str(exc)
 
 
 def type_problem(name: str, size: int) -> str | None:

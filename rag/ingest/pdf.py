@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 
+from rag.errors import UnreadableFile
 from rag.ingest.ocr import INSTALL_HINT, ocr_page, tesseract_path
-from rag.ingest.reader import FileText, UnreadableFile, numbered, one_line
+from rag.ingest.reader import FileText, numbered, one_line
 
 # pypdf's text extraction is quadratic in a page's drawing commands (1 MiB: 1.4 s, 4 MiB: 19 s), so a 10 KB
 # file inflating to 70 MiB on one page, under pypdf's own limits, would hold `rag index` for hours.

@@ -1,5 +1,5 @@
-"""What every file reader returns (`FileText`) and raises (`UnreadableFile`), shared by the format modules
-(rag.ingest.pdf, slides, word, notebooks) and the funnel that calls them (rag.ingest.loaders.read_file)."""
+"""What every file reader returns (`FileText`) and raises (`rag.errors.UnreadableFile`), shared by the format
+modules (rag.ingest.pdf, slides, word, notebooks) and the funnel that calls them (rag.ingest.loaders.read_file)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 
+from rag.errors import UnreadableFile
+
 MAX_UNZIPPED_BYTES = 512 * 1024 * 1024  # what a .pptx or .docx may unpack to (a zip bomb stops here)
 _HEADING_START = re.compile(r"^( {0,3})(#{1,6}(?:[ \t]|$))", re.M)
-
-
-class UnreadableFile(Exception):
-    """Raised by a reader when a file has no usable text; the message is the reason shown to the user."""
 
 
 @dataclass

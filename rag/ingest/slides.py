@@ -14,7 +14,8 @@ from __future__ import annotations
 import io
 from typing import Any, Iterator
 
-from rag.ingest.reader import FileText, UnreadableFile, check_office_zip, escape_headings, numbered
+from rag.errors import UnreadableFile
+from rag.ingest.reader import FileText, check_office_zip, escape_headings, numbered
 
 
 def read_pptx(data: bytes) -> FileText:

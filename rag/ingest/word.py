@@ -15,7 +15,8 @@ import io
 import re
 from typing import Any
 
-from rag.ingest.reader import FileText, UnreadableFile, check_office_zip, escape_headings
+from rag.errors import UnreadableFile
+from rag.ingest.reader import FileText, check_office_zip, escape_headings
 
 _HEADING_STYLE = re.compile(r"Heading ([1-9])$")
 

@@ -23,11 +23,14 @@ from typing import TypeVar
 
 from rapidfuzz import fuzz
 
-from rag.ingest.loaders import normalize_ws
+from rag.common.text import normalize_ws
 
 T = TypeVar("T", bound=Hashable)
 
 DUPLICATE_RATIO = 90.0
+# hybrid: the dense ranking's weight, BM25 gets the rest; chosen on the independent courses (module docstring).
+# The product's one default: Settings.dense_weight and Retriever.dense_weight both read it.
+DENSE_WEIGHT = 0.65
 
 
 def rrf(rankings: Sequence[Sequence[T]], k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[T, float]]:

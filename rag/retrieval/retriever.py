@@ -17,13 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rag.config import Settings
 from rag.errors import RagError
 from rag.index.embeddings import Embedder
 from rag.index.store import VectorIndex, generation_stamp
 from rag.ingest.chunking import Chunk
 from rag.ingest.locations import location_of, passage_label
-from rag.retrieval.fusion import DUPLICATE_RATIO, collapse_near_duplicates, rrf
+from rag.retrieval.fusion import DENSE_WEIGHT, DUPLICATE_RATIO, collapse_near_duplicates, rrf
 from rag.retrieval.parent_child import Passages
 
 MODES = ("dense", "bm25", "hybrid")
@@ -86,7 +85,7 @@ class Retriever:
     top_k: int = 5
     rrf_k: int = 60
     auto_reload: bool = True
-    dense_weight: float = Settings.model_fields["dense_weight"].default  # one default, the product's
+    dense_weight: float = DENSE_WEIGHT
     collapse_duplicates: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _passages: weakref.WeakKeyDictionary[VectorIndex, Passages] = field(

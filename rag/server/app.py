@@ -73,7 +73,7 @@ class ServerConfig:
         client cannot hold the model for minutes.
     :param parallel_slots: generations at once for a backend that declares `parallel_requests`: a server
         backend, or the in-process model with an ONNX decoder (its answers share decode passes,
-        rag/generation/engine.py); plain transformers gets 1.
+        rag/generation/decoder/engine.py); plain transformers gets 1.
     """
 
     model_name: str = "course-rag"
@@ -182,8 +182,130 @@ class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
+class ChatServing:
+    """What the routes do, in one object per app (vllm's serving classes: thin routes, logic here): the
+    model's fair queue, the retrieval and /health limiters, and the steps of a chat completion.
+
+    :param pipeline: the RAG pipeline; its settings are the defaults of every request, never changed.
+    :param cfg: the server's limits, key and served model name.
+    """
+
+    def __init__(self, pipeline: RagPipeline, cfg: ServerConfig) -> None:
+        self.pipeline, self.cfg = pipeline, cfg
+        self.slots = cfg.parallel_slots if pipeline.generator.parallel_requests else 1
+        # Retrievals run one at a time in arrival order for an in-process model (they share its 2 cores); with a
+        # server backend as many as it has slots, since condensing a follow-up then calls that server.
+        self.retrieval = anyio.CapacityLimiter(1 if pipeline.generator.local else self.slots)
+        self.health_limiter = anyio.CapacityLimiter(2)  # /health never waits behind request threads
+        self._queue: ModelQueue | None = None
+
+    def queue(self) -> ModelQueue:
+        """The model's queue, created on first use, on the serving event loop."""
+        if self._queue is None:
+            self._queue = ModelQueue(slots=self.slots, max_waiting=self.cfg.max_queue)
+        return self._queue
+
+    async def health(self) -> dict[str, Any]:
+        """The /health body: the index's size and generation, the models, the queue's figures."""
+        facts = await anyio.to_thread.run_sync(self._index_facts, limiter=self.health_limiter)
+        return {"status": "ok", **facts, "model": self.pipeline.generator.model_id,
+                "served_model": self.cfg.model_name, "queue": self.queue().stats()}
+
+    def _index_facts(self) -> dict[str, Any]:
+        index = self.pipeline.retriever.index
+        return {"chunks": len(index), "generation": index.generation}
+
+    def model_card(self, model_id: str | None = None) -> dict[str, Any]:
+        """The served model as /v1/models lists it.
+
+        :raises ApiError: 404 when `model_id` is given and is not the served model.
+        """
+        if model_id is not None and model_id != self.cfg.model_name:
+            raise self.unknown_model(model_id)
+        return {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "course-rag"}
+
+    def unknown_model(self, name: str) -> ApiError:
+        """The 404 of a request naming another model than the served one."""
+        return ApiError(404, f"the model {name!r} does not exist here: this server serves {self.cfg.model_name!r}",
+                        param="model", code="model_not_found")
+
+    async def chat(self, request: Request) -> Any:
+        """POST /v1/chat/completions: parse, take a place in line, retrieve, wait for the model, answer (a
+        stream of server-sent events, or one completion).
+
+        :raises ApiError: 400 for a bad request, 404 for another model, 413 for a body over the limit, 429 when
+            the line is full, 500 when the model fails.
+        """
+        req, params = self.parse(await read_body(request, self.cfg.max_body_bytes))
+        ticket = self.queue().reserve()  # the place in line is taken on arrival, before retrieval
+        resp = await self.retrieve(req, params, ticket)
+        self.wait_turn(resp, ticket)
+        reply = Reply(self.cfg.model_name, req, resp)
+        if req.stream:
+            return StreamingResponse(reply.sse(ticket), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            answer = await until_disconnected(request, reply.complete(ticket))
+        except ClientGone:
+            return JSONResponse({}, status_code=499)  # nobody reads it; the model is already free
+        except RagError as exc:
+            raise ApiError(500, str(exc), kind="server_error") from None
+        return reply.completion(answer)
+
+    def parse(self, body: bytes) -> tuple[ChatCompletionRequest, GenerationParams]:
+        """The request and its generation settings (the pipeline's, overridden by the request's).
+
+        :raises ApiError: 400 for a malformed request or a value out of range, 404 for another model.
+        """
+        try:
+            req = parse_request(body, max_conversation_chars=self.cfg.max_conversation_chars)
+        except RequestError as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+        if req.model != self.cfg.model_name:
+            raise self.unknown_model(req.model)
+        try:
+            return req, request_params(req, self.pipeline.params, self.cfg.max_answer_tokens)
+        except RagError as exc:
+            raise ApiError(400, str(exc), code="invalid_value") from None
+
+    async def retrieve(self, req: ChatCompletionRequest, params: GenerationParams, ticket: Ticket) -> AnswerStream:
+        """The pipeline's answer stream for `req` (its plan made: retrieval done, nothing generated yet); the
+        place in line is given up when this fails.
+
+        :raises ApiError: 400 for a question the pipeline refuses, 500 when the model fails.
+        """
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(self.pipeline.ask, req.question, req.history, params=params, top_k=req.retrieval_top_k,
+                        mode=req.retrieval_mode), limiter=self.retrieval)
+        except RagError as exc:
+            ticket.leave()
+            status, kind = (500, "server_error") if isinstance(exc, GeneratorError) else (400, "invalid_request_error")
+            raise ApiError(status, str(exc), kind=kind, param="messages" if status == 400 else None) from None
+        except BaseException:
+            ticket.leave()
+            raise
+
+    @staticmethod
+    def wait_turn(resp: AnswerStream, ticket: Ticket) -> None:
+        """Join the line for the model, or leave it when the answer needs no model (an abstention).
+
+        :raises ApiError: 429 with Retry-After when the line is full.
+        """
+        if not resp.plan.needs_model:
+            ticket.leave()  # an abstention is answered now, whatever the line
+            return
+        try:
+            ticket.want()
+        except QueueFull as exc:
+            raise ApiError(429, f"the server is busy: {exc}; retry in {exc.retry_after} s",
+                           kind="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
+
+
 def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) -> FastAPI:
-    """The FastAPI app serving `pipeline` (see the module docstring).
+    """The FastAPI app serving `pipeline` (see the module docstring): middleware, error handlers and thin
+    routes over a ChatServing.
 
     :param pipeline: the RAG pipeline; its settings are the defaults of every request, never changed.
     :param config: a ServerConfig, or just the served model name (the older signature).
@@ -197,17 +319,7 @@ def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) 
     docs = cfg.docs
     app = FastAPI(title="course-rag", version="0.1", docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
-    slots = cfg.parallel_slots if pipeline.generator.parallel_requests else 1
-    state: dict[str, Any] = {}
-    # Retrievals run one at a time in arrival order for an in-process model (they share its 2 cores); with a
-    # server backend as many as it has slots, since condensing a follow-up then calls that server.
-    retrieval = anyio.CapacityLimiter(1 if pipeline.generator.local else slots)
-    health_limiter = anyio.CapacityLimiter(2)  # /health never waits behind request threads
-
-    def model_queue() -> ModelQueue:
-        if "queue" not in state:  # created on first use, on the serving event loop
-            state["queue"] = ModelQueue(slots=slots, max_waiting=cfg.max_queue)
-        return state["queue"]
+    serving = ChatServing(pipeline, cfg)
 
     # Outermost last: hosts, then CORS (answers preflights), then the key and content type.
     app.add_middleware(Guard, api_key=cfg.api_key)
@@ -232,79 +344,21 @@ def create_app(pipeline: RagPipeline, config: ServerConfig | str | None = None) 
         return ApiError(500, f"internal error ({type(exc).__name__}); see the server log",
                         kind="server_error").response()
 
-    def index_facts() -> dict[str, Any]:
-        index = pipeline.retriever.index
-        return {"chunks": len(index), "generation": index.generation}
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        facts = await anyio.to_thread.run_sync(index_facts, limiter=health_limiter)
-        return {"status": "ok", **facts, "model": pipeline.generator.model_id, "served_model": cfg.model_name,
-                "queue": model_queue().stats()}
-
-    def model_card() -> dict[str, Any]:
-        return {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "course-rag"}
+        return await serving.health()
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [serving.model_card()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
-        if model_id != cfg.model_name:
-            raise _unknown_model(model_id)
-        return model_card()
-
-    def _unknown_model(name: str) -> ApiError:
-        return ApiError(404, f"the model {name!r} does not exist here: this server serves {cfg.model_name!r}",
-                        param="model", code="model_not_found")
+        return serving.model_card(model_id)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> Any:
-        body = await read_body(request, cfg.max_body_bytes)
-        try:
-            req = parse_request(body, max_conversation_chars=cfg.max_conversation_chars)
-        except RequestError as exc:
-            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
-        if req.model != cfg.model_name:
-            raise _unknown_model(req.model)
-        try:
-            params = request_params(req, pipeline.params, cfg.max_answer_tokens)
-        except RagError as exc:
-            raise ApiError(400, str(exc), code="invalid_value") from None
-        queue = model_queue()
-        ticket = queue.reserve()  # the place in line is taken on arrival, before retrieval
-        try:
-            resp = await anyio.to_thread.run_sync(
-                partial(pipeline.ask, req.question, req.history, params=params, top_k=req.retrieval_top_k,
-                        mode=req.retrieval_mode), limiter=retrieval)
-        except RagError as exc:
-            ticket.leave()
-            status, kind = (500, "server_error") if isinstance(exc, GeneratorError) else (400, "invalid_request_error")
-            raise ApiError(status, str(exc), kind=kind, param="messages" if status == 400 else None) from None
-        except BaseException:
-            ticket.leave()
-            raise
-        if not resp.plan.needs_model:
-            ticket.leave()  # an abstention is answered now, whatever the line
-        else:
-            try:
-                ticket.want()
-            except QueueFull as exc:
-                raise ApiError(429, f"the server is busy: {exc}; retry in {exc.retry_after} s",
-                               kind="rate_limit_error", code="queue_full",
-                               headers={"Retry-After": str(exc.retry_after)}) from None
-        reply = Reply(cfg.model_name, req, resp)
-        if req.stream:
-            return StreamingResponse(reply.sse(ticket), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            answer = await until_disconnected(request, reply.complete(ticket))
-        except ClientGone:
-            return JSONResponse({}, status_code=499)  # nobody reads it; the model is already free
-        except RagError as exc:
-            raise ApiError(500, str(exc), kind="server_error") from None
-        return reply.completion(answer)
+        return await serving.chat(request)
 
     return app
 

@@ -188,7 +188,7 @@ def test_hard_distractors_are_neighbours_never_the_oracle(course):
 
 def test_distractors_never_hold_the_answer(course):
     """A chunk containing the verified quote is a second oracle: no strategy may pick it, even a near one."""
-    from rag.ingest.loaders import normalize_ws
+    from rag.common.text import normalize_ws
 
     for strategy in ("hard", "random", "mixed"):
         sampler = DistractorSampler(course, strategy)

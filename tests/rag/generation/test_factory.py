@@ -254,7 +254,7 @@ def test_fingerprints_follow_the_model_files(tmp_path: Path) -> None:
 def test_backends_declare_what_they_can_do(bundled_folder: Path) -> None:
     local = get_generator(str(bundled_folder))
     remote = get_generator(URL)
-    # parallel: the default ONNX decoder writes concurrent answers in shared passes (rag/generation/engine.py)
+    # parallel: the default ONNX decoder writes concurrent answers in shared passes (rag/generation/decoder/engine.py)
     assert (local.local, local.supports_logprobs, local.parallel_requests, local.small_model) == (True, True, True, True)
     assert (remote.local, remote.supports_logprobs, remote.parallel_requests, remote.small_model) == (
         False, False, True, False)

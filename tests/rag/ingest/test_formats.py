@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from rag.errors import UnreadableFile
 from rag.ingest.chunking import Chunker
-from rag.ingest.loaders import UnreadableFile, load_documents, read_file
+from rag.ingest.loaders import load_documents, read_file
 from rag.ingest.locations import SHARED_LABEL, passage_label
 from rag.ingest.ocr import tesseract_path
 from tests.formatgen import make_docx, make_ipynb, make_pptx, make_scanned_pdf, make_text_pdf

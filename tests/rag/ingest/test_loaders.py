@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rag.errors import RagError
+from rag.common.text import read_lines, read_text
+from rag.errors import RagError, UnreadableFile
 from rag.ingest.chunking import sections
-from rag.ingest.loaders import UnreadableFile, load_documents, read_file, read_lines, read_text, walk_corpus
+from rag.ingest.loaders import load_documents, read_file, walk_corpus
 from tests.pdfgen import make_flate_bomb_pdf, make_pdf
 
 
@@ -289,7 +290,7 @@ def test_remote_images_are_dropped_from_every_text_format(tmp_path: Path):
 def test_read_file_turns_any_loader_error_into_a_reason(tmp_path: Path):
     """The app's upload check calls read_file too: the bomb raised LimitReachedError there, and an HTML page
     BeautifulSoup rejects raised ParserRejectedMarkup everywhere."""
-    from rag.ingest.loaders import UnreadableFile
+    from rag.errors import UnreadableFile
 
     with pytest.raises(UnreadableFile, match="decompression bomb"):
         read_file(Path("bomb.pdf"), "bomb.pdf", make_flate_bomb_pdf())

@@ -6,16 +6,16 @@ keeps the longest prefix it would have chosen itself, plus its own next token. U
 text is the real model's, token for token; only the number of forward passes changes. On this CPU one
 fp32 step of the bundled model costs ~50 ms and a 16-token check ~1.2 steps (weights are read once per
 pass; decoding is bound by memory bandwidth), so every accepted draft token is nearly free. Not so on a
-decoder whose matrices are packed 4-bit blocks (rag/generation/packing.py): ONNX Runtime's fp32 4-bit
+decoder whose matrices are packed 4-bit blocks (rag/generation/decoder/packing.py): ONNX Runtime's fp32 4-bit
 kernel is fast for one token only, a check of several costs 2.5-4x a step, and speculating there was
 slower than one token per pass (1.9-2.0x against 2.8x transformers' decode): off by default there.
 
-Two proposers, tried in this order (rag/generation/engine.py):
+Two proposers, tried in this order (rag/generation/decoder/engine.py):
 
 * prompt lookup (Saxena 2023, "Prompt Lookup Decoding"; transformers' `prompt_lookup_num_tokens`): the last
   n tokens (n = 3, then 2) appeared earlier in the prompt or the answer; propose what followed them there.
   Free, and RAG answers copy their passages' wording often.
-* a draft model: the same model with int8 weights (rag/generation/onnx.py), reading the real model's
+* a draft model: the same model with int8 weights (rag/generation/decoder/onnx.py), reading the real model's
   key/value cache. It agreed with the fp32 model on 97% of next tokens on a 1,400-token prompt and costs
   about half a step, so it pays only in long accepted runs: its draft length adapts like transformers'
   "heuristic" schedule for assisted generation (+2 after a fully accepted draft, -1 otherwise).

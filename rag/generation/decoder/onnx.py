@@ -4,8 +4,8 @@ Measured by `python bench/generation.py` (bundled SmolLM2-135M, a 1,407-token RA
 tokens, 1 thread, contenders in separate processes interleaved per round; README "Speed" has the table):
 transformers `generate` pays per-operation overhead on 30 layers of tiny matrix-vector products. Against
 it, one fp32 ONNX step per token decodes 2.0x faster, bound by reading 540 MB of weights per step; the same
-weights stored as the exact 4-bit blocks they came from (rag/generation/packing.py, the default) 2.8x, with
-the same greedy text. Speculating (rag/generation/speculative.py) took the plain fp32 decoder to 2.4x but
+weights stored as the exact 4-bit blocks they came from (rag/generation/decoder/packing.py, the default) 2.8x, with
+the same greedy text. Speculating (rag/generation/decoder/speculative.py) took the plain fp32 decoder to 2.4x but
 slows the packed one (1.9-2.0x): its passes of several tokens cost 2.5-4x a one-token pass. int8 (2.5x) and
 int4 (3.8x) decoders change the text; llama.cpp on the Q4_1 GGUF decodes 4.2x faster but pre-fills 2.1x
 slower. OpenVINO, a static KV cache with `torch.compile`, torch.ao dynamic int8 and bf16 weights were
@@ -13,7 +13,7 @@ slower or changed the greedy text (an earlier session; not part of bench/generat
 
 How: the prompt goes through the transformers model as before (same first token, cancellable within a
 layer, prompt cache of rag/generation/prefill.py), each row's key/value cache is copied once into the
-preallocated buffers of this decoder's DecodeEngine (rag/generation/engine.py), and every further pass is
+preallocated buffers of this decoder's DecodeEngine (rag/generation/decoder/engine.py), and every further pass is
 one `InferenceSession` run of the decoder written by onnxruntime-genai's model builder, whose
 GroupQueryAttention writes into those buffers in place. The engine writes concurrent answers in shared
 passes (continuous batching: what `rag serve` runs). Token selection reuses transformers' own logits
@@ -29,7 +29,7 @@ shipped course adapter, `bundled-raft`, what `rag ask` runs on that course) has 
 decoder is the unpacked one with the int8 draft (2.4x).
 
 Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers' greedy
-text token for token (tests/rag/generation/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
+text token for token (tests/rag/generation/decoder/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
 in blocks of 32, int8 activations) drift after the first token (3 and 0 of 12, lower token F1): opt-in.
 "transformers" is plain `model.generate` (no build, no second copy of the weights, one answer at a time).
 """
@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import GeneratorError
-from rag.generation.engine import DecodeEngine, DecodeSequence
+from rag.generation.decoder.engine import DecodeEngine, DecodeSequence
 from rag.generation.models import LoadedModel
-from rag.generation.onnx_build import DECODER_ENV, build_onnx_decoder, is_packed
+from rag.generation.decoder.build import DECODER_ENV, build_onnx_decoder, is_packed
 from rag.generation.prefill import output_cache, read_prompt
 
 #: Decoders a LocalGenerator can use: an ONNX precision, or "transformers" (plain `model.generate`).
@@ -57,7 +57,7 @@ DECODERS = ("int4", "int8", "fp32", "transformers")
 #: What "auto" means when $RAG_DECODER is unset: the fastest decoder whose greedy text equals transformers'
 #: (bench/generation.py, README "Speed").
 DEFAULT_DECODER = "fp32"
-#: Proposers of speculative decoding (rag/generation/speculative.py), and the default under "auto": none for
+#: Proposers of speculative decoding (rag/generation/decoder/speculative.py), and the default under "auto": none for
 #: a decoder of packed 4-bit blocks (its passes of several tokens cost 2.5-4x a
 #: one-token pass: speculating made it slower, 1.96x against 2.81x transformers' decode), else the int8 draft.
 DRAFTS = ("int8", "int4", "lookup", "off")
@@ -115,7 +115,7 @@ class OnnxDecoder:
         :param onnx_dir: a folder from `build_onnx_decoder` for the same model.
         :param threads: ONNX Runtime intra-op threads (LocalGenerator passes torch's thread count).
         :param draft_dir: a cheaper decoder of the same model proposing tokens for speculative decoding
-            (rag/generation/speculative.py), or None (prompt lookup only).
+            (rag/generation/decoder/speculative.py), or None (prompt lookup only).
         :param speculate: False = one token per pass, never speculating (RAG_DRAFT=off).
         :raises GeneratorError: when an ONNX model cannot be opened or does not match the model's shape.
         """
@@ -185,7 +185,7 @@ class OnnxDecoder:
         """Continue left-padded prompts, with `model.generate`'s meaning for every argument it takes.
 
         `loaded`'s model reads the prompts inside `reading()`; every row then becomes a DecodeSequence of
-        this decoder's DecodeEngine (rag/generation/engine.py), written together with any other answers.
+        this decoder's DecodeEngine (rag/generation/decoder/engine.py), written together with any other answers.
 
         :param input_ids: LongTensor [batch, prompt_len], left-padded.
         :param attention_mask: LongTensor [batch, prompt_len], 0 on padding (None = no padding).
@@ -207,23 +207,44 @@ class OnnxDecoder:
         :raises: whatever `interrupt` or `reading()` raise when cancelled.
         """
         import torch
-        from transformers import (
-            LogitsProcessorList,
-            MinNewTokensLengthLogitsProcessor,
-            RepetitionPenaltyLogitsProcessor,
-            StoppingCriteriaList,
-            StopStringCriteria,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
 
-        model = loaded.model
         batch, width = input_ids.shape
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         lengths = mask.sum(dim=1).tolist()
+        scores, kvs = self._prefill(loaded, input_ids, mask, lengths, reading)
+        eos_ids = eos_token_ids(loaded)
+        pad = pad_token_id if pad_token_id is not None else min(eos_ids) if eos_ids else 0
+        on_token = (lambda token: streamer.put(torch.tensor([token]))) if streamer is not None and batch == 1 else None
+        sequences = [DecodeSequence(input_ids[row, width - n:].tolist(), kvs[row], scores[row],
+                                    logits_processors(int(n), eos_ids, min_new_tokens, repetition_penalty, do_sample,
+                                                      temperature, top_k, top_p),
+                                    stopping(stopping_criteria, stop_strings, tokenizer), eos_ids, max_new_tokens,
+                                    do_sample, on_token, interrupt)
+                     for row, n in enumerate(lengths)]
+        del kvs
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        try:
+            self.engine.run(sequences)
+        finally:
+            if streamer is not None:
+                streamer.end()
+        return answers_tensor(input_ids, sequences, pad)
+
+    def _prefill(self, loaded: LoadedModel, input_ids: Any, mask: Any, lengths: list[int],
+                 reading: Callable[[], AbstractContextManager[Any]] | None) -> tuple[Any, list[list[tuple[Any, Any]]]]:
+        """Read the prompts through the transformers model, inside `reading()`.
+
+        :param input_ids: LongTensor [batch, prompt_len], left-padded; `mask` its attention mask.
+        :param lengths: each row's real (unpadded) token count.
+        :returns: (scores, kvs): fp32 logits of each row's next token [batch, vocab], and per row, per layer,
+            the (keys, values) of its real tokens, fp32 [kv_heads, length, head_dim].
+        """
+        import torch
+
+        model, width = loaded.model, input_ids.shape[1]
         with reading() if reading is not None else contextlib.nullcontext(), torch.inference_mode():
-            if batch == 1 and bool(mask.all()):  # one prompt: reuse the last prompt's cache where it matches
+            if input_ids.shape[0] == 1 and bool(mask.all()):  # one prompt: reuse the last prompt's cache where it fits
                 out = read_prompt(model, loaded.prompt_cache, input_ids)
             else:  # the same position ids `model.generate` gives a left-padded prompt
                 positions = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
@@ -237,46 +258,72 @@ class OnnxDecoder:
                      cache.layers[layer].values[row, :, width - n:].to(torch.float32))
                     for layer in range(self.layers)] for row, n in enumerate(lengths)]
             del out, cache
+        return scores, kvs
 
-        eos = model.generation_config.eos_token_id
-        eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                   *([loaded.tokenizer.eos_token_id] if loaded.tokenizer.eos_token_id is not None else [])}
+
+def eos_token_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end an answer: the model's generation config's EOS ids and the tokenizer's EOS."""
+    eos = loaded.model.generation_config.eos_token_id
+    return {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+            *([loaded.tokenizer.eos_token_id] if loaded.tokenizer.eos_token_id is not None else [])}
+
+
+def logits_processors(prompt_len: int, eos_ids: set[int], min_new_tokens: int, repetition_penalty: float,
+                      do_sample: bool, temperature: float, top_k: int, top_p: float) -> Any:
+    """One row's transformers LogitsProcessorList, built as `model.generate` builds it for these arguments.
+
+    :param prompt_len: the row's real prompt tokens (MinNewTokensLengthLogitsProcessor counts from there).
+    :returns: the processors in `model.generate`'s order: min new tokens, repetition penalty, then (when
+        sampling) temperature, top-k, top-p; an empty list for plain greedy decoding.
+    """
+    import torch
+    from transformers import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if min_new_tokens:
         eos_tensor = torch.tensor(sorted(eos_ids), dtype=torch.long)
-        pad = pad_token_id if pad_token_id is not None else min(eos_ids) if eos_ids else 0
-        sequences = []
-        for row, n in enumerate(lengths):
-            processors = LogitsProcessorList()
-            if min_new_tokens:
-                processors.append(MinNewTokensLengthLogitsProcessor(int(n), min_new_tokens, eos_tensor))
-            if repetition_penalty != 1.0:
-                processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
-            if do_sample:
-                if temperature != 1.0:
-                    processors.append(TemperatureLogitsWarper(temperature))
-                if top_k:
-                    processors.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-                if top_p < 1.0:
-                    processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-            criteria = StoppingCriteriaList(list(stopping_criteria or []))
-            if stop_strings:
-                criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)))
-            on_token = (lambda token: streamer.put(torch.tensor([token]))) if streamer is not None and batch == 1 else None
-            sequences.append(DecodeSequence(input_ids[row, width - n:].tolist(), kvs[row], scores[row], processors,
-                                            criteria, eos_ids, max_new_tokens, do_sample, on_token, interrupt))
-        del kvs
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        try:
-            self.engine.run(sequences)
-        finally:
-            if streamer is not None:
-                streamer.end()
-        new = max(len(s.new_tokens) for s in sequences)
-        result = torch.full((batch, width + new), pad, dtype=torch.long)
-        result[:, :width] = input_ids
-        for row, seq in enumerate(sequences):
-            result[row, width:width + len(seq.new_tokens)] = torch.tensor(seq.new_tokens, dtype=torch.long)
-        return result
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_len, min_new_tokens, eos_tensor))
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return processors
+
+
+def stopping(stopping_criteria: Any, stop_strings: list[str] | None, tokenizer: Any) -> Any:
+    """One row's StoppingCriteriaList: the caller's criteria, then its stop strings (StopStringCriteria)."""
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
+    criteria = StoppingCriteriaList(list(stopping_criteria or []))
+    if stop_strings:
+        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)))
+    return criteria
+
+
+def answers_tensor(input_ids: Any, sequences: list[DecodeSequence], pad: int) -> Any:
+    """`model.generate`'s output: LongTensor [batch, prompt_len + longest answer], each row its prompt, its
+    answer's tokens, then `pad`."""
+    import torch
+
+    batch, width = input_ids.shape
+    new = max(len(s.new_tokens) for s in sequences)
+    result = torch.full((batch, width + new), pad, dtype=torch.long)
+    result[:, :width] = input_ids
+    for row, seq in enumerate(sequences):
+        result[row, width:width + len(seq.new_tokens)] = torch.tensor(seq.new_tokens, dtype=torch.long)
+    return result
 
 
 def resolve_draft(name: str | None, precision: str, packed: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""The ONNX Runtime decoder (rag/generation/onnx.py) and the prompt cache (rag/generation/prefill.py), against
+"""The ONNX Runtime decoder (rag/generation/decoder/onnx.py) and the prompt cache (rag/generation/prefill.py), against
 the real bundled model, real ONNX decoders built by onnxruntime-genai's builder, and a real merged LoRA model
 (no mocks). Speed is measured by bench/generation.py, never asserted here."""
 
@@ -13,10 +13,17 @@ import torch
 
 from rag.errors import GeneratorError
 from rag.generation.base import GenerationCancelled, GenerationParams, cancel_scope
+from rag.generation.decoder import (
+    DECODER_ENV,
+    DRAFT_ENV,
+    build_onnx_decoder,
+    is_packed,
+    prune_stale_decoders,
+    resolve_decoder,
+    resolve_draft,
+)
 from rag.generation.local import LocalGenerator
 from rag.generation.models import bundled_gguf_path, convert_gguf
-from rag.generation.onnx import DECODER_ENV, DRAFT_ENV, resolve_decoder, resolve_draft
-from rag.generation.onnx_build import build_onnx_decoder, is_packed, prune_stale_decoders
 
 pytestmark = pytest.mark.llm
 
@@ -133,7 +140,7 @@ def test_a_damaged_decoder_is_rebuilt_and_every_build_says_so(root: Path, fp32: 
 
 
 def test_a_decoder_that_cannot_open_is_a_one_line_error(fp32: LocalGenerator, tmp_path: Path) -> None:
-    from rag.generation.onnx import OnnxDecoder
+    from rag.generation.decoder import OnnxDecoder
 
     garbage = tmp_path / "garbage"
     garbage.mkdir()
@@ -388,7 +395,7 @@ def _draft(root: Path, draft: str) -> LocalGenerator:
 
 
 def test_prompt_lookup_proposes_what_followed_the_latest_match() -> None:
-    from rag.generation.speculative import next_draft_length, prompt_lookup
+    from rag.generation.decoder.speculative import next_draft_length, prompt_lookup
 
     assert prompt_lookup([5, 6, 7, 8, 9, 1, 6, 7], max_tokens=2) == [8, 9]
     assert prompt_lookup([1, 2, 3, 9, 1, 2, 3, 7, 4, 1, 2, 3]) == [7, 4, 1, 2, 3]  # the latest occurrence
@@ -476,7 +483,7 @@ def test_builder_command_is_accepted_by_the_builder(options: list[str], monkeypa
     untied embeddings, as the teacher, has none; an empty `--extra_options` is refused)."""
     from onnxruntime_genai.models import builder
 
-    from rag.generation.onnx_build import builder_command
+    from rag.generation.decoder.build import builder_command
 
     argv = builder_command(tmp_path / "model", tmp_path / "out", "fp32", options)
     monkeypatch.setattr("sys.argv", argv[2:])

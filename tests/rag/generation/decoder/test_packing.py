@@ -1,4 +1,4 @@
-"""Lossless 4-bit packing of fp32 matrices that were dequantized from GGUF blocks (rag/generation/packing.py).
+"""Lossless 4-bit packing of fp32 matrices that were dequantized from GGUF blocks (rag/generation/decoder/packing.py).
 
 Real ONNX models run by the real ONNX Runtime; the weights are made the way GGUF's Q4_1 / Q8_0 dequantize
 (w = d*q + m, w = d*q with fp16 d and m). The bundled model's own decoder is checked in test_onnx.py.
@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from rag.generation.packing import BLOCK, exact_blocks, exact_int8_blocks, pack_exact_blocks
+from rag.generation.decoder.packing import BLOCK, exact_blocks, exact_int8_blocks, pack_exact_blocks
 
 K, N = 4 * BLOCK, 48
 

@@ -19,7 +19,7 @@ has 8 bits, but its fp32 arithmetic has no fast kernel - 3.6 ms against 0.05 ms 
 ONNX Runtime 1.32 - and its fast one quantizes the activations.)
 
 The weights are the same numbers; the products are summed in another order (as between any two fp32
-kernels), so the greedy text is checked like the fp32 decoder's (tests/rag/generation/test_onnx.py, the
+kernels), so the greedy text is checked like the fp32 decoder's (tests/rag/generation/decoder/test_onnx.py, the
 bench's fidelity set).
 
 Written by hand: ONNX Runtime's quantizers (MatMulNBitsQuantizer, the genai builder's int4) quantize the
@@ -116,6 +116,69 @@ def _planes(weight: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], np
     return None
 
 
+def _packed_matmul(node: Any, shape: tuple[int, int], planes: list[tuple[np.ndarray, np.ndarray]],
+                   offsets: np.ndarray, block_sums: dict[tuple[str, int], str],
+                   ones: dict[int, str]) -> tuple[list[Any], list[Any]]:
+    """The nodes and constants that replace one MatMul `node` of weight [K, N] = `shape` by its 4-bit planes.
+
+    y = sum over planes of MatMulNBits(x, plane) + BlockSums(x) @ offsets, where BlockSums(x) [.., K/32] is x
+    multiplied by a [K, K/32] matrix of ones per block. `block_sums` ((input, K) -> its block-sums output) and
+    `ones` (K -> the ones matrix) are shared across the MatMuls of one graph and filled here when new.
+
+    :param planes: from `_planes`: [(q uint8 [N, K/32, 32], scale float32 [N, K/32]), ...]; offsets [N, K/32].
+    :returns: (nodes in execution order, new initializers).
+    """
+    from onnx import helper, numpy_helper
+
+    k, n = shape
+    nodes: list[Any] = []
+    added: list[Any] = []
+    x, y, base = node.input[0], node.output[0], node.name or node.output[0]
+    key = (x, k)
+    if key not in block_sums:
+        if k not in ones:  # [K, K/32]: 1 where input k is in block b; one per width, shared by every layer
+            ones[k] = f"packing.block_ones.{k}"
+            added.append(numpy_helper.from_array(
+                np.kron(np.eye(k // BLOCK, dtype=np.float32), np.ones((BLOCK, 1), np.float32)), ones[k]))
+        block_sums[key] = f"{base}.block_sums"
+        nodes.append(helper.make_node("MatMul", [x, ones[k]], [block_sums[key]], name=f"{base}/BlockSums"))
+    added.append(numpy_helper.from_array(np.ascontiguousarray(offsets.T, dtype=np.float32), f"{base}.offsets"))
+    nodes.append(helper.make_node("MatMul", [block_sums[key], f"{base}.offsets"], [f"{y}.offsets"],
+                                  name=f"{base}/Offsets"))
+    total = f"{y}.offsets"
+    for i, (q, scale) in enumerate(planes):
+        added += [numpy_helper.from_array((q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), f"{base}.q4.{i}"),
+                  numpy_helper.from_array(np.ascontiguousarray(scale, dtype=np.float32).reshape(-1),
+                                          f"{base}.scales.{i}")]
+        out = y if i == len(planes) - 1 else f"{y}.sum.{i}"
+        nodes += [helper.make_node("MatMulNBits", [x, f"{base}.q4.{i}", f"{base}.scales.{i}"], [f"{y}.plane.{i}"],
+                                   name=f"{base}/Q4.{i}", domain="com.microsoft", K=k, N=n, bits=4,
+                                   block_size=BLOCK, accuracy_level=1),
+                  helper.make_node("Add", [f"{y}.plane.{i}", total], [out], name=f"{base}/Add.{i}")]
+        total = out
+    return nodes, added
+
+
+def _save_packed(model: Any, folder: Path, nodes: list[Any], added: list[Any], dropped: set[str]) -> None:
+    """Write `model` with its graph's nodes replaced by `nodes`, `added` initializers appended and the `dropped`
+    ones (weights no node reads any more) removed, over `folder`/model.onnx and its weights file."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    kept = [t for t in graph.initializer if t.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend([*kept, *added])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    data = folder / "model.onnx.data"
+    data.unlink()  # onnx appends to an existing weights file
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=data.name, size_threshold=1024)
+
+
 def pack_exact_blocks(folder: Path, min_share: float = 0.5) -> PackReport:
     """Rewrite `folder`/model.onnx (+ model.onnx.data) in place: every MatMul whose constant weight is exact
     4-bit blocks (`exact_blocks`) becomes MatMulNBits plus the block-offset product; the rest is unchanged.
@@ -133,7 +196,7 @@ def pack_exact_blocks(folder: Path, min_share: float = 0.5) -> PackReport:
     :raises OSError: when the folder cannot be read or written; ValueError (onnx) for a malformed model.
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     data = folder / "model.onnx.data"
     before = data.stat().st_size
@@ -161,44 +224,14 @@ def pack_exact_blocks(folder: Path, min_share: float = 0.5) -> PackReport:
             nodes.append(node)
             continue
         planes, offsets = found
-        k, n = weight.shape
-        x, y, base = node.input[0], node.output[0], node.name or node.output[0]
-        key = (x, k)
-        if key not in block_sums:
-            if k not in ones:  # [K, K/32]: 1 where input k is in block b; one per width, shared by every layer
-                ones[k] = f"packing.block_ones.{k}"
-                added.append(numpy_helper.from_array(
-                    np.kron(np.eye(k // BLOCK, dtype=np.float32), np.ones((BLOCK, 1), np.float32)), ones[k]))
-            block_sums[key] = f"{base}.block_sums"
-            nodes.append(helper.make_node("MatMul", [x, ones[k]], [block_sums[key]], name=f"{base}/BlockSums"))
-        added.append(numpy_helper.from_array(np.ascontiguousarray(offsets.T, dtype=np.float32), f"{base}.offsets"))
-        nodes.append(helper.make_node("MatMul", [block_sums[key], f"{base}.offsets"], [f"{y}.offsets"],
-                                      name=f"{base}/Offsets"))
-        total = f"{y}.offsets"
-        for i, (q, scale) in enumerate(planes):
-            added += [numpy_helper.from_array((q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), f"{base}.q4.{i}"),
-                      numpy_helper.from_array(np.ascontiguousarray(scale, dtype=np.float32).reshape(-1),
-                                              f"{base}.scales.{i}")]
-            out = y if i == len(planes) - 1 else f"{y}.sum.{i}"
-            nodes += [helper.make_node("MatMulNBits", [x, f"{base}.q4.{i}", f"{base}.scales.{i}"], [f"{y}.plane.{i}"],
-                                       name=f"{base}/Q4.{i}", domain="com.microsoft", K=k, N=n, bits=4,
-                                       block_size=BLOCK, accuracy_level=1),
-                      helper.make_node("Add", [f"{y}.plane.{i}", total], [out], name=f"{base}/Add.{i}")]
-            total = out
+        new_nodes, new_constants = _packed_matmul(node, weight.shape, planes, offsets, block_sums, ones)
+        nodes += new_nodes
+        added += new_constants
         readers[node.input[1]] -= 1
         if readers[node.input[1]] == 0:
             dropped.add(node.input[1])
         exact += 1
     packed = exact if matrices and exact > min_share * matrices else 0
     if packed:
-        kept = [t for t in graph.initializer if t.name not in dropped]
-        del graph.initializer[:]
-        graph.initializer.extend([*kept, *added])
-        del graph.node[:]
-        graph.node.extend(nodes)
-        if not any(o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        data.unlink()  # onnx appends to an existing weights file
-        onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data.name, size_threshold=1024)
+        _save_packed(model, folder, nodes, added, dropped)
     return PackReport(packed, exact, matrices, before, data.stat().st_size)

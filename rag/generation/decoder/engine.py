@@ -1,7 +1,7 @@
 """The decode loop of the ONNX decoder: continuous batching of concurrent answers, speculative decoding of a
 lone one.
 
-Every answer the ONNX decoder writes (rag/generation/onnx.py) is a `DecodeSequence` handed to one
+Every answer the ONNX decoder writes (rag/generation/decoder/onnx.py) is a `DecodeSequence` handed to one
 `DecodeEngine` per decoder, whose thread runs the forward passes:
 
 * Continuous batching (Yu et al. 2022, "Orca"; vLLM's scheduler): sequences join and leave between
@@ -11,7 +11,7 @@ Every answer the ONNX decoder writes (rag/generation/onnx.py) is a `DecodeSequen
   buffer per layer, [sequences, kv_heads, capacity, head_dim]; ONNX Runtime's GroupQueryAttention reads
   row b up to its own length (attention_mask), writes in place, and rows of different lengths need no
   padding. The buffer is rebuilt (rows copied) only when a sequence joins or leaves.
-* Speculative decoding (rag/generation/speculative.py) while a greedy sequence runs alone, unless the
+* Speculative decoding (rag/generation/decoder/speculative.py) while a greedy sequence runs alone, unless the
   decoder says otherwise (`speculate`): prompt lookup or a draft model proposes tokens, one pass of the
   real model checks them all, and the sequence keeps the longest prefix the real model would have chosen
   plus the real model's own next token - the same text as one token per pass.
@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from rag.generation.speculative import (
+from rag.generation.decoder.speculative import (
     DRAFT_MAX,
     DRAFT_START,
     LOOKUP_TOKENS,

@@ -1,8 +1,8 @@
-"""Building the ONNX decoder of a transformers model folder once, into the model cache (rag/generation/onnx.py runs it).
+"""Building the ONNX decoder of a transformers model folder once, into the model cache (decoder/onnx.py runs it).
 
 onnxruntime-genai's model builder writes the decoder (CPU target, fp32/int8/int4 weights) in a subprocess,
 whose progress is turned into a few lines on stderr; an fp32 decoder's exact 4-bit matrices are then
-packed (rag/generation/packing.py). The folder is named by the source's fingerprint (its weights' sizes
+packed (rag/generation/decoder/packing.py). The folder is named by the source's fingerprint (its weights' sizes
 and times, the builder's version, _FORMAT) and validated by its manifest, so a changed model, builder or
 format is rebuilt and a damaged folder is never used; builds that nothing can use again are pruned.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from rag.common.atomic import write_json_atomic
 from rag.errors import GeneratorError
 from rag.generation.models import default_cache_dir, publish_cached
-from rag.generation.packing import pack_exact_blocks
+from rag.generation.decoder.packing import pack_exact_blocks
 
 #: Weights an ONNX decoder can have.
 PRECISIONS = ("int4", "int8", "fp32")
@@ -169,7 +169,7 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
     (models.publish_cached), so an interrupted build never leaves a half cache and none is built twice;
     then deletes the decoders in the same cache whose model folder is gone or changed (prune_stale_decoders).
     An fp32 decoder's matrices that are exact 4-bit blocks (a model from a Q4_1 GGUF, like the bundled one)
-    are then stored as such (rag/generation/packing.py): same weights, a fraction of the bytes per step.
+    are then stored as such (rag/generation/decoder/packing.py): same weights, a fraction of the bytes per step.
 
     :param model_dir: a folder with config.json and safetensors weights (the GGUF cache, a merged model).
     :param precision: "int4", "int8" or "fp32" (weights of the ONNX decoder).
