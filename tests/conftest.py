@@ -6,9 +6,12 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fake_openai import FakeServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -91,6 +94,15 @@ def settings(tmp_path: Path):
     from rag.config import Settings
 
     return Settings(index_dir=tmp_path / "index", corpus_dir=tmp_path / "corpus")
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeServer]:
+    """The suite's fake OpenAI-compatible server (tests/fake_openai.py) for one test: it answers "ok" until
+    told otherwise with `play`, and is closed after the test."""
+    server = FakeServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")
