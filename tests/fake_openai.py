@@ -31,10 +31,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(ipv6: bool = False) -> int:
+    """A TCP port on 127.0.0.1 (::1 if `ipv6`) that nothing listens on (at the time of asking)."""
+    with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as s:
+        s.bind(("::1" if ipv6 else "127.0.0.1", 0))
         return s.getsockname()[1]
 
 
