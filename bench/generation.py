@@ -42,7 +42,9 @@ and the longest gap between two pieces of one stream.
                                [--server-answer-mode grounded,free] [--server-tokens 64]
                                [--only engines,cold,server] [--quick]
 
-Writes bench/results/generation.json and generation.md (or generation_<--tag>.*).
+Writes bench/results/generation.json and generation.md (or generation_<--tag>.*). The kept results:
+generation.* (parts 1-2, `--only engines`) and generation_cold_server.* (parts 3-4, `--only cold,server
+--tag cold_server`).
 """
 
 from __future__ import annotations
