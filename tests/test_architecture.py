@@ -5,12 +5,15 @@
 - no private name (`_x`) imported from another module;
 - no module over 500 lines;
 
-in the product (rag/, raft/, ui/) and the benchmarks (bench/, a package run as `python -m bench.<name>`).
+in the product (rag/, raft/, ui/) and the benchmarks (bench/, a package run as `python -m bench.<name>`);
+- no sys.path edits in bench/ (its modules import each other as `bench.<name>`);
+- no issue numbers in the product's docstrings and comments (the why stays, the history goes to docs/results).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -111,4 +114,20 @@ def test_answering_flows_one_way() -> None:
         here, there = stage(m), stage(target)
         if here is not None and there is not None and there > here:
             bad.append(f"{path.relative_to(ROOT)} ({ANSWERING_FLOW[here]}) imports {target}, a later stage")
+    assert not bad, "\n".join(bad)
+
+
+def test_bench_is_a_package_without_sys_path_edits() -> None:
+    assert (ROOT / "bench" / "__init__.py").is_file()
+    bad = [str(p.relative_to(ROOT)) for p in (ROOT / "bench").glob("*.py") if "sys.path" in p.read_text(encoding="utf-8")]
+    assert not bad, "edits sys.path: " + ", ".join(bad)
+
+
+ISSUE = re.compile(r"\bissues? ?#?\d+", re.IGNORECASE)
+
+
+def test_no_issue_numbers_in_product_code() -> None:
+    bad = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for package in ("rag", "raft", "ui")
+           for p in sorted((ROOT / package).rglob("*.py"))
+           for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if ISSUE.search(line)]
     assert not bad, "\n".join(bad)
