@@ -13,8 +13,8 @@ median passage characters and index build seconds.
 
 Run (from the project folder, ~5 min on 2 cores):
     . .venv/bin/activate
-    python eval/retrieval_benchmark.py                    # default vs LangChain, all sets
-    python eval/retrieval_benchmark.py --ablations        # + each change of issue 13 switched off alone
+    python -m eval.retrieval_benchmark                    # default vs LangChain, all sets
+    python -m eval.retrieval_benchmark --ablations        # + each change of issue 13 switched off alone
 Writes eval/results/retrieval_benchmark.md and .json, and the drawn cloze questions (cloze_questions.jsonl).
 """
 
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

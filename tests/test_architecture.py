@@ -5,8 +5,9 @@
 - no private name (`_x`) imported from another module;
 - no module over 500 lines;
 
-in the product (rag/, raft/, ui/) and the benchmarks (bench/, a package run as `python -m bench.<name>`);
-- no sys.path edits in bench/ (its modules import each other as `bench.<name>`);
+in the product (rag/, raft/, ui/) and the benchmarks (bench/ and eval/, packages run as `python -m bench.<name>`,
+  `python -m eval.<name>`);
+- no sys.path edits in bench/ or eval/ (their modules import each other as `bench.<name>`, `eval.<name>`);
 - no issue numbers in the product's docstrings and comments (the why stays, the history goes to docs/results).
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-PACKAGES = ("rag", "raft", "ui", "bench")
+PACKAGES = ("rag", "raft", "ui", "bench", "eval")
 MAX_LINES = 500
 
 
@@ -117,9 +118,11 @@ def test_answering_flows_one_way() -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_bench_is_a_package_without_sys_path_edits() -> None:
-    assert (ROOT / "bench" / "__init__.py").is_file()
-    bad = [str(p.relative_to(ROOT)) for p in (ROOT / "bench").glob("*.py") if "sys.path" in p.read_text(encoding="utf-8")]
+def test_benchmarks_are_packages_without_sys_path_edits() -> None:
+    for folder in ("bench", "eval"):
+        assert (ROOT / folder / "__init__.py").is_file(), folder
+    bad = [str(p.relative_to(ROOT)) for folder in ("bench", "eval") for p in (ROOT / folder).glob("*.py")
+           if "sys.path" in p.read_text(encoding="utf-8")]
     assert not bad, "edits sys.path: " + ", ".join(bad)
 
 
