@@ -49,7 +49,8 @@ def sse(*contents: str, done: bool = True, finish_reason: str | None = None) -> 
     """A chat.completion.chunk event stream: a role delta, one delta per item of `contents`, the last one
     carrying `finish_reason` if given, then [DONE] unless `done` is False."""
     events = [_event({"role": "assistant"})]
-    events += [_event({"content": c}, finish_reason if i == len(contents) - 1 else None) for i, c in enumerate(contents)]
+    last = len(contents) - 1
+    events += [_event({"content": c}, finish_reason if i == last else None) for i, c in enumerate(contents)]
     return ("".join(events) + ("data: [DONE]\n\n" if done else "")).encode()
 
 
