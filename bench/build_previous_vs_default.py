@@ -1,6 +1,6 @@
-"""Index build time of the shipped defaults against the previous defaults (issue 13), same code, same run.
+"""Index build time of the shipped defaults against the previous defaults, same code, same run.
 
-The previous defaults are the Settings overrides that switch issue 13's indexing changes off: a chunk per
+The previous defaults are the Settings overrides that switch the packed-passage indexing changes off: a chunk per
 heading section (no packing), the heading path embedded, no child windows. (The previous chunker did not
 keep the heading line in the chunk text; this one does, a few tokens per chunk.) Each round builds both
 from scratch into fresh temp index dirs, in rotated order, after waiting for the machine to go quiet;

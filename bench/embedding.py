@@ -1,4 +1,4 @@
-"""Embedder backends on the course's chunks: speed, agreement and dense recall (issue 16, part 2).
+"""Embedder backends on the course's chunks: speed, agreement and dense recall.
 
 Backends, all on the bundled all-MiniLM-L6-v2 and the chunks of an index (their `embed_text`, as indexed):
   st-fp32      sentence-transformers, float32 (the reference vectors);

@@ -4,7 +4,7 @@ under concurrent load, in one run.
 Part 1, engines: the same 5-passage RAG prompt (token ids, identical for everyone) goes to each contender,
 which must write exactly --tokens new tokens (EOS masked), greedy with repetition penalty 1.1:
 
-* transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
+* transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before the ONNX decoder
 * ours-int4 / ours-int8 LocalGenerator's quantised ONNX decoders (with prompt lookup)
 * ours-fp32plain-off    the fp32 ONNX decoder before 4-bit packing (rag/generation/packing.py), one token per pass
 * ours-fp32plain        ... speculating with prompt lookup and the int8 draft model (the default before packing)

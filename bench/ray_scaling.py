@@ -20,7 +20,7 @@ From the measured per-worker rates it writes an estimate for 1 million chunks on
 share extrapolated linearly from this run.
 
 The 20x corpus: every file of corpus/ copied into copy00/ .. copy19/, each copy with a first line
-`<!-- copy NN -->` so its bytes differ: `rag index` indexes identical files once (issue 11), and a plain
+`<!-- copy NN -->` so its bytes differ: `rag index` indexes identical files once, and a plain
 copy would be skipped as "same content".
 
 Run (from /work/main, with the ray extra: pip install -e '.[ray]'):

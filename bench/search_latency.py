@@ -17,7 +17,7 @@ same process.
 
 How the indexes are made: the real chunks of corpus/ (as our chunker cuts them) plus synthetic chunks
 made by recombining random sentences of the real ones into passages of real-chunk length, under real
-section labels. With the default child windows (issue 13) the real chunks are children of larger
+section labels. With the default child windows the real chunks are children of larger
 passages; synthetic chunks are then grouped into passages of the real average number of children, so
 the search groups children into passages and collapses near-duplicates as it does on a real index. BM25 is always real (bm25s over the synthetic texts). Dense vectors: the 1k index is
 embedded with the real model; the 10k and 100k indexes use RANDOM UNIT VECTORS (embedding 100k passages

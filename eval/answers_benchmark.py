@@ -1,4 +1,4 @@
-"""Answer quality of the generators, grounded vs free (issue 14), on the quiz set of the retrieval benchmark.
+"""Answer quality of the generators, grounded vs free, on the quiz set of the retrieval benchmark.
 
 The course is indexed without its quiz files and without the asked items (rag.evaluation.sets.make_quiz_set);
 each quiz question of QUESTIONS is asked. Per model: multiple-choice accuracy closed book and with the
