@@ -1,7 +1,7 @@
 """Shared helpers for the bench/ scripts: timing, load accounting, markdown tables, JSON results.
 
-Not a benchmark itself. The scripts import it as `benchutil` (they are run as `python bench/<script>.py`,
-which puts bench/ on sys.path).
+Not a benchmark itself. The scripts import it first (`from bench import benchutil as bu`): importing it sets
+HF_HUB_OFFLINE before any Hugging Face import. They are run from the repository root as `python -m bench.<name>`.
 """
 
 from __future__ import annotations

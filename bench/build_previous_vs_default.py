@@ -1,6 +1,6 @@
-"""Index build time of the shipped defaults against the previous defaults (issue 13), same code, same run.
+"""Index build time of the shipped defaults against the previous defaults, same code, same run.
 
-The previous defaults are the Settings overrides that switch issue 13's indexing changes off: a chunk per
+The previous defaults are the Settings overrides that switch the packed-passage indexing changes off: a chunk per
 heading section (no packing), the heading path embedded, no child windows. (The previous chunker did not
 keep the heading line in the chunk text; this one does, a few tokens per chunk.) Each round builds both
 from scratch into fresh temp index dirs, in rotated order, after waiting for the machine to go quiet;
@@ -10,7 +10,7 @@ chunk is embedded). The embedder is loaded and warmed up before any timing.
 
 Run (from the project folder, ~3 min when idle):
     . .venv/bin/activate
-    python bench/build_previous_vs_default.py [--rounds 3] [--copies 5] [--no-wait]
+    python -m bench.build_previous_vs_default [--rounds 3] [--copies 5] [--no-wait]
 Writes bench/results/build_previous_vs_default.{json,md}.
 """
 
@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchutil as bu
+from bench import benchutil as bu
 
 PREVIOUS = {"merge_sections": False, "embed_headings": True, "child_tokens": 0}
 GOAL = 1.3

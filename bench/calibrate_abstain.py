@@ -4,7 +4,7 @@ On-topic questions come from a question file (JSONL with "question"), off-topic 
 (one a line). Prints both score distributions and the threshold with the fewest errors (ties: the
 midpoint of the widest gap), to put in rag.toml as abstain_threshold.
 
-    python bench/calibrate_abstain.py [eval/dev_questions.jsonl] [eval/off_topic_questions.txt]
+    python -m bench.calibrate_abstain [eval/dev_questions.jsonl] [eval/off_topic_questions.txt]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Embedder backends on the course's chunks: speed, agreement and dense recall (issue 16, part 2).
+"""Embedder backends on the course's chunks: speed, agreement and dense recall.
 
 Backends, all on the bundled all-MiniLM-L6-v2 and the chunks of an index (their `embed_text`, as indexed):
   st-fp32      sentence-transformers, float32 (the reference vectors);
@@ -14,7 +14,7 @@ ratios are to the default. Agreement: cosine of each chunk's vector to st-fp32's
 retrieval of the dev questions over each backend's own vectors (evidence quotes, as `rag eval-retrieval`).
 Fresh process: seconds to import and load the embedder and embed one question, ours vs sentence-transformers.
 
-Run: python bench/embedding.py [--index-dir data/index] [--rounds 3]   (~3 min on the 2-core CPU)
+Run: python -m bench.embedding [--index-dir data/index] [--rounds 3]   (~3 min on the 2-core CPU)
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import benchutil as bu  # noqa: E402
-from rag.evaluation.retrieval import contains_evidence, load_questions, score_ranks  # noqa: E402
-from rag.index.embeddings import bundled_model_path  # noqa: E402
-from rag.ingest.chunking import Chunk  # noqa: E402
+from bench import benchutil as bu
+from rag.evaluation.retrieval import contains_evidence, load_questions, score_ranks
+from rag.index.embeddings import bundled_model_path
+from rag.ingest.chunking import Chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = "ours-bf16"

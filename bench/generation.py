@@ -4,7 +4,7 @@ under concurrent load, in one run.
 Part 1, engines: the same 5-passage RAG prompt (token ids, identical for everyone) goes to each contender,
 which must write exactly --tokens new tokens (EOS masked), greedy with repetition penalty 1.1:
 
-* transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before issue 16
+* transformers          `model.generate` on the bundled model (fp32): what LocalGenerator did before the ONNX decoder
 * ours-int4 / ours-int8 LocalGenerator's quantised ONNX decoders (with prompt lookup)
 * ours-fp32plain-off    the fp32 ONNX decoder before 4-bit packing (rag/generation/decoder/packing.py), one token per pass
 * ours-fp32plain        ... speculating with prompt lookup and the int8 draft model (the default before packing)
@@ -37,12 +37,14 @@ RAG_DECODER=transformers: one answer at a time); at each concurrency C, C client
 streamed dev questions (fresh ones per level); answers/s, completion tokens/s, time to the first piece,
 and the longest gap between two pieces of one stream.
 
-    python bench/generation.py [--rounds 5] [--tokens 64] [--threads 1] [--index-dir DIR] [--all]
+    python -m bench.generation [--rounds 5] [--tokens 64] [--threads 1] [--index-dir DIR] [--all]
                                [--fidelity 29] [--cold-runs 3] [--server-levels 1,4,8] [--server-baseline]
                                [--server-answer-mode grounded,free] [--server-tokens 64]
                                [--only engines,cold,server] [--quick]
 
-Writes bench/results/generation.json and generation.md (or generation_<--tag>.*).
+Writes bench/results/generation.json and generation.md (or generation_<--tag>.*). The kept results:
+generation.* (parts 1-2, `--only engines`) and generation_cold_server.* (parts 3-4, `--only cold,server
+--tag cold_server`).
 """
 
 from __future__ import annotations
@@ -58,10 +60,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import ROOT, LoadMeter, finish_run, fmt, machine_info, md_table
+from bench.benchutil import ROOT, LoadMeter, finish_run, machine_info
+from bench.generation_report import render
 
-sys.path.insert(0, str(ROOT))
 QUESTION = "What is the difference between RAG and fine-tuning?"
 ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32plain-off", "ours-fp32plain", "ours-fp32-off",
            "ours-fp32-lookup", "ours-fp32-int8", "ours-fp32-int4", "ours-fp32", "llama.cpp"]
@@ -194,9 +195,9 @@ class Worker:
         self.kind = kind
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--threads", str(threads)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.generation", "--worker", kind, "--threads",
+                                      str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         line = self.proc.stdout.readline()
         if not line:
             err = self.proc.stderr.read().strip().splitlines()
@@ -397,7 +398,7 @@ def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    from load import start_server
+    from bench.load import start_server
 
     questions = [json.loads(line)["question"] for line in (ROOT / "eval" / "dev_questions.jsonl").read_text()
                  .splitlines() if line.strip()]
@@ -440,56 +441,6 @@ def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 else:
                     os.environ["RAG_DECODER"] = old
     results["server"] = out
-
-
-# ------------------------------------------------------------------------------------------ output
-
-
-def render(results: dict[str, Any]) -> str:
-    """The markdown tables of a run (parts that did not run are left out)."""
-    a = results["args"]
-    out: list[str] = []
-    if results.get("engines"):
-        out += [(f"## Generation speed ({results['prompt_tokens']}-token RAG prompt, {a['tokens']} new tokens, "
-                 f"greedy, repetition penalty 1.1, {a['threads']} thread(s), median of {a['rounds']} interleaved "
-                 "rounds)"), ""]
-        out.append(md_table(
-            ["engine", "prefill s", "prefill / transformers", "decode tok/s", "decode / transformers",
-             "greedy tokens equal to transformers", "load s"],
-            [[r["engine"], r["prefill_s"], r["prefill_ratio"], r["decode_tok_s"], r["decode_ratio"],
-              f"{r['same_prefix']}/{r['tokens']}", r["load_s"]] for r in results["engines"]]))
-    for kind, why in results.get("skipped", {}).items():
-        out.append(f"\n{kind}: not measured ({why})")
-    if results.get("fidelity"):
-        out += ["", (f"## Greedy answers to the {results['fidelity'][0]['questions']} dev questions (RAG prompt, "
-                     f"up to {a['fidelity_tokens']} tokens, EOS allowed)"), ""]
-        out.append(md_table(["engine", "same text as transformers", "token F1 vs transformers' text",
-                             "token F1 vs the reference answer"],
-                            [[f["engine"], f["same_text"], f["f1_vs_transformers"], f["f1_vs_gold"]]
-                             for f in results["fidelity"]]))
-    if "load_engines" in results:
-        out.append(f"\nOther processes kept {fmt(results['load_engines'].get('other_cores'))} of the 2 cores busy "
-                   "during part 1 (ratios come from the same rounds, so they hold under that load; absolute times "
-                   "do not).")
-    if results.get("cold"):
-        threads = a.get("cold_threads") or "the default number of"
-        out += ["", (f"## Fresh `rag ask` (new process each run, up to {a['ask_tokens']} tokens, {threads} threads, "
-                     f"median of {a['cold_runs']})"), ""]
-        out.append(md_table(["decoder", "first answer byte s", "whole answer + sources s", "answer chars"],
-                            [[c["decoder"], c["first_byte_s"], c["total_s"], c["answer_chars"]]
-                             for c in results["cold"]]))
-    if results.get("server"):
-        out += ["", (f"## `rag serve` throughput (streamed dev questions, up to {a['server_tokens']} tokens, closed "
-                     "loop: C clients share max(8, 2C) requests)"), ""]
-        out.append(md_table(["answers", "decoder", "concurrency", "requests ok", "requests/s", "completion tok/s",
-                             "throughput / concurrency 1", "time to first piece p50 s", "longest gap between pieces s"],
-                            [[r["answer_mode"], r["decoder"], r["concurrency"], f"{r['ok']}/{r['requests']}",
-                              r["req_per_s"], r["tok_per_s"], r["throughput_ratio"], r["ttft_p50_s"], r["max_gap_s"]]
-                             for r in results["server"]]))
-    if results.get("cold") or results.get("server"):
-        whole = results.get("load_whole_run", {})
-        out.append(f"\nOther processes kept {fmt(whole.get('other_cores'))} of the 2 cores busy over the whole run.")
-    return "\n".join(out)
 
 
 def main() -> None:

@@ -31,13 +31,13 @@ non-embedding cost at scale (reading, chunking, hashing, FAISS, BM25, saving).
 
 Run (from /work/main):
     . .venv/bin/activate
-    python bench/index_build.py            # full (~14 min when the machine is otherwise idle)
-    python bench/index_build.py --quick    # smoke: 3 small files, 2x copy, 1 round (~2-3 min)
-    python bench/index_build.py --large-mode cached   # skip real embedding of the 20x copy (~6 min)
-    python bench/index_build.py --rounds 1 --no-memory --large-mode real \
+    python -m bench.index_build            # full (~14 min when the machine is otherwise idle)
+    python -m bench.index_build --quick    # smoke: 3 small files, 2x copy, 1 round (~2-3 min)
+    python -m bench.index_build --large-mode cached   # skip real embedding of the 20x copy (~6 min)
+    python -m bench.index_build --rounds 1 --no-memory --large-mode real \
         --large-pipelines ours-bf16,plain-bf16,plain-bf16-sliced --out-name index_build_slicing
         # diagnostic: plain encode in build_index's 256-text slices, to explain ours/plain at 20x (~6 min)
-    python bench/index_build.py --render bench/results/index_build.json   # re-print the tables of a run
+    python -m bench.index_build --render bench/results/index_build.json   # re-print the tables of a run
 Options: --copies N, --rounds N (1x, default 3), --large-mode both|cached|real, --large-pipelines a,b,...|all
 (names: ours-bf16 plain-bf16 ours-fp32 plain-fp32 langchain-fp32 langchain-bf16, and plain-bf16-sliced),
 --large-rounds N, --reindex-rounds N, --no-memory, --memory-corpus small|large, --no-wait, --out-name NAME.
@@ -58,187 +58,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchutil as bu  # noqa: E402  (sets HF_HUB_OFFLINE before any HF import)
+from bench import benchutil as bu  # first: sets HF_HUB_OFFLINE before any HF import
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-ALL_PIPELINES = ["ours-bf16", "plain-bf16", "ours-fp32", "plain-fp32", "langchain-fp32", "langchain-bf16"]
-# Diagnostic, large copy only: plain encode called on consecutive 256-text slices, as build_index calls it.
-EXTRA_LARGE = ["plain-bf16-sliced"]
-BUILD_SLICE = 256  # build_index: max(embed_batch_size * 4, 256) texts per Embedder.encode call
-DEFAULT_LARGE = ["ours-bf16", "plain-bf16", "langchain-fp32"]
-DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
-PLAIN_BATCH = 16  # = Settings().embed_batch_size, so plain encode does the same batches' worth of work
-QUICK_FILES = ["questions-language-model-basics.md", "quiz-week1-llm-fundamentals.md", "quiz-week3-rlhf-ppo.md"]
-
-
-# ---- corpus preparation ----------------------------------------------------------------------
-
-def make_corpora(tmp: Path, quick: bool, copies: int) -> tuple[Path, Path]:
-    src = bu.ROOT / "corpus"
-    files = [p for p in sorted(src.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    if quick:
-        files = [p for p in files if p.name in QUICK_FILES]
-    small = tmp / "corpus-1x"
-    small.mkdir()
-    for p in files:
-        shutil.copy2(p, small / p.name)
-    large = tmp / f"corpus-{copies}x"
-    for i in range(copies):
-        d = large / f"copy{i:02d}"
-        d.mkdir(parents=True)
-        for p in files:  # a first line per copy: byte-identical files are indexed once (rag/index/build.py)
-            (d / p.name).write_text(f"Copy {i} of the course.\n\n" + p.read_text(encoding="utf-8"), encoding="utf-8")
-    return small, large
-
-
-KNOBS = ("embed_model", "embed_batch_size", "chunk_tokens", "chunk_overlap", "faiss_type", "mode", "top_k", "rrf_k")
-
-
-def shipped_defaults() -> dict[str, Any]:
-    """The product's shipped defaults for the knobs that matter here (from the Settings class itself)."""
-    from rag.config import Settings
-
-    return {k: Settings.model_fields[k].default for k in KNOBS}
-
-
-def settings_for(index_dir: Path, dtype: str, corpus: Path):
-    from rag.config import Settings
-
-    # Every knob explicit (= the shipped defaults, dtype aside), so a rag.toml or RAG_* env cannot skew results.
-    return Settings(index_dir=index_dir, corpus_dir=corpus, embed_dtype=dtype, **shipped_defaults())
-
-
-def corpus_chunks(corpus: Path, make, fresh_per_file: bool = False) -> list:
-    """The chunks build_index makes, in its order (same reader, chunker and id de-duplication).
-
-    `make()` gives a new Chunker; build_index uses one per build (its token-count memo then spans files),
-    fresh_per_file=True uses one per file (no memo hits across the identical copies)."""
-    from rag.ingest.loaders import iter_files, read_file, source_name
-
-    out, seen = [], set()
-    chunker = make()
-    for path in iter_files(corpus):
-        if fresh_per_file:
-            chunker = make()
-        doc = read_file(path, source_name(path, corpus))
-        for c in chunker.split(doc):
-            if c.id not in seen:
-                seen.add(c.id)
-                out.append(c)
-    return out
-
-
-# ---- the pipelines -----------------------------------------------------------------------------
-
-class Pipelines:
-    """Loaded models and the runners for each pipeline; models load once (timed separately)."""
-
-    def __init__(self) -> None:
-        self.load_seconds: dict[str, float] = {}
-        self._plain: dict[str, Any] = {}
-        self._lc: dict[str, Any] = {}
-        self.cache: dict[str, np.ndarray] = {}  # embed_text -> vector, for the "-nomodel" runs
-
-    def ours_embedder(self, dtype: str):
-        from rag.api import get_embedder
-
-        emb = get_embedder(settings_for(Path("/nonexistent"), DTYPES[dtype], bu.ROOT))
-        key = f"ours-{dtype}"
-        if key not in self.load_seconds:
-            t, _ = bu.timed(lambda: emb.model)
-            emb.encode(["warm up the model"])
-            self.load_seconds[key] = t
-        return emb
-
-    def plain_model(self, dtype: str):
-        if dtype not in self._plain:
-            import torch
-            from sentence_transformers import SentenceTransformer
-
-            from rag.index.embeddings import bundled_model_path
-
-            kw = {"model_kwargs": {"dtype": torch.bfloat16}} if dtype == "bf16" else {}
-            t, m = bu.timed(lambda: SentenceTransformer(str(bundled_model_path()), device="cpu", **kw))
-            m.encode(["warm up the model"])
-            self._plain[dtype] = m
-            self.load_seconds[f"plain-{dtype}"] = t
-        return self._plain[dtype]
-
-    def lc_embeddings(self, dtype: str):
-        if dtype not in self._lc:
-            import torch
-            from langchain_huggingface import HuggingFaceEmbeddings
-
-            from rag.index.embeddings import bundled_model_path
-
-            mk: dict[str, Any] = {"device": "cpu"}
-            if dtype == "bf16":
-                mk["model_kwargs"] = {"dtype": torch.bfloat16}
-            t, e = bu.timed(lambda: HuggingFaceEmbeddings(model_name=str(bundled_model_path()), model_kwargs=mk,
-                                                          encode_kwargs={"normalize_embeddings": True}))
-            e.embed_documents(["warm up the model"])
-            self._lc[dtype] = e
-            self.load_seconds[f"langchain-{dtype}"] = t
-        return self._lc[dtype]
-
-    def prepare(self, name: str) -> None:
-        kind, dtype = name.split("-")[:2]
-        {"ours": self.ours_embedder, "plain": self.plain_model, "langchain": self.lc_embeddings}[kind](dtype)
-
-    def run(self, name: str, corpus: Path, chunks: list, index_dir: Path) -> dict[str, Any]:
-        """One timed run of pipeline `name`; returns seconds (+ details), and keeps vectors/store.
-
-        "ours-<dtype>-nomodel" is build_index with the model call replaced by a lookup in self.cache."""
-        kind, dtype = name.split("-")[:2]
-        nomodel = name.endswith("-nomodel")
-        self.prepare(name)
-        if kind == "ours":
-            from rag.api import index_corpus
-
-            settings = settings_for(index_dir, DTYPES[dtype], corpus)
-            marks: dict[str, float] = {}
-
-            def progress(stage: str, done: int, total: int) -> None:
-                marks.setdefault(stage, time.perf_counter())
-
-            emb = self.ours_embedder(dtype)
-            if nomodel:  # same build_index code, the model swapped for a lookup of known vectors
-                cache = self.cache
-                emb.encode = lambda texts, show_progress=False: np.stack([cache[t] for t in texts]).astype(np.float32)
-            try:
-                t0 = time.perf_counter()
-                rep = index_corpus(corpus, settings, on_progress=progress)
-                t1 = time.perf_counter()
-            finally:
-                emb.__dict__.pop("encode", None)
-            assert rep.wrote and rep.chunks_total == len(chunks), (rep.chunks_total, len(chunks))
-            first_after_read = marks.get("embed", marks.get("index", t1))
-            stages = {"setup": marks.get("read", t0) - t0,
-                      "read+chunk": first_after_read - marks.get("read", t0),
-                      "embed": (marks["index"] - marks["embed"]) if "embed" in marks else 0.0,
-                      "faiss+bm25+save": t1 - marks.get("index", t1)}
-            return {"seconds": t1 - t0, "stages": stages, "chunks_embedded": rep.chunks_embedded}
-        texts = [c.embed_text for c in chunks]
-        if kind == "plain":
-            m = self.plain_model(dtype)
-            step = BUILD_SLICE if name.endswith("-sliced") else max(len(texts), 1)
-
-            def enc() -> np.ndarray:
-                parts = [m.encode(texts[i:i + step], batch_size=PLAIN_BATCH, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False) for i in range(0, len(texts), step)]
-                return np.concatenate(parts) if parts else np.zeros((0, 384), np.float32)
-
-            t, vecs = bu.timed(enc)
-            return {"seconds": t, "vectors": np.asarray(vecs, dtype=np.float32)}
-        from langchain_community.vectorstores import FAISS
-        from langchain_core.documents import Document
-
-        emb = self.lc_embeddings(dtype)
-        docs = [Document(page_content=c.embed_text, metadata={"chunk_id": c.id, "source": c.source}) for c in chunks]
-        t, store = bu.timed(lambda: FAISS.from_documents(docs, emb))
-        return {"seconds": t, "store": store}
+from bench.index_build_pipelines import (
+    ALL_PIPELINES, DEFAULT_LARGE, DTYPES, EXTRA_LARGE, PLAIN_BATCH, Pipelines, corpus_chunks, make_corpora,
+    settings_for, shipped_defaults,
+)
+from bench.index_build_report import render
 
 
 # ---- recall ------------------------------------------------------------------------------------
@@ -304,10 +132,10 @@ def measure_memory(names: list[str], corpus: Path, chunks: list, tmp: Path) -> d
     chunks_file.write_text(json.dumps({"n": len(chunks), "chunks": [c.to_record() for c in chunks]}))
     res = {}
     for name in ["imports-only", *names]:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-corpus", str(corpus),
+        cmd = [sys.executable, "-m", "bench.index_build", "--child", name, "--child-corpus", str(corpus),
                "--child-chunks", str(chunks_file)]
         meter = bu.LoadMeter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=bu.ROOT)
         load = meter.stop()
         if proc.returncode != 0:
             res[name] = {"error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
@@ -430,18 +258,6 @@ def bench_corpus(label: str, corpus: Path, pipelines: list[str], rounds: int, p:
             best = min(range(len(run["samples"])), key=lambda i: run["samples"][i])
             run["stages_of_best"] = run["stages"][best]
     return res, kept
-
-
-def ratio(res: dict, a: str, b: str) -> tuple[float, float | None, float | None] | None:
-    """(best a / best b, median over rounds of a/b within the same round, min CPU a / min CPU b) or None."""
-    ra, rb = res["runs"].get(a), res["runs"].get(b)
-    if not ra or not rb:
-        return None
-    paired = [x / y for x, y in zip(ra["samples"], rb["samples"])]
-    import statistics
-
-    cpu = min(ra["cpu_seconds"]) / min(rb["cpu_seconds"]) if ra.get("cpu_seconds") and rb.get("cpu_seconds") else None
-    return ra["best"] / rb["best"], (statistics.median(paired) if len(paired) > 1 else None), cpu
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -616,136 +432,6 @@ def main() -> None:
         results["reindex"] = reidx
 
     bu.finish_run(results, whole, t_start, render, args.out_name)
-
-
-def render(R: dict[str, Any]) -> str:
-    out = []
-    c = R["copies"]
-    m = R["machine"]
-    out.append(f"## Index build benchmark{' (QUICK smoke mode: 3 small files only)' if R['quick'] else ''}\n")
-    out.append(f"Machine: {m.get('cpu')} x{m['cpus']} cores, torch {m.get('torch')} ({m.get('torch_threads')} threads), "
-               f"avx512_bf16={m.get('avx512_bf16')}. Load avg at start {m['loadavg_at_start']}, at end {R['loadavg_at_end']}; "
-               f"other processes kept ~{R['load_whole_run']['other_cores']} of {m['cpus']} cores busy on average "
-               f"over the run ({R['total_seconds'] / 60:.1f} min).")
-    if m["busy_other_processes_at_start"] or R["busy_other_processes_at_end"]:
-        out.append(f"Busy other processes at start: {m['busy_other_processes_at_start']}; at end: {R['busy_other_processes_at_end']}.")
-    out.append(f"Imports (torch, sentence-transformers, faiss, bm25s, rag): {R['import_seconds']:.2f}s. Model load (excluded from build times): " + ", ".join(f"{k} {v:.2f}s" for k, v in R["load_seconds"].items()) + ".")
-    out.append(f"Plain encode batch size {R['plain_batch_size']} (= ours); LangChain uses sentence-transformers' default 32. "
-               f"Our settings (shipped defaults): {R.get('settings')}.")
-    if R.get("wait_for_quiet"):
-        out.append(f"Before each timed run the script waited (up to {R['wait_for_quiet']['max_wait']:.0f}s) for other processes "
-                   f"to use < {R['wait_for_quiet']['threshold']} cores; 'runs started under load' counts the runs where that wait timed out.")
-    out.append("")
-
-    for key in ("small", "large"):
-        res = R[key]
-        if not res["runs"]:
-            continue
-        out.append(f"### a/b/c) Full build time, {res['label']} corpus ({res['files']} files, {res['chunks']} chunks; "
-                   f"best of the runs of each pipeline, order rotated each round)\n")
-        base = res["runs"].get("plain-bf16")
-        rows = []
-        for name, run in res["runs"].items():
-            loud = sum(1 for w in run["waits"] if w and not w.get("quiet"))
-            cpu = min(run.get("cpu_seconds") or [float("nan")])
-            rows.append([name + (" (model replaced by a lookup of the 1x vectors)" if name.endswith("-nomodel") else "")
-                         + (" (diagnostic: encode() per 256 texts, as build_index)" if name.endswith("-sliced") else ""),
-                         len(run["samples"]), run["best"], run["median"], run["best"] / base["best"] if base else None,
-                         res["chunks"] / run["best"], cpu, " / ".join(f"{x:.2f}" for x in run["other_cores"]),
-                         f"{loud}/{len(run['samples'])}"])
-        out.append(bu.md_table(["pipeline", "runs", "best s", "median s", "x plain-bf16 (best)", "chunks/s (best)",
-                                "CPU s (min, all threads)", "other cores per run", "runs started under load"], rows))
-        if "estimated_real_build_s" in res:
-            est = res["estimated_real_build_s"]
-            nonemb = res["runs"]["ours-bf16-nomodel"]["best"]
-            out.append(f"\nThe -nomodel row is build_index with the model swapped for a lookup: every non-embedding cost "
-                       f"at this size. It + {res['chunks']} chunks x the 1x embed time per chunk "
-                       f"({res['embed_per_chunk_1x_s'] * 1000:.1f} ms) = estimated real build {est:.1f}s, of which "
-                       f"non-embedding {100 * nonemb / est:.1f}%."
-                       + (f" Measured real ours-bf16: {res['runs']['ours-bf16']['best']:.1f}s." if "ours-bf16" in res["runs"] else ""))
-        ratios = []
-        for label, a, b in [("pipeline overhead bf16 = ours-bf16 / plain-bf16", "ours-bf16", "plain-bf16"),
-                            ("pipeline overhead fp32 = ours-fp32 / plain-fp32", "ours-fp32", "plain-fp32"),
-                            ("LangChain default (fp32) / ours default (bf16)  [goal >= 2]", "langchain-fp32", "ours-bf16"),
-                            ("LangChain fp32 / ours fp32 (same dtype)", "langchain-fp32", "ours-fp32"),
-                            ("LangChain bf16 / ours bf16 (same dtype)", "langchain-bf16", "ours-bf16"),
-                            ("plain fp32 / plain bf16 (bf16 encode speed-up)", "plain-fp32", "plain-bf16"),
-                            ("plain bf16 in 256-text slices / plain bf16 in one call", "plain-bf16-sliced", "plain-bf16"),
-                            ("ours-bf16 / plain bf16 in 256-text slices", "ours-bf16", "plain-bf16-sliced")]:
-            v = ratio(res, a, b)
-            if v is not None:
-                ratios.append([label, v[0], v[1], v[2]])
-        if ratios:
-            out.append("")
-            out.append(bu.md_table(["ratio", "wall: best / best", "wall: median of same-round ratios",
-                                    "CPU time: min / min"], ratios))
-        for name in ("ours-bf16", "ours-bf16-nomodel"):
-            st = res["runs"].get(name, {}).get("stages_of_best")
-            if st:
-                tot = sum(st.values())
-                out.append(f"\nWhere {name}'s best build went: " + ", ".join(f"{k} {v:.2f}s ({100 * v / tot:.0f}%)" for k, v in st.items()))
-        out.append("")
-
-    for key, lbl in (("micro_small", "1x"), ("micro_large", f"{c}x")):
-        if key in R:
-            mm = R[key]
-            out.append(f"Non-embedding parts timed alone ({lbl}): " + ", ".join(f"{k} {v:.3f}s" for k, v in mm.items()) + ".")
-    cs = R["chunking_seconds"]
-    out.append(f"Chunking alone (read + split, no embedding): 1x {cs['small']:.2f}s; {c}x {cs['large']:.2f}s with one chunker "
-               f"(as build_index: its token-count memo hits on the repeated copies), {cs['large_fresh_chunker_per_file']:.2f}s "
-               f"with a fresh chunker per file (what {c}x distinct content would cost).\n")
-
-    out.append("### d) Retrieval quality on eval/dev_questions.jsonl (hit = a top-k chunk's text contains an evidence quote)\n")
-    if R["quick"]:
-        out.append("(Quick mode indexes 3 quiz/question files only, which hold no evidence passages: recall 0 is expected.)\n")
-    else:
-        out.append("(29 questions: one question = 3.4 points of recall. On the large copy every chunk exists 20 times, "
-                   "so identical copies of the best chunk fill the top-k and recall@5 falls to about recall@1.)\n")
-    for lbl, rows in R["recall"].items():
-        out.append(f"{lbl} corpus:\n")
-        out.append(bu.md_table(["retriever", "n", "recall@1", "recall@5", "recall@10", "MRR@10"],
-                               [[k, v["n"], v["recall@1"], v["recall@5"], v["recall@10"], v["mrr@10"]] for k, v in rows.items()]))
-        lc = rows.get("langchain-fp32 (L2 flat)")
-        if lc:
-            diffs = [f"{k}: {100 * (v['recall@5'] - lc['recall@5']):+.1f} pts" for k, v in rows.items() if k.startswith("ours") and "bm25" not in k]
-            out.append("\nrecall@5 vs LangChain fp32 (goal: within 1 point): " + "; ".join(diffs))
-        out.append("")
-
-    out.append("### e) bf16 vs fp32 embeddings (1x corpus chunks)\n")
-    out.append(bu.md_table(["pair", "min cosine", "1st pct", "mean cosine"],
-                           [[k, f"{v['min']:.5f}", f"{v['p01']:.5f}", f"{v['mean']:.5f}"] for k, v in R["cosine"].items()]))
-    out.append("\nPlain encode batch-size sweep (first chunks of corpus/):\n")
-    out.append(bu.md_table(["dtype", "batch", "n", "s", "chunks/s"],
-                           [[r["dtype"], r["batch_size"], r["n"], r["seconds"], r["chunks_per_s"]] for r in R["batch_sweep"]]))
-    out.append("")
-
-    if "memory" in R:
-        mem = R["memory"]
-        out.append(f"### f) Peak RSS, each pipeline alone in a fresh subprocess ({mem['corpus']} corpus, {mem['chunks']} chunks)\n")
-        base = mem["pipelines"].get("imports-only", {}).get("peak_rss_mb")
-        rows = []
-        for name, r in mem["pipelines"].items():
-            if "error" in r:
-                rows.append([name, "error", r["error"], "", "", ""])
-                continue
-            plain = mem["pipelines"].get("plain-" + name.split("-")[-1], {}).get("peak_rss_mb")
-            rows.append([name, r["peak_rss_mb"], r.get("rss_after_load_mb"), (r["peak_rss_mb"] - base) if base else None,
-                         (r["peak_rss_mb"] / plain) if plain and name != "imports-only" else None, r["seconds"]])
-        out.append(bu.md_table(["pipeline", "peak RSS MiB", "RSS after model load MiB", "peak - (python+torch+ST imports)",
-                                "x plain same dtype", "build s (1 run)"], rows))
-        out.append("")
-
-    out.append("### g) Re-index (ours, bf16) after a change, vs full build from scratch\n")
-    rows = []
-    for lbl, r in R["reindex"].items():
-        for run in r["runs"]:
-            rows.append([lbl, run["case"], run["median"], run["best"], run["fraction_of_full_build"],
-                         "/".join(str(x) for x in run["chunks_embedded"]), r["full_build_best_s"]])
-    out.append(bu.md_table(["corpus", "case", "median s", "best s", "median / full build", "chunks embedded", "full build s"], rows))
-    if any(r.get("full_build_is_estimate") for r in R["reindex"].values()):
-        out.append("\n(Where the large copy was not embedded for real, 'full build' is the estimated real build above.)")
-    out.append("\n(The edited file is the largest one; 'edit 1st paragraph' inserts a sentence at the top, shifting the rest of its section.)")
-    return "\n".join(out)
 
 
 if __name__ == "__main__":

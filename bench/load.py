@@ -7,7 +7,7 @@ A client that gets 429 waits Retry-After (capped at --max-retry-wait) before its
 sampler GETs /health every 0.25 s throughout. Afterwards it measures how long the model stays busy
 after a streaming client disconnects, mid-answer and during prompt prefill.
 
-    python bench/load.py [--levels 1,4,20] [--max-tokens 8] [--max-queue 16] [--baseline-ref REF]
+    python -m bench.load [--levels 1,4,20] [--max-tokens 8] [--max-queue 16] [--baseline-ref REF]
 
 `--baseline-ref e5b8d60` (the last commit with the single-lock rag/server.py) also runs that server, from
 its own source, in a separate process; each level then runs on both in turn, for a before/after table
@@ -32,8 +32,7 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import (
+from bench.benchutil import (
     ROOT,
     LoadMeter,
     finish_run,
@@ -44,7 +43,6 @@ from benchutil import (
     wait_for_quiet,
 )
 
-sys.path.insert(0, str(ROOT))
 MODEL = "course-rag"
 HEALTH_EVERY_S = 0.25
 # Two streams count as sent in order when sent this far apart: 20 client threads on a busy 2-core machine

@@ -20,16 +20,16 @@ From the measured per-worker rates it writes an estimate for 1 million chunks on
 share extrapolated linearly from this run.
 
 The 20x corpus: every file of corpus/ copied into copy00/ .. copy19/, each copy with a first line
-`<!-- copy NN -->` so its bytes differ: `rag index` indexes identical files once (issue 11), and a plain
+`<!-- copy NN -->` so its bytes differ: `rag index` indexes identical files once, and a plain
 copy would be skipped as "same content".
 
 Run (from /work/main, with the ray extra: pip install -e '.[ray]'):
     . .venv/bin/activate
-    python bench/ray_scaling.py                 # 20x corpus, 1 round (15 min on this shared 2-core machine)
-    python bench/ray_scaling.py --copies 2      # smoke (~2 min)
-    python bench/ray_scaling.py --address HOST:6379 --workers 1,8,16 --gpus-per-worker 1
+    python -m bench.ray_scaling                 # 20x corpus, 1 round (15 min on this shared 2-core machine)
+    python -m bench.ray_scaling --copies 2      # smoke (~2 min)
+    python -m bench.ray_scaling --address HOST:6379 --workers 1,8,16 --gpus-per-worker 1
         # on a real cluster: measure the per-GPU-worker rate that the estimate needs
-    python bench/ray_scaling.py --render bench/results/ray_scaling.json
+    python -m bench.ray_scaling --render bench/results/ray_scaling.json
 Options: --copies N, --rounds N, --workers a,b,... (Ray worker counts, default 1,2), --no-wait,
 --out-name NAME. Writes bench/results/ray_scaling.json and .md.
 """
@@ -48,7 +48,7 @@ from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import benchutil as bu  # noqa: E402  (bench/ is on sys.path when run as a script)
+from bench import benchutil as bu  # noqa: E402  (after RAY_USAGE_STATS_ENABLED is set)
 
 TARGET_CHUNKS = 1_000_000
 

@@ -17,7 +17,7 @@ same process.
 
 How the indexes are made: the real chunks of corpus/ (as our chunker cuts them) plus synthetic chunks
 made by recombining random sentences of the real ones into passages of real-chunk length, under real
-section labels. With the default child windows (issue 13) the real chunks are children of larger
+section labels. With the default child windows the real chunks are children of larger
 passages; synthetic chunks are then grouped into passages of the real average number of children, so
 the search groups children into passages and collapses near-duplicates as it does on a real index. BM25 is always real (bm25s over the synthetic texts). Dense vectors: the 1k index is
 embedded with the real model; the 10k and 100k indexes use RANDOM UNIT VECTORS (embedding 100k passages
@@ -28,8 +28,8 @@ real embeddings.
 
 Run (from /work/main):
     . .venv/bin/activate
-    python bench/search_latency.py           # full: 1k (real vectors + random), 10k, 100k; 3 passes (~10-15 min here)
-    python bench/search_latency.py --quick   # smoke: 1k and 5k, random vectors, 10 queries, 1 pass (~1-2 min)
+    python -m bench.search_latency           # full: 1k (real vectors + random), 10k, 100k; 3 passes (~10-15 min here)
+    python -m bench.search_latency --quick   # smoke: 1k and 5k, random vectors, 10 queries, 1 pass (~1-2 min)
 Options: --no-wait (don't wait up to 30 s for other processes to go quiet before each measurement),
          --sizes 1000,10000,100000  --passes N  --real-max N (sizes up to N get real embeddings; default 1000),
          --hnsw-min N (also build HNSW for sizes >= N), --out-name NAME.
@@ -48,10 +48,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchutil as bu  # noqa: E402  (sets HF_HUB_OFFLINE before any HF import)
+from bench import benchutil as bu  # first: sets HF_HUB_OFFLINE before any HF import
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 MODES = ("dense", "bm25", "hybrid")
 TOP_K = 5

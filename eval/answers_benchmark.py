@@ -1,4 +1,4 @@
-"""Answer quality of the generators, grounded vs free (issue 14), on the quiz set of the retrieval benchmark.
+"""Answer quality of the generators, grounded vs free, on the quiz set of the retrieval benchmark.
 
 The course is indexed without its quiz files and without the asked items (rag.evaluation.sets.make_quiz_set);
 each quiz question of QUESTIONS is asked. Per model: multiple-choice accuracy closed book and with the
@@ -8,7 +8,7 @@ passage at its span), whether the quote holds the question's evidence, time to f
 For the grounded mode the retriever weight of the quote choice is swept on the same candidates
 (quote-holds-evidence at weights 0 / 0.25 / 0.5 / 0.75 / 1).
 
-    python eval/answers_benchmark.py --models bundled,teacher --limit 12 --out eval/results/answers_benchmark
+    python -m eval.answers_benchmark --models bundled,teacher --limit 12 --out eval/results/answers_benchmark
 """
 
 from __future__ import annotations

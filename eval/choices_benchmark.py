@@ -21,7 +21,7 @@ with a paired interval above zero, and is not below closed book on any course be
 
 Run (from the project folder):
     . .venv/bin/activate
-    python eval/choices_benchmark.py      # writes eval/results/courses/choices_benchmark.{md,json}
+    python -m eval.choices_benchmark      # writes eval/results/courses/choices_benchmark.{md,json}
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -50,7 +48,7 @@ def course_rows(course: Any, embedder: Any, settings: dict[str, Any], cache: Pat
                 generator: Any) -> list[dict[str, Any]]:
     """One row per question of `course`: {"id", "course", "kind", "right": {way: bool}, "rule"}; `generator`
     is the model the product's choice asks (true/false items)."""
-    import courses_benchmark as cb
+    from eval import courses_benchmark as cb
 
     from rag.answering.choices import (
         Choice, asks_for_several, claim, claim_support, is_true_false, option_kind, option_support, pick_option,
@@ -188,7 +186,7 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    import courses_benchmark as cb
+    from eval import courses_benchmark as cb
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cb.add_course_arguments(ap)

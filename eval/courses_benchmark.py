@@ -8,8 +8,8 @@ no single course does its paired interval lie wholly below zero (`rag.evaluation
 
 Run (from the project folder; ~10 min retrieval-only on 2 cores, multiple choice adds ~1-2 s a question):
     . .venv/bin/activate
-    python eval/courses_benchmark.py                      # retrieval: baseline, default, candidates
-    python eval/courses_benchmark.py --choices            # + multiple choice of the default and the previous one
+    python -m eval.courses_benchmark                      # retrieval: baseline, default, candidates
+    python -m eval.courses_benchmark --choices            # + multiple choice of the default and the previous one
 Per-(course, pipeline) passages and choices are kept in --cache (outside the repository: they hold course
 text), so an interrupted run resumes where it stopped (delete the folder to start over). Writes --out/courses_benchmark.md and .json.
 """
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -15,7 +15,7 @@ Pages: the lesson's markdown wrapped at 90 characters, 48 lines a page, drawn in
 (DejaVu Sans, 20 px) on A4 at 150 dpi, grey-scale, as a plain office scanner writes them.
 
 Run (from the project folder, with `apt-get install tesseract-ocr`; ~10 min on 2 cores):
-    . .venv/bin/activate && python eval/ocr_benchmark.py
+    . .venv/bin/activate && python -m eval.ocr_benchmark
 Writes --out/ocr_benchmark.md and .json (numbers and question ids only: no course text).
 """
 
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

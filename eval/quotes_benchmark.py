@@ -24,9 +24,9 @@ The decision rule (standards): a setting replaces the default when `holds` on th
 
 Run (from the project folder; the model path takes a few seconds a question on 2 cores):
     . .venv/bin/activate
-    python eval/quotes_benchmark.py                 # both courses, both paths
-    python eval/quotes_benchmark.py --no-model      # retriever path only (a minute)
-    python eval/quotes_benchmark.py --students      # + the shipped course's student questions, old vs new quote
+    python -m eval.quotes_benchmark                 # both courses, both paths
+    python -m eval.quotes_benchmark --no-model      # retriever path only (a minute)
+    python -m eval.quotes_benchmark --students      # + the shipped course's student questions, old vs new quote
 Writes --out/quotes_benchmark.md and .json (figures only: no course text).
 """
 
@@ -41,8 +41,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -154,7 +152,7 @@ def score_quote(quote: Any, used: list, spans: list, lessons: dict[str, str], fo
 
 def course_pipeline(course: Any, embedder: Any, settings: dict[str, Any], work: Path) -> Any:
     """A RagPipeline over the course's product index with `settings` and the model `model = auto` picks."""
-    from courses_benchmark import SETTINGS, product_retriever
+    from eval.courses_benchmark import SETTINGS, product_retriever
 
     from rag.answering.pipeline import RagPipeline
     from rag.api import get_generator
@@ -300,7 +298,7 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    from courses_benchmark import add_course_arguments
+    from eval.courses_benchmark import add_course_arguments
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_course_arguments(ap)
@@ -312,7 +310,7 @@ def main() -> None:
                     help="the model's candidate scores, for resuming (outside the repository)")
     args = ap.parse_args()
 
-    from courses_benchmark import SETTINGS, courses
+    from eval.courses_benchmark import SETTINGS, courses
 
     from rag.api import get_embedder
     from rag.common.atomic import write_json_atomic, write_text_atomic

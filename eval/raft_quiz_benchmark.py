@@ -19,7 +19,7 @@ repository: they hold course text), so a killed run resumes at the next question
 
 Run (from the project folder; a few seconds a question and model on 2 cores, the answers the most):
     . .venv/bin/activate
-    python eval/raft_quiz_benchmark.py --course ai \\
+    python -m eval.raft_quiz_benchmark --course ai \\
         --models base=bundled,raft=RUN/train,dsf=RUN/dsf --answers base,raft,dsf
 Writes --out/raft_quiz_benchmark.{md,json}.
 """
@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -95,7 +93,7 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
                cache: Path, part: str) -> list[dict[str, Any]]:
     """Rows of one model on `course` for `part` ("choices": the three multiple-choice ways; "answers": the
     product's answer to the stem), resumed from `cache` question by question."""
-    import courses_benchmark as cb
+    from eval import courses_benchmark as cb
 
     from rag.api import get_generator, make_pipeline
     from rag.common.progress import progress_bar
@@ -220,7 +218,7 @@ def parse_models(text: str) -> dict[str, str]:
 
 
 def main() -> None:
-    import courses_benchmark as cb
+    from eval import courses_benchmark as cb
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cb.add_course_arguments(ap)
@@ -235,7 +233,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "course-rag" / "raft-quiz")
     args = ap.parse_args()
 
-    from choices_benchmark import MemoEncoder
+    from eval.choices_benchmark import MemoEncoder
 
     from rag.api import get_embedder
     from rag.common.atomic import write_json_atomic, write_text_atomic

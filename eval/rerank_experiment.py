@@ -11,7 +11,7 @@ cross-encoder's. Scored like eval/courses_benchmark.py, paired against the defau
 rerank adds per question. Written by hand (a 40-line loop) because sentence-transformers 6's
 CrossEncoderTrainer wants a datasets pipeline for what is one small loop here.
 
-Run: python eval/rerank_experiment.py [--pairs 600] [--epochs 1]   (~10 min a course on 2 cores)
+Run: python -m eval.rerank_experiment [--pairs 600] [--epochs 1]   (~10 min a course on 2 cores)
 Writes eval/results/courses/rerank_experiment.md and .json.
 """
 
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

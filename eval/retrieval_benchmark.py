@@ -1,4 +1,4 @@
-"""Retrieval evaluation that resembles real use (issue 13): the product's default and its ablations against
+"""Retrieval evaluation that resembles real use: the product's default and its ablations against
 LangChain's RecursiveCharacterTextSplitter(1000, 200) + flat FAISS (same MiniLM embedder), in one run.
 
 Sets (rag/evaluation/sets.py says how each is made; nothing is picked by hand):
@@ -13,8 +13,8 @@ median passage characters and index build seconds.
 
 Run (from the project folder, ~5 min on 2 cores):
     . .venv/bin/activate
-    python eval/retrieval_benchmark.py                    # default vs LangChain, all sets
-    python eval/retrieval_benchmark.py --ablations        # + each change of issue 13 switched off alone
+    python -m eval.retrieval_benchmark                    # default vs LangChain, all sets
+    python -m eval.retrieval_benchmark --ablations        # + each change of the default switched off alone
 Writes eval/results/retrieval_benchmark.md and .json, and the drawn cloze questions (cloze_questions.jsonl).
 """
 
@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Each change of issue 13, switched off alone (Settings overrides); "previous settings" switches all off
-# (close to, not the same as, the old chunker: it keeps the heading line in the passage text).
+# Each change of the default (packed passages, child windows, ...), switched off alone (Settings overrides);
+# "previous settings" switches all off (close to, not the same as, the old chunker: it keeps the heading line
+# in the passage text).
 ABLATIONS = {
     "no child windows": {"child_tokens": 0},
     "no section merging": {"merge_sections": False},

@@ -3,7 +3,7 @@
 Splits are made by source chunk (seeded), so no oracle chunk is in two splits. Every file loads with
 `datasets.load_dataset("json" | "parquet", data_files=...)`.
 
-The export never deletes or overwrites a file it did not write (issue 31). Each export records the files it
+The export never deletes or overwrites a file it did not write. Each export records the files it
 wrote, with their SHA-256, in `MANIFEST` inside the output folder. A split file of an earlier export with
 other fractions ("stale split") is removed only when the manifest lists it with the same content; a file of
 the user's (not listed, or edited since) is left alone, and where the export must write it is a one-line

@@ -1,5 +1,5 @@
 """What every `raft train` / `raft eval` run folder records about the session that made it: the command
-line, the seed, start and end times, duration and peak memory (issue 15: long runs are compared and resumed,
+line, the seed, start and end times, duration and peak memory (long runs are compared and resumed,
 so their cost must be on file next to their results)."""
 
 from __future__ import annotations

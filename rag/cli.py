@@ -4,7 +4,7 @@
 Every file a command reads goes through rag.ingest.loaders' text reader (UTF-8, or UTF-16/32 by BOM;
 one-line errors), and the `user_errors` funnel turns RagError, and any OS error (a path that is a
 symlink loop, a file where a folder should be, no permission), into `Error: ...` and exit 1 instead
-of a traceback (issue 11).
+of a traceback.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def eval_retrieval(questions: Path, index_dir: Path | None, modes: tuple[str, ..
         click.echo(f"| {mode} | {r['n']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['mrr@10']:.3f} |")
 
 
-EVAL_MAX_NEW_TOKENS = 128  # keeps a 29-question run of the bundled model (~15-20 tok/s) under ~10 minutes
+EVAL_MAX_NEW_TOKENS = 128  # keeps a 29-question run of the bundled model to minutes on a CPU
 
 
 @cli.command("eval")

@@ -4,7 +4,7 @@ The config file (rag.toml, or $RAG_CONFIG) is read with the same text reader as 
 reads (UTF-8, or UTF-16/32 with a BOM, one-line errors), and its keys are checked: a misspelt key is an
 error naming it, not a setting silently ignored. Paths are checked when the settings are made, so an
 index_dir that is a file (say RAG_INDEX_DIR=notes.txt) fails at once with one line, not with a traceback
-deep in `rag index` or `rag search` (issue 11).
+deep in `rag index` or `rag search`.
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fake_openai import FakeServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -93,6 +96,15 @@ def settings(tmp_path: Path):
     return Settings(index_dir=tmp_path / "index", corpus_dir=tmp_path / "corpus")
 
 
+@pytest.fixture
+def fake_openai() -> Iterator[FakeServer]:
+    """The suite's fake OpenAI-compatible server (tests/fake_openai.py) for one test: it answers "ok" until
+    told otherwise with `play`, and is closed after the test."""
+    server = FakeServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def course_index(tmp_path_factory, embedder):
     """The shipped corpus indexed once per test session (retrieval tests read it, never write)."""
@@ -169,11 +181,15 @@ def pytest_runtest_makereport(item, call):
 # --------------------------------------------------------------------------- parallel run (pytest-xdist)
 # The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject's addopts). A module's
 # tests stay together on one worker, so its module fixtures (a GGUF conversion, a loaded model, a server)
-# are made once, as in a serial run; the two Ray modules share one worker, so that two local clusters never
+# are made once, as in a serial run; so do the modules of tests/rag/server/ (its package fixtures: the shared
+# `rag serve` processes); the two Ray modules share one worker, so that two local clusters never
 # compete for the 2 CPUs they each claim. `-p no:xdist` (or `-n 0`) runs serially.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             module = item.nodeid.split("::", 1)[0]
-            item.add_marker(pytest.mark.xdist_group("ray" if module.endswith("test_ray.py") else module))
+            group = "ray" if module.endswith("test_ray.py") else module
+            if module.startswith("tests/rag/server/"):
+                group = "tests/rag/server"  # its modules share the package's `rag serve` processes
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -2,7 +2,7 @@
 
 Kept apart from app.py so the rules are plain functions that tests call directly (and AppTest drives).
 
-Why (issue 12): a visitor could type any "Server URL" in the sidebar and the app sent
+Why: a visitor could type any "Server URL" in the sidebar and the app sent
 `Authorization: Bearer <the server's OPENAI_API_KEY>` there, and requested any address the visitor
 chose; any visitor could also remove course files. Now:
 

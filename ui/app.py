@@ -12,7 +12,7 @@ removing documents or building the index needs the admin secret (RAG_ADMIN_SECRE
 controls are not drawn and the actions refuse.
 
 Nothing the app shows can make a visitor's browser fetch a URL chosen by a course file's author or a model
-server (issue 31): every text of a course file or a model rendered as markdown goes through
+server: every text of a course file or a model rendered as markdown goes through
 ui.render.safe_markdown (images become plain links, raw HTML shows as text), the answer while it streams too;
 passages are rendered through ui.highlight (safe markdown, the quote highlighted by a markdown directive).
 

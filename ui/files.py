@@ -1,7 +1,7 @@
 """Adding and removing course files from the UI: safe names, size and type limits, no silent overwrite.
 
 Kept apart from app.py so the rules are plain functions that tests call with real files. What belongs to
-the course is decided by the indexer's rule (rag.ingest.paths.outside_course, issue 31): an upload never
+the course is decided by the indexer's rule (rag.ingest.paths.outside_course): an upload never
 reads a file through a link that leads out of the course folder, and a removal deletes the entry in the
 course folder (a link, not the file it names) and never deletes through a link out of it.
 """

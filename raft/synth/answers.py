@@ -6,8 +6,8 @@ a fabricated quote and rejects the sample.
 
 A kept answer parses to exactly one clean final answer (`parse_answer`, the one strict parser): one
 `<ANSWER>:` mark, outside every quote, followed by one non-empty line that holds no marker and is the
-end of the reply, with every `##begin_quote##` closed by its `##end_quote##`. Issue 11 found a reply with
-two `<ANSWER>:` lines kept with both in `final_answer` (the old parser took everything after the first
+end of the reply, with every `##begin_quote##` closed by its `##end_quote##`. A reply with
+two `<ANSWER>:` lines was once kept with both in `final_answer` (the old parser took everything after the first
 mark); every other shape the checks cannot verify is rejected too, with its reason (`REASONS`), which
 `raft generate` writes to rejected.jsonl with the raw reply. The rebuilt answer (quotes in the oracle's
 own words) is parsed again before it is accepted, so an oracle whose text itself holds a marker cannot

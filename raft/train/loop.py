@@ -22,10 +22,9 @@ positions (`logits_to_keep`), which removes most of the lm_head cost on CPU.
 LoRA targets the attention and MLP projections of the llama-architecture SmolLM2 (q,k,v,o,gate,up,down):
 the usual choice for small models, 2.4 M trainable parameters at r=8 (1.8% of 135 M).
 
-CPU defaults, measured on the shared 2-core AVX512 machine (load 5-7 from other jobs) with RAFT-shaped
-samples of the shipped course (5 chunks, ~1,210 SmolLM tokens untruncated, ~120 answer tokens): a
-float32 training sample costs ~29 ms per token (paired runs: 638 tokens 17 s, 914 tokens 27 s, 1,213
-tokens 40 s; peak RSS 4.8-6.2 GB). --max-length 1024 keeps the oracle and ~2.5 of 4 distractors for
+CPU defaults, measured on a shared 2-core AVX512 CPU with RAFT-shaped samples of the shipped course (5
+chunks, ~1,210 SmolLM tokens untruncated, ~120 answer tokens): a float32 training sample's cost grows
+with its tokens, a little faster than linearly. --max-length 1024 keeps the oracle and ~2.5 of 4 distractors for
 ~2/3 of the full cost. bfloat16 autocast was 1.6-1.9x faster but learned less over the same 4 steps
 (validation loss 2.76 -> 2.72 against 2.65 in float32), so float32 is the default. 2 threads, with
 OMP_WAIT_POLICY=PASSIVE set by the CLI: busy-waiting OpenMP threads crawl when the cores are shared.

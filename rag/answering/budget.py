@@ -1,4 +1,4 @@
-"""The answer's tokens against the request's max_tokens, as the OpenAI reference reports them (issue 31).
+"""The answer's tokens against the request's max_tokens, as the OpenAI reference reports them.
 
 The reference: `max_tokens` bounds the tokens the model writes, `finish_reason` is "length" when that limit
 cut the answer, `usage.completion_tokens` counts the tokens of the completion. Here the model writes a free

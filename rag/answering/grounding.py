@@ -1,6 +1,6 @@
 """Grounded answers: choose the supporting sentence among the passages' own sentences, then answer after it.
 
-A 135M model asked to "answer using the passages" wanders off (issue 14: the LoRA passage was retrieved,
+A 135M model asked to "answer using the passages" wanders off (the LoRA passage was retrieved,
 the answer was about fine-tuning in general). Choosing is easier than writing: every sentence of the
 passages is a candidate quote, the model scores each one as the continuation of
 `##Reason: The answer to "<question>" is in this sentence: ##begin_quote##` (mean token log-probability,
@@ -53,7 +53,7 @@ MAX_CANDIDATES = 24  # quote candidates scored per passage (the longest sentence
 #: in README "Answers" (eval/answers_benchmark.py).
 RETRIEVER_WEIGHT = 0.5
 #: Candidates the model scores: the retriever's best sentences (one batch over the shared prompt cache;
-#: all ~40-60 sentences of five passages took 20-60 s on the shared 2-core machine, 8 take a few seconds).
+#: scoring all ~40-60 sentences of five passages takes several times as long as scoring 8).
 MAX_SCORED = 8
 #: A sentence found in at least this many passages of the index is boilerplate (a "Refer: <course URL>" line
 #: under every quiz item, a slide footer, a copyright line): it supports no particular answer.

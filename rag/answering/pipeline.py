@@ -9,7 +9,7 @@ given to the model is listed in `sources`, the ones that support the answer mark
 
 Settings that vary per request (generation parameters, top-k, retrieval mode, answer mode) are arguments of
 `ask()`, never swapped on the shared pipeline: `rag serve` answers many requests with one pipeline, and a swap
-under a lock serialised every request behind the model (issue 10, item 4).
+under a lock serialised every request behind the model.
 """
 
 from __future__ import annotations

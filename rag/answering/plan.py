@@ -10,7 +10,7 @@ make is condensing a follow-up with a large model (condense "llm", the default f
 the tokenizer to fit the prompt.
 
 Each earlier turn of the conversation is clipped to MAX_TURN_CHARS before it is tokenised: a 5 MB earlier turn
-used to be tokenised again on every passage-dropping step of fitting (35-41 s and +350 MB for an 8 s answer).
+used to be tokenised again on every passage-dropping step of fitting (several times the answer's own time, and hundreds of MB).
 """
 
 from __future__ import annotations

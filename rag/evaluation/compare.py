@@ -54,7 +54,7 @@ class Built:
 def generator_token_counter() -> TokenCounter:
     """Token count in the bundled generator's tokenizer (SmolLM2), the model that reads the passages.
 
-    Converts the bundled GGUF once into the model cache if it is not there yet (about 20 s).
+    Converts the bundled GGUF once into the model cache if it is not there yet.
 
     :returns: a function text -> number of tokens (no special tokens).
     :raises GeneratorError: when the bundled model is not installed.

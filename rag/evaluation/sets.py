@@ -8,7 +8,7 @@ Two sets, both written into a fresh corpus folder that the pipelines under test 
   every asked question's own item (stem, options, explanation) is cut out of the files that stay (quiz
   sections inside lecture notes, Q&A sheets). A hit is a passage holding one of the question's evidence
   quotes (`rag.evaluation.retrieval.contains_evidence`). Why: with the quizzes indexed, the dev set
-  rewarded the mode that finds the quiz item that repeats the question (the issue 13 finding).
+  rewarded the mode that finds the quiz item that repeats the question.
 * **cloze set** (`make_cloze_set`): a course-independent oracle check in the style of the inverse cloze
   task (Lee, Chang & Toutanova 2019, ORQA): sentences drawn by a seeded sampler from the prose of the
   course's non-quiz files are removed from the indexed copy and used as the queries; the passage they

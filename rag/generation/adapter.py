@@ -1,7 +1,7 @@
 """A LoRA adapter as a model: merged once into its base model in the model cache, then loaded like any folder.
 
 Why: an adapter is a few MB (the course's RAFT adapter: 2.4 M parameters, r 8) where a merged model is 540 MB,
-so the project ships the adapter of its own course (`COURSE_ADAPTER`, issue 15) and `raft train` writes one
+so the project ships the adapter of its own course (`COURSE_ADAPTER`) and `raft train` writes one
 beside its merged/ model. peft does the merge (`PeftModel.from_pretrained(base, folder).merge_and_unload()`,
 the same call `raft train` uses for merged/); the merged folder is written once through `publish_cached` (a
 temp folder renamed into place) under a name keyed by the adapter's bytes and the base folder, so every later
@@ -106,7 +106,7 @@ _merge_lock = threading.Lock()
 
 
 def merge_adapter(folder: Path, base_dir: Path, cache_dir: str | Path | None = None) -> Path:
-    """The model folder of base + adapter, merged once into the model cache (~5 s for the bundled model) and
+    """The model folder of base + adapter, merged once into the model cache and
     reused afterwards.
 
     :param folder: the adapter folder (peft files + ADAPTER_INFO).

@@ -5,7 +5,7 @@ name the server and say what to do, for a server that is down, an HTTP error (wi
 `error.message`), or a reply that is not a chat completion (an HTML page, a JSON list, a stream of
 something else); and acceptance of a server that ignores `"stream": true` and sends the whole completion.
 
-Limits (issue 31), settings `model_timeout`, `model_deadline`, `model_max_reply_bytes`: each try waits at
+Limits, settings `model_timeout`, `model_deadline`, `model_max_reply_bytes`: each try waits at
 most `read_timeout` for the reply to start and between streamed pieces; one call — every try, the backoff
 between them and the whole stream — ends by its `deadline` (each try's timeouts are cut to the time left,
 and the stream is checked as it arrives), so a server that accepts and never answers costs the deadline,
@@ -49,7 +49,7 @@ def request_headers(key: str | None) -> dict[str, Any]:
 
     The `openai` client also reads $OPENAI_ORG_ID, $OPENAI_PROJECT_ID and $OPENAI_CUSTOM_HEADERS (which may
     hold an `Authorization` that overrides the key) and sends them with every request. Those are settings for
-    api.openai.com; sent to a user's base URL they leak (issue 12). Per-request headers win over the client's
+    api.openai.com; sent to a user's base URL they leak. Per-request headers win over the client's
     own, and `openai.Omit()` removes a header.
 
     :param key: the bearer token for the configured base URL; None or "" sends no Authorization header.
@@ -221,7 +221,7 @@ class OpenAIGenerator(Generator):
         self.connect_timeout = connect_timeout
         self.deadline = deadline
         self.max_reply_bytes = max_reply_bytes
-        # "" means no key at all (the app asks for that for any server but the configured one, issue 12).
+        # "" means no key at all (the app asks for that for any server but the configured one).
         key = api_key if api_key is not None else (os.environ.get("RAG_API_KEY") or os.environ.get("OPENAI_API_KEY"))
         # The client insists on a key; with none, a placeholder that is never sent: each request omits the header.
         self._client = openai.OpenAI(

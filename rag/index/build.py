@@ -2,9 +2,9 @@
 
 Every entry the corpus walk sees ends up indexed or in the report's `skipped` list with its reason
 (rag.ingest.paths.walk_corpus), and a build that finds no document raises NoDocuments instead of
-publishing an empty index (issue 11: a folder of .docx files indexed with exit 0 and no word). A link out
+publishing an empty index (a folder of .docx files once indexed with exit 0 and no word). A link out
 of the course folder is skipped unless `follow_outside_links`, and no error of a loader or the chunker
-stops a build: the file is skipped with its reason (issue 31: one PDF decompression bomb stopped
+stops a build: the file is skipped with its reason (one PDF decompression bomb once stopped
 `rag index` with a traceback). A file indexed with text no reader sees dropped (hidden HTML, front matter,
 comments) or parts its reader left out (hidden slides, scanned PDF pages) gets a note in the report's `notes`.
 Identical files (same bytes under two names) are indexed once: the copy already in the index, else the

@@ -1,8 +1,8 @@
 """Mean-pooling sentence encoder on plain transformers, for the sentence-transformers models that are just that.
 
 Why by hand: a fresh `rag ask` imports sentence-transformers only to embed the question and the quote
-candidates, and that import alone (scikit-learn and SciPy come with it) took 1.8 s of the ~11 s to the
-first answer byte on the 2-core CPU (`python -X importtime`, transformers and torch already imported).
+candidates, and that import alone (scikit-learn and SciPy come with it) was a sixth of the time to the first answer
+byte (`python -X importtime`, transformers and torch already imported).
 all-MiniLM-L6-v2, the bundled embedder, and most sentence-transformers checkpoints are a transformer, mean
 pooling over the attention mask and L2 normalisation (modules.json); that is ~20 lines over the
 `transformers.AutoModel` the generator already imports. `plain_mean_pooling` accepts a folder only when its

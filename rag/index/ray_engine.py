@@ -16,9 +16,9 @@ Two pipelines, with the driver in between:
 Results carry their position, so Ray Data may return them in any order. Vectors match a local build within
 float tolerance: other batch boundaries and thread counts change the last bits (measured in
 tests/rag/index/test_ray.py with 2-text batches in bf16: max abs difference 1.5e-3, cosine >= 0.99997).
-Measured (bench/ray_scaling.py, 8,140 chunks): one 1-CPU worker embeds 151 chunks/s while computing (a
-local one-thread build: 138/s); a stage pays ~8 s to start its actors and load the model in each, and
-a local cluster ~5 s to start, so Ray only pays off when the embedding takes minutes.
+A 1-CPU worker embeds about as fast as a local one-thread build, but a stage pays seconds to start its actors
+and load the model in each, and a local cluster seconds to start, so Ray only pays off when the embedding takes
+minutes (bench/ray_scaling.py measures it; README has the figures).
 
 The cluster: `--address` connects to a running one (`ray start --head` on the first node, `ray start
 --address HEAD:6379` on the others); without it a one-machine cluster is started for the command and
@@ -158,8 +158,8 @@ class RayCluster:
 
 
 def reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a cluster address nothing listens at: `ray.init` would wait for minutes (measured:
-    still waiting after 5 min for 127.0.0.1:1). "auto" and bare names are left to Ray.
+    """Fail fast on a cluster address nothing listens at: `ray.init` would wait for minutes
+    (it does for 127.0.0.1:1). "auto" and bare names are left to Ray.
 
     :raises RagError: nothing accepts a TCP connection at the address's host and port.
     """

@@ -5,7 +5,7 @@ manifest.json, index.faiss, vectors.npy, chunks.jsonl and bm25/. A build writes 
 fsyncs it and then replaces CURRENT in one rename, so a reader never sees half an index and a
 killed build leaves the previous one loadable. Nothing is pickled.
 
-Every file is validated on load (issue 11: a manifest.json that was `[]` or lacked "counts" crashed
+Every file is validated on load (a manifest.json that was `[]` or lacked "counts" once crashed
 with a traceback): CURRENT, manifest.json against a schema (`validate_manifest`), each chunks.jsonl
 record, the vectors' shape and dtype, FAISS's ids against the chunk ids, and BM25's document count. Any
 problem is one RagError naming the file and saying to rebuild.

@@ -1,6 +1,6 @@
 """Split Documents into Chunks that fit the embedder's window, keep their heading path and quiz items whole.
 
-Passages fill the window (issue 13): consecutive small sections are packed into one passage (their
+Passages fill the window: consecutive small sections are packed into one passage (their
 heading lines stay in its text; `section` is the heading path where it starts) instead of one passage
 per heading, which on other authors' notes gave a median of 588 characters and lost to LangChain's
 1,000-character splitter. Packing raised MRR@10 by 0.03-0.05 on all four sets of
@@ -30,7 +30,7 @@ _MD_DECOR = re.compile(r"(\\?[*_`]+)|\[([^\]]*)\]\([^)]*\)")
 SECTION_SEP = " > "
 CHUNKER_VERSION = 4  # bump when splitting changes: indexes re-chunk every file on their next update
 # 2: headings found by a CommonMark parser (code fences of any length, nested fences, fences in lists)
-# 3: small sections packed into one chunk up to the budget (issue 13); heading path embedded only on request
+# 3: small sections packed into one chunk up to the budget; heading path embedded only on request
 # 4: page/slide/cell locations (a chunk never spans two slides); passages sharing a label marked
 MAX_SECTION_TOKENS = 48
 _HEADING_LINE = re.compile(r"^ {0,3}#{1,6}([ \t]|$)")
@@ -96,7 +96,7 @@ def sections(text: str) -> Iterable[tuple[str, int, int]]:
 
     Headings are the document's own `#` headings (not those inside block quotes or list items); a `#`
     line inside a code block is code. markdown-it-py (a CommonMark-conformant parser) finds them, because
-    fences have rules a line regex got wrong (issue 11): a fence closes only at a fence of the same
+    fences have rules a line regex got wrong: a fence closes only at a fence of the same
     character at least as long as its opener, so a ```` fence can hold a ```python block whose
     `# comment` lines are not headings; fences inside list items; unclosed fences run to the end.
     Offsets come from the parser's line map, because LangChain's MarkdownHeaderTextSplitter rewrites

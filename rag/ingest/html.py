@@ -1,4 +1,4 @@
-"""HTML pages to markdown-ish text (issue 31): every text node a reader sees, in page order; text no reader
+"""HTML pages to markdown-ish text: every text node a reader sees, in page order; text no reader
 sees dropped by one rule and counted.
 
 Visible text: each text node goes into the paragraph of its nearest block element (p, div, section, body,

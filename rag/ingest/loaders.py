@@ -8,7 +8,7 @@ Each format has its reader, each through a well-kept library: PDF pages (rag.ing
 passage can say where it lies; what a reader leaves out (hidden slides, scanned pages) is named in
 `Document.metadata["notes"]`.
 
-Why each rule (issue 11):
+Why each rule:
 - Text is decoded by its byte-order mark: UTF-8 (with or without BOM), UTF-16 and UTF-32 with a BOM (what
   Windows editors save as "Unicode"). Without a BOM only UTF-8 is accepted: guessing a legacy code page
   turns bytes into wrong words silently, so a bad byte is reported with its offset instead. One function
@@ -20,7 +20,7 @@ Why each rule (issue 11):
 - HTML `<pre>` blocks are fenced, so a `# comment` inside one is code, not a heading (the chunker reads
   headings with a CommonMark parser).
 
-Issue 31 (nothing outside the course gets in, nothing inside gets lost):
+Nothing outside the course gets in, nothing inside gets lost:
 - The walk reads nothing whose resolved path lies outside the course folder unless the user opts in
   (rag.ingest.paths: the one rule the app's upload and removal follow too), and walks any depth.
 - `read_file` is the one funnel of every loader: any exception of a reader (pypdf's LimitReachedError on
@@ -144,7 +144,7 @@ def read_file(path: Path, source: str, data: bytes | None = None, ocr: bool = Fa
         got = extract_text(kind, data, ocr)
     except UnreadableFile:
         raise
-    except Exception as exc:  # the one funnel: no reader's error stops a build or an upload (issue 31)
+    except Exception as exc:  # the one funnel: no reader's error stops a build or an upload
         raise UnreadableFile(loader_failure(kind, exc)) from None
     parts = [strip_md_images(part) for part in got.parts]  # every format: no image URL reaches a passage
     if got.part_kind:

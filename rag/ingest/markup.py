@@ -1,4 +1,4 @@
-"""Markdown and text files (issue 31): what a reader of the rendered file never sees is not indexed.
+"""Markdown and text files: what a reader of the rendered file never sees is not indexed.
 
 - Front matter (a YAML block between `---` lines, or `---` and `...`, at the very start of a markdown file,
   as Jekyll, Hugo, Obsidian and MkDocs write it; or Hugo's TOML block between `+++` lines) is metadata, not
@@ -77,7 +77,7 @@ def strip_prose_comments(text: str) -> tuple[str, int]:
 
     One pass: a backtick run opens a code span closed by the next run of the same length (CommonMark). The
     runs are listed once, by length, so finding a closing run is a bisection, never a rescan: a file of
-    thousands of unmatched runs stays linear (a rescan per run took 70 s on 4 MB).
+    thousands of unmatched runs stays linear (a rescan per run is quadratic: minutes on a few MB).
     """
     runs: dict[int, list[int]] = {}
     for m in _TICKS.finditer(text):

@@ -1,4 +1,4 @@
-"""The course folder: what it may contain, and the walk that lists it (issues 11 and 31).
+"""The course folder: what it may contain, and the walk that lists it.
 
 The walk (`walk_corpus`) lists every entry it sees: the files to read, and the rest as skipped with a
 reason: hidden entries, unsupported types (.ppt, .doc, images…), broken links, symlink loops, unreadable folders,
@@ -6,7 +6,7 @@ special files, links out of the course. Symlinked folders inside the course are 
 to one of its own ancestors is a loop and is not followed. It is iterative: 1,100 nested folders raised
 RecursionError.
 
-One rule for what a course contains (issue 31): an entry is part of the course when its resolved path lies
+One rule for what a course contains: an entry is part of the course when its resolved path lies
 inside the course folder. A link that leads out of it (`ln -s /etc/passwd corpus/week4-notes.txt`, or a
 folder linked in from elsewhere) is not read unless the user opts in: `rag index --follow-outside-links`,
 or the setting `follow_outside_links` (`RAG_FOLLOW_OUTSIDE_LINKS=true`, `rag.toml`). Without it, whoever can

@@ -14,7 +14,7 @@ from rag.errors import UnreadableFile
 from rag.ingest.ocr import INSTALL_HINT, ocr_page, tesseract_path
 from rag.ingest.reader import FileText, numbered, one_line
 
-# pypdf's text extraction is quadratic in a page's drawing commands (1 MiB: 1.4 s, 4 MiB: 19 s), so a 10 KB
+# pypdf's text extraction is quadratic in a page's drawing commands (4x the commands, ~14x the time), so a 10 KB
 # file inflating to 70 MiB on one page, under pypdf's own limits, would hold `rag index` for hours.
 MAX_PDF_PAGE_CONTENT = 4 * 1024 * 1024
 OCR_HINT = ("run OCR on it first (for example `ocrmypdf in.pdf out.pdf`), turn on the setting ocr "

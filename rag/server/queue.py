@@ -2,11 +2,10 @@
 thread that runs one generation and can be stopped.
 
 Why: the first server ran every request - validation, retrieval, abstention and generation - under one
-lock, in whatever order threads woke up. Measured with 20 concurrent requests (max_tokens 8): every
-non-streaming request went before any stream got its first token (50-125 s), off-topic questions that
-abstain without the model waited 11-34 s for the lock, /health took 29 s with 41 requests queued (its
-sync handler waited for a worker thread behind the blocked ones), and a client that disconnected kept
-the model busy. Here:
+lock, in whatever order threads woke up. Under 20 concurrent requests every non-streaming request went
+before any stream got its first token, off-topic questions that abstain without the model waited for the
+lock, /health waited behind the queued requests (its sync handler needed a worker thread behind the
+blocked ones), and a client that disconnected kept the model busy. Here:
 
 - A request takes a `Ticket` when it arrives, before retrieval, so its place in line is its arrival
   order. Retrieval and the abstention decision run meanwhile; a request that turns out to need no model
@@ -19,9 +18,8 @@ the model busy. Here:
   the moment the model is done (attribution, which needs only the embedder, happens after). `stop()` cancels the
   stream: the in-process model abandons its forward pass at the next decoder layer, whether it is
   streaming, reading the prompt or scoring a grounded answer's quote candidates; the slot is released
-  once it has. Measured (bench/load.py): a hang-up mid-answer frees the model in 0.05-0.16 s, one
-  during prompt prefill in 0.1-0.6 s (3.7-3.9 s when a cancel waited for the next token; 15-20 s
-  during a grounded answer's quote scoring before that was cancellable too).
+  once it has: a hang-up frees the model within a decoder layer, not after the next token or the whole
+  quote scoring (bench/load.py measures it; README "Serving").
 """
 
 from __future__ import annotations

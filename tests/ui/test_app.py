@@ -1,16 +1,12 @@
 """The Streamlit chat (ui/app.py) driven by streamlit.testing.v1.AppTest: real embedder, real index, real
-bundled generator with a few tokens, real files in temp folders. The key tests point the app at small
-OpenAI-compatible HTTP servers on 127.0.0.1 that record what they receive (stand-ins for a model server,
-which cannot run here)."""
+bundled generator with a few tokens, real files in temp folders. The key tests point the app at the suite's
+fake OpenAI-compatible server on 127.0.0.1 (tests/fake_openai.py), which records what it receives (a
+stand-in for a model server, which cannot run here)."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ from rag.config import Settings
 from rag.errors import RagError
 from rag.index.build import build_lock
 from tests.conftest import ROOT
+from tests.fake_openai import FakeServer, free_port, sse
 from tests.pdfgen import make_flate_bomb_pdf, make_pdf
 from ui.access import allowed_servers, require_admin, server_key
 from ui.files import MAX_UPLOAD_BYTES, remove_document, safe_filename, save_upload
@@ -163,9 +160,7 @@ def test_sidebar_retrieval_settings_reach_the_pipeline(monkeypatch, course_index
 
 @pytest.mark.llm  # the page loads the bundled model when it opens
 def test_generator_server_down_is_a_message(monkeypatch, course_index):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     at = start(monkeypatch, course_index, RAG_UI_BACKEND_URLS=f"http://127.0.0.1:{port}/v1")
     at.radio(key="backend").set_value("server").run()
     assert at.selectbox(key="server_url").value == f"http://127.0.0.1:{port}/v1"
@@ -280,46 +275,15 @@ def test_documents_are_for_the_admin_only(monkeypatch, small_index):
     require_admin(Settings(admin_secret=ADMIN), ADMIN)
 
 
-class Recorder:
-    """An OpenAI-compatible chat server on 127.0.0.1 that answers one streamed sentence and records headers."""
-
-    def __init__(self) -> None:
-        self.headers: list[dict[str, str]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                owner.headers.append({k.lower(): v for k, v in self.headers.items()})
-                events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "LoRA freezes "}}]},
-                          {"choices": [{"index": 0, "delta": {"content": "the weights."}, "finish_reason": "stop"}]}]
-                payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def authorizations(self) -> list[str | None]:
-        return [h.get("authorization") for h in self.headers]
-
-
 @pytest.fixture
-def recorders() -> Iterator[tuple[Recorder, Recorder]]:
-    pair = (Recorder(), Recorder())
+def recorders() -> Iterator[tuple[FakeServer, FakeServer]]:
+    """Two of the suite's fake OpenAI servers (tests/fake_openai.py), each streaming one sentence."""
+    pair = (FakeServer(), FakeServer())
+    for server in pair:
+        server.play(("reply", 200, "text/event-stream", sse("LoRA freezes ", "the weights.", finish_reason="stop")))
     yield pair
-    for r in pair:
-        r.httpd.shutdown()
-        r.httpd.server_close()
+    for server in pair:
+        server.close()
 
 
 def test_the_key_goes_only_to_the_configured_server(monkeypatch, course_index, recorders):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.fake_openai import FakeServer, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -31,12 +31,6 @@ pytestmark = [
     pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                        reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -279,7 +273,6 @@ def test_math_and_code_render_in_answers_and_sources(tmp_path: Path, embedder, b
     from rag.config import Settings
     from rag.index.build import build_index
     from tests.conftest import write_small_corpus
-    from tests.fake_openai import FakeServer
 
     model = FakeServer()
     try:
@@ -321,37 +314,13 @@ def test_math_and_code_render_in_answers_and_sources(tmp_path: Path, embedder, b
 
 # --------------------------------------------------------------------------- rendering that cannot fetch
 
-class ImageHost:
-    """A web server on 127.0.0.1 standing for the host a hostile course file or model points images at:
-    it counts every request it gets (the test wants none)."""
+GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.hits: list[str] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.hits.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Type", "image/gif")
-                gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
-                self.send_header("Content-Length", str(len(gif)))
-                self.end_headers()
-                self.wfile.write(gif)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def image_host() -> FakeServer:
+    """The suite's fake server (tests/fake_openai.py) standing for the host a hostile course file or model
+    points images at: it answers every request with a tiny GIF and records it (the test wants none)."""
+    return FakeServer().play(("reply", 200, "image/gif", GIF))
 
 
 def hostile_answer(host: str) -> list[str]:
@@ -380,18 +349,17 @@ def test_a_hostile_answer_and_passage_load_nothing(tmp_path: Path, embedder, bro
     from rag.config import Settings
     from rag.index.build import build_index
     from tests.conftest import write_small_corpus
-    from tests.fake_openai import FakeServer
 
-    host, model = ImageHost(), FakeServer()
+    host, model = image_host(), FakeServer()
     try:
         corpus = write_small_corpus(tmp_path / "corpus")
         (corpus / "lora-extra.txt").write_text(
             "LoRA freezes the weights of the pre-trained model and trains small adapter matrices.\n"
-            f"![passage-leak]({host.url}/passage.png?q=secret) <img src=\"{host.url}/passage-raw.png\">\n",
+            f"![passage-leak]({host.origin}/passage.png?q=secret) <img src=\"{host.origin}/passage-raw.png\">\n",
             encoding="utf-8")
         settings = Settings(index_dir=tmp_path / "index", corpus_dir=corpus, model="bundled")
         build_index(corpus, settings.index_dir, embedder, make_chunker(embedder, settings))
-        model.play(("drip", hostile_answer(host.url), 0.3))
+        model.play(("drip", hostile_answer(host.origin), 0.3))
         app = serve_app(tmp_path, {"RAG_INDEX_DIR": str(settings.index_dir), "RAG_CORPUS_DIR": str(corpus),
                                    "RAG_MODEL": model.url, "RAG_ANSWER_MODE": "free", "RAG_TOP_K": "4",
                                    "RAG_MAX_NEW_TOKENS": "1024"})
@@ -408,7 +376,7 @@ def test_a_hostile_answer_and_passage_load_nothing(tmp_path: Path, embedder, bro
                 wait_for(browser, 60).until(lambda d: "stream-leak" in bubble(d, 1).text)
             except Exception:
                 pytest.fail(f"no answer streamed; the bubble shows: {bubble(browser, 1).text!r}")
-            assert not host.hits, host.hits
+            assert not host.requests, [r["path"] for r in host.requests]
             wait_for(browser, 120).until(lambda d: answered(d, 1))  # done, and redrawn from the history
             bot = bubble(browser, 1)
             for summary in bot.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] summary"):
@@ -429,9 +397,9 @@ def test_a_hostile_answer_and_passage_load_nothing(tmp_path: Path, embedder, bro
             for text in ("stream-leak", "inline-leak", "ref-leak", "short-leak"):
                 assert text in bot.text
             links = [a.get_attribute("href") for a in bot.find_elements(By.TAG_NAME, "a")]
-            assert f"{host.url}/inline.png" in links  # a link to click, not an image to load
-            assert not browser.find_elements(By.CSS_SELECTOR, f"img[src^='{host.url}'], iframe, video, audio, object")
-            assert not host.hits, host.hits
+            assert f"{host.origin}/inline.png" in links  # a link to click, not an image to load
+            assert not browser.find_elements(By.CSS_SELECTOR, f"img[src^='{host.origin}'], iframe, video, audio, object")
+            assert not host.requests, [r["path"] for r in host.requests]
         finally:
             app.close()
     finally:

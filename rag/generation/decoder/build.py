@@ -66,7 +66,7 @@ def _decoder_validator(fingerprint: str, precision: str, pack: bool) -> Callable
 
 
 def _run_builder(cmd: list[str], label: str, layers: int) -> None:
-    """Run onnxruntime-genai's builder, saying on stderr what is happening (6 s for the bundled model).
+    """Run onnxruntime-genai's builder, saying on stderr what is happening.
 
     :raises GeneratorError: when it fails (its last lines) or runs longer than _BUILD_TIMEOUT_S.
     """

@@ -6,8 +6,8 @@ Every answer the ONNX decoder writes (rag/generation/decoder/onnx.py) is a `Deco
 
 * Continuous batching (Yu et al. 2022, "Orca"; vLLM's scheduler): sequences join and leave between
   passes. Each pass feeds the last token of every running sequence, so four answers advance in one pass
-  that reads the weights once (on this CPU an unpacked fp32 one-token pass is bound by memory bandwidth:
-  a 16-token pass of one sequence cost ~1.2 one-token passes). The key/value cache is one preallocated
+  that reads the weights once (on a CPU an unpacked fp32 one-token pass is bound by memory bandwidth:
+  a 16-token pass of one sequence costs about 1.2 one-token passes). The key/value cache is one preallocated
   buffer per layer, [sequences, kv_heads, capacity, head_dim]; ONNX Runtime's GroupQueryAttention reads
   row b up to its own length (attention_mask), writes in place, and rows of different lengths need no
   padding. The buffer is rebuilt (rows copied) only when a sequence joins or leaves.

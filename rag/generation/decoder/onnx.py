@@ -1,6 +1,6 @@
 """Faster local decoding: transformers reads the prompt, ONNX Runtime writes the answer's tokens.
 
-Measured by `python bench/generation.py` (bundled SmolLM2-135M, a 1,407-token RAG prompt, 64 greedy
+Measured by `python -m bench.generation` (bundled SmolLM2-135M, a 1,407-token RAG prompt, 64 greedy
 tokens, 1 thread, contenders in separate processes interleaved per round; README "Speed" has the table):
 transformers `generate` pays per-operation overhead on 30 layers of tiny matrix-vector products. Against
 it, one fp32 ONNX step per token decodes 2.0x faster, bound by reading 540 MB of weights per step; the same
@@ -20,8 +20,8 @@ passes (continuous batching: what `rag serve` runs). Token selection reuses tran
 processors and stopping criteria, so repetition penalty, sampling, seeds, stop strings, EOS handling and
 left-padded batches mean what they mean in `model.generate`. Log-probabilities stay on the transformers model.
 
-The decoder is built once per model folder and precision (a subprocess, progress on stderr: 10-20 s for
-the bundled model in fp32, packing included) into the model cache, via a temp folder renamed into place
+The decoder is built once per model folder and precision (a subprocess, progress on stderr, packing
+included) into the model cache, via a temp folder renamed into place
 (models.publish_cached); a `raft train` merged model gets its own. The LM head is kept for every position
 (a speculative pass needs them all). The packed fp32 decoder of the bundled model holds 195 MB (the fp32
 embedding table is most of it), 540 MB unpacked. A model merged with a LoRA on every projection (the
@@ -147,7 +147,7 @@ class OnnxDecoder:
         self.engine = DecodeEngine(self.session, self.layers, self.kv_heads, self.head_dim, self.vocab, None,
                                    speculate)
         if draft_dir is not None:
-            # Opened in the background (~1 s): the first answer needs the prompt read first, and the engine
+            # Opened in the background: the first answer needs the prompt read first, and the engine
             # uses prompt lookup alone until the draft is there.
             def open_draft() -> None:
                 try:

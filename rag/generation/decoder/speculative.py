@@ -3,9 +3,9 @@
 Speculative decoding (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding")
 lets a cheap proposer guess the next k tokens; the real model checks all of them in one forward pass and
 keeps the longest prefix it would have chosen itself, plus its own next token. Under greedy decoding the
-text is the real model's, token for token; only the number of forward passes changes. On this CPU one
-fp32 step of the bundled model costs ~50 ms and a 16-token check ~1.2 steps (weights are read once per
-pass; decoding is bound by memory bandwidth), so every accepted draft token is nearly free. Not so on a
+text is the real model's, token for token; only the number of forward passes changes. On a CPU a
+16-token check of the bundled model's fp32 decoder costs about 1.2 one-token steps (weights are read once
+per pass; decoding is bound by memory bandwidth; bench/generation.py), so every accepted draft token is nearly free. Not so on a
 decoder whose matrices are packed 4-bit blocks (rag/generation/decoder/packing.py): ONNX Runtime's fp32 4-bit
 kernel is fast for one token only, a check of several costs 2.5-4x a step, and speculating there was
 slower than one token per pass (1.9-2.0x against 2.8x transformers' decode): off by default there.

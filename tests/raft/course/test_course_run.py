@@ -5,9 +5,9 @@ of training (a real SIGKILL of the command), the same command finishes from the 
 finished stages or asking the teacher again.
 
 Real parts: the bundled embedder, FAISS, SmolLM2-135M (trained with peft, answering with the transformers
-decoder), the real HTTP client against a real OpenAI-compatible server on 127.0.0.1 that answers as the
-scripted teacher (tests/raft/teacher_server.py: no teacher model that writes valid RAFT samples in seconds runs
-here). The model cache is a temporary folder holding a link to the converted bundled model, so the merged
+decoder), the real HTTP client against the suite's fake OpenAI server on 127.0.0.1 (tests/fake_openai.py)
+answering as test_synth.py's ScriptedTeacher: no teacher model that writes valid RAFT samples in seconds runs
+here. The model cache is a temporary folder holding a link to the converted bundled model, so the merged
 models this writes go away with the test."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from click.testing import CliRunner
 from raft.course.state import STATE
 from raft.records import DATASET
 from tests.conftest import ROOT, write_small_corpus
-from tests.raft.teacher_server import TeacherServer
+from tests.fake_openai import FakeServer, answering
+from tests.raft.synth.test_synth import teacher_reply
 from tests.raft.train.test_train import FACTS
 
 pytestmark = pytest.mark.llm
@@ -35,7 +36,7 @@ MORE = " It is one of the central ideas of this course and it comes back in seve
 STAGES = ["plan", "generate", "train", "evaluate", "install"]
 
 
-def tiny_args(corpus: Path, out: Path, teacher: TeacherServer, *extra: str) -> list[str]:
+def tiny_args(corpus: Path, out: Path, teacher: FakeServer, *extra: str) -> list[str]:
     """3 train and 3 held-out samples, one question and one distractor each, LoRA r 4, 8 answer tokens."""
     return ["course", str(corpus), "--out", str(out), "--teacher", teacher.url, "--questions", "1",
             "--distractors", "1", "--split", "0.5,0,0.5", "--max-length", "256", "--lora-r", "4", "--grad-accum", "1",
@@ -70,7 +71,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(name, str(value))
     for name in ("RAG_MODEL", "RAG_INDEX_DIR", "RAG_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    server = TeacherServer(delay=0.0)
+    server = answering(teacher_reply)
     yield {"teacher": server, "registry": tmp_path / "registry", "corpus": write_course(tmp_path / "course")}
     server.close()
     for path in cache.iterdir():  # the merged models (hundreds of MB); the link only, not the shared model

@@ -3,9 +3,9 @@ samples as the single-process run with the same seed, with the bundled model in 
 OpenAI-compatible teacher called concurrently; a driver killed mid-run resumes with no duplicate and no
 loss; no Ray import without --engine ray.
 
-The HTTP teacher is a real HTTP server on 127.0.0.1 that answers like the scripted teacher of
-test_synth.py (deterministic questions and quoting answers, streamed as server-sent events): a real
-server for what a vLLM server would do, since no such model runs here."""
+The HTTP teacher is the suite's fake OpenAI server (tests/fake_openai.py), a real HTTP server on 127.0.0.1,
+answering like the scripted teacher of test_synth.py (deterministic questions and quoting answers, streamed
+as server-sent events): a real server for what a vLLM server would do, since no such model runs here."""
 
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ import pytest
 from raft.records import DATASET, PROGRESS, REJECTED, read_jsonl
 from rag.config import Settings
 from tests.conftest import CORPUS, ROOT
-from tests.raft.teacher_server import TeacherServer
+from tests.fake_openai import FakeServer, answering
+from tests.raft.synth.test_synth import teacher_reply
 
 from tests.raycluster import NO_RAY, cluster, needs_ray  # noqa: F401  (cluster: a fixture)
 
 
 @pytest.fixture
 def teacher():
-    server = TeacherServer()
+    server = answering(teacher_reply, delay=0.05)
     yield server
     server.close()
 
@@ -80,7 +81,7 @@ def asked(out: Path) -> list[dict]:
     return [p for p in read_jsonl(out / PROGRESS) if p.get("questions") is not None]
 
 
-def generate_cmd(out: Path, index: Path, teacher: TeacherServer, *extra: str) -> list[str]:
+def generate_cmd(out: Path, index: Path, teacher: FakeServer, *extra: str) -> list[str]:
     return [sys.executable, "-m", "raft.cli", "generate", str(CORPUS), "--out", str(out), "--index-dir", str(index),
             "--model", teacher.url, "--model-name", "scripted", "--questions", "2", "--distractors", "2",
             "--seed", "3", "--limit", "16", "--workers", "2", "--no-index", "--json", *extra]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,12 @@ QUESTIONS = sse("Here are the questions:\n1. What does the model learn during fi
 
 
 @pytest.fixture
-def teacher(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServer]:
+def teacher(fake_openai: FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeServer:
     monkeypatch.delenv("RAG_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     (tmp_path / "empty.toml").write_text("", encoding="utf-8")
     monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
-    server = FakeServer()
-    yield server
-    server.close()
+    return fake_openai
 
 
 def generate(corpus: Path, out: Path, teacher: FakeServer, **env: str):

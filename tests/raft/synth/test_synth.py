@@ -58,6 +58,15 @@ class ScriptedTeacher(Generator):
                f"Q4: What does the passage say about {words[4]}?")
 
 
+def teacher_reply(request: dict) -> str:
+    """What ScriptedTeacher answers to a chat completion request (the `messages` of its JSON body): the
+    reply of the suite's fake OpenAI server (tests/fake_openai.py) standing for a vLLM teacher."""
+    try:
+        return "".join(ScriptedTeacher().stream(request["messages"]))
+    except IndexError:  # not a RAFT request (a one-token warm-up): any server answers something
+        return "OK"
+
+
 @pytest.fixture(scope="module")
 def course(course_index, embedder):
     from rag.index.store import VectorIndex

@@ -1,8 +1,6 @@
-"""The RAG loop with the real bundled generator (tiny settings) and real retrieval (`rag serve`: tests/rag/test_server.py)."""
+"""The RAG loop with the real bundled generator (tiny settings) and real retrieval (`rag serve`: tests/rag/server/)."""
 
 from __future__ import annotations
-
-import socket
 
 import pytest
 
@@ -14,6 +12,7 @@ from rag.api import make_pipeline, open_retriever
 from rag.errors import GeneratorError, RagError
 from rag.generation.base import Generator
 from rag.generation.http import OpenAIGenerator
+from tests.fake_openai import free_port
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +110,8 @@ def test_prompt_drops_lowest_passages_to_fit(quiet_pipe):
     assert hits[0].chunk.text.strip() in messages[-1]["content"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_down_error_names_the_url():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     gen = OpenAIGenerator(url, model_name="x", retries=2)
     with pytest.raises(GeneratorError, match="127.0.0.1"):
         gen.generate([{"role": "user", "content": "hi"}])

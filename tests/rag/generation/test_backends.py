@@ -25,8 +25,7 @@ from rag.generation.models import (
     default_cache_dir,
     is_valid_model_cache,
 )
-from tests.fake_openai import FakeServer as SharedFakeServer
-from tests.fake_openai import free_port, sse
+from tests.fake_openai import FakeServer, free_port, sse
 
 QUESTION = [{"role": "user", "content": "Explain in a few sentences what a language model is."}]
 GREEDY = GenerationParams(max_new_tokens=8)
@@ -247,14 +246,9 @@ def test_factory_picks_the_backend(model_cache: Path) -> None:
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 
-_free_port, _sse = free_port, sse
-
-
-class FakeServer(SharedFakeServer):
-    """The suite's fake OpenAI-compatible server (tests/fake_openai.py) with a client for it."""
-
-    def client(self, **kw: Any) -> OpenAIGenerator:
-        return OpenAIGenerator(self.url, model_name="tiny", **kw)
+def http_backend(server: FakeServer, **kw: Any) -> OpenAIGenerator:
+    """The project's HTTP backend pointed at the suite's fake OpenAI server (tests/fake_openai.py)."""
+    return OpenAIGenerator(server.url, model_name="tiny", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -268,12 +262,12 @@ def _server() -> Iterator[FakeServer]:
 def server(_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     monkeypatch.delenv("RAG_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    _server.play(("reply", 200, "text/event-stream", _sse("ok")))
+    _server.play(("reply", 200, "text/event-stream", sse("ok")))
     return _server
 
 
 def test_server_down_is_one_clear_line() -> None:
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(GeneratorError) as info:
         OpenAIGenerator(url, retries=2).generate(QUESTION)
     message = str(info.value)
@@ -281,8 +275,8 @@ def test_server_down_is_one_clear_line() -> None:
 
 
 def test_valid_sse_stream_yields_the_pieces_in_order(server: FakeServer) -> None:
-    server.play(("reply", 200, "text/event-stream", _sse("Hel", "lo", " world", "!")))
-    pieces = list(server.client(api_key="secret").stream(QUESTION, GenerationParams(max_new_tokens=5, seed=3)))
+    server.play(("reply", 200, "text/event-stream", sse("Hel", "lo", " world", "!")))
+    pieces = list(http_backend(server, api_key="secret").stream(QUESTION, GenerationParams(max_new_tokens=5, seed=3)))
     assert pieces == ["Hel", "lo", " world", "!"]
     (request,) = server.requests
     assert request["path"] == "/v1/chat/completions"
@@ -296,7 +290,7 @@ def test_valid_sse_stream_yields_the_pieces_in_order(server: FakeServer) -> None
 def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_API_KEY", "from-env")
     params = GenerationParams(temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1, stop=["\n\n"])
-    assert server.client().generate(QUESTION, params) == "ok"
+    assert http_backend(server).generate(QUESTION, params) == "ok"
     sent = server.requests[0]["json"]
     assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["repetition_penalty"]) == (0.7, 0.9, 40, 1.1)
     assert sent["stop"] == ["\n\n"]
@@ -304,18 +298,18 @@ def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.M
 
 
 def test_without_a_key_no_authorization_header_is_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert server.client().generate(QUESTION) == "ok"
+    assert http_backend(server).generate(QUESTION) == "ok"
     monkeypatch.setenv("RAG_API_KEY", "configured-key")
-    assert server.client(api_key="").generate(QUESTION) == "ok"  # "": this server must not get the key
+    assert http_backend(server, api_key="").generate(QUESTION) == "ok"  # "": this server must not get the key
     assert [r["headers"].get("authorization") for r in server.requests] == [None, None]
 
 
 def test_the_key_goes_only_to_the_configured_server(server: FakeServer) -> None:
     elsewhere = FakeServer()  # another origin (another port) that the configured server redirects to
-    elsewhere.play(("reply", 200, "text/event-stream", _sse("moved")))
+    elsewhere.play(("reply", 200, "text/event-stream", sse("moved")))
     server.play(("redirect", f"{elsewhere.url}/chat/completions"))
     try:
-        assert server.client(api_key="secret").generate(QUESTION) == "moved"
+        assert http_backend(server, api_key="secret").generate(QUESTION) == "moved"
     finally:
         elsewhere.close()
     assert server.requests[0]["headers"]["authorization"] == "Bearer secret"
@@ -331,19 +325,19 @@ def test_a_url_ending_in_the_endpoint_is_accepted(server: FakeServer) -> None:
 
 
 def test_an_error_event_in_the_stream_is_one_line(server: FakeServer) -> None:
-    body = _sse("Hel", done=False) + b'data: {"error": {"message": "CUDA out of\\nmemory", "code": 500}}\n\n'
+    body = sse("Hel", done=False) + b'data: {"error": {"message": "CUDA out of\\nmemory", "code": 500}}\n\n'
     server.play(("reply", 200, "text/event-stream", body))
     received = []
     with pytest.raises(GeneratorError) as info:
-        for piece in server.client().stream(QUESTION):
+        for piece in http_backend(server).stream(QUESTION):
             received.append(piece)
     assert received == ["Hel"]
     assert str(info.value) == f"the model server at {server.url} reported an error: CUDA out of memory"
 
 
 def test_stop_strings_are_enforced_client_side_too(server: FakeServer) -> None:
-    server.play(("reply", 200, "text/event-stream", _sse("one two ST", "OP three")))
-    assert server.client().generate(QUESTION, GenerationParams(stop=["STOP"])) == "one two "
+    server.play(("reply", 200, "text/event-stream", sse("one two ST", "OP three")))
+    assert http_backend(server).generate(QUESTION, GenerationParams(stop=["STOP"])) == "one two "
 
 
 @pytest.mark.parametrize(
@@ -359,34 +353,34 @@ def test_stop_strings_are_enforced_client_side_too(server: FakeServer) -> None:
 def test_garbage_answers_are_named(server: FakeServer, ctype: str, body: bytes) -> None:
     server.play(("reply", 200, ctype, body))
     with pytest.raises(GeneratorError, match="not an OpenAI chat completion") as info:
-        server.client().generate(QUESTION)
+        http_backend(server).generate(QUESTION)
     assert server.url in str(info.value) and "\n" not in str(info.value)
 
 
 def test_non_streamed_completion_is_accepted(server: FakeServer) -> None:
     body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}}]})
     server.play(("reply", 200, "application/json", body.encode()))
-    assert list(server.client().stream(QUESTION)) == ["whole"]
+    assert list(http_backend(server).stream(QUESTION)) == ["whole"]
 
 
 def test_503_twice_then_success_is_retried(server: FakeServer) -> None:
     busy = ("reply", 503, "text/plain", b"overloaded")
-    server.play(busy, busy, ("reply", 200, "text/event-stream", _sse("fine")))
-    assert server.client(retries=3).generate(QUESTION) == "fine"
+    server.play(busy, busy, ("reply", 200, "text/event-stream", sse("fine")))
+    assert http_backend(server, retries=3).generate(QUESTION) == "fine"
     assert len(server.requests) == 3
 
 
 def test_retries_give_up_with_status_and_body(server: FakeServer) -> None:
     server.play(("reply", 503, "text/plain", b"model is loading, try later"))
     with pytest.raises(GeneratorError, match=r"HTTP 503: model is loading, try later"):
-        server.client(retries=2).generate(QUESTION)
+        http_backend(server, retries=2).generate(QUESTION)
     assert len(server.requests) == 2
 
 
 def test_client_errors_are_not_retried(server: FakeServer) -> None:
     server.play(("reply", 404, "application/json", b'{"error": {"message": "model tiny not found"}}'))
     with pytest.raises(GeneratorError, match=r"HTTP 404: .*model tiny not found"):
-        server.client(retries=3).generate(QUESTION)
+        http_backend(server, retries=3).generate(QUESTION)
     assert len(server.requests) == 1
 
 
@@ -394,7 +388,7 @@ def test_no_retry_once_text_has_been_yielded(server: FakeServer) -> None:
     server.play(("cut", "partial"))
     received = []
     with pytest.raises(GeneratorError, match="mid-answer"):
-        for piece in server.client(retries=3).stream(QUESTION):
+        for piece in http_backend(server, retries=3).stream(QUESTION):
             received.append(piece)
     assert received == ["partial"]
     assert len(server.requests) == 1
@@ -403,11 +397,11 @@ def test_no_retry_once_text_has_been_yielded(server: FakeServer) -> None:
 def test_slow_server_hits_the_read_timeout(server: FakeServer) -> None:
     server.play(("sleep", 1.0))
     with pytest.raises(GeneratorError, match="sent nothing for 0.2 s"):
-        server.client(read_timeout=0.2).generate(QUESTION)
+        http_backend(server, read_timeout=0.2).generate(QUESTION)
 
 
 def test_token_count_is_an_estimate(server: FakeServer) -> None:
-    client = server.client()
+    client = http_backend(server)
     assert client.count_tokens("x" * 400) == 100
     assert client.count_tokens(QUESTION) > client.count_tokens(QUESTION[0]["content"])
     assert client.context_window == 8192
@@ -495,7 +489,7 @@ def test_openai_environment_settings_are_never_sent_to_the_configured_server(
     monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-private")
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "admin-private")
     monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "X-Private: header-private\nAuthorization: Bearer env-private")
-    assert "".join(server.client(api_key=key).stream(QUESTION)) == "ok"
+    assert "".join(http_backend(server, api_key=key).stream(QUESTION)) == "ok"
     headers = server.requests[0]["headers"]
     assert headers.get("authorization") == ("Bearer secret" if key else None)
     assert not [v for v in headers.values() if "private" in v], headers

@@ -1,5 +1,5 @@
 """The shipped course's RAFT adapter (issue 15, README "The whole course"): recorded for the shipped course, the
-default model there in `rag ask` (here), `rag serve` (tests/rag/test_server.py) and the app
+default model there in `rag ask` (here), `rag serve` (tests/rag/server/test_chat.py) and the app
 (tests/ui/test_app.py), and nowhere else; `--model bundled-base` opts out."""
 
 from __future__ import annotations

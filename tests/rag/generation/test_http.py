@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,12 +20,10 @@ QUESTION = [{"role": "user", "content": "What does LoRA freeze?"}]
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+def server(fake_openai: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     monkeypatch.delenv("RAG_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    fake = FakeServer()
-    yield fake
-    fake.close()
+    return fake_openai
 
 
 def test_an_endless_stream_is_cut_at_the_byte_cap(server: FakeServer) -> None:

@@ -1,4 +1,4 @@
-"""`rag serve` reports truncation as the OpenAI reference does (issue 31), in every answer mode, streamed and
+"""`rag serve` reports truncation as the OpenAI reference does, in every answer mode, streamed and
 not, through the official `openai` client against a real server on 127.0.0.1 with the bundled model:
 `finish_reason` is "length" when max_tokens cut what the model wrote (a free answer, a grounded answer's
 short answer), and `usage.completion_tokens` is the true count of the answer that came back, a grounded quote
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.rag.test_server import ON_TOPIC, Served, msgs, start_server
+from tests.rag.server.served import ON_TOPIC, Served, msgs, start_server
 
 pytestmark = pytest.mark.llm
 
