@@ -213,7 +213,10 @@ def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fract
                          lora_dropout=lora_dropout, batch_size=batch_size, grad_accum=grad_accum,
                          max_length=max_length, max_samples=max_samples, split=split, seed=seed, dtype=dtype,
                          max_val_samples=max_val_samples, save_steps=save_steps, threads=threads)
-    report = run_train(dataset_dir, out_dir, config, resume=resume, command=command_line(sys.argv))
+    from rag.config import load_settings
+
+    report = run_train(dataset_dir, out_dir, config, resume=resume, command=command_line(sys.argv),
+                       cache_dir=load_settings().cache_dir)
     click.echo(json.dumps(report, indent=1, ensure_ascii=False) if as_json else format_report(report))
 
 

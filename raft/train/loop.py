@@ -167,13 +167,14 @@ def _step_seed(seed: int, step: int) -> int:
 
 def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume: bool = True,
           progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None,
-          command: str | None = None) -> dict[str, Any]:
+          command: str | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune the base model with LoRA on the dataset's train split; write OUT; return the report.
 
     Re-running with the same arguments resumes from the newest checkpoint (or returns the finished report).
     `on_step` is called after every optimizer step (and its checkpoint) with the step's log line. The
     report's `run` records this session (`command`, default this process's command line; seed; start and
-    end times; duration; peak memory); `seconds` counts the training steps of every session.
+    end times; duration; peak memory); `seconds` counts the training steps of every session. `cache_dir` is the
+    model cache a GGUF base is converted into (the setting cache_dir; not part of the run's identity).
     """
     import torch
 
@@ -182,7 +183,7 @@ def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume
     config.validate()
     out = Path(out)
     train_ex, val_ex, data_info = load_examples(dataset, config)
-    model_dir, base_id = resolve_base(config.base)
+    model_dir, base_id = resolve_base(config.base, cache_dir)
     identity = {**config.identity(), "base_model": base_id, "train_samples": len(train_ex),
                 "train_fingerprint": fingerprint(train_ex)}
     with _out_lock(out):

@@ -1,7 +1,7 @@
 """The in-process backend (CPU): streaming, left-padded batches, continuation log-probabilities, cancellation.
 
 A transformers model always reads the prompt and scores continuations; the tokens of an answer come from
-`model.generate` or, with `decoder` "fp32"/"int8"/"int4" ($RAG_DECODER), from the ONNX Runtime decoder of
+`model.generate` or, with `decoder` "fp32"/"int8"/"int4" (the setting `decoder`), from the ONNX Runtime decoder of
 rag/generation/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them). With
 the ONNX decoder the model's lock (models.ModelLock) is held only while the prompt is read: answers
 requested from several threads at once are written together (rag/generation/engine.py), so the instance
@@ -10,7 +10,6 @@ declares `parallel_requests`.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from rag.generation.base import (
     current_cancel,
 )
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
-from rag.generation.onnx import DECODER_ENV, load_onnx_decoder, release_decoders, resolve_decoder
+from rag.generation.onnx import load_onnx_decoder, release_decoders, resolve_decoder
 from rag.generation.prefill import cache_kwarg, output_cache, packed_continuations, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
 
@@ -89,13 +88,13 @@ class LocalGenerator(Generator):
             a transformers model folder, a .gguf file (converted once into `cache_dir`), a `raft train` output.
         :param dtype: "auto" (float32, measured fastest here), "float32" or "bfloat16".
         :param cache_dir: where converted GGUF models and ONNX decoders live (default: the model cache).
-        :param decoder: who writes the answer after transformers has read the prompt: "auto" ($RAG_DECODER,
-            else rag.generation.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
+        :param decoder: who writes the answer after transformers has read the prompt: "auto"
+            (rag.generation.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
             built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/onnx.py.
-        :param draft: speculative decoding's proposer under an ONNX decoder: "auto" ($RAG_DRAFT, else
-            "int8"), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
+        :param draft: speculative decoding's proposer under an ONNX decoder: "auto" (rag.generation.onnx.resolve_draft's
+            default), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
         :raises GeneratorError: for an unknown dtype, decoder or spec, an http spec, a model that cannot be
-            loaded, or an ONNX decoder named by `decoder` or $RAG_DECODER that cannot be built (the default
+            loaded, or an ONNX decoder named by `decoder` that cannot be built (the default
             falls back to "transformers" with a note on stderr).
         """
         if dtype not in DTYPES:
@@ -113,7 +112,7 @@ class LocalGenerator(Generator):
             try:
                 self._decoder = load_onnx_decoder(self.model_dir, self.decoder, cache_dir, draft=draft)
             except GeneratorError as e:
-                if decoder not in (None, "auto") or os.environ.get(DECODER_ENV, "auto").strip() not in ("", "auto"):
+                if decoder not in (None, "auto"):
                     raise  # asked for by name: say so
                 # the default cannot serve this model (e.g. an architecture the ONNX builder does not know)
                 print(f"rag: {e}; answering with plain transformers instead", file=sys.stderr, flush=True)
