@@ -69,7 +69,6 @@ def generation_params(settings: Settings):
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_p=settings.top_p, top_k=settings.top_k_sampling,
                               repetition_penalty=settings.repetition_penalty, seed=settings.seed)
-    params.validate()
     return params
 
 

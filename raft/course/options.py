@@ -92,7 +92,6 @@ class CourseOptions(BaseModel):
                              lora_alpha=self.lora_alpha, grad_accum=self.grad_accum, max_length=self.max_length,
                              max_samples=self.max_samples, split=self.split, seed=self.seed,
                              max_val_samples=self.max_val_samples, save_steps=self.save_steps, threads=self.threads)
-        config.validate()
         return config
 
     def identity(self) -> dict[str, Any]:

@@ -190,7 +190,7 @@ class RaftRayEngine:
         calls = math.ceil(len(units) / per_call)
         size = pool_size(self.cluster, self.workers, self.cpus, 0, calls)
         rows = [{"unit": i, "chunk_ids": [c.id for c in unit]} for i, unit in enumerate(units)]
-        worker_config = {**asdict(config), "progress": False}
+        worker_config = {**config.model_dump(), "progress": False}
         ds = ray.data.from_items(rows, override_num_blocks=calls).map_batches(
             RaftWorker, batch_size=per_call, batch_format="numpy", num_cpus=self.cpus,
             compute=ray.data.ActorPoolStrategy(size=size),

@@ -50,7 +50,6 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,7 +179,6 @@ def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume
 
     config = config or TrainConfig()
     session = Session(config.seed, command)
-    config.validate()
     out = Path(out)
     train_ex, val_ex, data_info = load_examples(dataset, config)
     model_dir, base_id = resolve_base(config.base, cache_dir)
@@ -338,7 +336,7 @@ def _run(out: Path, config: TrainConfig, model_dir: Path, base_id: str, train_ex
         "out": str(out),
         "base_model": base_id,
         "base_dir": str(model_dir),
-        "args": asdict(config),
+        "args": config.model_dump(),
         "method": config.method,
         "target_modules": targets,
         "trainable_params": sum(p.numel() for p in params),

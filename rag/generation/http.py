@@ -394,7 +394,6 @@ class OpenAIGenerator(Generator):
             `BadReply` (a subclass) for a reply that is not UTF-8 or longer than `max_reply_bytes`.
         """
         params = params or GenerationParams()
-        params.validate()
         return TextStream(apply_stop(self._stream(messages, params), params.stop))
 
     def _open(self, request: dict[str, Any], deadline_at: float) -> Any:

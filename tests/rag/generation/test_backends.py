@@ -214,7 +214,7 @@ def test_invalid_settings_are_refused(gen: LocalGenerator) -> None:
         gen.generate(QUESTION, GenerationParams(top_p=0))
     with pytest.raises(GeneratorError, match="temperature"):
         gen.generate(QUESTION, GenerationParams(do_sample=True, temperature=0))
-    with pytest.raises(GeneratorError, match="max_new_tokens must be a number"):
+    with pytest.raises(GeneratorError, match="max_new_tokens must be a whole number"):
         gen.generate(QUESTION, GenerationParams(max_new_tokens="many"))  # type: ignore[arg-type]
     with pytest.raises(GeneratorError, match="dtype"):
         LocalGenerator(dtype="float8")
