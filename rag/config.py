@@ -153,8 +153,9 @@ class Settings(BaseSettings):
         "is skipped with its reason. `rag index --ocr`, RAG_OCR."))
 
     # retrieval
-    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"  # won eval/retrieval_benchmark.py (README, Retrieval quality)
-    top_k: int = Field(default=5, ge=1, le=100)
+    mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description=(
+        "Retrieval mode (hybrid won eval/retrieval_benchmark.py: README, Retrieval quality). RAG_MODE."))
+    top_k: int = Field(default=5, ge=1, le=100, description="Passages to retrieve. RAG_TOP_K.")
     rrf_k: int = Field(default=60, ge=1)
     # hybrid: dense ranking's weight, BM25 gets the rest (0.65 won the independent evaluation over 0.8: README,
     # Retrieval quality)
@@ -164,18 +165,24 @@ class Settings(BaseSettings):
     # generation
     # "auto": the bundled model, with the RAFT adapter of the index's course when one is installed (`raft course`)
     # or shipped (rag.api.effective_model); "bundled-base", "bundled-raft", "teacher", a model or adapter folder, or a URL
-    model: str = AUTO_MODEL
-    model_name: str | None = None  # the model to ask for at an OpenAI-compatible server
+    model: str = Field(AUTO_MODEL, description=(
+        "auto (default: the bundled model, with the course's RAFT adapter when the index is such a course), "
+        "bundled-base, bundled-raft, teacher, a model folder, a .gguf file, a `raft train` output, or an "
+        "OpenAI-compatible base URL. RAG_MODEL."))
+    model_name: str | None = Field(None, description=(
+        "Model to request from an OpenAI-compatible server (key: the setting api_key). RAG_MODEL_NAME."))
     course_adapters_dir: Path | None = Field(None, description=(
         "The folder of the course adapters `raft course` installs, which `model = auto` picks by the index's "
         "content (rag.generation.course_registry); unset: course-adapters/ in the model cache. "
         "RAG_COURSE_ADAPTERS_DIR."))
-    max_new_tokens: int = Field(default=256, ge=1, le=8192)
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k_sampling: int = Field(default=0, ge=0)
-    repetition_penalty: float = Field(default=1.1, gt=0.0)
-    seed: int | None = None
+    max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Max new tokens. RAG_MAX_NEW_TOKENS.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy; > 0 samples. RAG_TEMPERATURE.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass. RAG_TOP_P.")
+    top_k_sampling: int = Field(default=0, ge=0, description=(
+        "Sample from the k likeliest tokens (0 = off). RAG_TOP_K_SAMPLING."))
+    repetition_penalty: float = Field(default=1.1, gt=0.0, description=(
+        "> 1 discourages repeats. RAG_REPETITION_PENALTY."))
+    seed: int | None = Field(None, description="Seed for reproducible sampling. RAG_SEED.")
     # Abstain (without calling the model) when the best passage's cosine is below abstain_threshold and
     # less than abstain_coverage of the question's IDF-weighted terms occur in the corpus (README, Answers).
     abstain_threshold: float = Field(default=0.3, ge=-1.0, le=1.0)
