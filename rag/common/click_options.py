@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Union, get_args, get_origin
 
 import click
@@ -126,17 +126,10 @@ def deprecated_alias(old: str, new: str, dest: str, prog: str) -> Callable[[Call
                 kwargs[dest] = value
             return f(*args, **kwargs)
 
-        def alias_type(param: click.Parameter | None) -> Any:
-            return param.type if param is not None else None
-
-        command_params = getattr(f, "__click_params__", [])
-        target = next((p for p in command_params if p.name == dest), None)
-        return click.option(old, hidden, type=alias_type(target), default=None, hidden=True,
+        # the documented option's type (and range), so click checks the old spelling the same way
+        target = next((p for p in getattr(f, "__click_params__", []) if p.name == dest), None)
+        return click.option(old, hidden, type=target.type if target is not None else None, default=None, hidden=True,
                             help=f"Deprecated spelling of {new}.")(wrapper)
 
     return decorate
 
-
-def given(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The options that were given: `values` without the None ones (what `given_only` options pass)."""
-    return {k: v for k, v in values.items() if v is not None}
