@@ -236,16 +236,22 @@ def test_a_model_the_builder_rejects_falls_back_to_transformers_unless_named(
     GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
     fp32.tokenizer.save_pretrained(folder)
     cache = tmp_path / "cache"
-    monkeypatch.delenv(DECODER_ENV, raising=False)
     fallback = LocalGenerator(folder, cache_dir=cache)
     assert fallback.decoder == "transformers" and fallback._decoder is None
     assert "answering with plain transformers instead" in capfd.readouterr().err
     assert isinstance(fallback.generate(PROMPTS[0], GenerationParams(max_new_tokens=3)), str)
     with pytest.raises(GeneratorError, match=r"cannot build the ONNX fp32 decoder of tiny-gpt2"):
         LocalGenerator(folder, cache_dir=cache, decoder="fp32")
-    monkeypatch.setenv(DECODER_ENV, "int8")
+    # RAG_DECODER names it too: the setting, passed down by rag.api.backend_options
+    from rag.api import backend_options
+    from rag.config import load_settings
+
+    (tmp_path / "empty.toml").write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
+    monkeypatch.setenv("RAG_DECODER", "int8")
+    monkeypatch.setenv("RAG_CACHE_DIR", str(cache))
     with pytest.raises(GeneratorError, match=r"cannot build the ONNX int8 decoder of tiny-gpt2"):
-        LocalGenerator(folder, cache_dir=cache)
+        LocalGenerator(folder, **backend_options(load_settings(), str(folder)))
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
