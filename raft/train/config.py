@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,8 +19,10 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MERGED = "merged"
 PLOT = "loss.png"
-DTYPES = ("float32", "bfloat16")
-METHODS = ("raft", "dsf")  # raft: documents + question -> CoT answer; dsf: question -> CoT answer, no documents
+Dtype = Literal["float32", "bfloat16"]
+Method = Literal["raft", "dsf"]  # raft: documents + question -> CoT answer; dsf: question -> CoT answer, no documents
+DTYPES = get_args(Dtype)
+METHODS = get_args(Method)
 KEEP_CHECKPOINTS = 2
 MAX_GRAD_NORM = 1.0
 WARMUP_FRACTION = 0.1
@@ -46,7 +48,7 @@ class TrainConfig(Options):
 
     base: str = Field("bundled", min_length=1, description=(
         "Base model: bundled, teacher, a model folder, a .gguf file or a `raft train` output."))
-    method: Literal["raft", "dsf"] = Field("raft", description=(
+    method: Method = Field("raft", description=(
         "raft = documents + question -> answer; dsf = question -> answer without documents (the RAFT paper's "
         "domain-specific fine-tuning baseline), same split, seed and LoRA settings."))
     oracle_fraction: float | None = Field(None, ge=0.0, le=1.0, description=(
@@ -70,7 +72,7 @@ class TrainConfig(Options):
     split: str = Field(DEFAULT_SPLIT, description=(
         "train,validation,test fractions by source chunk, as in `raft export`/`raft eval`."))
     seed: int = Field(0, description="Seed of the split, sample order, LoRA init.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description=(
+    dtype: Dtype = Field("float32", description=(
         "bfloat16 = autocast matmuls (master weights stay float32)."))
     max_val_samples: int = Field(32, ge=0, description="Validation samples for the loss before/after training (0 = none).")
     save_steps: int = Field(10, ge=1, description="Checkpoint every N optimizer steps.")
