@@ -78,3 +78,17 @@ def test_the_environment_is_read_only_in_config_or_for_a_listed_process_knob() -
                         if n not in PROCESS_KNOBS or n.startswith("RAG_")]
     assert not bad, "\n".join(bad)
     assert all(reason.strip() for reason in PROCESS_KNOBS.values())
+
+
+def test_the_key_never_travels_to_a_ray_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`raft generate --engine ray` gives its workers the driver's settings as JSON, but not the key: a worker
+    takes its own from its environment (rag.config.environment_api_key)."""
+    import json
+
+    from raft.synth.ray_engine import worker_settings
+
+    monkeypatch.setenv("RAG_API_KEY", "sk-driver")
+    sent = worker_settings(load_settings(index_dir=tmp_path / "index", cache_dir=tmp_path / "models",
+                                         decoder="int8"))
+    assert "api_key" not in sent and "sk-driver" not in json.dumps(sent)
+    assert (sent["cache_dir"], sent["decoder"], sent["draft"]) == (str(tmp_path / "models"), "int8", "auto")
