@@ -325,7 +325,7 @@ def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from rag.generation.decoder import DEFAULT_DECODER
 
     rag = str(Path(sys.executable).parent / "rag")
-    cmd = [rag, "ask", QUESTION, "--max-tokens", str(args.ask_tokens)]
+    cmd = [rag, "ask", QUESTION, "--max-new-tokens", str(args.ask_tokens)]
     if args.index_dir:
         cmd += ["--index-dir", str(args.index_dir)]
     decoders = list(dict.fromkeys(["transformers", DEFAULT_DECODER, "fp32", "int8"]))  # the default and its rivals

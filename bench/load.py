@@ -1,6 +1,6 @@
 """`rag serve` under load: latency p50/p95, errors and /health latency at concurrency 1, 4 and 20.
 
-Starts a real `rag serve` on 127.0.0.1 (bundled model, `--max-tokens 8` answers) and drives it with
+Starts a real `rag serve` on 127.0.0.1 (bundled model, `--max-new-tokens 8` answers) and drives it with
 bounded closed loops: at each concurrency level C, C client threads share max(8, 2*C) requests, a
 rotation of on-topic streamed, on-topic non-streamed and off-topic (abstaining) questions from eval/.
 A client that gets 429 waits Retry-After (capped at --max-retry-wait) before its next request. A
@@ -81,7 +81,7 @@ def start_server(args: argparse.Namespace, baseline: str | None, tmp: Path) -> t
                str(args.top_k)]
     else:
         cmd = [str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
-               str(args.index_dir), "--max-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue),
+               str(args.index_dir), "--max-new-tokens", str(args.max_tokens), "--max-queue", str(args.max_queue),
                "-k", str(args.top_k)]
     env = {**os.environ, **({"RAG_ANSWER_MODE": args.answer_mode} if args.answer_mode else {})}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)

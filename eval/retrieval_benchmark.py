@@ -79,7 +79,7 @@ def main() -> None:
 
     defaults = Settings(index_dir=Path(tempfile.gettempdir()) / "unused")
     embedder = get_embedder(defaults)
-    count = generator_token_counter()
+    count = generator_token_counter(defaults.cache_dir)
     questions = load_questions(args.questions)
     default_mode = Settings.model_fields["mode"].default
     t0 = time.time()

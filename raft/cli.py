@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
+from raft.course.options import INSTALL_POLICIES, CourseOptions
 from raft.records import DEFAULT_SPLIT
+from raft.synth.config import RaftConfig
+from raft.train.config import TrainConfig
 from rag.cli import check_engine_flags, engine_options, index_dir_option, user_errors
+from rag.common.click_options import deprecated_alias, model_option, model_options
+from rag.config import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,25 +28,14 @@ def cli() -> None:
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (dataset.jsonl, run.json, progress.jsonl, stats.json). Same args = resume.")
-@click.option("--questions", type=click.IntRange(1, 20), default=3, show_default=True, help="Questions per chunk.")
-@click.option("--distractors", type=click.IntRange(0, 50), default=4, show_default=True, help="Distractor documents per sample.")
-@click.option("--p", "p", type=click.FloatRange(0, 1), default=0.8, show_default=True,
-              help="Fraction of samples that keep the oracle (else one more distractor).")
-@click.option("--distractor-strategy", "strategy", type=click.Choice(["hard", "random", "mixed"]), default="hard",
-              show_default=True, help="hard = nearest non-oracle chunks of the index; random = uniform; mixed = half each.")
+@model_options(RaftConfig, ["questions", "distractors", "p", "strategy"])
 @click.option("--model", default=None, help="Teacher: bundled (default), teacher, a model folder, a .gguf file, a `raft train` output, or an OpenAI-compatible base URL.")
 @click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Parallel requests (HTTP backends only; the local model runs sequentially).")
-@click.option("--max-tokens", "max_new_tokens", type=click.IntRange(1, 8192), default=None,
-              help="Max new tokens per question list / answer (default 256).")
-@click.option("--batch-size", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Chunks generated together by an in-process model (one batched call per step).")
-@click.option("--answer-mode", type=click.Choice(["auto", "guided", "free"]), default="auto", show_default=True,
-              help="guided: the model picks the oracle sentence to quote, then writes the answer (auto for local "
-                   "models); free: the teacher writes the whole CoT answer (auto for HTTP).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most N chunks (seeded choice).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every sampling decision.")
+@model_options(RaftConfig, ["workers"])
+@deprecated_alias("--max-tokens", "--max-new-tokens", "max_new_tokens", "raft")
+@model_option(Settings, "max_new_tokens", given_only=True,
+              help="Max new tokens per question list / answer (the setting max_new_tokens).")
+@model_options(RaftConfig, ["batch_size", "answer_mode", "limit", "seed"])
 @click.option("--allow-no-quote", is_flag=True, help="Keep answers that quote nothing (default: reject them).")
 @click.option("--no-index", is_flag=True, help="Use the index as it is; don't update it from FOLDER first.")
 @click.option("--follow-outside-links", is_flag=True, default=None,
@@ -57,7 +52,7 @@ def generate(folder: Path, out_dir: Path, questions: int, distractors: int, p: f
     """Generate (or resume) a RAFT dataset from the course files in FOLDER."""
     import contextlib
 
-    from raft.synth.run import RaftConfig, format_stats, run
+    from raft.synth.run import format_stats, run
     from rag.config import load_settings
 
     check_engine_flags(engine, address, ray_workers, gpus_per_worker)
@@ -158,44 +153,15 @@ def eval_cmd(dataset_dir: Path, models: str, model_name: str | None, report_dir:
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models/raft-smollm2"),
               show_default=True, help="Output folder (adapter/, merged/, checkpoints/, loss.png, train_report.json).")
-@click.option("--base", default="bundled", show_default=True, help="Base model: bundled, teacher, a model folder, a .gguf file or a `raft train` output.")
-@click.option("--method", type=click.Choice(["raft", "dsf"]), default="raft", show_default=True,
-              help="raft = documents + question -> answer; dsf = question -> answer without documents (the RAFT "
-                   "paper's domain-specific fine-tuning baseline), same split, seed and LoRA settings.")
-@click.option("--oracle-fraction", type=click.FloatRange(0, 1), default=None,
-              help="Re-draw which train samples show the oracle: exactly this fraction do (e.g. 1.0 for the P = 1 "
-                   "ablation); default: as generated (`raft generate --p`).")
-@click.option("--distractor-strategy", type=click.Choice(["random"]), default=None,
-              help="random = re-draw each sample's distractors uniformly from the split's other source chunks (the "
-                   "hard-vs-random ablation without a new `raft generate`); default: as generated.")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
-@click.option("--lora-r", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--lora-alpha", type=click.FloatRange(0, min_open=True), default=16, show_default=True)
-@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Samples per forward pass.")
-@click.option("--grad-accum", type=click.IntRange(1), default=4, show_default=True, help="Forward passes per optimizer step.")
-@click.option("--max-length", type=click.IntRange(32), default=1024, show_default=True,
-              help="Tokens per sample; longer prompts lose distractor documents first, never answer tokens.")
-@click.option("--max-samples", type=click.IntRange(1), default=None, help="Train on at most N samples (seeded choice).")
-@click.option("--max-val-samples", type=click.IntRange(0), default=32, show_default=True,
-              help="Validation samples for the loss before/after training (0 = none).")
-@click.option("--split", default=DEFAULT_SPLIT, show_default=True,
-              help="train,validation,test fractions by source chunk, as in `raft export`/`raft eval`.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, sample order, LoRA init.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="bfloat16 = autocast matmuls (master weights stay float32).")
+@model_options(TrainConfig, ["base", "method", "oracle_fraction", "distractor_strategy", "epochs", "lr", "lora_r",
+                             "lora_alpha", "lora_dropout", "batch_size", "grad_accum", "max_length", "max_samples",
+                             "max_val_samples", "split", "seed", "dtype"])
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT's newest checkpoint (--no-resume: start over, same arguments).")
-@click.option("--save-steps", type=click.IntRange(1), default=10, show_default=True, help="Checkpoint every N optimizer steps.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: all available cores).")
+@model_options(TrainConfig, ["save_steps", "threads"])
 @click.option("--json", "as_json", is_flag=True, help="Print train_report.json.")
 @user_errors
-def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fraction: float | None,
-          distractor_strategy: str | None, epochs: float, lr: float, lora_r: int, lora_alpha: float,
-          lora_dropout: float, batch_size: int, grad_accum: int, max_length: int, max_samples: int | None,
-          max_val_samples: int, split: str, seed: int, dtype: str, resume: bool, save_steps: int,
-          threads: int | None, as_json: bool) -> None:
+def train(dataset_dir: Path, out_dir: Path, resume: bool, as_json: bool, **options: Any) -> None:
     """LoRA fine-tune the model on the train split of DATASET_DIR; same args = resume, different = refused."""
     import os
     import sys
@@ -204,16 +170,13 @@ def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fract
 
     # 2 busy-waiting OpenMP threads slow to a crawl when other processes share the cores (must precede torch).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from raft.train.config import TrainConfig
     from raft.train.loop import train as run_train
     from raft.train.report import format_report
+    from rag.config import load_settings
 
-    config = TrainConfig(base=base, method=method, oracle_fraction=oracle_fraction,
-                         distractor_strategy=distractor_strategy, epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
-                         lora_dropout=lora_dropout, batch_size=batch_size, grad_accum=grad_accum,
-                         max_length=max_length, max_samples=max_samples, split=split, seed=seed, dtype=dtype,
-                         max_val_samples=max_val_samples, save_steps=save_steps, threads=threads)
-    report = run_train(dataset_dir, out_dir, config, resume=resume, command=command_line(sys.argv))
+    config = TrainConfig(**options)
+    report = run_train(dataset_dir, out_dir, config, resume=resume, command=command_line(sys.argv),
+                       cache_dir=load_settings().cache_dir)
     click.echo(json.dumps(report, indent=1, ensure_ascii=False) if as_json else format_report(report))
 
 
@@ -221,34 +184,18 @@ def train(dataset_dir: Path, out_dir: Path, base: str, method: str, oracle_fract
 @click.argument("corpus", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: models/course-NAME, NAME = CORPUS's folder name). Same args = resume.")
-@click.option("--teacher", default=None, help="auto (default: the 0.5B `teacher` extra, else refuse), an http(s):// "
-              "URL of an OpenAI-compatible server, or any model spec `raft generate --model` accepts.")
-@click.option("--model-name", "teacher_name", default=None, help="Model to request from the teacher's server.")
-@click.option("--workers", type=int, default=None, help="Parallel requests to a server teacher (1).")
-@click.option("--questions", type=int, default=None, help="Questions per chunk (3).")
-@click.option("--distractors", type=int, default=None, help="Distractor documents per sample (4).")
-@click.option("--limit", type=int, default=None, help="Use at most N chunks of the course (seeded choice).")
-@click.option("--max-tokens", "teacher_max_tokens", type=int, default=None, help="Max new tokens per teacher reply (256).")
-@click.option("--split", default=None, help="train,validation,test fractions by chunk (0.7,0.1,0.2).")
-@click.option("--seed", type=int, default=None, help="Seed of sampling, split, training and bootstrap (0).")
-@click.option("--base", default=None, help="The student model the adapter is for (bundled).")
-@click.option("--epochs", type=float, default=None, help="Training epochs (1).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (1e-3).")
-@click.option("--lora-r", type=int, default=None, help="LoRA rank (8).")
-@click.option("--grad-accum", type=int, default=None, help="Forward passes per optimizer step (4).")
-@click.option("--max-length", type=int, default=None, help="Tokens per training sample (1024).")
-@click.option("--max-samples", type=int, default=None, help="Train on at most N samples.")
-@click.option("--max-val-samples", type=int, default=None, help="Validation samples (32; 0 = none).")
-@click.option("--save-steps", type=int, default=None, help="Checkpoint every N optimizer steps (10).")
-@click.option("--threads", type=int, default=None, help="Torch threads for training (all available cores).")
+@model_options(CourseOptions, ["teacher", "teacher_name", "workers", "questions", "distractors", "limit"],
+               given_only=True, checked=False)
+@deprecated_alias("--max-tokens", "--max-new-tokens", "teacher_max_tokens", "raft")
+@model_options(CourseOptions, ["teacher_max_tokens", "split", "seed", "base", "epochs", "lr", "lora_r", "grad_accum",
+                               "max_length", "max_samples", "max_val_samples", "save_steps", "threads"],
+               given_only=True, checked=False)
 @click.option("--eval-settings", default=None, help="Held-out settings, comma-separated (oracle,distractors,retrieved).")
-@click.option("--eval-limit", type=int, default=None, help="Evaluate at most N held-out questions.")
-@click.option("--eval-max-new-tokens", type=int, default=None, help="Max new tokens per evaluated answer (192).")
-@click.option("-k", "--top-k", "top_k", type=int, default=None, help="retrieved setting: passages per question (5).")
-@click.option("--resamples", type=int, default=None, help="Bootstrap resamples of the 95% intervals (2000).")
-@click.option("--install", "install_policy", type=click.Choice(["if-better", "always", "never"]), default=None,
-              help="if-better (default): install when the tuned model beats the base on the retrieved setting "
-                   "(paired 95% interval above zero) and loses nowhere beyond its interval; always; never.")
+@model_options(CourseOptions, ["eval_limit", "eval_max_new_tokens"], given_only=True, checked=False)
+@model_option(CourseOptions, "top_k", decls=("-k", "--top-k"), given_only=True, checked=False)
+@model_options(CourseOptions, ["resamples"], given_only=True, checked=False)
+@click.option("--install", "install_policy", type=click.Choice(INSTALL_POLICIES), default=None,
+              help=CourseOptions.model_fields["install"].description + " (default: if-better)")
 @click.option("--plan", "plan_only", is_flag=True, help="Say how long the run takes and what disk it needs, then stop.")
 @click.option("--uninstall", is_flag=True, help="Remove the adapter installed for CORPUS (the run folder is kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON at the end.")

@@ -360,14 +360,16 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
              batch_size: int = DEFAULT_BATCH, index_dir: Path | None = None, k: int | None = None,
              baseline: str | None = None, resamples: int = DEFAULT_RESAMPLES, command: str | None = None,
              progress: bool = True, log: Callable[[str], None] | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             on_progress: Callable[[int, int], None] | None = None, rag_settings: Any = None) -> dict[str, Any]:
     """Answer the held-out questions with every model in every setting; write the report folder; return the summary.
 
     One `raft eval` at a time per report folder (its .lock); the same arguments resume. `index_dir` and `k`
     choose the retrieved setting's passages (see retrieve_documents); `baseline` (default: the first model)
     and `resamples` only shape the summary (raft.eval_report), never the answers. `command` is recorded in
     summary.json's `run` (default: this process's command line). `on_progress(done, total)` is called with the
-    answers on disk (of all models and settings) before the first batch and after each one.
+    answers on disk (of all models and settings) before the first batch and after each one. `rag_settings`
+    (rag.config.Settings; default: load_settings()) gives each model's backend its options: a server's key and
+    limits, a local model's cache, decoder and draft (rag.api.backend_options).
 
     :raises RagError: an unknown setting or baseline, no model, bad numbers, or what loading the questions,
         the index or a model raises.
@@ -395,7 +397,11 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
     with FolderLock(report, f"another `raft eval` is writing {report}: wait for it to finish, or use another "
                     "--report", what="report folder", hint="fix its permissions or use another --report"):
         rows = _open_report(report, config, fingerprints, log, retrieval)
-        rows = _answer(records, rows, models=models, report=report, settings=settings, seed=seed,
+        if rag_settings is None:
+            from rag.config import load_settings
+
+            rag_settings = load_settings(index_dir=index_dir)
+        rows = _answer(records, rows, models=models, report=report, settings=settings, seed=seed, rag_settings=rag_settings,
                        max_new_tokens=max_new_tokens, model_name=model_name, batch_size=batch_size,
                        retrieved=retrieved, progress=progress, on_progress=on_progress)
         wanted = {(m, s, r["id"]) for m in models for s in settings for r in records}
@@ -422,11 +428,12 @@ def run_eval(source: Path, models: list[str], report: Path, *, split: str = DEFA
 
 def _answer(records: list[dict], rows: list[dict], *, models: list[str], report: Path, settings: list[str],
             seed: int, max_new_tokens: int, model_name: str | None, batch_size: int, retrieved: Retrieved | None,
-            progress: bool, on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+            progress: bool, rag_settings: Any, on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """run_eval under the report folder's lock: answer what is not done yet (appended to results.jsonl as each
     batch finishes); return every row, old and new."""
     from rag.common.progress import progress_bar
     from rag.generation.base import GenerationParams
+    from rag.api import backend_options
     from rag.generation.factory import get_generator
 
     done = {(r["model"], r["setting"], r["id"]) for r in rows}
@@ -443,7 +450,7 @@ def _answer(records: list[dict], rows: list[dict], *, models: list[str], report:
             if not todo:
                 continue
             bar.set_postfix_str(m[-30:])
-            generator = get_generator(m, model_name=model_name)
+            generator = get_generator(m, model_name=model_name, **backend_options(rag_settings, m))
             try:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start:start + batch_size]

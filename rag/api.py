@@ -69,7 +69,6 @@ def generation_params(settings: Settings):
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_p=settings.top_p, top_k=settings.top_k_sampling,
                               repetition_penalty=settings.repetition_penalty, seed=settings.seed)
-    params.validate()
     return params
 
 
@@ -79,12 +78,29 @@ def http_limits(settings: Settings) -> dict[str, float | int]:
             "max_reply_bytes": settings.model_max_reply_bytes}
 
 
-@lru_cache(maxsize=4)
-def _generator(model: str, model_name: str | None, limits: tuple[tuple[str, float | int], ...] = ()):
-    from rag.generation.factory import get_generator, resolve_model
+def backend_options(settings: Settings, spec: str | Path) -> dict[str, object]:
+    """The keyword arguments `rag.generation.factory.get_generator(spec, ...)` needs from `settings`: for a
+    server, its key (the setting api_key: only for the server `spec` names, which the caller configured) and
+    its limits (`http_limits`); for an in-process model, the model cache and the decoder and draft choices.
 
-    http = resolve_model(model, model_name=model_name).kind == "http"
-    return get_generator(model, model_name=model_name, **(dict(limits) if http else {}))
+    :param settings: where the key, cache folder, decoder and draft come from.
+    :param spec: the model spec about to be built (a URL, "bundled", a folder ...).
+    :returns: keyword arguments of OpenAIGenerator (api_key, read_timeout, deadline, max_reply_bytes) or of
+        LocalGenerator (cache_dir, decoder, draft).
+    :raises GeneratorError: `spec` names no model.
+    """
+    from rag.generation.factory import resolve_model
+
+    if resolve_model(spec).kind == "http":
+        return {"api_key": settings.api_key_value(), **http_limits(settings)}
+    return {"cache_dir": settings.cache_dir, "decoder": settings.decoder, "draft": settings.draft}
+
+
+@lru_cache(maxsize=4)
+def _generator(model: str, model_name: str | None, options: tuple[tuple[str, object], ...] = ()):
+    from rag.generation.factory import get_generator
+
+    return get_generator(model, model_name=model_name, **dict(options))
 
 
 def _indexed_files(index_dir: Path, generation: str) -> dict[str, str] | None:
@@ -128,7 +144,7 @@ def _course_adapter_applies(index_dir: str, generation: str | None, adapter: Pat
         return False
 
 
-def course_model(index_dir: Path, adapters_dir: Path | None = None) -> str | None:
+def course_model(index_dir: Path, adapters_dir: Path | None = None, cache_dir: Path | None = None) -> str | None:
     """The course adapter `model = "auto"` loads for the index at `index_dir`, as a model spec: the folder of the
     adapter `raft course` installed for its course, "bundled-raft" for the shipped course, or None.
 
@@ -136,13 +152,14 @@ def course_model(index_dir: Path, adapters_dir: Path | None = None) -> str | Non
     the indexed files, by SHA-256); decided once per index generation and registry version.
 
     :param adapters_dir: the registry folder (Settings.course_adapters_dir; None = the model cache's).
+    :param cache_dir: the model cache (Settings.cache_dir; None = rag.generation.models.default_cache_dir()).
     :raises RagError: the registry of installed course adapters is damaged (naming the file and what to do).
     """
     from rag.generation.adapter import COURSE_ADAPTER
     from rag.generation.course_registry import REGISTRY, registry_dir
     from rag.index.store import generation_stamp
 
-    root = registry_dir(adapters_dir)
+    root = registry_dir(adapters_dir, cache_dir)
     try:
         st = (root / REGISTRY).stat()
         registry = (st.st_size, st.st_mtime_ns)
@@ -186,12 +203,14 @@ def effective_model(settings: Settings) -> str:
     """
     if not is_auto_model(settings.model):
         return settings.model
-    return course_model(settings.index_dir, settings.course_adapters_dir) or "bundled"
+    return course_model(settings.index_dir, settings.course_adapters_dir, settings.cache_dir) or "bundled"
 
 
 def get_generator(settings: Settings):
-    """The configured language model backend (`effective_model`), loaded once per process."""
-    return _generator(effective_model(settings), settings.model_name, tuple(http_limits(settings).items()))
+    """The configured language model backend (`effective_model`), loaded once per process and options
+    (`backend_options`: the key and limits of a server, the cache, decoder and draft of a local model)."""
+    model = effective_model(settings)
+    return _generator(model, settings.model_name, tuple(backend_options(settings, model).items()))
 
 
 def make_pipeline(settings: Settings, retriever: Retriever | None = None, generator=None):

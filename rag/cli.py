@@ -19,8 +19,10 @@ from typing import Any, Callable, Iterable
 
 import click
 
+from rag.common.click_options import deprecated_alias, model_options
 from rag.common.files import os_reason
 from rag.common.text import read_lines, read_text
+from rag.config import Settings
 from rag.errors import NoDocuments, RagError
 
 
@@ -334,22 +336,14 @@ def eval_course(course: Path, report_dir: Path, quiz: Path | None, evidence: Pat
 
 
 def generation_options(f: Callable) -> Callable:
-    """The model backend and the generation settings the course teaches, as flags."""
-    opts = [
-        click.option("--model", default=None, help="bundled (default), teacher, a model folder, a .gguf file, a `raft train` output, or an OpenAI-compatible base URL."),
-        click.option("--model-name", default=None, help="Model to request from an OpenAI-compatible server (key: RAG_API_KEY/OPENAI_API_KEY)."),
-        click.option("--max-tokens", "max_new_tokens", type=click.IntRange(1, 8192), default=None, help="Max new tokens (default 256)."),
-        click.option("--temperature", type=click.FloatRange(0, 5), default=None, help="0 = greedy (default); > 0 samples."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None, help="Nucleus sampling mass."),
-        click.option("--top-k-sampling", type=click.IntRange(0), default=None, help="Sample from the k likeliest tokens (0 = off)."),
-        click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None, help="> 1 discourages repeats (default 1.1)."),
-        click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
-        click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="Passages to retrieve (default 5)."),
-        click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    """The model backend and the generation settings the course teaches, as flags (built from Settings' fields:
+    None = not given, so rag.toml and RAG_* apply); `--max-tokens` is a deprecated spelling of `--max-new-tokens`."""
+    f = model_options(Settings, ["top_k"], given_only=True, decls=("-k", "--top-k"))(model_options(
+        Settings, ["mode"], given_only=True)(f))
+    f = model_options(Settings, ["top_p", "top_k_sampling", "repetition_penalty", "seed"], given_only=True)(f)
+    f = model_options(Settings, ["max_new_tokens", "temperature"], given_only=True)(f)
+    f = deprecated_alias("--max-tokens", "--max-new-tokens", "max_new_tokens", "rag")(f)
+    return model_options(Settings, ["model", "model_name"], given_only=True)(f)
 
 
 @cli.command()

@@ -75,6 +75,27 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
     return data
 
 
+#: The environment variables read outside Settings, each with why it is not a setting: they steer the process
+#: (a library's threads, its telemetry, its network use) or are read by a library itself, not by this product.
+#: Everything else this product reads from the environment is a Settings field (RAG_<FIELD>).
+PROCESS_KNOBS: dict[str, str] = {
+    "RAG_CONFIG": "which config file to read (rag.config): it has to be known before the settings are read.",
+    "OPENAI_API_KEY": "the fallback of RAG_API_KEY (Settings.api_key), read here in rag.config.",
+    "HF_HUB_OFFLINE": "the Hugging Face libraries' own switch; rag.index.embeddings sets it (default on) before "
+                      "loading the embedder and reads it to decide whether a missing model may be downloaded.",
+    "TRANSFORMERS_OFFLINE": "set with HF_HUB_OFFLINE in the environment of the ONNX decoder build subprocess "
+                            "(rag.generation.onnx_build), so that build never reaches the network.",
+    "OMP_WAIT_POLICY": "OpenMP's idle-thread policy; `raft train` / `raft course` set PASSIVE (unless given) "
+                       "before torch loads, so idle threads do not spin on the shared cores.",
+    "OMP_THREAD_LIMIT": "set to 1 in the environment of each Tesseract subprocess (rag.ingest.ocr): pages are "
+                        "read in parallel, one thread each.",
+    "OPENAI_CUSTOM_HEADERS": "read by the `openai` client; rag.generation.http reads it only to remove those "
+                             "headers from every request, so nothing but the configured key is sent.",
+    "RAY_USAGE_STATS_ENABLED": "Ray's telemetry; rag.index.ray_engine turns it off (unless given) before Ray starts.",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "Ray's switch for clusters on Windows/macOS; rag.index.ray_engine sets "
+                                         "it (unless given) before Ray's first import for a one-machine cluster.",
+}
+
 AUTO_MODEL = "auto"  # the default `model`: made concrete per index by rag.api.effective_model
 
 
@@ -113,8 +134,9 @@ class Settings(BaseSettings):
         "is skipped with its reason. `rag index --ocr`, RAG_OCR."))
 
     # retrieval
-    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"  # won eval/retrieval_benchmark.py (README, Retrieval quality)
-    top_k: int = Field(default=5, ge=1, le=100)
+    mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description=(
+        "Retrieval mode (hybrid won eval/retrieval_benchmark.py: README, Retrieval quality). RAG_MODE."))
+    top_k: int = Field(default=5, ge=1, le=100, description="Passages to retrieve. RAG_TOP_K.")
     rrf_k: int = Field(default=60, ge=1)
     # hybrid: dense ranking's weight, BM25 gets the rest (0.65 won the independent evaluation over 0.8: README,
     # Retrieval quality; the value lives in rag.retrieval.fusion)
@@ -124,18 +146,24 @@ class Settings(BaseSettings):
     # generation
     # "auto": the bundled model, with the RAFT adapter of the index's course when one is installed (`raft course`)
     # or shipped (rag.api.effective_model); "bundled-base", "bundled-raft", "teacher", a model or adapter folder, or a URL
-    model: str = AUTO_MODEL
-    model_name: str | None = None  # the model to ask for at an OpenAI-compatible server
+    model: str = Field(AUTO_MODEL, description=(
+        "auto (default: the bundled model, with the course's RAFT adapter when the index is such a course), "
+        "bundled-base, bundled-raft, teacher, a model folder, a .gguf file, a `raft train` output, or an "
+        "OpenAI-compatible base URL. RAG_MODEL."))
+    model_name: str | None = Field(None, description=(
+        "Model to request from an OpenAI-compatible server (key: the setting api_key). RAG_MODEL_NAME."))
     course_adapters_dir: Path | None = Field(None, description=(
         "The folder of the course adapters `raft course` installs, which `model = auto` picks by the index's "
         "content (rag.generation.course_registry); unset: course-adapters/ in the model cache. "
         "RAG_COURSE_ADAPTERS_DIR."))
-    max_new_tokens: int = Field(default=256, ge=1, le=8192)
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k_sampling: int = Field(default=0, ge=0)
-    repetition_penalty: float = Field(default=1.1, gt=0.0)
-    seed: int | None = None
+    max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Max new tokens. RAG_MAX_NEW_TOKENS.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy; > 0 samples. RAG_TEMPERATURE.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass. RAG_TOP_P.")
+    top_k_sampling: int = Field(default=0, ge=0, description=(
+        "Sample from the k likeliest tokens (0 = off). RAG_TOP_K_SAMPLING."))
+    repetition_penalty: float = Field(default=1.1, gt=0.0, description=(
+        "> 1 discourages repeats. RAG_REPETITION_PENALTY."))
+    seed: int | None = Field(None, description="Seed for reproducible sampling. RAG_SEED.")
     # Abstain (without calling the model) when the best passage's cosine is below abstain_threshold and
     # less than abstain_coverage of the question's IDF-weighted terms occur in the corpus (README, Answers).
     abstain_threshold: float = Field(default=0.3, ge=-1.0, le=1.0)
@@ -155,6 +183,24 @@ class Settings(BaseSettings):
         "Seconds one call to a model server may take in all: every try, the waits between them and the stream."))
     model_max_reply_bytes: int = Field(default=65536, ge=1024, le=64 * 1024 * 1024, description=(
         "The most text (UTF-8 bytes) one reply of a model server may hold; a longer one is cut off and rejected."))
+
+    # how the in-process model runs (rag.generation.local, rag.generation.onnx)
+    decoder: Literal["auto", "fp32", "int8", "int4", "transformers"] = Field("auto", description=(
+        "Who writes an in-process model's answer after transformers has read the prompt: \"auto\" (fp32, falling "
+        "back to transformers for a model the ONNX builder does not know), \"fp32\" / \"int8\" / \"int4\" (an ONNX "
+        "Runtime decoder of that precision, built once into the model cache; int8/int4 change the greedy text) or "
+        "\"transformers\" (plain `model.generate`, one answer at a time). RAG_DECODER."))
+    draft: Literal["auto", "int8", "int4", "lookup", "off"] = Field("auto", description=(
+        "The proposer of speculative decoding under an ONNX decoder: \"auto\" (the int8 draft model, none for a "
+        "decoder of packed 4-bit blocks), \"int8\" / \"int4\" (a draft model, built once), \"lookup\" (prompt "
+        "lookup only) or \"off\" (one token per pass). RAG_DRAFT."))
+    cache_dir: Path | None = Field(None, description=(
+        "The model cache: converted GGUF models, ONNX decoders, merged adapters, the assembled teacher and the "
+        "course adapters `raft course` installs; unset: ~/.cache/course-rag/models. RAG_CACHE_DIR."))
+    api_key: SecretStr | None = Field(None, description=(
+        "The bearer token sent to the OpenAI-compatible server `model` names, and to no other address (the app "
+        "sends no key to the other servers of ui_backend_urls). RAG_API_KEY, else OPENAI_API_KEY; unset: no "
+        "Authorization header."))
 
     # access (README, "Serving" and "Running the app for a class")
     admin_secret: SecretStr | None = None  # unlocks adding/removing documents in the app; unset: nobody can
@@ -181,6 +227,39 @@ class Settings(BaseSettings):
                 raise ValueError(f"{url!r} is not an http(s):// URL of an OpenAI-compatible server")
         return [url.rstrip("/") for url in value]
 
+    @field_validator("decoder", "draft", mode="before")
+    @classmethod
+    def _choice_any_case(cls, value: Any) -> Any:
+        """A choice in any case with surrounding spaces; an empty one (RAG_DECODER=) is "auto"."""
+        if isinstance(value, str):
+            return value.strip().lower() or "auto"
+        return value
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _empty_cache_dir_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir_is_a_folder(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        problem = folder_problem(value)
+        if problem:
+            raise ValueError(f"{value} {problem}; point it at a folder (it is created when missing)")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value else value
+
+    def api_key_value(self) -> str:
+        """The configured API key as text ("" when none: the HTTP backend then sends no Authorization)."""
+        return self.api_key.get_secret_value() if self.api_key is not None else ""
+
     @field_validator("history_path")
     @classmethod
     def _history_path_is_a_file(cls, value: Path | None) -> Path | None:
@@ -205,8 +284,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: CLI flags (init) > environment > rag.toml > defaults.
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, read_config_file()))
+        # First wins: CLI flags (init) > environment > rag.toml > defaults. OPENAI_API_KEY is the key when
+        # RAG_API_KEY is unset or empty (the name every OpenAI-compatible client reads).
+        openai_key = None if os.environ.get("RAG_API_KEY") else environment_api_key()
+        fallback = {"api_key": openai_key} if openai_key is not None else {}
+        return (init_settings, InitSettingsSource(settings_cls, fallback), env_settings,
+                InitSettingsSource(settings_cls, read_config_file()))
+
+
+def environment_api_key() -> SecretStr | None:
+    """The API key the environment holds: RAG_API_KEY, else OPENAI_API_KEY (None when both are unset or empty).
+
+    For a process that gets its other settings from elsewhere (a Ray worker of `raft generate` takes the
+    driver's, but never its secrets: the key comes from the worker's own environment).
+    """
+    key = os.environ.get("RAG_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    return SecretStr(key) if key else None
 
 
 def _origin(name: str, flags: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ chose; any visitor could also remove course files. Now:
 
 - A visitor picks a server from a list set by whoever runs the app: the configured `model` (when it is
   a URL) plus `ui_backend_urls` (RAG_UI_BACKEND_URLS). There is no free-text URL.
-- The configured key ($RAG_API_KEY / $OPENAI_API_KEY) goes only to the configured `model` URL; any other
+- The configured key (the setting api_key: RAG_API_KEY / OPENAI_API_KEY) goes only to the configured `model` URL; any other
   listed server gets no key at all.
 - Adding and removing documents (and building the index) needs `admin_secret` (RAG_ADMIN_SECRET); without
   one configured nobody can, and the controls are not drawn.
@@ -52,8 +52,9 @@ def allowed_servers(settings: Settings) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def server_key(url: str, settings: Settings) -> str | None:
-    """The api_key argument for a backend at `url`: None (the configured key) for the configured URL only.
+def server_key(url: str, settings: Settings) -> str:
+    """The api_key argument for a backend at `url`: the configured key (settings.api_key) for the configured
+    URL only, NO_KEY ("": no Authorization header) for every other allowed server.
 
     :raises RagError: `url` is not one of allowed_servers(settings).
     """
@@ -61,7 +62,7 @@ def server_key(url: str, settings: Settings) -> str | None:
     if url not in allowed_servers(settings):
         raise RagError(f"{url} is not one of the model servers this app may use; whoever runs it can add it "
                        "to RAG_UI_BACKEND_URLS")
-    return None if url == configured_url(settings) else NO_KEY
+    return settings.api_key_value() if url == configured_url(settings) else NO_KEY
 
 
 def admin_enabled(settings: Settings) -> bool:

@@ -103,7 +103,7 @@ def generator_for(settings: Settings, base: Settings) -> Generator:
     if resolve_model(spec).kind != "http":
         return load_generator(spec, settings.model_name, False, settings, None)
     key = server_key(settings.model, base)
-    return load_generator(settings.model, settings.model_name, key is None, settings, key,
+    return load_generator(settings.model, settings.model_name, bool(key), settings, key,
                           tuple(http_limits(settings).items()))
 
 

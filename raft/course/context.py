@@ -94,11 +94,11 @@ class CourseRun:
     def teacher_generator(self) -> Any:
         """The teacher's backend, built once (a server: nothing is contacted until asked)."""
         if self._teacher is None:
-            from rag.api import http_limits
+            from rag.api import backend_options
             from rag.generation.factory import get_generator
 
-            limits = http_limits(self.settings) if self.teacher.remote else {}
-            self._teacher = get_generator(self.teacher.spec, model_name=self.options.teacher_name, **limits)
+            self._teacher = get_generator(self.teacher.spec, model_name=self.options.teacher_name,
+                                          **backend_options(self.settings, self.teacher.spec))
         return self._teacher
 
     def release_teacher(self) -> None:

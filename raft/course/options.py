@@ -8,69 +8,76 @@ distractors-only and retrieved settings.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from raft.evaluate import SETTINGS
 from raft.splits import parse_split
 from raft.train.config import TrainConfig
-from rag.errors import RagError
+from rag.common.options import Options
 
 INSTALL_POLICIES = ("if-better", "always", "never")
 COURSE_SPLIT = "0.7,0.1,0.2"
 #: The CLI flag of each option whose flag is not its name with dashes.
-FLAGS = {"teacher_max_tokens": "--max-tokens", "teacher_name": "--model-name", "top_k": "--top-k"}
+FLAGS = {"teacher_max_tokens": "--max-new-tokens", "teacher_name": "--model-name", "top_k": "--top-k"}
 #: Options a resumed run may change: how the run goes (threads, checkpoints, batch, bootstrap, install), and the
 #: teacher's, which `raft generate`'s own run.json holds while the data is made (a server's port may change after).
 NOT_IDENTITY = ("workers", "threads", "save_steps", "install", "eval_batch_size", "resamples", "teacher",
                 "teacher_name", "teacher_max_tokens")
 
 
-class CourseOptions(BaseModel):
-    """Every setting of a `raft course` run (the CLI flags map 1:1; see `raft course --help`)."""
+class CourseOptions(Options):
+    """Every setting of a `raft course` run (the CLI flags are built from these fields 1:1; `raft course --help`).
+
+    A bad value raises RagError naming the flag, e.g. "--questions must be in [1, 20], got 0".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    FLAGS: ClassVar[dict[str, str]] = FLAGS
 
     # the teacher and the data (raft generate)
     teacher: str = Field("auto", min_length=1, description=(
-        "auto = the 0.5B `teacher` extra when installed, else refuse; or an http(s):// URL of an OpenAI-compatible "
-        "server, `teacher`, or any model spec `raft generate --model` accepts"))
-    teacher_name: str | None = Field(None, description="the model to request from an OpenAI-compatible server")
-    workers: int = Field(1, ge=1, le=64, description="parallel requests to a server teacher")
-    questions: int = Field(3, ge=1, le=20, description="questions per chunk")
-    distractors: int = Field(4, ge=0, le=50, description="distractor documents per sample")
-    p: float = Field(0.8, ge=0.0, le=1.0, description="fraction of samples that show the oracle")
-    strategy: Literal["hard", "random", "mixed"] = Field("hard", description="how distractors are drawn")
-    limit: int | None = Field(None, ge=1, description="use at most N chunks of the course (seeded choice)")
-    teacher_max_tokens: int | None = Field(None, ge=1, le=8192, description="max new tokens per teacher reply")
-    min_chunk_words: int = Field(12, ge=1, le=1000, description="chunks with fewer words get no question")
+        "auto (the 0.5B `teacher` extra when installed, else refuse), an http(s):// URL of an OpenAI-compatible "
+        "server, or any model spec `raft generate --model` accepts."))
+    teacher_name: str | None = Field(None, description="Model to request from the teacher's server.")
+    workers: int = Field(1, ge=1, le=64, description="Parallel requests to a server teacher.")
+    questions: int = Field(3, ge=1, le=20, description="Questions per chunk.")
+    distractors: int = Field(4, ge=0, le=50, description="Distractor documents per sample.")
+    p: float = Field(0.8, ge=0.0, le=1.0, description="Fraction of samples that show the oracle.")
+    strategy: Literal["hard", "random", "mixed"] = Field("hard", description="How distractors are drawn.")
+    limit: int | None = Field(None, ge=1, description="Use at most N chunks of the course (seeded choice).")
+    teacher_max_tokens: int | None = Field(None, ge=1, le=8192, description=(
+        "Max new tokens per teacher reply (default: the setting max_new_tokens, 256)."))
+    min_chunk_words: int = Field(12, ge=1, le=1000, description="Chunks with fewer words get no question.")
     # the split and the seed, shared by generate, train and evaluate
-    split: str = Field(COURSE_SPLIT, description="train,validation,test fractions by source chunk")
-    seed: int = Field(0, description="seed of every sampling decision, the split, training and the bootstrap")
+    split: str = Field(COURSE_SPLIT, description="train,validation,test fractions by chunk.")
+    seed: int = Field(0, description="Seed of sampling, split, training and bootstrap.")
     # training (raft train)
-    base: str = Field("bundled", min_length=1, description="the student model the adapter is trained for")
-    epochs: float = Field(1.0, gt=0, le=100)
-    lr: float = Field(1e-3, gt=0, le=1.0, description="peak learning rate")
-    lora_r: int = Field(8, ge=1, le=512)
-    lora_alpha: float = Field(16.0, gt=0)
-    grad_accum: int = Field(4, ge=1, le=1024, description="forward passes per optimizer step")
-    max_length: int = Field(1024, ge=32, le=32768, description="tokens per training sample")
-    max_samples: int | None = Field(None, ge=1, description="train on at most N samples (seeded choice)")
-    max_val_samples: int = Field(32, ge=0, description="validation samples for the loss before/after")
-    save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps")
-    threads: int | None = Field(None, ge=1, le=512, description="torch threads (default: all available cores)")
+    base: str = Field("bundled", min_length=1, description="The student model the adapter is for.")
+    epochs: float = Field(1.0, gt=0, le=100, description="Training epochs.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    lora_r: int = Field(8, ge=1, le=512, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (the update is scaled by alpha / r).")
+    grad_accum: int = Field(4, ge=1, le=1024, description="Forward passes per optimizer step.")
+    max_length: int = Field(1024, ge=32, le=32768, description="Tokens per training sample.")
+    max_samples: int | None = Field(None, ge=1, description="Train on at most N samples (seeded choice).")
+    max_val_samples: int = Field(32, ge=0, description="Validation samples for the loss before/after (0 = none).")
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N optimizer steps.")
+    threads: int | None = Field(None, ge=1, le=512, description="Torch threads for training (default: all available cores).")
     # evaluation (raft eval)
-    eval_settings: tuple[str, ...] = Field(("oracle", "distractors", "retrieved"), min_length=1)
-    eval_limit: int | None = Field(None, ge=1, description="evaluate at most N held-out questions")
-    eval_max_new_tokens: int = Field(192, ge=1, le=8192)
-    eval_batch_size: int = Field(8, ge=1, le=256)
-    top_k: int | None = Field(None, ge=1, le=100, description="retrieved setting: passages per question")
-    resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples of the 95% intervals")
+    eval_settings: tuple[str, ...] = Field(("oracle", "distractors", "retrieved"), min_length=1, description=(
+        "Held-out settings, comma-separated."))
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate at most N held-out questions.")
+    eval_max_new_tokens: int = Field(192, ge=1, le=8192, description="Max new tokens per evaluated answer.")
+    eval_batch_size: int = Field(8, ge=1, le=256, description="Answers generated together in the evaluation.")
+    top_k: int | None = Field(None, ge=1, le=100, description=(
+        "retrieved setting: passages per question (default: the setting top_k, 5)."))
+    resamples: int = Field(2000, ge=100, le=100_000, description="Bootstrap resamples of the 95% intervals.")
     # install
     install: Literal["if-better", "always", "never"] = Field("if-better", description=(
         "if-better: install when the tuned model beats the base on the retrieved setting (paired 95% interval "
-        "above zero) and loses on no setting beyond its interval; always; never"))
+        "above zero) and loses nowhere beyond its interval; always; never."))
 
     @field_validator("split")
     @classmethod
@@ -92,7 +99,6 @@ class CourseOptions(BaseModel):
                              lora_alpha=self.lora_alpha, grad_accum=self.grad_accum, max_length=self.max_length,
                              max_samples=self.max_samples, split=self.split, seed=self.seed,
                              max_val_samples=self.max_val_samples, save_steps=self.save_steps, threads=self.threads)
-        config.validate()
         return config
 
     def identity(self) -> dict[str, Any]:
@@ -103,15 +109,9 @@ class CourseOptions(BaseModel):
 def make_options(**given: Any) -> CourseOptions:
     """CourseOptions from keyword arguments, None meaning "not given" (the default).
 
-    :raises RagError: one line naming the first bad option and why.
+    :raises RagError: one line naming the first bad option, its value and what is allowed (rag.common.options).
     """
-    try:
-        return CourseOptions(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        name = FLAGS.get(field, "--" + field.replace("_", "-")) if field else "options"
-        raise RagError(f"invalid {name}: {err['msg'].removeprefix('Value error, ')}") from None
+    return CourseOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 __all__ = ["INSTALL_POLICIES", "COURSE_SPLIT", "CourseOptions", "make_options"]

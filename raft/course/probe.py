@@ -99,7 +99,7 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def probe_training(config: TrainConfig, example: Example) -> TrainProbe:
+def probe_training(config: TrainConfig, example: Example, cache_dir: Path | None = None) -> TrainProbe:
     """Time one training sample's forward + backward with LoRA, with the run's threads, length and dtype.
 
     :raises RagError: the base cannot be loaded, or the example's question and answer do not fit --max-length.
@@ -113,7 +113,7 @@ def probe_training(config: TrainConfig, example: Example) -> TrainProbe:
     torch.set_num_threads(config.threads or _cpus())
     try:
         started = time.perf_counter()
-        model_dir, _ = resolve_base(config.base)
+        model_dir, _ = resolve_base(config.base, cache_dir)
         model, tokenizer = load_base(model_dir)
         model, _ = add_lora(model, config)
         load_s = time.perf_counter() - started
@@ -138,8 +138,11 @@ def probe_training(config: TrainConfig, example: Example) -> TrainProbe:
         torch.set_num_threads(before)
 
 
-def probe_answers(spec: str, example: Example, max_new_tokens: int) -> AnswerProbe:
+def probe_answers(spec: str, example: Example, max_new_tokens: int, options: dict[str, Any] | None = None
+                  ) -> AnswerProbe:
     """Time the model `spec` answering `example`'s question with its documents (as `raft eval` asks it).
+
+    :param options: the backend's keyword arguments from the run's settings (rag.api.backend_options).
 
     :raises GeneratorError: the model cannot be loaded.
     """
@@ -150,7 +153,7 @@ def probe_answers(spec: str, example: Example, max_new_tokens: int) -> AnswerPro
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
     messages = student_messages(example.docs, example.question)
     started = time.perf_counter()
-    generator = get_generator(spec)
+    generator = get_generator(spec, **(options or {}))
     generator.generate_batch([messages], params)
     first = time.perf_counter() - started
     t = time.perf_counter()

@@ -117,7 +117,7 @@ def run_course(corpus: Path, out: Path, options: CourseOptions, settings: Any, *
         check_identity(out, IDENTITY, identity, what="a course run", option="--out",
                        leftovers=(DATA, TRAIN, ADAPTER, EVAL, STATE))
         state, damaged = load_state(out)
-        run = CourseRun(corpus, out, options, settings, teacher, registry_dir(settings.course_adapters_dir), emit,
+        run = CourseRun(corpus, out, options, settings, teacher, registry_dir(settings.course_adapters_dir, settings.cache_dir), emit,
                         command)
         if damaged:
             run.note(damaged)
@@ -149,7 +149,7 @@ def uninstall_course(corpus: Path, settings: Any) -> list[Any]:
     """
     from rag.generation.course_registry import load_registry, registry_dir, remove_course
 
-    root = registry_dir(settings.course_adapters_dir)
+    root = registry_dir(settings.course_adapters_dir, settings.cache_dir)
     source = str(Path(corpus).resolve())
     return [gone for c in load_registry(root) if c.source == source
             if (gone := remove_course(root, c.id)) is not None]

@@ -41,7 +41,7 @@ def chunks_done(run: CourseRun, chunk_ids: set[int]) -> int:
 def plan(run: CourseRun, state: CourseState) -> dict[str, Any]:
     """Probe the teacher, a training step and the base's answers; estimate the time and disk; refuse a run that
     does not fit on disk. Returns the plan record (raft.course.estimate.plan_record) with the course and probes."""
-    from rag.api import generation_params
+    from rag.api import backend_options, generation_params
     from rag.generation.course_registry import course_fingerprint
     from rag.generation.decoder import resolve_decoder
 
@@ -59,8 +59,8 @@ def plan(run: CourseRun, state: CourseState) -> dict[str, Any]:
     except GeneratorError as e:
         raise RagError(f"the teacher failed its first chunk: {e}") from None
     example = probe_example(teacher, chunks, o.distractors)
-    training = probe_training(o.train_config(), example)
-    answers = probe_answers(o.base, example, o.eval_max_new_tokens)
+    training = probe_training(o.train_config(), example, run.settings.cache_dir)
+    answers = probe_answers(o.base, example, o.eval_max_new_tokens, backend_options(run.settings, o.base))
     rates = Rates(teacher_chunk_s=teacher.seconds,
                   teacher_parallel=o.workers if run.teacher_generator().parallel_requests else 1,
                   train_sample_s=training.sample_s, train_load_s=training.load_s, answer_s=answers.answer_s,
@@ -74,10 +74,11 @@ def plan(run: CourseRun, state: CourseState) -> dict[str, Any]:
     sample_bytes = len(json.dumps(teacher.sample, ensure_ascii=False).encode()) if teacher.sample else \
         2 * sum(len(d.encode()) for d in example.docs) + 1024  # a record holds its documents twice
     need = disk_need(work, sample_bytes=sample_bytes, adapter_bytes=4 * training.trainable_params,
-                     base_bytes=training.base_bytes, decoder=resolve_decoder())
+                     base_bytes=training.base_bytes, decoder=resolve_decoder(run.settings.decoder))
     from rag.generation.models import default_cache_dir
 
-    free = check_disk({run.out: need.out_bytes, default_cache_dir(): need.model_cache, run.registry: need.adapter})
+    cache = run.settings.cache_dir or default_cache_dir()
+    free = check_disk({run.out: need.out_bytes, cache: need.model_cache, run.registry: need.adapter})
     return {**plan_record(work, rates, need), "free": free, "course_files": run.course_files,
             "course_id": course_fingerprint(run.course_files), "chunks": len(chunks),
             "teacher": {"spec": run.teacher.spec, "kind": run.teacher.kind, "description": run.teacher.description},
@@ -160,6 +161,7 @@ def train(run: CourseRun, state: CourseState) -> dict[str, Any]:
     total = _steps(run)
     run.emit(CourseEvent("start", "train", done=0, total=total, unit="step"))
     report = train_model(run.data, run.train_dir, run.options.train_config(), progress=False, command=run.command,
+                         cache_dir=run.settings.cache_dir,
                          on_step=lambda row: run.emit(CourseEvent("advance", "train", done=row["step"], total=total,
                                                                   unit="step")))
     stage_adapter(run, report)
@@ -191,7 +193,7 @@ def evaluate(run: CourseRun, state: CourseState) -> dict[str, Any]:
                        max_new_tokens=o.eval_max_new_tokens, settings=list(o.eval_settings),
                        batch_size=o.eval_batch_size, index_dir=run.settings.index_dir, k=o.top_k, baseline=base,
                        resamples=o.resamples, command=run.command, progress=False, log=run.note,
-                       on_progress=on_progress)
+                       on_progress=on_progress, rag_settings=run.settings)
     return {"brief": evaluation_brief(summary, base, tuned), "base": base, "tuned": tuned,
             "summary": str(run.eval_dir / "summary.md"), "seconds": summary["run"]["duration_s"]}
 

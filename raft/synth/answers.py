@@ -302,8 +302,6 @@ class AnswerWriter:
         return self._guided(items)
 
     def _guided(self, items: list[tuple[str, str]]) -> list[AnswerResult]:
-        from dataclasses import replace
-
         messages, prefixes, heads = [], [], []
         for question, oracle in items:
             msgs = answer_messages(question, oracle, small=True)
@@ -318,7 +316,7 @@ class AnswerWriter:
             messages.append(msgs)
             heads.append(head)
             prefixes.append(head + GUIDED_FINAL)
-        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, self.answer_tokens),
+        params = self.params.replace(max_new_tokens=min(self.params.max_new_tokens, self.answer_tokens),
                          stop=["\n"])
         finals = self.generator.generate_batch(messages, params, prefixes=prefixes)
         return [verify_answer(f"{h}{ANSWER_MARK} {_ANSWER_LEAD.sub('', f.strip())}", o, self.require_quote)

@@ -244,10 +244,8 @@ class QuestionGenerator:
 
     def many(self, chunk_texts: list[str]) -> list[QuestionResult]:
         """Questions for several chunks, batched when the backend can."""
-        from dataclasses import replace
-
         # a list of n questions needs ~30 tokens each; a cap stops a rambling model from holding up a batch
-        params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, 40 * self.n + 24))
+        params = self.params.replace(max_new_tokens=min(self.params.max_new_tokens, 40 * self.n + 24))
         batch = [question_messages(t, self.n, self.small) for t in chunk_texts]
         return [select_questions(reply, self.n) if isinstance(reply, str) else
                 QuestionResult([], Counter({f"question_{reply.reason}": 1, "chunk_no_questions": 1}), str(reply),

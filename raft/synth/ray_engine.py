@@ -49,7 +49,7 @@ from rag.index.ray_engine import (
 # The settings a worker needs (index, embedder check, teacher, generation parameters); secrets stay home.
 WORKER_SETTINGS = ("index_dir", "embed_model", "embed_dtype", "embed_batch_size", "model", "model_name",
                    "max_new_tokens", "temperature", "top_p", "top_k_sampling", "repetition_penalty", "seed",
-                   "model_timeout", "model_deadline", "model_max_reply_bytes")
+                   "model_timeout", "model_deadline", "model_max_reply_bytes", "decoder", "draft", "cache_dir")
 
 Outcome = tuple[list, list[ChunkResult] | None, GeneratorError | None]  # (chunks, results, teacher failure)
 
@@ -58,6 +58,7 @@ def worker_settings(settings: Any) -> dict[str, Any]:
     """The WORKER_SETTINGS of `settings` as plain JSON-like values."""
     out = {k: getattr(settings, k) for k in WORKER_SETTINGS}
     out["index_dir"] = str(Path(out["index_dir"]).resolve())
+    out["cache_dir"] = None if out["cache_dir"] is None else str(out["cache_dir"])
     return out
 
 
@@ -72,7 +73,7 @@ class RaftWorker:
     def __init__(self, settings: dict[str, Any], config: dict[str, Any], generation: str, threads: float = 1,
                  requests: int = 1) -> None:
         from rag.api import generation_params, get_embedder, get_generator
-        from rag.config import Settings
+        from rag.config import Settings, environment_api_key
         from rag.index.store import VectorIndex
 
         self.error = ""
@@ -80,7 +81,9 @@ class RaftWorker:
         set_threads(threads)
         try:
             # model_construct: the driver's validated values as they are; no environment or rag.toml here
-            s = Settings.model_construct(**{**settings, "index_dir": Path(settings["index_dir"])})
+            # except the key, which never travels through Ray: the worker's own RAG_API_KEY / OPENAI_API_KEY
+            s = Settings.model_construct(**{**settings, "index_dir": Path(settings["index_dir"]),
+                                            "api_key": environment_api_key()})
             self.index = VectorIndex.load(s.index_dir, get_embedder(s))
             if self.index.generation != generation:
                 raise RagError(f"this worker sees index generation {self.index.generation!r} at {s.index_dir}, the "
@@ -159,7 +162,7 @@ class RaftRayEngine:
         if not spec.local:
             ChunkProcessor(index, get_generator(settings), params, config)
         else:  # convert / assemble the model once here: the actors on this node then find it in the cache
-            spec.local_dir()
+            spec.local_dir(settings.cache_dir)
         self._parallel = not spec.local
         self._settings = worker_settings(settings)
         self._generation = index.generation
@@ -187,7 +190,7 @@ class RaftRayEngine:
         calls = math.ceil(len(units) / per_call)
         size = pool_size(self.cluster, self.workers, self.cpus, 0, calls)
         rows = [{"unit": i, "chunk_ids": [c.id for c in unit]} for i, unit in enumerate(units)]
-        worker_config = {**asdict(config), "progress": False}
+        worker_config = {**config.model_dump(), "progress": False}
         ds = ray.data.from_items(rows, override_num_blocks=calls).map_batches(
             RaftWorker, batch_size=per_call, batch_format="numpy", num_cpus=self.cpus,
             compute=ray.data.ActorPoolStrategy(size=size),

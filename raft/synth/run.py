@@ -9,75 +9,20 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 
 from raft.records import REJECTED, STATS, derive_rng
 from raft.synth.answers import AnswerWriter
+from raft.synth.config import RaftConfig
 from raft.synth.dispatch import ChunkTally, dispatch
-from raft.synth.distractors import STRATEGIES, DistractorSampler
+from raft.synth.distractors import DistractorSampler
 from raft.synth.questions import QuestionGenerator
 from raft.synth.samples import DatasetWriter, SampleBuilder, make_record
 from rag.answering.grounding import boilerplate_sentences
 from rag.common.atomic import write_json_atomic
 from rag.errors import GeneratorError, RagError
-
-#: Version of what a run writes, in run.json (a run of another format is not resumed by this code).
-#: 2: guided answers never quote a sentence the course repeats in 3+ chunks (grounding.boilerplate_sentences).
-FORMAT = 2
-
-
-@dataclass
-class RaftConfig:
-    """What decides the data (stored in run.json) plus how the run is carried out (limit, workers)."""
-
-    corpus: str
-    questions: int = 3
-    distractors: int = 4
-    p: float = 0.8
-    strategy: str = "hard"
-    seed: int = 0
-    min_chunk_words: int = 12
-    require_quote: bool = True
-    answer_mode: str = "auto"  # guided for in-process models, free for HTTP teachers (raft.answers)
-    # not part of run.json: they don't change which samples are planned
-    limit: int | None = None
-    workers: int = 1
-    batch_size: int = 4
-    progress: bool = True
-    max_failures: int = 3
-
-    def validate(self) -> None:
-        if self.questions < 1:
-            raise RagError(f"--questions must be >= 1, got {self.questions}")
-        if self.distractors < 0:
-            raise RagError(f"--distractors must be >= 0, got {self.distractors}")
-        if not 0.0 <= self.p <= 1.0:
-            raise RagError(f"--p must be between 0 and 1, got {self.p}")
-        if self.strategy not in STRATEGIES:
-            raise RagError(f"unknown --distractor-strategy {self.strategy!r}: use {', '.join(STRATEGIES)}")
-        if self.limit is not None and self.limit < 1:
-            raise RagError(f"--limit must be >= 1, got {self.limit}")
-        if self.workers < 1:
-            raise RagError(f"--workers must be >= 1, got {self.workers}")
-        if self.batch_size < 1:
-            raise RagError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.answer_mode not in ("auto", "guided", "free"):
-            raise RagError(f"unknown --answer-mode {self.answer_mode!r}: use auto, guided or free")
-
-    def run_record(self, settings) -> dict[str, Any]:
-        """The arguments a resumed run must repeat (run.json)."""
-        d = asdict(self)
-        for k in ("limit", "workers", "batch_size", "progress", "max_failures"):
-            d.pop(k)
-        d["corpus"] = str(Path(self.corpus).resolve())
-        d.update(format=FORMAT, index_dir=str(Path(settings.index_dir).resolve()), model=settings.model,
-                 model_name=settings.model_name, max_new_tokens=settings.max_new_tokens,
-                 temperature=settings.temperature, embed_model=settings.embed_model,
-                 chunk_tokens=settings.chunk_tokens)
-        return d
-
 
 def select_chunks(chunks: list, seed: int, limit: int | None, min_words: int) -> tuple[list, list]:
     """(chosen, too_short): the chunks in a seeded order that doesn't depend on the index's order; first `limit`."""
@@ -332,7 +277,6 @@ def run(folder: Path, out_dir: Path, settings, config: RaftConfig, *, generator=
     from rag.api import get_generator as configured_generator
     from rag.common.progress import progress_bar
 
-    config.validate()
     settings = teacher_settings(settings)
     started = time.perf_counter()
     folder = Path(folder)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
 
 from raft.records import DEFAULT_SPLIT
 from raft.splits import parse_split
-from rag.errors import RagError
+from rag.common.options import Options
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CONFIG = "train_config.json"
@@ -18,17 +19,18 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MERGED = "merged"
 PLOT = "loss.png"
-DTYPES = ("float32", "bfloat16")
-METHODS = ("raft", "dsf")  # raft: documents + question -> CoT answer; dsf: question -> CoT answer, no documents
+Dtype = Literal["float32", "bfloat16"]
+Method = Literal["raft", "dsf"]  # raft: documents + question -> CoT answer; dsf: question -> CoT answer, no documents
+DTYPES = get_args(Dtype)
+METHODS = get_args(Method)
 KEEP_CHECKPOINTS = 2
 MAX_GRAD_NORM = 1.0
 WARMUP_FRACTION = 0.1
 _NOT_IDENTITY = ("save_steps", "threads")  # change how the run goes, not the model it makes
 
 
-@dataclass
-class TrainConfig:
-    """The settings of one `raft train` run (CLI flags map 1:1).
+class TrainConfig(Options):
+    """The settings of one `raft train` run (the CLI flags are built from these fields 1:1).
 
     method: `raft` trains on the documents + question (RAFT, Zhang et al. 2024); `dsf` is the paper's
     domain-specific fine-tuning baseline (Table 1, "DSF"): the same samples, split, seed and LoRA
@@ -39,60 +41,56 @@ class TrainConfig:
     distractor_strategy: None keeps the distractors `raft generate` drew (its --distractor-strategy, hard by
     default); "random" re-draws them uniformly from the split's other source chunks
     (raft.train.data.with_random_distractors), the paper's hard-vs-random ablation from one generated dataset.
+
+    Checked by pydantic when made or changed: a bad value raises RagError naming the flag, e.g.
+    "--lora-dropout must be in [0, 1), got 1.0".
     """
 
-    base: str = "bundled"
-    method: str = "raft"
-    oracle_fraction: float | None = None
-    distractor_strategy: str | None = None
-    epochs: float = 1.0
-    lr: float = 1e-3  # with grad_accum 4: 1 epoch over the course's 631 samples learned the RAFT format (README
-    # "The whole course"); 2e-4 with grad_accum 8 (40 steps over 320 samples) did not
-    lora_r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.05
-    batch_size: int = 1
-    grad_accum: int = 4
-    max_length: int = 1024
-    max_samples: int | None = None
-    split: str = DEFAULT_SPLIT
-    seed: int = 0
-    dtype: str = "float32"
-    max_val_samples: int = 32
-    save_steps: int = 10
-    threads: int | None = None
+    base: str = Field("bundled", min_length=1, description=(
+        "Base model: bundled, teacher, a model folder, a .gguf file or a `raft train` output."))
+    method: Method = Field("raft", description=(
+        "raft = documents + question -> answer; dsf = question -> answer without documents (the RAFT paper's "
+        "domain-specific fine-tuning baseline), same split, seed and LoRA settings."))
+    oracle_fraction: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "Re-draw which train samples show the oracle: exactly this fraction do (e.g. 1.0 for the P = 1 "
+        "ablation); default: as generated (`raft generate --p`)."))
+    distractor_strategy: Literal["random"] | None = Field(None, description=(
+        "random = re-draw each sample's distractors uniformly from the split's other source chunks (the "
+        "hard-vs-random ablation without a new `raft generate`); default: as generated."))
+    epochs: float = Field(1.0, gt=0, description="Training epochs (fractions allowed).")
+    # with grad_accum 4: 1 epoch over the course's 631 samples learned the RAFT format (README "The whole
+    # course"); 2e-4 with grad_accum 8 (40 steps over 320 samples) did not
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(16, gt=0, description="LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    batch_size: int = Field(1, ge=1, description="Samples per forward pass.")
+    grad_accum: int = Field(4, ge=1, description="Forward passes per optimizer step.")
+    max_length: int = Field(1024, ge=32, description=(
+        "Tokens per sample; longer prompts lose distractor documents first, never answer tokens."))
+    max_samples: int | None = Field(None, ge=1, description="Train on at most N samples (seeded choice).")
+    split: str = Field(DEFAULT_SPLIT, description=(
+        "train,validation,test fractions by source chunk, as in `raft export`/`raft eval`."))
+    seed: int = Field(0, description="Seed of the split, sample order, LoRA init.")
+    dtype: Dtype = Field("float32", description=(
+        "bfloat16 = autocast matmuls (master weights stay float32)."))
+    max_val_samples: int = Field(32, ge=0, description="Validation samples for the loss before/after training (0 = none).")
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N optimizer steps.")
+    threads: int | None = Field(None, ge=1, description="Torch threads (default: all available cores).")
 
-    def validate(self) -> None:
-        """Raise RagError naming the first out-of-range setting."""
-        problems = [
-            (self.epochs <= 0, f"--epochs must be > 0, got {self.epochs}"),
-            (self.lr <= 0, f"--lr must be > 0, got {self.lr}"),
-            (self.lora_r < 1, f"--lora-r must be >= 1, got {self.lora_r}"),
-            (self.lora_alpha <= 0, f"--lora-alpha must be > 0, got {self.lora_alpha}"),
-            (not 0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
-            (self.batch_size < 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum < 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
-            (self.max_length < 32, f"--max-length must be >= 32 tokens, got {self.max_length}"),
-            (self.max_samples is not None and self.max_samples < 1,
-             f"--max-samples must be >= 1, got {self.max_samples}"),
-            (self.method not in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.oracle_fraction is not None and not 0.0 <= self.oracle_fraction <= 1.0,
-             f"--oracle-fraction must be in [0, 1], got {self.oracle_fraction}"),
-            (self.oracle_fraction is not None and self.method == "dsf",
-             "--oracle-fraction needs --method raft: DSF shows no documents"),
-            (self.distractor_strategy not in (None, "random"),
-             f"--distractor-strategy must be random (or left out: as generated), got {self.distractor_strategy!r}"),
-            (self.distractor_strategy is not None and self.method == "dsf",
-             "--distractor-strategy needs --method raft: DSF shows no documents"),
-            (self.dtype not in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-            (self.max_val_samples < 0, f"--max-val-samples must be >= 0, got {self.max_val_samples}"),
-            (self.save_steps < 1, f"--save-steps must be >= 1, got {self.save_steps}"),
-            (self.threads is not None and self.threads < 1, f"--threads must be >= 1, got {self.threads}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise RagError(message)
-        parse_split(self.split)
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: str) -> str:
+        parse_split(value)
+        return value
+
+    @model_validator(mode="after")
+    def _documents_need_raft(self) -> TrainConfig:
+        if self.oracle_fraction is not None and self.method == "dsf":
+            raise ValueError("--oracle-fraction needs --method raft: DSF shows no documents")
+        if self.distractor_strategy is not None and self.method == "dsf":
+            raise ValueError("--distractor-strategy needs --method raft: DSF shows no documents")
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained model (a re-run must match them to resume).
@@ -101,7 +99,7 @@ class TrainConfig:
         before they existed still resume; any other value is part of the identity, so a changed method
         or fraction against an existing --out is refused.
         """
-        d = asdict(self)
+        d = self.model_dump()
         for k in _NOT_IDENTITY:
             d.pop(k)
         for k, default in (("method", "raft"), ("oracle_fraction", None), ("distractor_strategy", None)):

@@ -49,7 +49,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -166,22 +166,22 @@ def _step_seed(seed: int, step: int) -> int:
 
 def train(dataset: Path, out: Path, config: TrainConfig | None = None, *, resume: bool = True,
           progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None,
-          command: str | None = None) -> dict[str, Any]:
+          command: str | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune the base model with LoRA on the dataset's train split; write OUT; return the report.
 
     Re-running with the same arguments resumes from the newest checkpoint (or returns the finished report).
     `on_step` is called after every optimizer step (and its checkpoint) with the step's log line. The
     report's `run` records this session (`command`, default this process's command line; seed; start and
-    end times; duration; peak memory); `seconds` counts the training steps of every session.
+    end times; duration; peak memory); `seconds` counts the training steps of every session. `cache_dir` is the
+    model cache a GGUF base is converted into (the setting cache_dir; not part of the run's identity).
     """
     import torch
 
     config = config or TrainConfig()
     session = Session(config.seed, command)
-    config.validate()
     out = Path(out)
     train_ex, val_ex, data_info = load_examples(dataset, config)
-    model_dir, base_id = resolve_base(config.base)
+    model_dir, base_id = resolve_base(config.base, cache_dir)
     identity = {**config.identity(), "base_model": base_id, "train_samples": len(train_ex),
                 "train_fingerprint": fingerprint(train_ex)}
     with _out_lock(out):
@@ -400,7 +400,7 @@ def _report(out: Path, config: TrainConfig, base_id: str, model_dir: Path, data_
         "out": str(out),
         "base_model": base_id,
         "base_dir": str(model_dir),
-        "args": asdict(config),
+        "args": config.model_dump(),
         "method": config.method,
         "target_modules": targets,
         "trainable_params": trainable,

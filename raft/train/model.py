@@ -13,11 +13,12 @@ from rag.errors import RagError
 # --------------------------------------------------------------------------------------------- model
 
 
-def resolve_base(base: str) -> tuple[Path, str]:
+def resolve_base(base: str, cache_dir: Path | None = None) -> tuple[Path, str]:
     """(transformers model folder, model id) of --base, parsed by the one model factory like every command's spec.
 
     :param base: bundled, teacher, a transformers model folder, a .gguf file or a `raft train` OUT folder
         (its merged/ model); GGUF models are converted once into the model cache.
+    :param cache_dir: the model cache (the setting cache_dir; None = rag.generation.models.default_cache_dir()).
     :returns: the folder to load and the id recorded as the run's base_model.
     :raises GeneratorError: (a RagError) for an unknown spec (listing the accepted forms), a server URL,
         or a model that cannot be found or converted.
@@ -25,7 +26,7 @@ def resolve_base(base: str) -> tuple[Path, str]:
     from rag.generation.factory import resolve_model
 
     spec = resolve_model(base)
-    return spec.local_dir(), spec.model_id
+    return spec.local_dir(cache_dir), spec.model_id
 
 
 def load_base(model_dir: Path) -> tuple[Any, Any]:

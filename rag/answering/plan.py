@@ -221,8 +221,6 @@ class Planner:
         :raises RagError: a bad question or setting, or a question whose best passage does not fit the
             model's window; GeneratorError for out-of-range generation settings.
         """
-        if params is not None:
-            params.validate()
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K):
             raise RagError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
         if mode is not None and mode not in MODES:

@@ -51,11 +51,12 @@ class Built:
     chunk_chars: list[int] = field(default_factory=list)
 
 
-def generator_token_counter() -> TokenCounter:
+def generator_token_counter(cache_dir: Path | None = None) -> TokenCounter:
     """Token count in the bundled generator's tokenizer (SmolLM2), the model that reads the passages.
 
     Converts the bundled GGUF once into the model cache if it is not there yet.
 
+    :param cache_dir: the model cache (the setting cache_dir; None = rag.generation.models.default_cache_dir()).
     :returns: a function text -> number of tokens (no special tokens).
     :raises GeneratorError: when the bundled model is not installed.
     """
@@ -63,7 +64,7 @@ def generator_token_counter() -> TokenCounter:
 
     from rag.generation.models import bundled_gguf_path, convert_gguf
 
-    tok = AutoTokenizer.from_pretrained(str(convert_gguf(bundled_gguf_path())))
+    tok = AutoTokenizer.from_pretrained(str(convert_gguf(bundled_gguf_path(), cache_dir)))
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 

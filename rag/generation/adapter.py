@@ -111,7 +111,7 @@ def merge_adapter(folder: Path, base_dir: Path, cache_dir: str | Path | None = N
 
     :param folder: the adapter folder (peft files + ADAPTER_INFO).
     :param base_dir: the base model's transformers folder (`ModelSpec.local_dir()` of `AdapterInfo.base`).
-    :param cache_dir: the model cache root (None = $RAG_CACHE_DIR or ~/.cache/course-rag/models).
+    :param cache_dir: the model cache root (None = models.default_cache_dir(); callers pass the setting cache_dir).
     :returns: a folder with config.json, model.safetensors, the base's tokenizer and PROMPT_FORMAT_FILE.
     :raises GeneratorError: an unreadable adapter folder, or an adapter that does not fit the base.
     """

@@ -13,9 +13,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import ConfigDict, Field, model_validator
+
+from rag.common.options import Options
 from rag.errors import GeneratorError
 
 Messages = list[dict[str, Any]]
@@ -97,45 +99,39 @@ class TextStream:
         self._pieces.close()
 
 
-@dataclass
-class GenerationParams:
-    """The generation settings the course teaches; every backend maps them onto its own knobs."""
+class GenerationParams(Options):
+    """The generation settings the course teaches; every backend maps them onto its own knobs.
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 => greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 => off
-    repetition_penalty: float = 1.0
-    do_sample: bool | None = None  # None => sample iff temperature > 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    Checked by pydantic when made or changed (rag.common.options.Options): an out-of-range value raises
+    GeneratorError, one line naming the parameter, e.g. "invalid generation setting: top_p must be in (0, 1],
+    got 0". `replace(**changes)` gives a checked copy.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    FLAGS: ClassVar[dict[str, str]] = {name: name for name in (
+        "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "do_sample", "seed", "stop")}
+    ERROR_PREFIX: ClassVar[str] = "invalid generation setting: "
+    error_class: ClassVar[type[GeneratorError]] = GeneratorError
+
+    max_new_tokens: int = Field(256, ge=1, description="the most tokens an answer may have")
+    temperature: float = Field(0.0, ge=0.0, description="sampling temperature; 0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling: the smallest set of tokens this likely")
+    top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens; 0 = off")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="divides the scores of tokens already written; 1 = off")
+    do_sample: bool | None = Field(None, description="None = sample iff temperature > 0")
+    seed: int | None = Field(None, description="seed of the sampling (None: not seeded)")
+    stop: list[str] = Field(default_factory=list, description="the answer ends before the first of these strings")
+
+    @model_validator(mode="after")
+    def _sampling_needs_a_temperature(self) -> GenerationParams:
+        if self.do_sample is True and self.temperature == 0:
+            raise ValueError("do_sample=True needs temperature > 0 (temperature 0 means greedy)")
+        return self
 
     @property
     def sampling(self) -> bool:
         """Whether tokens are sampled (True) or picked greedily (False)."""
         return self.temperature > 0 if self.do_sample is None else self.do_sample
-
-    def validate(self) -> None:
-        """Raise GeneratorError naming the first out-of-range setting."""
-        numbers = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
-        for name in numbers:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise GeneratorError(f"invalid generation setting: {name} must be a number, got {value!r}")
-        problems = [
-            (self.max_new_tokens < 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.temperature < 0, f"temperature must be >= 0, got {self.temperature}"),
-            (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k < 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
-            (self.repetition_penalty <= 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-            (
-                self.do_sample is True and self.temperature == 0,
-                "do_sample=True needs temperature > 0 (temperature 0 means greedy)",
-            ),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise GeneratorError(f"invalid generation setting: {message}")
 
 
 class Generator(ABC):

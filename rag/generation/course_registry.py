@@ -86,9 +86,15 @@ class RegistryFile(BaseModel):
     courses: list[InstalledCourse] = Field(default_factory=list)
 
 
-def registry_dir(configured: Path | str | None = None) -> Path:
-    """The registry folder: `configured` (Settings.course_adapters_dir), else `course-adapters/` in the model cache."""
-    return Path(configured).expanduser() if configured is not None else default_cache_dir() / DEFAULT_SUBDIR
+def registry_dir(configured: Path | str | None = None, cache_dir: Path | str | None = None) -> Path:
+    """The registry folder: `configured` (Settings.course_adapters_dir), else `course-adapters/` in the model cache.
+
+    :param configured: the setting course_adapters_dir, or None.
+    :param cache_dir: the model cache (the setting cache_dir; None = models.default_cache_dir()).
+    """
+    if configured is not None:
+        return Path(configured).expanduser()
+    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / DEFAULT_SUBDIR
 
 
 def course_fingerprint(files: Mapping[str, str]) -> str:

@@ -32,9 +32,10 @@ def get_generator(
     :param spec: anything `resolve_model` accepts: "bundled", "teacher", an http(s):// URL of an
         OpenAI-compatible server, a model folder, a .gguf file, a `raft train` output folder, or a ModelSpec.
     :param model_name: the model to request from a server (http only).
-    :param api_key: the server's key (http only; None = $RAG_API_KEY, then $OPENAI_API_KEY; "" = none).
-    :param kw: passed to the backend's constructor (e.g. dtype=, cache_dir= for local; read_timeout=,
-        retries= for HTTP).
+    :param api_key: the server's key (http only; None or "" = none). Callers with settings pass
+        `rag.api.backend_options(settings, spec)`, which holds it.
+    :param kw: passed to the backend's constructor (e.g. dtype=, cache_dir=, decoder=, draft= for local;
+        read_timeout=, retries= for HTTP).
     :returns: a LocalGenerator, or an OpenAIGenerator for a URL (which contacts nothing until asked).
     :raises GeneratorError: when the spec names no model (the message lists the accepted forms) or the
         local model cannot be found, converted or loaded.

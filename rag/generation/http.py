@@ -17,8 +17,8 @@ off, since they cannot see the deadline), with the client's policy: connection f
 429 and 5xx are retried before the reply has started, after the server's `Retry-After` (up to 60 s) or a
 backoff of 0.5 s, 1 s, 2 s ... with jitter.
 
-The key ($RAG_API_KEY, then $OPENAI_API_KEY, unless given; "" for none) goes only to the configured base
-URL: it is the client's bearer token for that base URL, and cross-origin redirects drop it (httpx). With
+The key (the `api_key` argument: the setting api_key, RAG_API_KEY / OPENAI_API_KEY, passed down by
+rag.api.backend_options; None or "" for none) goes only to the configured base URL: it is the client's bearer token for that base URL, and cross-origin redirects drop it (httpx). With
 no key the Authorization header is left out altogether, as local servers expect. Nothing else the `openai`
 client would read from the environment (organization, project, custom headers) is sent (`request_headers`).
 """
@@ -197,8 +197,8 @@ class OpenAIGenerator(Generator):
 
         :param base_url: like http://127.0.0.1:11434/v1 (a URL ending in /chat/completions is accepted too).
         :param model_name: the model to request (None sends "default", which single-model servers ignore).
-        :param api_key: the bearer token; default $RAG_API_KEY, then $OPENAI_API_KEY, else none is sent;
-            "" sends none whatever the environment holds.
+        :param api_key: the bearer token (rag.api.backend_options passes the setting api_key); None or ""
+            sends none. The environment is not read here.
         :param context_window: the model's window in tokens (servers do not report it portably).
         :param read_timeout: seconds each try waits for the reply to start and between streamed pieces
             (setting model_timeout).
@@ -221,8 +221,7 @@ class OpenAIGenerator(Generator):
         self.connect_timeout = connect_timeout
         self.deadline = deadline
         self.max_reply_bytes = max_reply_bytes
-        # "" means no key at all (the app asks for that for any server but the configured one).
-        key = api_key if api_key is not None else (os.environ.get("RAG_API_KEY") or os.environ.get("OPENAI_API_KEY"))
+        key = api_key or None  # "" or None: no key at all (the app's choice for any server but the configured one)
         # The client insists on a key; with none, a placeholder that is never sent: each request omits the header.
         self._client = openai.OpenAI(
             base_url=root,
@@ -395,7 +394,6 @@ class OpenAIGenerator(Generator):
             `BadReply` (a subclass) for a reply that is not UTF-8 or longer than `max_reply_bytes`.
         """
         params = params or GenerationParams()
-        params.validate()
         return TextStream(apply_stop(self._stream(messages, params), params.stop))
 
     def _open(self, request: dict[str, Any], deadline_at: float) -> Any:

@@ -1,8 +1,8 @@
 """The in-process backend (CPU): streaming, left-padded batches, continuation log-probabilities, cancellation.
 
 A transformers model always reads the prompt and scores continuations; the tokens of an answer come from
-`model.generate` or, with `decoder` "fp32"/"int8"/"int4" ($RAG_DECODER), from the ONNX Runtime decoder of
-rag/generation/decoder/onnx.py, a drop-in `generate` with the same arguments (README "Speed" compares them). With
+`model.generate` or, with `decoder` "fp32"/"int8"/"int4" (the setting `decoder`), from the ONNX Runtime decoder of
+rag/generation/decoder/onnx.py, a drop-in `generate` with the same arguments (docs/results/generation.md compares them). With
 the ONNX decoder the model's lock (models.ModelLock) is held only while the prompt is read: answers
 requested from several threads at once are written together (rag/generation/decoder/engine.py), so the instance
 declares `parallel_requests`.
@@ -10,7 +10,6 @@ declares `parallel_requests`.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from rag.generation.base import (
     current_cancel,
 )
 from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
-from rag.generation.decoder import DECODER_ENV, load_onnx_decoder, release_decoders, resolve_decoder
+from rag.generation.decoder import load_onnx_decoder, release_decoders, resolve_decoder
 from rag.generation.prefill import cache_kwarg, output_cache, packed_continuations, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
 
@@ -89,13 +88,13 @@ class LocalGenerator(Generator):
             a transformers model folder, a .gguf file (converted once into `cache_dir`), a `raft train` output.
         :param dtype: "auto" (float32: rag.generation.models.AUTO_DTYPE says why), "float32" or "bfloat16".
         :param cache_dir: where converted GGUF models and ONNX decoders live (default: the model cache).
-        :param decoder: who writes the answer after transformers has read the prompt: "auto" ($RAG_DECODER,
-            else rag.generation.decoder.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
+        :param decoder: who writes the answer after transformers has read the prompt: "auto"
+            (rag.generation.decoder.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
             built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/decoder/onnx.py.
-        :param draft: speculative decoding's proposer under an ONNX decoder: "auto" ($RAG_DRAFT, else
-            "int8"), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
+        :param draft: speculative decoding's proposer under an ONNX decoder: "auto" (rag.generation.decoder's
+            resolve_draft default), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
         :raises GeneratorError: for an unknown dtype, decoder or spec, an http spec, a model that cannot be
-            loaded, or an ONNX decoder named by `decoder` or $RAG_DECODER that cannot be built (the default
+            loaded, or an ONNX decoder named by `decoder` that cannot be built (the default
             falls back to "transformers" with a note on stderr).
         """
         if dtype not in DTYPES:
@@ -113,7 +112,7 @@ class LocalGenerator(Generator):
             try:
                 self._decoder = load_onnx_decoder(self.model_dir, self.decoder, cache_dir, draft=draft)
             except GeneratorError as e:
-                if decoder not in (None, "auto") or os.environ.get(DECODER_ENV, "auto").strip() not in ("", "auto"):
+                if decoder not in (None, "auto"):
                     raise  # asked for by name: say so
                 # the default cannot serve this model (e.g. an architecture the ONNX builder does not know)
                 print(f"rag: {e}; answering with plain transformers instead", file=sys.stderr, flush=True)
@@ -245,7 +244,6 @@ class LocalGenerator(Generator):
         On a CPU a batch of 8 decodes several times more tokens per second than 8 single runs.
         """
         params = params or GenerationParams()
-        params.validate()
         if not batch:
             return []
         prefixes = prefixes or [""] * len(batch)
@@ -330,7 +328,6 @@ class LocalGenerator(Generator):
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> GenerationStream:
         """Answer pieces as `model.generate` (in a background thread) produces them."""
         params = params or GenerationParams()
-        params.validate()
         # Do the work that can fail before the generator starts, so errors surface at the call site.
         inputs = self._encode(messages)
         kwargs = self._generate_kwargs(params, int(inputs["input_ids"].shape[1]))

@@ -52,9 +52,12 @@ def bundled_gguf_path() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Where converted models live: $RAG_CACHE_DIR, else ~/.cache/course-rag/models."""
-    env = os.environ.get("RAG_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "course-rag" / "models"
+    """Where converted models live when no cache folder is given: ~/.cache/course-rag/models.
+
+    The setting `cache_dir` (RAG_CACHE_DIR) is read by rag.config.Settings and passed down as `cache_dir`
+    arguments (rag.api.backend_options); this is only the default of those arguments.
+    """
+    return Path.home() / ".cache" / "course-rag" / "models"
 
 
 def _gguf_cache_path(gguf: Path, cache_dir: Path) -> Path:

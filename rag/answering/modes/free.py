@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator as Pieces
-from dataclasses import replace
 
 from rag.answering import grounding
 from rag.answering.budget import TokenBudget
@@ -30,7 +29,7 @@ def free_answer(generator: Generator, messages: Messages, params: GenerationPara
     budget = TokenBudget(generator.count_tokens, params.max_new_tokens)
     raw: list[str] = []
     # one token more than the budget: a model that would have gone on is seen to be cut (budget.py)
-    stream = generator.stream(messages, replace(params, max_new_tokens=budget.limit + 1))
+    stream = generator.stream(messages, params.replace(max_new_tokens=budget.limit + 1))
     kept = (raw.append(piece) or piece for piece in stream)
     shown = grounding.readable(kept) if generator.prompt_format == "raft" else kept
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from collections.abc import Generator as Pieces
-from dataclasses import replace
 
 from rag.answering import grounding, prompts
 from rag.answering.attribution import Encoder
@@ -83,7 +82,7 @@ def grounded_answer(generator: Generator, messages: Messages, question: str, pas
         return ModeResult("grounded", quote=quote, timings=timings)
     # one token more than the request's limit, so a short answer that limit cuts is seen to be cut (budget.py)
     budget = TokenBudget(generator.count_tokens, params.max_new_tokens)
-    short_params = replace(params, max_new_tokens=min(budget.limit + 1, SHORT_ANSWER_TOKENS), stop=["\n", *params.stop])
+    short_params = params.replace(max_new_tokens=min(budget.limit + 1, SHORT_ANSWER_TOKENS), stop=["\n", *params.stop])
     short = budget.take(grounding.clean_short_answer(
         write_short_answer(generator, messages, question, quote.text, short_params)))
     finish = "length" if budget.cut else "stop"

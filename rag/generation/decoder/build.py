@@ -173,7 +173,7 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
 
     :param model_dir: a folder with config.json and safetensors weights (the GGUF cache, a merged model).
     :param precision: "int4", "int8" or "fp32" (weights of the ONNX decoder).
-    :param cache_dir: the model cache root (default: $RAG_CACHE_DIR or ~/.cache/course-rag/models).
+    :param cache_dir: the model cache root (default: models.default_cache_dir(); callers pass the setting cache_dir).
     :param pack: fp32 only: store exact 4-bit blocks packed (False: every matrix in fp32, a folder of its
         own, "-plain"; bench/generation.py's comparison).
     :returns: the folder holding model.onnx and model.onnx.data.

@@ -28,8 +28,8 @@ embedding table is most of it), 540 MB unpacked. A model merged with a LoRA on e
 shipped course adapter, `bundled-raft`, what `rag ask` runs on that course) has nothing left to pack: its
 decoder is the unpacked one with the int8 draft (2.4x).
 
-Precisions ($RAG_DECODER or LocalGenerator(decoder=...)): "fp32", the default, writes transformers' greedy
-text token for token (tests/rag/generation/decoder/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
+Precisions (the setting `decoder`, RAG_DECODER, passed as LocalGenerator(decoder=...)): "fp32", the default, writes
+transformers' greedy text token for token (tests/rag/generation/decoder/test_onnx.py; 12 of 12 bench answers); "int8" and "int4" (weights
 in blocks of 32, int8 activations) drift after the first token (3 and 0 of 12, lower token F1): opt-in.
 "transformers" is plain `model.generate` (no build, no second copy of the weights, one answer at a time).
 """
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -49,12 +48,12 @@ from typing import Any
 from rag.errors import GeneratorError
 from rag.generation.decoder.engine import DecodeEngine, DecodeSequence
 from rag.generation.models import LoadedModel
-from rag.generation.decoder.build import DECODER_ENV, build_onnx_decoder, is_packed
+from rag.generation.decoder.build import build_onnx_decoder, is_packed
 from rag.generation.prefill import output_cache, read_prompt
 
 #: Decoders a LocalGenerator can use: an ONNX precision, or "transformers" (plain `model.generate`).
 DECODERS = ("int4", "int8", "fp32", "transformers")
-#: What "auto" means when $RAG_DECODER is unset: the fastest decoder whose greedy text equals transformers'
+#: What decoder "auto" means: the fastest decoder whose greedy text equals transformers'
 #: (bench/generation.py, README "Speed").
 DEFAULT_DECODER = "fp32"
 #: Proposers of speculative decoding (rag/generation/decoder/speculative.py), and the default under "auto": none for
@@ -63,7 +62,6 @@ DEFAULT_DECODER = "fp32"
 DRAFTS = ("int8", "int4", "lookup", "off")
 DEFAULT_DRAFT = "int8"
 DEFAULT_DRAFT_PACKED = "off"
-DRAFT_ENV = "RAG_DRAFT"
 #: Let ONNX Runtime's idle threads spin-wait for the next operation (its default). Off: with 4 answers at
 #: once, spinning decode threads took the cores from the prompt being read beside them (in-process, 8 free
 #: answers at concurrency 4: 0.29 answers/s spinning, 0.34 not; 0.33 either way one at a time).
@@ -71,26 +69,24 @@ ORT_SPIN = False
 
 
 def resolve_decoder(name: str | None = "auto") -> str:
-    """The decoder a LocalGenerator uses: `name`, or for "auto"/None $RAG_DECODER, else DEFAULT_DECODER.
+    """The decoder a LocalGenerator uses: `name` (the setting `decoder`), or DEFAULT_DECODER for "auto"/None.
 
     :param name: "auto", None, or one of DECODERS.
     :returns: one of DECODERS.
-    :raises GeneratorError: naming the value (and $RAG_DECODER when it came from there) and the choices.
+    :raises GeneratorError: naming the value and the choices.
     """
-    return _choose(name, "decoder", DECODER_ENV, DEFAULT_DECODER, DECODERS)
+    return _choose(name, "decoder", DEFAULT_DECODER, DECODERS)
 
 
-def _choose(name: str | None, what: str, env_name: str, default: str, choices: tuple[str, ...]) -> str:
-    """`name`, or for "auto"/None the environment variable `env_name`, else `default`; checked against `choices`.
+def _choose(name: str | None, what: str, default: str, choices: tuple[str, ...]) -> str:
+    """`name`, or `default` for "auto"/None; checked against `choices`.
 
-    :raises GeneratorError: naming the value, where it came from (`what` or `env_name`) and the choices.
+    :raises GeneratorError: naming the value, the setting `what` and the choices.
     """
-    source = what
     if name in (None, "auto"):
-        env = os.environ.get(env_name, "").strip().lower()
-        name, source = (env, env_name) if env and env != "auto" else (default, "default")
+        name = default
     if name not in choices:
-        raise GeneratorError(f"unknown {source} {name!r}: choose auto, {', '.join(choices)}")
+        raise GeneratorError(f"unknown {what} {name!r}: choose auto, {', '.join(choices)}")
     return name
 
 
@@ -116,7 +112,7 @@ class OnnxDecoder:
         :param threads: ONNX Runtime intra-op threads (LocalGenerator passes torch's thread count).
         :param draft_dir: a cheaper decoder of the same model proposing tokens for speculative decoding
             (rag/generation/decoder/speculative.py), or None (prompt lookup only).
-        :param speculate: False = one token per pass, never speculating (RAG_DRAFT=off).
+        :param speculate: False = one token per pass, never speculating (draft "off").
         :raises GeneratorError: when an ONNX model cannot be opened or does not match the model's shape.
         """
         import onnxruntime as ort
@@ -327,7 +323,7 @@ def answers_tensor(input_ids: Any, sequences: list[DecodeSequence], pad: int) ->
 
 
 def resolve_draft(name: str | None, precision: str, packed: bool = False) -> str:
-    """The proposer of speculative decoding: `name`, or for "auto"/None $RAG_DRAFT, else the default
+    """The proposer of speculative decoding: `name` (the setting `draft`), or for "auto"/None the default
     (DEFAULT_DRAFT_PACKED for a packed decoder, else DEFAULT_DRAFT).
 
     :param name: "auto", None, or one of DRAFTS: "int8"/"int4" (a draft model with those weights, then
@@ -336,9 +332,9 @@ def resolve_draft(name: str | None, precision: str, packed: bool = False) -> str
         quantised decoder is as cheap as its draft would be: it gets prompt lookup).
     :param packed: the decoder holds packed 4-bit matrices (`is_packed`).
     :returns: one of DRAFTS.
-    :raises GeneratorError: naming the value, where it came from and the choices.
+    :raises GeneratorError: naming the value and the choices.
     """
-    name = _choose(name, "draft", DRAFT_ENV, DEFAULT_DRAFT_PACKED if packed else DEFAULT_DRAFT, DRAFTS)
+    name = _choose(name, "draft", DEFAULT_DRAFT_PACKED if packed else DEFAULT_DRAFT, DRAFTS)
     if name in ("int8", "int4") and precision != "fp32":
         return "lookup"
     return name
@@ -364,7 +360,7 @@ def load_onnx_decoder(model_dir: str | Path, precision: str, cache_dir: str | Pa
 
     :param model_dir: the transformers model folder (its `generate` calls bring the loaded model).
     :param precision: "int4", "int8" or "fp32".
-    :param cache_dir: the model cache root (default: $RAG_CACHE_DIR or ~/.cache/course-rag/models).
+    :param cache_dir: the model cache root (default: models.default_cache_dir(); callers pass the setting cache_dir).
     :param threads: ONNX Runtime threads (default: torch's current thread count).
     :param draft: speculative decoding's proposer (resolve_draft): "auto", "int8", "int4", "lookup", "off".
     :returns: the OnnxDecoder of (folder, precision, threads, draft), shared in the process.

@@ -137,7 +137,7 @@ def test_one_command_plans_generates_trains_evaluates_and_installs(env, tmp_path
 
     from rag.cli import cli as rag_cli
 
-    asked = CliRunner().invoke(rag_cli, ["ask", "--json", "--index-dir", str(app.index_dir), "--max-tokens", "8",
+    asked = CliRunner().invoke(rag_cli, ["ask", "--json", "--index-dir", str(app.index_dir), "--max-new-tokens", "8",
                                          "What does LoRA train?"])
     assert asked.exit_code == 0, asked.output
     assert json.loads(asked.stdout)["model"].startswith(str(installed))  # `model = auto` answered with it

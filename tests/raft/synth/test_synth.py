@@ -381,7 +381,7 @@ def test_raft_generate_cli_end_to_end_with_the_bundled_model(small_corpus, tmp_p
     line saying why (issue 31), else 0."""
     out, index = tmp_path / "raft", tmp_path / "index"
     cmd = [sys.executable, "-m", "raft.cli", "generate", str(small_corpus), "--out", str(out), "--index-dir",
-           str(index), "--questions", "1", "--distractors", "2", "--limit", "1", "--max-tokens", "24", "--json"]
+           str(index), "--questions", "1", "--distractors", "2", "--limit", "1", "--max-new-tokens", "24", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     stats = json.loads((out / STATS).read_text())
     if stats["samples"]:

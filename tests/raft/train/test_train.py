@@ -240,12 +240,14 @@ def test_bad_input_is_a_one_line_error(tiny_dataset: Path, tmp_path: Path) -> No
         (tmp_path / "missing", TrainConfig(), "no dataset at"),
         (write_dataset(tmp_path / "empty", []), TrainConfig(), "has no samples"),
         (tiny_dataset, TrainConfig(base=str(tmp_path / "no-model")), "unknown model .*no-model"),
-        (tiny_dataset, TrainConfig(split="0.5,0.6"), "--split"),
-        (tiny_dataset, TrainConfig(lr=0), "--lr"),
     ]
     for dataset, config, message in cases:
         with pytest.raises(RagError, match=message) as info:
             train(dataset, tmp_path / "out", config, progress=False)
+        assert "\n" not in str(info.value)
+    for given, message in [({"split": "0.5,0.6"}, "--split needs 1 to 3"), ({"lr": 0}, r"^--lr must be > 0, got 0$")]:
+        with pytest.raises(RagError, match=message) as info:  # refused when the options are made
+            TrainConfig(**given)
         assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rag.errors import GeneratorError
+from rag.errors import GeneratorError, RagError
 from rag.generation import models as generate
 from rag.generation.base import GenerationParams, apply_stop
 from rag.generation.factory import get_generator
@@ -97,11 +97,23 @@ def test_cache_validation_rejects_incomplete_folders(tmp_path: Path) -> None:
     assert not is_valid_model_cache(folder)
 
 
-def test_cache_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path))
-    assert default_cache_dir() == tmp_path
-    monkeypatch.delenv("RAG_CACHE_DIR")
-    assert default_cache_dir() == Path.home() / ".cache" / "course-rag" / "models"
+def test_cache_dir_is_a_setting_passed_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from rag.api import backend_options
+    from rag.config import load_settings
+
+    (tmp_path / "empty.toml").write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+    settings = load_settings()
+    assert settings.cache_dir == tmp_path / "cache"
+    assert backend_options(settings, "bundled")["cache_dir"] == tmp_path / "cache"
+    assert default_cache_dir() == Path.home() / ".cache" / "course-rag" / "models"  # the environment is not read here
+    monkeypatch.setenv("RAG_CACHE_DIR", "")
+    assert load_settings().cache_dir is None
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "a-file"))
+    with pytest.raises(RagError, match=r"invalid setting cache_dir \(from RAG_CACHE_DIR\): .*a-file is a file, not a folder"):
+        load_settings()
 
 
 def test_missing_bundled_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +213,7 @@ def test_invalid_settings_are_refused(gen: LocalGenerator) -> None:
         gen.generate(QUESTION, GenerationParams(top_p=0))
     with pytest.raises(GeneratorError, match="temperature"):
         gen.generate(QUESTION, GenerationParams(do_sample=True, temperature=0))
-    with pytest.raises(GeneratorError, match="max_new_tokens must be a number"):
+    with pytest.raises(GeneratorError, match="max_new_tokens must be a whole number"):
         gen.generate(QUESTION, GenerationParams(max_new_tokens="many"))  # type: ignore[arg-type]
     with pytest.raises(GeneratorError, match="dtype"):
         LocalGenerator(dtype="float8")
@@ -287,10 +299,16 @@ def test_valid_sse_stream_yields_the_pieces_in_order(server: FakeServer) -> None
     assert "top_k" not in sent and "repetition_penalty" not in sent and "stop" not in sent
 
 
-def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAG_API_KEY", "from-env")
+def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from rag.api import backend_options
+    from rag.config import load_settings
+
+    (tmp_path / "empty.toml").write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
+    monkeypatch.setenv("RAG_API_KEY", "from-env")  # the setting api_key, passed down by rag.api.backend_options
     params = GenerationParams(temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1, stop=["\n\n"])
-    assert http_backend(server).generate(QUESTION, params) == "ok"
+    options = backend_options(load_settings(model=server.url), server.url)
+    assert http_backend(server, **options).generate(QUESTION, params) == "ok"
     sent = server.requests[0]["json"]
     assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["repetition_penalty"]) == (0.7, 0.9, 40, 1.1)
     assert sent["stop"] == ["\n\n"]
@@ -300,8 +318,10 @@ def test_non_default_settings_are_sent(server: FakeServer, monkeypatch: pytest.M
 def test_without_a_key_no_authorization_header_is_sent(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     assert http_backend(server).generate(QUESTION) == "ok"
     monkeypatch.setenv("RAG_API_KEY", "configured-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "other-key")
     assert http_backend(server, api_key="").generate(QUESTION) == "ok"  # "": this server must not get the key
-    assert [r["headers"].get("authorization") for r in server.requests] == [None, None]
+    assert http_backend(server).generate(QUESTION) == "ok"  # no key given: the environment is not read here
+    assert [r["headers"].get("authorization") for r in server.requests] == [None, None, None]
 
 
 def test_the_key_goes_only_to_the_configured_server(server: FakeServer) -> None:

@@ -35,7 +35,7 @@ def test_rag_ask_answers_with_the_course_adapter_by_default_and_bundled_base_opt
     empty.write_text("", encoding="utf-8")
     monkeypatch.setenv("RAG_CONFIG", str(empty))
     monkeypatch.delenv("RAG_MODEL", raising=False)
-    args = ["ask", "--json", "--index-dir", str(course_index.index_dir), "--max-tokens", "12",
+    args = ["ask", "--json", "--index-dir", str(course_index.index_dir), "--max-new-tokens", "12",
             "What does LoRA freeze during fine-tuning?"]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output

@@ -143,7 +143,9 @@ def test_every_command_resolves_a_spec_like_the_factory(
     else:
         spec = case
     if case in ("teacher", "Qwen2.5-Coder-0.5B"):  # an empty cache and an absent part package: the install message
+        # the setting cache_dir for the commands that read settings; the default for the bare factory calls
         monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(teacher, "default_cache_dir", lambda: tmp_path / "cache")
         monkeypatch.setattr(teacher, "TEACHER_PARTS", (Part("absent-teacher-part", "absent_teacher_part", "d", 1, "0"),))
 
     # What the factory says the spec names, and what a generator / a training run gets from it.

@@ -87,9 +87,13 @@ def test_assembles_the_parts_in_order_and_records_the_check(fake: FakeParts, tmp
     assert _no_leftovers(cache)
 
 
-def test_default_cache_dir_honours_rag_cache_dir(fake: FakeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cache_dir_setting_reaches_the_teacher(fake: FakeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.config import load_settings
+
+    (tmp_path / "empty.toml").write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
     monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "env-cache"))
-    assert teacher_gguf_path() == tmp_path / "env-cache" / teacher.TEACHER_GGUF
+    assert teacher_gguf_path(load_settings().cache_dir) == tmp_path / "env-cache" / teacher.TEACHER_GGUF
 
 
 def test_second_call_reuses_the_file_after_a_stat(fake: FakeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,10 +200,9 @@ def test_a_file_without_the_gguf_magic_is_refused(fake: FakeParts, tmp_path: Pat
 def test_the_model_specs_reach_the_teacher(fake: FakeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No real conversion here: the parts are missing, so resolution must stop at the teacher's own error.
     monkeypatch.setattr(teacher, "TEACHER_PARTS", (Part("absent-teacher-part", "absent_teacher_part", "d", 1, "0"),))
-    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
     for spec in ("teacher", " Teacher ", "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B"):
         with pytest.raises(GeneratorError, match="teacher model needs the package absent-teacher-part"):
-            get_generator(spec)
+            get_generator(spec, cache_dir=tmp_path / "cache")
     with pytest.raises(GeneratorError, match="absent-teacher-part"):
         LocalGenerator("teacher", cache_dir=tmp_path / "other")
 

@@ -67,7 +67,7 @@ def start_server(index_dir: Path, *args: str, env: dict[str, str] | None = None,
     # Free answers: the model streams every token, which is what the queue, max_tokens and cancel tests need
     # (the grounded mode's quote is rag/answering's to test).
     proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "serve", "--port", str(port), "--index-dir",
-                             str(index_dir), "--max-tokens", "8", "-k", "2", *args],
+                             str(index_dir), "--max-new-tokens", "8", "-k", "2", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAG_ANSWER_MODE": "free", **(env or {})})
     served = Served(f"http://{'[::1]' if ipv6 else '127.0.0.1'}:{port}", key)

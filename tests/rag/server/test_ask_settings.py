@@ -26,9 +26,11 @@ def test_ask_takes_per_call_settings_and_leaves_the_pipeline_alone(pipe):
     assert resp.text().strip() and pipe.generator.count_tokens(resp.text()) <= 3 and resp.finish_reason == "length"
     assert (pipe.params, pipe.top_k, pipe.mode) == before
     assert len(pipe.ask(OFF_TOPIC).plan.hits) == 3  # the pipeline's own defaults still apply
-    for bad in ({"top_k": 0}, {"top_k": 101}, {"mode": "semantic"}, {"params": GenerationParams(top_p=0)}):
+    for bad in ({"top_k": 0}, {"top_k": 101}, {"mode": "semantic"}):
         with pytest.raises(RagError):
             pipe.ask(ON_TOPIC, **bad)
+    with pytest.raises(RagError, match=r"invalid generation setting: top_p must be in \(0.0, 1.0\], got 0"):
+        GenerationParams(top_p=0)  # refused when made, before any question
 
 
 @pytest.mark.llm

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rag.errors import GeneratorError
+from rag.errors import GeneratorError, RagError
 from rag.generation.base import GenerationCancelled, GenerationParams, cancel_scope
 from rag.generation.decoder import (
-    DECODER_ENV,
-    DRAFT_ENV,
     build_onnx_decoder,
     is_packed,
     prune_stale_decoders,
@@ -74,30 +72,47 @@ def _live_generation_threads() -> list[threading.Thread]:
 
 
 def test_decoder_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DECODER_ENV, raising=False)
+    monkeypatch.setenv("RAG_DECODER", "transformers")  # the environment is not read here: Settings reads it
     assert resolve_decoder("auto") == resolve_decoder(None) == "fp32"
     assert resolve_decoder("fp32") == "fp32"
-    monkeypatch.setenv(DECODER_ENV, "transformers")
-    assert resolve_decoder("auto") == "transformers"
-    assert resolve_decoder("int4") == "int4"  # an explicit choice beats the environment
-    monkeypatch.setenv(DECODER_ENV, "int3")
-    with pytest.raises(GeneratorError, match=r"unknown RAG_DECODER 'int3': choose auto, int4, int8, fp32, transformers"):
-        resolve_decoder("auto")
-    with pytest.raises(GeneratorError, match=r"unknown decoder 'fast'"):
+    assert resolve_decoder("int4") == "int4"
+    with pytest.raises(GeneratorError, match=r"unknown decoder 'fast': choose auto, int4, int8, fp32, transformers"):
         resolve_decoder("fast")
 
 
 def test_draft_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DRAFT_ENV, raising=False)
+    monkeypatch.setenv("RAG_DRAFT", "off")  # the environment is not read here: Settings reads it
     assert resolve_draft("auto", "fp32") == resolve_draft(None, "fp32") == "int8"
     assert resolve_draft("auto", "int8") == "lookup"  # a quantised decoder is as cheap as its draft would be
     assert resolve_draft("auto", "fp32", packed=True) == "off"  # its passes of several tokens cost 2.5-4x
     assert resolve_draft("lookup", "fp32", packed=True) == "lookup"
-    monkeypatch.setenv(DRAFT_ENV, "off")
-    assert resolve_draft("auto", "fp32") == "off" and resolve_draft("int4", "fp32") == "int4"
-    monkeypatch.setenv(DRAFT_ENV, "big")
-    with pytest.raises(GeneratorError, match=r"unknown RAG_DRAFT 'big': choose auto, int8, int4, lookup, off"):
-        resolve_draft("auto", "fp32")
+    assert resolve_draft("off", "fp32") == "off" and resolve_draft("int4", "fp32") == "int4"
+    with pytest.raises(GeneratorError, match=r"unknown draft 'big': choose auto, int8, int4, lookup, off"):
+        resolve_draft("big", "fp32")
+
+
+def test_decoder_and_draft_are_settings_passed_to_the_local_backend(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    from rag.api import backend_options
+    from rag.config import load_settings
+
+    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
+    (tmp_path / "empty.toml").write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_DECODER", " Transformers ")
+    monkeypatch.setenv("RAG_DRAFT", "lookup")
+    settings = load_settings()
+    assert (settings.decoder, settings.draft) == ("transformers", "lookup")
+    assert backend_options(settings, "bundled") == {"cache_dir": None, "decoder": "transformers", "draft": "lookup"}
+    assert load_settings(decoder="int8").decoder == "int8"  # a flag beats the environment
+    monkeypatch.setenv("RAG_DECODER", "")
+    assert load_settings().decoder == "auto"
+    monkeypatch.setenv("RAG_DECODER", "int3")
+    with pytest.raises(RagError, match=r"invalid setting decoder \(from RAG_DECODER\): Input should be 'auto', 'fp32'"):
+        load_settings()
+    monkeypatch.setenv("RAG_DECODER", "auto")
+    monkeypatch.setenv("RAG_DRAFT", "big")
+    with pytest.raises(RagError, match=r"invalid setting draft \(from RAG_DRAFT\)"):
+        load_settings()
 
 
 def test_transformers_decoder_is_plain_generate(ref: LocalGenerator) -> None:
@@ -226,16 +241,22 @@ def test_a_model_the_builder_rejects_falls_back_to_transformers_unless_named(
     GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
     fp32.tokenizer.save_pretrained(folder)
     cache = tmp_path / "cache"
-    monkeypatch.delenv(DECODER_ENV, raising=False)
     fallback = LocalGenerator(folder, cache_dir=cache)
     assert fallback.decoder == "transformers" and fallback._decoder is None
     assert "answering with plain transformers instead" in capfd.readouterr().err
     assert isinstance(fallback.generate(PROMPTS[0], GenerationParams(max_new_tokens=3)), str)
     with pytest.raises(GeneratorError, match=r"cannot build the ONNX fp32 decoder of tiny-gpt2"):
         LocalGenerator(folder, cache_dir=cache, decoder="fp32")
-    monkeypatch.setenv(DECODER_ENV, "int8")
+    # RAG_DECODER names it too: the setting, passed down by rag.api.backend_options
+    from rag.api import backend_options
+    from rag.config import load_settings
+
+    (tmp_path / "empty.toml").write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "empty.toml"))
+    monkeypatch.setenv("RAG_DECODER", "int8")
+    monkeypatch.setenv("RAG_CACHE_DIR", str(cache))
     with pytest.raises(GeneratorError, match=r"cannot build the ONNX int8 decoder of tiny-gpt2"):
-        LocalGenerator(folder, cache_dir=cache)
+        LocalGenerator(folder, **backend_options(load_settings(), str(folder)))
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
