@@ -84,7 +84,7 @@ PROCESS_KNOBS: dict[str, str] = {
     "HF_HUB_OFFLINE": "the Hugging Face libraries' own switch; rag.index.embeddings sets it (default on) before "
                       "loading the embedder and reads it to decide whether a missing model may be downloaded.",
     "TRANSFORMERS_OFFLINE": "set with HF_HUB_OFFLINE in the environment of the ONNX decoder build subprocess "
-                            "(rag.generation.onnx_build), so that build never reaches the network.",
+                            "(rag.generation.decoder.build), so that build never reaches the network.",
     "OMP_WAIT_POLICY": "OpenMP's idle-thread policy; `raft train` / `raft course` set PASSIVE (unless given) "
                        "before torch loads, so idle threads do not spin on the shared cores.",
     "OMP_THREAD_LIMIT": "set to 1 in the environment of each Tesseract subprocess (rag.ingest.ocr): pages are "
@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     model_max_reply_bytes: int = Field(default=65536, ge=1024, le=64 * 1024 * 1024, description=(
         "The most text (UTF-8 bytes) one reply of a model server may hold; a longer one is cut off and rejected."))
 
-    # how the in-process model runs (rag.generation.local, rag.generation.onnx)
+    # how the in-process model runs (rag.generation.local, rag.generation.decoder)
     decoder: Literal["auto", "fp32", "int8", "int4", "transformers"] = Field("auto", description=(
         "Who writes an in-process model's answer after transformers has read the prompt: \"auto\" (fp32, falling "
         "back to transformers for a model the ONNX builder does not know), \"fp32\" / \"int8\" / \"int4\" (an ONNX "

@@ -105,6 +105,21 @@ def fake_openai() -> Iterator[FakeServer]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def module_fake_openai() -> Iterator[FakeServer]:
+    """One fake OpenAI-compatible server shared by a module's tests (each test `play`s its replies)."""
+    server = FakeServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model-server key in the environment: a test's requests carry only the key it configures."""
+    monkeypatch.delenv("RAG_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def course_index(tmp_path_factory, embedder):
     """The shipped corpus indexed once per test session (retrieval tests read it, never write)."""

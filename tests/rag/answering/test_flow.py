@@ -28,17 +28,9 @@ OFF_TOPIC = "How do I bake sourdough bread at home?"
 UNQUOTABLE = {"lora.txt": "LoRA adapters.\n\nRank four.\n", "heads.md": "# Adapters\n\n## LoRA rank\n\nSmall rank.\n"}
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[FakeServer]:
-    server = FakeServer()
-    yield server
-    server.close()
-
-
 @pytest.fixture
-def fake(model: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
-    monkeypatch.delenv("RAG_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+def fake(module_fake_openai: FakeServer, keyless: None) -> FakeServer:
+    model = module_fake_openai
     model.play(("reply", 200, "text/event-stream", sse("It ", "freezes ", "the weights.")))
     return model
 

@@ -6,7 +6,6 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,19 +262,10 @@ def http_backend(server: FakeServer, **kw: Any) -> OpenAIGenerator:
     return OpenAIGenerator(server.url, model_name="tiny", **kw)
 
 
-@pytest.fixture(scope="module")
-def _server() -> Iterator[FakeServer]:
-    server = FakeServer()
-    yield server
-    server.close()
-
-
 @pytest.fixture
-def server(_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
-    monkeypatch.delenv("RAG_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    _server.play(("reply", 200, "text/event-stream", sse("ok")))
-    return _server
+def server(module_fake_openai: FakeServer, keyless: None) -> FakeServer:
+    module_fake_openai.play(("reply", 200, "text/event-stream", sse("ok")))
+    return module_fake_openai
 
 
 def test_server_down_is_one_clear_line() -> None:
