@@ -63,6 +63,7 @@ def question_rows(course: Any, evidence: dict[str, list], pipe: Any, scorer: Any
     :returns: rows {"id", "course", "retrieved", "abstained", "quotes": {path: {spans: {...}}}}.
     """
     from rag.answering import grounding
+    from rag.answering.window import fit_prompt
     from rag.evaluation.retrieval import contains_evidence, product_search
 
     lessons: dict[str, str] = {}
@@ -73,9 +74,12 @@ def question_rows(course: Any, evidence: dict[str, list], pipe: Any, scorer: Any
         spans = evidence[str(q["id"])]
         stem = q["question"]
         hits = product_search(pipe.retriever, q, pipe.top_k, pipe.mode)
-        row: dict[str, Any] = {"id": q["id"], "course": course.name, "abstained": pipe.should_abstain(stem, hits),
-                               "quotes": {}}
-        used, messages = ([], []) if row["abstained"] else pipe.fit_prompt(stem, hits, [], params=pipe.params)
+        planner = pipe.planner()
+        row: dict[str, Any] = {"id": q["id"], "course": course.name,
+                               "abstained": planner.should_abstain(stem, hits), "quotes": {}}
+        used, messages = ([], []) if row["abstained"] else fit_prompt(
+            stem, hits, [], pipe.generator, params=pipe.params, max_context_tokens=pipe.max_context_tokens,
+            small_model=bool(pipe.small_model))
         texts = [h.chunk.text for h in used]
         row["retrieved"] = any(contains_evidence(t, [e.text for e in spans]) for t in texts)
         if texts and "model" in paths:  # every setting's candidates the model will score, in one prompt pass
@@ -228,11 +232,12 @@ def students(work: Path, embedder: Any) -> list[dict[str, Any]]:
     out = []
     for question in [q.strip() for q in STUDENT_QUESTIONS.read_text(encoding="utf-8").splitlines() if q.strip()]:
         resp = pipe.ask(question)
-        row: dict[str, Any] = {"question": question, "abstained": resp.abstained, "quotes": {}}
-        if not resp.abstained:
-            texts = [h.chunk.text for h in resp.used_hits]
+        plan = resp.plan
+        row: dict[str, Any] = {"question": question, "abstained": plan.abstained, "quotes": {}}
+        if not plan.abstained:
+            texts = plan.passages
             for mode in grounding.SPAN_MODES:
-                q = grounding.choose_quote(pipe.generator, resp.messages, resp.question, texts, pipe.retriever.embedder,
+                q = grounding.choose_quote(pipe.generator, plan.messages, plan.question, texts, pipe.retriever.embedder,
                                            weight=pipe.retriever_weight, exclude=pipe.boilerplate(), spans=mode)
                 row["quotes"][mode] = None if q is None else {
                     "text": " ".join(q.text.split()), "kind": quote_kind(texts[q.passage - 1], q.start, q.end)}
