@@ -1,5 +1,5 @@
 """`rag` command: a thin shell over rag.api. Exit codes: 0 ok, 1 user error (one line), 2 usage,
-3 `rag serve`'s port in use, 130 interrupted, 141 output pipe closed (README, "Errors and exit codes").
+3 `rag serve`'s port in use, 130 interrupted, 141 output pipe closed (docs/reference/errors.md).
 
 Every file a command reads goes through rag.ingest.loaders' text reader (UTF-8, or UTF-16/32 by BOM;
 one-line errors), and the `user_errors` funnel turns RagError, and any OS error (a path that is a
@@ -42,7 +42,7 @@ def engine_options(f: Callable) -> Callable:
                           "started here). Default: a one-machine cluster on 127.0.0.1 for this command.")(f)
     return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                         help="local = this process; ray = Ray Data pipelines on a Ray cluster "
-                             "(pip install -e '.[ray]'; README, Scale out on Ray).")(f)
+                             "(pip install -e '.[ray]'; docs/guide/ray.md).")(f)
 
 
 def check_engine_flags(engine: str, address: str | None, ray_workers: int | None, gpus_per_worker: float) -> None:
@@ -163,7 +163,7 @@ def index(corpus: Path | None, index_dir: Path | None, rebuild: bool, embed_mode
 @click.argument("query", required=False)
 @index_dir_option
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="How many passages (default 5).")
-@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default hybrid: see README, Retrieval quality).")
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default hybrid: see docs/results/retrieval.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of hits.")
 @click.option("--queries-file", type=click.Path(allow_dash=True, path_type=Path), default=None,
               help="One query a line ('-' = stdin; UTF-8, or UTF-16 with a BOM); prints one JSON line per query.")
@@ -303,7 +303,7 @@ def eval_command(questions: Path, report_dir: Path, index_dir: Path | None, mode
               help="Folder for report.json, report.md and results.jsonl.")
 @click.option("--quiz", type=click.Path(path_type=Path), default=None, help="Quiz file (default COURSE/quiz.jsonl).")
 @click.option("--evidence", type=click.Path(path_type=Path), default=None,
-              help="Evidence annotations (file + character offsets per question; README, Evaluation).")
+              help="Evidence annotations (file + character offsets per question; docs/guide/evaluate.md).")
 @click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None, help="Retrieval mode (default hybrid).")
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=None, help="Passages given to the model (default 5).")
 @click.option("--model", default=None, help="Model for multiple choice (default: what `auto` picks for the course).")

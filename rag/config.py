@@ -120,8 +120,8 @@ class Settings(BaseSettings):
     # chunking, measured in embedder tokens
     chunk_tokens: int = Field(default=256, ge=16)  # capped at the embedder window minus the heading path
     chunk_overlap: int = Field(default=32, ge=0)
-    merge_sections: bool = True  # pack small sections into one passage (README, Retrieval quality)
-    embed_headings: bool = False  # prepend the heading path to what is embedded (README, Retrieval quality)
+    merge_sections: bool = True  # pack small sections into one passage (docs/results/retrieval.md)
+    embed_headings: bool = False  # prepend the heading path to what is embedded (docs/results/retrieval.md)
     child_tokens: int = Field(default=128, ge=0)  # embed child windows this long, return their passage; 0 = off
 
     # index
@@ -135,11 +135,11 @@ class Settings(BaseSettings):
 
     # retrieval
     mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description=(
-        "Retrieval mode (hybrid won eval/retrieval_benchmark.py: README, Retrieval quality). RAG_MODE."))
+        "Retrieval mode (hybrid won eval/retrieval_benchmark.py: docs/results/retrieval.md). RAG_MODE."))
     top_k: int = Field(default=5, ge=1, le=100, description="Passages to retrieve. RAG_TOP_K.")
     rrf_k: int = Field(default=60, ge=1)
-    # hybrid: dense ranking's weight, BM25 gets the rest (0.65 won the independent evaluation over 0.8: README,
-    # Retrieval quality; the value lives in rag.retrieval.fusion)
+    # hybrid: dense ranking's weight, BM25 gets the rest (0.65 won the independent evaluation over 0.8:
+    # docs/results/retrieval.md; the value lives in rag.retrieval.fusion)
     dense_weight: float = Field(default=DENSE_WEIGHT, ge=0.0, le=1.0)
     collapse_duplicates: bool = True  # drop passages near-identical to a better-ranked one
 
@@ -165,12 +165,12 @@ class Settings(BaseSettings):
         "> 1 discourages repeats. RAG_REPETITION_PENALTY."))
     seed: int | None = Field(None, description="Seed for reproducible sampling. RAG_SEED.")
     # Abstain (without calling the model) when the best passage's cosine is below abstain_threshold and
-    # less than abstain_coverage of the question's IDF-weighted terms occur in the corpus (README, Answers).
+    # less than abstain_coverage of the question's IDF-weighted terms occur in the corpus (docs/guide/answers.md).
     abstain_threshold: float = Field(default=0.3, ge=-1.0, le=1.0)
     abstain_coverage: float = Field(default=0.9, ge=0.0, le=1.0)
     max_context_tokens: int = Field(default=1536, ge=128)  # prompt budget: fewer tokens, faster CPU prefill
     condense: Literal["auto", "llm", "concat", "off"] = "auto"
-    # grounded: quote the supporting sentence first, then a short answer (README, Answers); auto = grounded
+    # grounded: quote the supporting sentence first, then a short answer (docs/guide/answers.md); auto = grounded
     # for in-process models, free for HTTP ones
     answer_mode: Literal["auto", "grounded", "free"] = "auto"
     quote_retriever_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # retriever's share in the quote choice
@@ -202,7 +202,7 @@ class Settings(BaseSettings):
         "sends no key to the other servers of ui_backend_urls). RAG_API_KEY, else OPENAI_API_KEY; unset: no "
         "Authorization header."))
 
-    # access (README, "Serving" and "Running the app for a class")
+    # access (docs/guide/serve.md and docs/guide/chat.md)
     admin_secret: SecretStr | None = None  # unlocks adding/removing documents in the app; unset: nobody can
     ui_backend_urls: Annotated[list[str], NoDecode] = []  # servers an app visitor may pick besides `model`
     server_api_key: SecretStr | None = None  # `rag serve` wants `Authorization: Bearer <key>` when set

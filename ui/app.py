@@ -177,7 +177,7 @@ def build_index(settings: Settings, *, rebuild: bool = False) -> bool:
     flash("success", summary)
     for note in notes:
         flash("warning", note)
-    for s in report.notes:  # text no reader sees, dropped (README, skipped files)
+    for s in report.notes:  # text no reader sees, dropped (docs/guide/course-files.md, skipped files)
         flash("info", f"{s.source}: {s.reason}")
     return True
 

@@ -58,7 +58,7 @@ class TrainConfig(Options):
         "random = re-draw each sample's distractors uniformly from the split's other source chunks (the "
         "hard-vs-random ablation without a new `raft generate`); default: as generated."))
     epochs: float = Field(1.0, gt=0, description="Training epochs (fractions allowed).")
-    # with grad_accum 4: 1 epoch over the course's 631 samples learned the RAFT format (README "The whole
+    # with grad_accum 4: 1 epoch over the course's 631 samples learned the RAFT format (docs/results/raft.md "The whole
     # course"); 2e-4 with grad_accum 8 (40 steps over 320 samples) did not
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     lora_r: int = Field(8, ge=1, description="LoRA rank.")

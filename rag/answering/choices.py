@@ -18,7 +18,7 @@ restated in the course excluded, `restated_options`). Then the item's kind decid
   2023); a model without log-probabilities falls back to the claims.
 
 Why these, measured on the two independent courses' own quizzes (265 items, bundled 135M model, the
-product's passages; `python eval/choices_benchmark.py`, docs in README "Answers" and
+product's passages; `python -m eval.choices_benchmark`, docs in docs/results/choices.md and
 eval/results/courses/choices_benchmark.md): the bare option's support (the previous method) was right on
 0.434 pooled against closed book's 0.355; the model's option scores with the passages on 0.366, so the small
 model does not read the passages when it scores options, and mixing them in lowered every combination
@@ -75,7 +75,7 @@ _BULLET = re.compile(r"^\s*[-*+•]\s+(.+)$")
 def search_wordings(stem: str, options: Sequence[str]) -> list[str]:
     """What a quiz item is searched as (`Retriever.search_many` fuses the rankings): its stem, and its stem
     followed by its options, one a line. On the independent courses this raised MRR@10 by +0.039
-    [+0.019, +0.061] over the stem alone (README, "Retrieval quality").
+    [+0.019, +0.061] over the stem alone (docs/results/retrieval.md).
 
     :param stem: the question without its options.
     :param options: the option texts.

@@ -50,7 +50,7 @@ _DISPLAY = {"##Reason:": "", BEGIN_QUOTE: '"', END_QUOTE: '"', ANSWER_MARK: "Ans
 MIN_QUOTE_CHARS = 8  # shorter "quotes" are too weak to verify anything
 MAX_CANDIDATES = 24  # quote candidates scored per passage (the longest sentences when there are more)
 #: Weight of the retriever's (question-sentence cosine) standardised score against the model's; measured
-#: in README "Answers" (eval/answers_benchmark.py).
+#: in docs/results/choices.md (eval/answers_benchmark.py).
 RETRIEVER_WEIGHT = 0.5
 #: Candidates the model scores: the retriever's best sentences (one batch over the shared prompt cache;
 #: scoring all ~40-60 sentences of five passages takes several times as long as scoring 8).
@@ -61,7 +61,7 @@ BOILERPLATE_MIN_PASSAGES = 3
 #: What a quote may be (see the module docstring): "lines" (every sentence and list item), "content" (only
 #: sentences that state something), "content-pairs" (those, and two adjacent ones of one line).
 SPAN_MODES = ("lines", "content", "content-pairs")
-#: The default of the grounded quote choice; chosen by eval/quotes_benchmark.py (README "Answers": the quote
+#: The default of the grounded quote choice; chosen by eval/quotes_benchmark.py (docs/results/choices.md: the quote
 #: holds the annotated evidence more often on the pooled independent courses, paired interval above zero).
 QUOTE_SPANS = "content-pairs"
 

@@ -3,7 +3,7 @@ and whitespace normalisation for matching quotes against passages.
 
 Why by hand: Python's codecs decode a known encoding but pick none; guessing libraries (charset-normalizer,
 chardet) guess a legacy code page for bytes that are not UTF-8, which turns them into wrong words silently.
-The rule here is the README's: UTF-8 (BOM optional), or UTF-16/UTF-32 with a BOM, else an error naming the
+The rule here is the one docs/guide/course-files.md states: UTF-8 (BOM optional), or UTF-16/UTF-32 with a BOM, else an error naming the
 byte offset. One function (`decode_text`) does this for course files (rag.ingest.loaders), and
 `read_text` / `read_lines` for every other text file a command reads (question files, queries files,
 rag.toml), so each gives the same one-line error.

@@ -19,8 +19,8 @@ Two grains of retrieval hit, each scored separately (recall@1/5/10 and MRR@10):
 
 Every figure carries a 95% percentile bootstrap interval over the questions (`rag.evaluation.bootstrap`),
 and two systems are compared by the paired bootstrap of their per-question differences. Pooling several
-courses concatenates their questions (each question weighs the same). The decision rule of the README's
-evaluation section is `rule_verdict`: a candidate wins when the pooled paired interval lies above zero and
+courses concatenates their questions (each question weighs the same). The decision rule of docs/guide/evaluate.md
+is `rule_verdict`: a candidate wins when the pooled paired interval lies above zero and
 no single course's paired interval lies below zero.
 """
 

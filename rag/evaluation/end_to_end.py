@@ -298,7 +298,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 def index_unseen_course(course: Path, questions: list[dict[str, Any]], work: Path,
                         settings: Any) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Index `course` as a student meets it before the quiz: without its quiz files and without each asked
-    question's own item (rag.evaluation.sets.make_quiz_set, the protocol of README "Retrieval quality").
+    question's own item (rag.evaluation.sets.make_quiz_set, the protocol of docs/results/retrieval.md).
 
     :param course: the course folder (read only).
     :param questions: the question rows; only those with "evidence" quotes are kept (the set scores them).

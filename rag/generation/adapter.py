@@ -31,7 +31,7 @@ from rag.generation.models import PROMPT_FORMAT_FILE, default_cache_dir, is_vali
 ADAPTER_INFO = "rag_adapter.json"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-#: The RAFT adapter of the shipped course (README "The whole course"), applied to the bundled base.
+#: The RAFT adapter of the shipped course (docs/results/raft.md), applied to the bundled base.
 COURSE_ADAPTER = Path(__file__).resolve().parent / "course_adapter"
 #: The shipped adapter is the default model when at least this share of the indexed files are its course's.
 COURSE_SHARE = 0.5

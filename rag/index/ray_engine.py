@@ -18,7 +18,7 @@ float tolerance: other batch boundaries and thread counts change the last bits (
 tests/rag/index/test_ray.py with 2-text batches in bf16: max abs difference 1.5e-3, cosine >= 0.99997).
 A 1-CPU worker embeds about as fast as a local one-thread build, but a stage pays seconds to start its actors
 and load the model in each, and a local cluster seconds to start, so Ray only pays off when the embedding takes
-minutes (bench/ray_scaling.py measures it; README has the figures).
+minutes (bench/ray_scaling.py measures it; docs/results/ray.md has the figures).
 
 The cluster: `--address` connects to a running one (`ray start --head` on the first node, `ray start
 --address HEAD:6379` on the others); without it a one-machine cluster is started for the command and

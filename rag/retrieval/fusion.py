@@ -3,7 +3,7 @@
 Weighted reciprocal rank fusion (Cormack, Clarke & Büttcher 2009, with per-ranking weights as in
 Elasticsearch's and Vespa's weighted RRF): each ranking adds weight / (k + rank). The product's weights
 (`Settings.dense_weight`, dense 0.65 against BM25 0.35) are chosen on the independent courses by the
-decision rule of docs/guide/evaluate.md (`python eval/courses_benchmark.py`, docs/results/retrieval.md):
+decision rule of docs/guide/evaluate.md (`python -m eval.courses_benchmark`, docs/results/retrieval.md):
 against 0.8, MRR@10 at the evidence grain rose by +0.017 [+0.003, +0.031] pooled over the independent
 courses and fell on none; even weights (0.5) did not win (+0.020 [-0.004, +0.043]). Questions by other
 authors share exact terms with the sentence that answers them, where BM25 alone often ranks it first.

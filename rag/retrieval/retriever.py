@@ -5,7 +5,7 @@ was built with `child_tokens` (rag/retrieval/parent_child.py), and each passage 
 near-identical passages are collapsed (rag/retrieval/fusion.py). The default, hybrid with dense weight 0.65
 over child windows of 128 word pieces in passages of up to 254, and a quiz item searched as its stem and as
 its stem with options (`search_many`), is what holds under the independent evaluation
-(`python eval/courses_benchmark.py`; docs/results/retrieval.md).
+(`python -m eval.courses_benchmark`; docs/results/retrieval.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Fair under load (rag.server.queue): requests reach the model in arrival order; v
 and abstention never wait for it; /health is answered on the event loop; at most `max_queue` requests
 wait for the model and the next one gets 429 with Retry-After; a client that disconnects (streaming or
 not) leaves the line, or stops its generation at the next token. Bodies over `max_body_bytes` get 413,
-conversations over `max_conversation_chars` get 400. bench/load.py measures it (README, "Serving").
+conversations over `max_conversation_chars` get 400. bench/load.py measures it (docs/guide/serve.md).
 
 Closed to strangers: with an API key every endpoint wants `Authorization: Bearer <key>` (401 otherwise);
 POST bodies must be `application/json` (415 otherwise: a web page cannot send that cross-site without a

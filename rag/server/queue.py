@@ -19,7 +19,7 @@ blocked ones), and a client that disconnected kept the model busy. Here:
   stream: the in-process model abandons its forward pass at the next decoder layer, whether it is
   streaming, reading the prompt or scoring a grounded answer's quote candidates; the slot is released
   once it has: a hang-up frees the model within a decoder layer, not after the next token or the whole
-  quote scoring (bench/load.py measures it; README "Serving").
+  quote scoring (bench/load.py measures it; docs/guide/serve.md).
 """
 
 from __future__ import annotations

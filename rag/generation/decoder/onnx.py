@@ -1,7 +1,7 @@
 """Faster local decoding: transformers reads the prompt, ONNX Runtime writes the answer's tokens.
 
 Measured by `python -m bench.generation` (bundled SmolLM2-135M, a 1,407-token RAG prompt, 64 greedy
-tokens, 1 thread, contenders in separate processes interleaved per round; README "Speed" has the table):
+tokens, 1 thread, contenders in separate processes interleaved per round; docs/results/generation.md has the table):
 transformers `generate` pays per-operation overhead on 30 layers of tiny matrix-vector products. Against
 it, one fp32 ONNX step per token decodes 2.0x faster, bound by reading 540 MB of weights per step; the same
 weights stored as the exact 4-bit blocks they came from (rag/generation/decoder/packing.py, the default) 2.8x, with
@@ -54,7 +54,7 @@ from rag.generation.prefill import output_cache, read_prompt
 #: Decoders a LocalGenerator can use: an ONNX precision, or "transformers" (plain `model.generate`).
 DECODERS = ("int4", "int8", "fp32", "transformers")
 #: What decoder "auto" means: the fastest decoder whose greedy text equals transformers'
-#: (bench/generation.py, README "Speed").
+#: (bench/generation.py, docs/results/generation.md).
 DEFAULT_DECODER = "fp32"
 #: Proposers of speculative decoding (rag/generation/decoder/speculative.py), and the default under "auto": none for
 #: a decoder of packed 4-bit blocks (its passes of several tokens cost 2.5-4x a
