@@ -233,9 +233,11 @@ class Planner:
         t0 = time.perf_counter()
         # a pasted quiz item is searched as its stem and as its stem with the options, the two rankings fused
         # (Retriever.search_many): the options name the answer, but alone they pull in the wrong ones' passages
+        # A pasted quiz item is self-contained: its "these" and "which of the following" point at its own options,
+        # so it is never condensed with the conversation (nor is the model asked to rewrite it).
         choice = choices.parse_choice(question)
-        query = condense(choice.stem if choice else question, turns, self.generator, mode=self.condense_mode,
-                         small_model=self.small_model)
+        query = choice.stem if choice else condense(question, turns, self.generator, mode=self.condense_mode,
+                                                    small_model=self.small_model)
         timings["condense"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if choice:

@@ -82,6 +82,17 @@ def test_a_follow_up_is_the_one_thing_a_plan_may_ask_a_large_model(small_index, 
     assert len(fake.requests) == 1 and fake.requests[0]["json"]["max_tokens"] == 64
 
 
+def test_a_pasted_quiz_item_is_never_condensed_with_the_conversation(small_index, fake: FakeServer) -> None:
+    pipe = pipeline(small_index, fake)
+    history = [{"role": "user", "content": "What is prompt tuning?"}, {"role": "assistant", "content": "Soft prompts."}]
+    item = "Which of these does LoRA freeze?\nA. The weights of the pre-trained model\nB. The tokenizer's vocabulary"
+    plan = pipe.plan(item, history)
+    assert plan.choice is not None and plan.query == "Which of these does LoRA freeze?"  # "these": its own options
+    assert fake.requests == []  # the quiz item: no rewrite asked of the (large) model
+    assert pipe.plan("And which of these does it freeze?", history).query != "And which of these does it freeze?"
+    assert len(fake.requests) == 1  # a plain follow-up still is rewritten
+
+
 # ---- the modes: a hand-over, capabilities as declared ---------------------------------------------------------
 
 def test_the_grounded_mode_hands_over_before_any_piece_when_nothing_can_be_quoted(embedder, fake) -> None:
