@@ -27,7 +27,6 @@ Run (from the project folder):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -202,7 +201,6 @@ def main() -> None:
     from collections import Counter
 
     from rag.api import get_embedder, get_generator
-    from rag.common.atomic import write_json_atomic, write_text_atomic
     from rag.config import Settings
 
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -224,11 +222,8 @@ def main() -> None:
     result = {"started": started, "model": args.model, "settings": settings, "versions": cb.versions(),
               "summary": summarize(rows, names, cb.SHIPPED),
               "rules": dict(Counter(r["rule"] for r in rows if r["course"] != cb.SHIPPED)), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "choices_benchmark" if args.model == "bundled" else f"choices_benchmark_{args.model}"
-    write_json_atomic(args.out / f"{stem}.json", result)
-    write_text_atomic(args.out / f"{stem}.md", report_markdown(result))
-    print(report_markdown(result))
+    cb.save_report(args.out, stem, result, report_markdown(result))
 
 
 if __name__ == "__main__":

@@ -341,6 +341,16 @@ def report_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_report(out: Path, stem: str, result: dict[str, Any], markdown: str) -> None:
+    """Write `result` to OUT/STEM.json and its tables to OUT/STEM.md (atomically), and print the tables."""
+    from rag.common.atomic import write_json_atomic, write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{stem}.json", result)
+    write_text_atomic(out / f"{stem}.md", markdown)
+    print(markdown)
+
+
 def add_course_arguments(ap: argparse.ArgumentParser) -> None:
     """--shared (the independent courses) and --evidence (their annotations): every course benchmark's inputs."""
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "eval-courses",
@@ -362,7 +372,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from rag.api import get_embedder
-    from rag.common.atomic import write_json_atomic, write_text_atomic
     from rag.config import Settings
 
     started = time.time()
@@ -384,10 +393,7 @@ def main() -> None:
     result = summarize(rows, pipelines, started)
     if choices:
         result["choices"] = choices
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "courses_benchmark.json", result)
-    write_text_atomic(args.out / "courses_benchmark.md", report_markdown(result))
-    print(report_markdown(result))
+    save_report(args.out, "courses_benchmark", result, report_markdown(result))
 
 
 if __name__ == "__main__":

@@ -318,7 +318,6 @@ def main() -> None:
     from eval.courses_benchmark import SETTINGS, courses
 
     from rag.api import get_embedder
-    from rag.common.atomic import write_json_atomic, write_text_atomic
     from rag.config import Settings
     from rag.evaluation.courses import load_evidence_spans
     from rag.evaluation.quotes import CachedScorer
@@ -347,10 +346,9 @@ def main() -> None:
             result["students"] = students(work, embedder)
     result["summary"] = summarize(rows, paths)
     result["seconds"] = round(time.time() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "quotes_benchmark.json", result)
-    write_text_atomic(args.out / "quotes_benchmark.md", report_markdown(result))
-    print(report_markdown(result))
+    from eval.courses_benchmark import save_report
+
+    save_report(args.out, "quotes_benchmark", result, report_markdown(result))
 
 
 if __name__ == "__main__":

@@ -236,7 +236,6 @@ def main() -> None:
     from eval.choices_benchmark import MemoEncoder
 
     from rag.api import get_embedder
-    from rag.common.atomic import write_json_atomic, write_text_atomic
     from rag.config import Settings
 
     models = parse_models(args.models)
@@ -270,10 +269,7 @@ def main() -> None:
     result = {"started": started, "course": course.name, "n": len(course.questions), "models": models, "base": base,
               "settings": settings, "versions": cb.versions(), "summary": summarize(rows, base),
               "pairs": pairs(rows, comparisons), "rows": public}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "raft_quiz_benchmark.json", result)
-    write_text_atomic(args.out / "raft_quiz_benchmark.md", report_markdown(result))
-    print(report_markdown(result))
+    cb.save_report(args.out, "raft_quiz_benchmark", result, report_markdown(result))
 
 
 if __name__ == "__main__":
