@@ -86,8 +86,8 @@ def test_readme_is_a_front_door():
     assert "mkdocs serve" in text
     headline = [row for row in text.splitlines() if row.startswith("| ") and "docs/results/" in row]
     assert len(headline) >= 5
-    placeholder = [row for row in headline if "RAFT on an independent course's human quiz" in row]
-    assert placeholder and "see docs/results/raft.md" in placeholder[0]
+    raft = [row for row in headline if "RAFT on an independent course's own quiz" in row]
+    assert raft and "docs/results/raft.md#raft-on-an-independent-courses-human-quiz" in raft[0]
 
 
 def test_readme_links_are_relative_and_resolve():
