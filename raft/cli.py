@@ -230,7 +230,8 @@ def course(corpus: Path, out_dir: Path | None, index_dir: Path | None, install_p
 
     def on_event(event: CourseEvent) -> None:
         if event.kind == "plan":
-            view.write(format_plan(event.data, event.data["left"], str(out), event.data["chunks_done_now"]))
+            view.write(format_plan(event.data, event.data["left"], str(out), event.data["chunks_done_now"],
+                                   tuple(event.data.get("started", ()))))
         view(event)
 
     try:

@@ -10,11 +10,14 @@ from raft.course.estimate import human_bytes, human_seconds
 _WORK_STAGES = ("generate", "train", "evaluate")
 
 
-def format_plan(plan: dict[str, Any], left: dict[str, float], out: str, chunks_done: int | None = None) -> str:
+def format_plan(plan: dict[str, Any], left: dict[str, float], out: str, chunks_done: int | None = None,
+                started: tuple[str, ...] = ()) -> str:
     """The plan as a few lines: the course, the teacher, the time each stage takes (or still needs), the disk.
 
     :param plan: the plan stage's result. :param left: seconds each work stage still needs (raft.course.run.time_left).
     :param out: the run's folder. :param chunks_done: chunks the teacher has done by now (default: the plan's count).
+    :param started: the work stages an earlier session began: the run is a resumed one even when the probed
+        rates are too small to show less time left (a fast teacher server).
     """
     w, r, d = plan["workload"], plan["rates"], plan["disk"]
     head = [f"course {plan['course_id']}: {len(plan['course_files'])} files, {plan['chunks']} chunks for the teacher "
@@ -22,7 +25,7 @@ def format_plan(plan: dict[str, Any], left: dict[str, float], out: str, chunks_d
     if not any(left.values()):
         return "\n".join([*head, "generate, train and evaluate: done before"])
     done = w["chunks_done"] if chunks_done is None else chunks_done
-    resumed = any(left[s] < plan["seconds"][s] for s in _WORK_STAGES)
+    resumed = bool(started) or any(left[s] < plan["seconds"][s] for s in _WORK_STAGES)
     parts = {"generate": f"generate ~{human_seconds(left['generate'])} ({w['chunks'] - done} of {w['chunks']} "
                          f"chunks, ~{w['samples']} samples in all)",
              "train": f"train ~{human_seconds(left['train'])} (~{w['train']} samples x {w['epochs']:g} epoch"

@@ -131,7 +131,9 @@ def run_course(corpus: Path, out: Path, options: CourseOptions, settings: Any, *
                 _run_stage(stage, run, state)
             if stage.name == "plan":
                 left, done = time_left(run, state)
-                emit(CourseEvent("plan", "plan", data={**state.result("plan"), "left": left, "chunks_done_now": done}))
+                started = [s.name for s in STAGES if s.name != "plan" and s.name in state.stages]
+                emit(CourseEvent("plan", "plan", data={**state.result("plan"), "left": left, "chunks_done_now": done,
+                                                       "started": started}))
                 if plan_only:
                     break
         return {"out": str(out), "corpus": str(corpus), "stages": {k: v.model_dump(mode="json")

@@ -186,3 +186,22 @@ def test_a_run_folder_inside_the_course_is_refused(tmp_path: Path) -> None:
         run_course(course, course / "run", make_options(teacher="http://127.0.0.1:9/v1"),
                    Settings(index_dir=tmp_path / "index"))
     assert not (course / "run").exists()
+
+
+def test_a_resumed_plan_says_time_left_even_when_the_probe_rounds_to_zero() -> None:
+    """A fast teacher server can make a stage's planned seconds 0.0: resumption is then known from the stages
+    an earlier session began, not from less time left."""
+    from raft.course.report import format_plan
+
+    plan = {"course_id": "c0ffee", "course_files": {"a.md": "x"}, "chunks": 6, "teacher": {"description": "a server"},
+            "workload": {"chunks_done": 0, "chunks": 6, "samples": 18, "train": 12, "epochs": 1.0, "answers": 8,
+                         "settings": 1},
+            "rates": {"source": "a timed probe", "teacher_chunk_s": 0.004, "teacher_parallel": 1,
+                      "train_sample_s": 0.5, "answer_s": 0.4},
+            "disk": {"out_bytes": 1, "merged": 1, "checkpoints": 1, "dataset": 1, "cache_bytes": 1}, "free": {"/x": 10},
+            "seconds": {"generate": 0.0, "train": 6.0, "evaluate": 3.2}}
+    left = {"generate": 0.0, "train": 6.0, "evaluate": 3.2}
+    fresh = format_plan(plan, left, "OUT")
+    assert "time: ~" in fresh and "generate done" not in fresh  # nothing begun: the first plan
+    resumed = format_plan(plan, left, "OUT", 6, started=("generate", "train"))
+    assert "time left: ~" in resumed and "generate done" in resumed and "train ~" in resumed
