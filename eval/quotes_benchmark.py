@@ -70,11 +70,11 @@ def question_rows(course: Any, evidence: dict[str, list], pipe: Any, scorer: Any
     embedder = MemoEmbedder(pipe.retriever.embedder)
     questions = [q for q in course.questions if str(q["id"]) in evidence][:limit]
     rows, started = [], time.time()
+    planner = pipe.planner()
     for n, q in enumerate(questions, start=1):
         spans = evidence[str(q["id"])]
         stem = q["question"]
         hits = product_search(pipe.retriever, q, pipe.top_k, pipe.mode)
-        planner = pipe.planner()
         row: dict[str, Any] = {"id": q["id"], "course": course.name,
                                "abstained": planner.should_abstain(stem, hits), "quotes": {}}
         used, messages = ([], []) if row["abstained"] else fit_prompt(

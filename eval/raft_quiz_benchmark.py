@@ -46,12 +46,12 @@ LABELS = {"closed_book": "closed book", "rag_plain": "model with passages", "pro
 
 
 def model_stamp(spec: str) -> str:
-    """A short hash of what a model spec names: the spec and, for a folder, the sizes and times of its files
-    (a re-trained model in the same folder gets new rows)."""
+    """A short hash of what a model spec names: the spec and, for a folder, the sizes and times of its files,
+    training checkpoints left out (a re-trained model in the same folder gets new rows)."""
     h = hashlib.sha256(spec.encode())
     path = Path(spec)
     if path.exists():
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and "checkpoint" not in p.parts[-2]):
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(path).parts):
             st = f.stat()
             h.update(f"{f.relative_to(path)}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
