@@ -60,10 +60,29 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "course-rag" / "models"
 
 
-def _gguf_cache_path(gguf: Path, cache_dir: Path) -> Path:
+_content_digests: dict[tuple[str, int, int, int], str] = {}
+
+
+def gguf_content_digest(gguf: Path) -> str:
+    """The first 12 hex digits of the sha256 of a GGUF file's bytes, hashed once per process and file version.
+
+    The conversion cache is keyed on content, not on the file's size and modification time: every install
+    of the bundled package (a new virtual environment, a fresh clone's) writes the same bytes with a new
+    mtime, and an mtime key made a new 0.5-2.5 GB conversion, with its decoders, for each of them.
+
+    :param gguf: a readable file (98 MB for the bundled model: about 0.2 s to hash).
+    :raises OSError: when it cannot be read.
+    """
     stat = gguf.stat()
-    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir / f"{gguf.stem}-{digest}"
+    memo = (str(gguf.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if memo not in _content_digests:
+        with gguf.open("rb") as f:
+            _content_digests[memo] = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    return _content_digests[memo]
+
+
+def _gguf_cache_path(gguf: Path, cache_dir: Path) -> Path:
+    return cache_dir / f"{gguf.stem}-{gguf_content_digest(gguf)}"
 
 
 def _safetensors_ok(path: Path) -> bool:
@@ -171,7 +190,11 @@ def convert_gguf(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
-    return publish_cached(_gguf_cache_path(gguf, root), is_valid_model_cache, write, _convert_lock,
+    try:
+        target = _gguf_cache_path(gguf, root)
+    except OSError as e:
+        raise GeneratorError(f"cannot read the GGUF model {gguf}: {e.strerror or e}") from e
+    return publish_cached(target, is_valid_model_cache, write, _convert_lock,
                           f"cannot convert the GGUF model {gguf}")
 
 
