@@ -13,6 +13,9 @@ which must write exactly --tokens new tokens (EOS masked), greedy with repetitio
 * ours-fp32-int8        ... with prompt lookup and the int8 draft model (RAG_DRAFT=int8)
 * ours-fp32-int4        ... with prompt lookup and the int4 draft model (RAG_DRAFT=int4)
 * ours-fp32             ... with the default draft (rag/generation/decoder/onnx.py DEFAULT_DRAFT)
+* ours-fp32+bf16        ... the prompt read in bf16 (CPU autocast; the setting prefill_dtype)
+* ours-packed-a8        the same exact 4-bit blocks against 8-bit activations (the decoder "packed-a8")
+* ours-packed-a8+bf16   ... with the prompt read in bf16
 * llama.cpp             llama-cpp-python on the same Q4_1 GGUF (bench extra; skipped with a note when missing)
 * ort-genai-int4        (--all) onnxruntime-genai alone on our int4 decoder: why the prefill stays in transformers
 
@@ -65,7 +68,8 @@ from bench.generation_report import render
 
 QUESTION = "What is the difference between RAG and fine-tuning?"
 ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32plain-off", "ours-fp32plain", "ours-fp32-off",
-           "ours-fp32-lookup", "ours-fp32-int8", "ours-fp32-int4", "ours-fp32", "llama.cpp"]
+           "ours-fp32-lookup", "ours-fp32-int8", "ours-fp32-int4", "ours-fp32", "ours-fp32+bf16", "ours-packed-a8",
+           "ours-packed-a8+bf16", "llama.cpp"]
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -110,6 +114,7 @@ def _hf_style(generate: Any) -> Any:
 
 
 def _make_runner(kind: str, threads: int) -> Any:
+    from rag.generation.decoder import PRECISIONS
     from rag.generation.local import LocalGenerator
 
     if kind == "transformers":
@@ -117,16 +122,19 @@ def _make_runner(kind: str, threads: int) -> Any:
     if kind.startswith("ours-fp32plain"):  # ours-fp32plain[-DRAFT]: the fp32 decoder without 4-bit packing
         from rag.generation.decoder import OnnxDecoder, build_onnx_decoder, resolve_draft
 
-        gen = LocalGenerator("bundled", decoder="transformers")
+        gen = LocalGenerator("bundled", decoder="transformers", prefill_dtype="float32")
         model_dir = gen.model_dir
         draft = resolve_draft(kind.split("-")[2] if kind.count("-") == 2 else "auto", "fp32")
         decoder = OnnxDecoder(gen._loaded.model.config, build_onnx_decoder(model_dir, "fp32", pack=False), threads,
                               build_onnx_decoder(model_dir, draft) if draft in ("int8", "int4") else None,
                               speculate=draft != "off")
         return _hf_style(functools.partial(decoder.generate, loaded=gen._loaded))
-    if kind.startswith("ours-"):  # ours-PRECISION[-DRAFT]: LocalGenerator's decoder with that proposer
-        _, precision, *draft = kind.split("-")
-        gen = LocalGenerator("bundled", decoder=precision, draft=draft[0] if draft else "auto")
+    if kind.startswith("ours-"):  # ours-PRECISION[-DRAFT][+bf16]: LocalGenerator's decoder with that proposer
+        name, _, prefill = kind.removeprefix("ours-").partition("+")
+        precision = next(p for p in sorted(PRECISIONS, key=len, reverse=True) if name.startswith(p))
+        draft = name[len(precision):].lstrip("-") or "auto"
+        gen = LocalGenerator("bundled", decoder=precision, draft=draft,
+                             prefill_dtype="bfloat16" if prefill == "bf16" else "float32")
         return _hf_style(functools.partial(gen._decoder.generate, loaded=gen._loaded))
     if kind == "ort-genai-int4":
         import onnxruntime_genai as og

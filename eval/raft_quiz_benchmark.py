@@ -90,9 +90,13 @@ def _resumed(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[str, Any], work: Path,
-               cache: Path, part: str) -> list[dict[str, Any]]:
+               cache: Path, part: str, generation: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Rows of one model on `course` for `part` ("choices": the three multiple-choice ways; "answers": the
-    product's answer to the stem), resumed from `cache` question by question."""
+    product's answer to the stem), resumed from `cache` question by question.
+
+    :param generation: Settings fields of how the model runs (e.g. {"prefill_dtype": "bfloat16"}; bench/
+        generation_quality.py's paths), part of the cache key when given.
+    """
     from eval import courses_benchmark as cb
 
     from rag.api import get_generator, make_pipeline
@@ -101,7 +105,7 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     from rag.evaluation.end_to_end import score_mc
 
     key = {"course": course.name, "spec": spec, "model": model_stamp(spec), "settings": settings, **cb.versions(),
-           "part": part, "v": 2}
+           "part": part, "v": 2, **({"generation": generation} if generation else {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / course.name.split(" ")[0] / f"raft-quiz-{part}-{name}-{digest}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +114,8 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     if todo:
         retriever = cb.product_retriever(course, embedder, settings, work)
         run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, model=spec,
-                       **{k: v for k, v in settings.items() if k in cb.SETTINGS}, mode=settings.get("mode", "hybrid"))
+                       **{k: v for k, v in settings.items() if k in cb.SETTINGS}, mode=settings.get("mode", "hybrid"),
+                       **(generation or {}))
         generator = get_generator(run)
         pipe = make_pipeline(run, retriever=retriever, generator=generator)
         budget = min(generator.context_window, run.max_context_tokens)

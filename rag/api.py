@@ -86,14 +86,15 @@ def backend_options(settings: Settings, spec: str | Path) -> dict[str, object]:
     :param settings: where the key, cache folder, decoder and draft come from.
     :param spec: the model spec about to be built (a URL, "bundled", a folder ...).
     :returns: keyword arguments of OpenAIGenerator (api_key, read_timeout, deadline, max_reply_bytes) or of
-        LocalGenerator (cache_dir, decoder, draft).
+        LocalGenerator (cache_dir, decoder, draft, prefill_dtype).
     :raises GeneratorError: `spec` names no model.
     """
     from rag.generation.factory import resolve_model
 
     if resolve_model(spec).kind == "http":
         return {"api_key": settings.api_key_value(), **http_limits(settings)}
-    return {"cache_dir": settings.cache_dir, "decoder": settings.decoder, "draft": settings.draft}
+    return {"cache_dir": settings.cache_dir, "decoder": settings.decoder, "draft": settings.draft,
+            "prefill_dtype": settings.prefill_dtype}
 
 
 @lru_cache(maxsize=4)

@@ -185,15 +185,22 @@ class Settings(BaseSettings):
         "The most text (UTF-8 bytes) one reply of a model server may hold; a longer one is cut off and rejected."))
 
     # how the in-process model runs (rag.generation.local, rag.generation.decoder)
-    decoder: Literal["auto", "fp32", "int8", "int4", "transformers"] = Field("auto", description=(
-        "Who writes an in-process model's answer after transformers has read the prompt: \"auto\" (fp32, falling "
-        "back to transformers for a model the ONNX builder does not know), \"fp32\" / \"int8\" / \"int4\" (an ONNX "
-        "Runtime decoder of that precision, built once into the model cache; int8/int4 change the greedy text) or "
+    decoder: Literal["auto", "fp32", "packed-a8", "int8", "int4", "transformers"] = Field("auto", description=(
+        "Who writes an in-process model's answer after transformers has read the prompt: \"auto\" "
+        "(rag.generation.decoder.DEFAULT_DECODER, falling back to transformers for a model the ONNX builder does not "
+        "know), \"fp32\" / \"int8\" / \"int4\" (an ONNX Runtime decoder of that precision, built once into the "
+        "model cache; int8/int4 change the greedy text), \"packed-a8\" (the fp32 decoder's exact 4-bit blocks "
+        "against 8-bit activations, as llama.cpp computes a 4-bit GGUF) or "
         "\"transformers\" (plain `model.generate`, one answer at a time). RAG_DECODER."))
     draft: Literal["auto", "int8", "int4", "lookup", "off"] = Field("auto", description=(
         "The proposer of speculative decoding under an ONNX decoder: \"auto\" (the int8 draft model, none for a "
         "decoder of packed 4-bit blocks), \"int8\" / \"int4\" (a draft model, built once), \"lookup\" (prompt "
         "lookup only) or \"off\" (one token per pass). RAG_DRAFT."))
+    prefill_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "The precision an in-process model reads a prompt in (the passages of an answer, quote candidates, "
+        "multiple-choice options) before the decoder writes: \"auto\" (rag.generation.models.AUTO_PREFILL_DTYPE on a "
+        "CPU with native bf16, else float32), \"float32\", or \"bfloat16\" (CPU autocast over the float32 "
+        "weights: about half the time on an AVX512-BF16 CPU; slower where bf16 is emulated). RAG_PREFILL_DTYPE."))
     cache_dir: Path | None = Field(None, description=(
         "The model cache: converted GGUF models, ONNX decoders, merged adapters, the assembled teacher and the "
         "course adapters `raft course` installs; unset: ~/.cache/course-rag/models. RAG_CACHE_DIR."))
@@ -227,7 +234,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{url!r} is not an http(s):// URL of an OpenAI-compatible server")
         return [url.rstrip("/") for url in value]
 
-    @field_validator("decoder", "draft", mode="before")
+    @field_validator("decoder", "draft", "prefill_dtype", mode="before")
     @classmethod
     def _choice_any_case(cls, value: Any) -> Any:
         """A choice in any case with surrounding spaces; an empty one (RAG_DECODER=) is "auto"."""

@@ -49,7 +49,8 @@ from rag.index.ray_engine import (
 # The settings a worker needs (index, embedder check, teacher, generation parameters); secrets stay home.
 WORKER_SETTINGS = ("index_dir", "embed_model", "embed_dtype", "embed_batch_size", "model", "model_name",
                    "max_new_tokens", "temperature", "top_p", "top_k_sampling", "repetition_penalty", "seed",
-                   "model_timeout", "model_deadline", "model_max_reply_bytes", "decoder", "draft", "cache_dir")
+                   "model_timeout", "model_deadline", "model_max_reply_bytes", "decoder", "draft", "prefill_dtype",
+                   "cache_dir")
 
 Outcome = tuple[list, list[ChunkResult] | None, GeneratorError | None]  # (chunks, results, teacher failure)
 

@@ -262,6 +262,20 @@ def rule_verdict(per_course: dict[str, dict[str, Any]], pooled: dict[str, Any]) 
     return {"wins": bool(above and not below), "pooled_above_zero": bool(above), "courses_below_zero": below}
 
 
+def no_loss_verdict(per_course: dict[str, dict[str, Any]], pooled: dict[str, Any]) -> dict[str, Any]:
+    """The gate of a change that must not cost quality (a faster path): it passes when neither the pooled
+    paired interval nor any course's lies wholly below zero.
+
+    :param per_course: {course: paired_comparison result} of the candidate minus the current path.
+    :param pooled: the paired_comparison result over all courses' questions together.
+    :returns: {"passes": bool, "pooled_below_zero": bool, "courses_below_zero": [course, ...]}.
+    """
+    pooled_below = pooled.get("ci") is not None and pooled["ci"][1] < 0
+    below = [c for c, r in per_course.items() if r.get("ci") is not None and r["ci"][1] < 0]
+    return {"passes": not pooled_below and not below, "pooled_below_zero": bool(pooled_below),
+            "courses_below_zero": below}
+
+
 def score_retrieval(search: Callable[[dict[str, Any]], list[Hit]], course: Course) -> list[dict[str, Any]]:
     """Search every question of `course` and record its ranks at each grain.
 

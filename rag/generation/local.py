@@ -27,7 +27,7 @@ from rag.generation.base import (
     apply_stop,
     current_cancel,
 )
-from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format
+from rag.generation.models import AUTO_DTYPE, DTYPES, load_local_model, read_prompt_format, resolve_prefill_dtype
 from rag.generation.decoder import load_onnx_decoder, release_decoders, resolve_decoder
 from rag.generation.prefill import cache_kwarg, output_cache, packed_continuations, read_prompt
 from rag.generation.spec import ModelSpec, resolve_model
@@ -81,6 +81,7 @@ class LocalGenerator(Generator):
         cache_dir: str | Path | None = None,
         decoder: str = "auto",
         draft: str = "auto",
+        prefill_dtype: str = "auto",
     ) -> None:
         """Load a local model (once per process and dtype).
 
@@ -93,7 +94,9 @@ class LocalGenerator(Generator):
             built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/decoder/onnx.py.
         :param draft: speculative decoding's proposer under an ONNX decoder: "auto" (rag.generation.decoder's
             resolve_draft default), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".
-        :raises GeneratorError: for an unknown dtype, decoder or spec, an http spec, a model that cannot be
+        :param prefill_dtype: the precision prompts are read in: "auto" (rag.generation.models.resolve_prefill_dtype),
+            "float32" or "bfloat16" (CPU autocast); the answer is written by `decoder` either way.
+        :raises GeneratorError: for an unknown dtype, prefill dtype, decoder or spec, an http spec, a model that cannot be
             loaded, or an ONNX decoder named by `decoder` that cannot be built (the default
             falls back to "transformers" with a note on stderr).
         """
@@ -104,7 +107,8 @@ class LocalGenerator(Generator):
         self.model_id = self.spec.model_id
         self.prompt_format = read_prompt_format(self.model_dir)  # "raft" for a `raft train` model
         self.dtype = AUTO_DTYPE if dtype == "auto" else dtype
-        self._loaded = load_local_model(str(self.model_dir.resolve()), self.dtype)
+        self.prefill_dtype = resolve_prefill_dtype(prefill_dtype)
+        self._loaded = load_local_model(str(self.model_dir.resolve()), self.dtype, self.prefill_dtype)
         self.context_window = int(getattr(self._loaded.model.config, "max_position_embeddings", 2048))
         self.decoder = resolve_decoder(decoder)
         self._decoder = None
@@ -309,7 +313,8 @@ class LocalGenerator(Generator):
         ids, positions, mask = packed_continuations(plen, [list(c) for c in distinct],
                                                     model.config._attn_implementation, model.dtype)
         scope = current_cancel()
-        with self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set):
+        with (self._loaded.lock, torch.inference_mode(), self._interruptible(scope and scope.is_set),
+              self._loaded.reading()):
             # the prompt's last logits only, reusing the cache of the last prompt read (rag/generation/prefill.py)
             first = read_prompt(model, self._loaded.prompt_cache, prompt["input_ids"])
             rest = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -28,6 +29,13 @@ DTYPES = ("auto", "float32", "bfloat16")
 # decode slower than float32, and bf16 weights change the greedy text: for answers longer than a few tokens
 # float32 wins.
 AUTO_DTYPE = "float32"
+#: The precision transformers reads a prompt in (prefill: the prompt of an answer, quote candidates and
+#: multiple-choice options), whatever writes the answer afterwards. "bfloat16" runs the float32 weights under
+#: CPU autocast (`torch.autocast("cpu", torch.bfloat16)`): the matrix products in bf16 with fp32 accumulation.
+PREFILL_DTYPES = ("auto", "float32", "bfloat16")
+#: What "auto" reads a prompt in on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX, which oneDNN uses);
+#: elsewhere bf16 is emulated and slower, and "auto" is float32.
+AUTO_PREFILL_DTYPE = "float32"
 
 #: A model folder's declaration of the conversation it was tuned on (rag.generation.base.Generator.prompt_format):
 #: {"prompt_format": "raft", ...}; `raft train` writes it into merged/. No file = "chat".
@@ -279,19 +287,63 @@ class ModelLock:
 
 @dataclass
 class LoadedModel:
-    """A model, its tokenizer, the lock that serialises forward passes on it, and its last prompts' KV caches."""
+    """A model, its tokenizer, the lock that serialises forward passes on it, its last prompts' KV caches, and
+    the precision it reads prompts in (one per loaded model, so the prompt cache never mixes two)."""
 
     model: Any
     tokenizer: Any
     lock: ModelLock  # one forward pass at a time per model: two would only share the 2 cores
     prompt_cache: PromptCache = field(default_factory=PromptCache)  # used under `lock` (rag/generation/prefill.py)
+    prefill_dtype: str = "float32"  # "float32" or "bfloat16" (resolved: never "auto")
+
+    def reading(self) -> contextlib.AbstractContextManager[Any]:
+        """The context every prompt-reading forward pass of this model runs in: bf16 CPU autocast when the
+        model reads prompts in bfloat16 (its float32 weights are cast per product by oneDNN), else nothing."""
+        if self.prefill_dtype != "bfloat16" or self.model.dtype != _torch().float32:
+            return contextlib.nullcontext()
+        return _torch().autocast("cpu", dtype=_torch().bfloat16)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU does bf16 arithmetic natively (AVX512-BF16 or AMX; oneDNN's own check)."""
+    torch = _torch()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_prefill_dtype(name: str | None = "auto") -> str:
+    """The precision prompts are read in: "float32" or "bfloat16"; "auto"/None is AUTO_PREFILL_DTYPE where the
+    CPU has native bf16, else float32.
+
+    :raises GeneratorError: for a name not in PREFILL_DTYPES.
+    """
+    name = (name or "auto").strip().lower()
+    if name not in PREFILL_DTYPES:
+        raise GeneratorError(f"unknown prefill dtype {name!r}: choose one of {', '.join(PREFILL_DTYPES)}")
+    if name == "auto":
+        return AUTO_PREFILL_DTYPE if cpu_has_bf16() else "float32"
+    return name
 
 
 @functools.lru_cache(maxsize=4)
-def load_local_model(model_dir: str, dtype: str = "auto") -> LoadedModel:
-    """Load a transformers model folder once per process (cached on (folder, dtype))."""
+def load_local_model(model_dir: str, dtype: str = "auto", prefill_dtype: str = "float32") -> LoadedModel:
+    """Load a transformers model folder once per process (cached on (folder, dtype, prefill dtype)).
+
+    :param prefill_dtype: a resolved precision of prompt reading ("float32" or "bfloat16"; LoadedModel.reading).
+    :raises GeneratorError: for an unknown dtype, or a folder transformers cannot load.
+    """
     if dtype not in DTYPES:
         raise GeneratorError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if prefill_dtype not in PREFILL_DTYPES[1:]:
+        raise GeneratorError(f"unknown prefill dtype {prefill_dtype!r}: choose float32 or bfloat16")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -304,4 +356,4 @@ def load_local_model(model_dir: str, dtype: str = "auto") -> LoadedModel:
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model, tokenizer, ModelLock())
+    return LoadedModel(model, tokenizer, ModelLock(), prefill_dtype=prefill_dtype)

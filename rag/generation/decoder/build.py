@@ -23,10 +23,12 @@ from pathlib import Path
 from rag.common.atomic import write_json_atomic
 from rag.errors import GeneratorError
 from rag.generation.models import default_cache_dir, publish_cached
-from rag.generation.decoder.packing import pack_exact_blocks
+from rag.generation.decoder.packing import INT8_ACTIVATIONS_LEVEL, pack_exact_blocks, set_accuracy_level
 
 #: Weights an ONNX decoder can have.
-PRECISIONS = ("int4", "int8", "fp32")
+#: "packed-a8": the fp32 decoder's exact 4-bit blocks (packing.py) multiplied against 8-bit activations
+#: (packing.INT8_ACTIVATIONS_LEVEL); the weights are the GGUF's, the products are not fp32's.
+PRECISIONS = ("int4", "int8", "fp32", "packed-a8")
 DECODER_ENV = "RAG_DECODER"
 _MANIFEST = "rag_decoder.json"
 _FORMAT = 4  # bump when the decoder written changes (2: logits of every position; 4: exact 4-bit blocks packed)
@@ -180,7 +182,9 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
     :raises GeneratorError: for an unknown precision, a folder the builder rejects, or a failed build.
     """
     if precision not in PRECISIONS:
-        raise GeneratorError(f"unknown ONNX decoder precision {precision!r}: choose int4, int8 or fp32")
+        raise GeneratorError(f"unknown ONNX decoder precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if precision == "packed-a8":
+        return _build_int8_activations(Path(model_dir).resolve(), cache_dir)
     model_dir = Path(model_dir).resolve()
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -209,6 +213,36 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
     if valid(target):
         return target
     publish_cached(target, valid, write, _build_lock, f"cannot build {label}")
+    prune_stale_decoders(root, keep=target)
+    return target
+
+
+def _build_int8_activations(model_dir: Path, cache_dir: str | Path | None) -> Path:
+    """The "packed-a8" decoder: a copy of the packed fp32 decoder whose 4-bit products take 8-bit activations;
+    the fp32 decoder itself when nothing of the model was packed (no exact 4-bit matrix to run so).
+
+    :raises GeneratorError: when the fp32 decoder cannot be built or the copy cannot be written.
+    """
+    packed = build_onnx_decoder(model_dir, "fp32", cache_dir)
+    if not is_packed(packed):
+        return packed
+    root = packed.parent
+    fingerprint = _source_fingerprint(model_dir)
+    manifest = json.loads((packed / _MANIFEST).read_text(encoding="utf-8"))
+
+    def write(tmp: Path) -> None:
+        for f in packed.iterdir():
+            if f.is_file() and f.name != _MANIFEST:
+                shutil.copy2(f, tmp / f.name)
+        set_accuracy_level(tmp / "model.onnx", INT8_ACTIVATIONS_LEVEL)
+        write_json_atomic(tmp / _MANIFEST, {**manifest, "source": fingerprint, "precision": "packed-a8",
+                                           "accuracy_level": INT8_ACTIVATIONS_LEVEL})
+
+    target = root / f"{model_dir.name}-onnx-packed-a8-{fingerprint}"
+    valid = _decoder_validator(fingerprint, "packed-a8", True)
+    if valid(target):
+        return target
+    publish_cached(target, valid, write, _build_lock, f"cannot write the 8-bit-activation decoder of {model_dir.name}")
     prune_stale_decoders(root, keep=target)
     return target
 

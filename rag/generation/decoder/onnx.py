@@ -52,7 +52,7 @@ from rag.generation.decoder.build import build_onnx_decoder, is_packed
 from rag.generation.prefill import output_cache, read_prompt
 
 #: Decoders a LocalGenerator can use: an ONNX precision, or "transformers" (plain `model.generate`).
-DECODERS = ("int4", "int8", "fp32", "transformers")
+DECODERS = ("int4", "int8", "fp32", "packed-a8", "transformers")
 #: What decoder "auto" means: the fastest decoder whose greedy text equals transformers'
 #: (bench/generation.py, docs/results/generation.md).
 DEFAULT_DECODER = "fp32"
@@ -239,7 +239,7 @@ class OnnxDecoder:
         import torch
 
         model, width = loaded.model, input_ids.shape[1]
-        with reading() if reading is not None else contextlib.nullcontext(), torch.inference_mode():
+        with reading() if reading is not None else contextlib.nullcontext(), torch.inference_mode(), loaded.reading():
             if input_ids.shape[0] == 1 and bool(mask.all()):  # one prompt: reuse the last prompt's cache where it fits
                 out = read_prompt(model, loaded.prompt_cache, input_ids)
             else:  # the same position ids `model.generate` gives a left-padded prompt
@@ -359,7 +359,7 @@ def load_onnx_decoder(model_dir: str | Path, precision: str, cache_dir: str | Pa
     """The ONNX decoder of a transformers model folder, built on first use and opened once per process.
 
     :param model_dir: the transformers model folder (its `generate` calls bring the loaded model).
-    :param precision: "int4", "int8" or "fp32".
+    :param precision: "int4", "int8", "fp32" or "packed-a8" (build.PRECISIONS).
     :param cache_dir: the model cache root (default: models.default_cache_dir(); callers pass the setting cache_dir).
     :param threads: ONNX Runtime threads (default: torch's current thread count).
     :param draft: speculative decoding's proposer (resolve_draft): "auto", "int8", "int4", "lookup", "off".

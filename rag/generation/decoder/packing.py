@@ -235,3 +235,33 @@ def pack_exact_blocks(folder: Path, min_share: float = 0.5) -> PackReport:
     if packed:
         _save_packed(model, folder, nodes, added, dropped)
     return PackReport(packed, exact, matrices, before, data.stat().st_size)
+
+
+#: MatMulNBits' accuracy_level for 8-bit activations: each input row is quantized to int8 per block of 32 and
+#: multiplied with the 4-bit blocks in integer arithmetic (ONNX Runtime's AVX2/AVX512-VNNI kernels), as
+#: llama.cpp computes a Q4_1 matrix against Q8_1 activations. The weights stay the same exact blocks.
+INT8_ACTIVATIONS_LEVEL = 4
+
+
+def set_accuracy_level(model_path: Path, level: int) -> int:
+    """Set `accuracy_level` on every MatMulNBits node of an ONNX model file, in place (its external weights
+    file is neither read nor changed).
+
+    :param model_path: a model.onnx written by `pack_exact_blocks` (a folder nothing has opened).
+    :param level: 1 (fp32 products, as packed) or INT8_ACTIVATIONS_LEVEL (int8 activations).
+    :returns: the number of MatMulNBits nodes set.
+    :raises OSError: when the file cannot be read or written; ValueError (onnx) for a malformed model.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("accuracy_level", level)])
+            count += 1
+    onnx.save(model, str(model_path))
+    return count

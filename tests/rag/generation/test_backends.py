@@ -52,7 +52,8 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gen(model_cache: Path) -> LocalGenerator:
-    return LocalGenerator(cache_dir=model_cache.parent)
+    """The bundled model reading prompts in float32 (the exact reference the checks below compare with)."""
+    return LocalGenerator(cache_dir=model_cache.parent, prefill_dtype="float32")
 
 
 def _live_generation_threads() -> list[threading.Thread]:
@@ -510,6 +511,42 @@ def test_continuation_scores_equal_a_plain_forward_pass(gen: LocalGenerator, att
         assert score == pytest.approx(float(logp.mean()), abs=1e-3)
     assert sums[0] == sums[3]
     assert scores[0] > scores[1] + 3  # the true continuation is far more likely
+
+
+def test_the_prefill_dtype_is_checked_and_auto_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert generate.resolve_prefill_dtype("BFloat16 ") == "bfloat16"
+    assert generate.resolve_prefill_dtype("float32") == "float32"
+    with pytest.raises(GeneratorError, match="unknown prefill dtype 'float16': choose one of auto, float32, bfloat16"):
+        generate.resolve_prefill_dtype("float16")
+    monkeypatch.setattr(generate, "AUTO_PREFILL_DTYPE", "bfloat16")
+    monkeypatch.setattr(generate, "cpu_has_bf16", lambda: False)  # a CPU without native bf16: emulated, slower
+    assert generate.resolve_prefill_dtype("auto") == generate.resolve_prefill_dtype(None) == "float32"
+    monkeypatch.setattr(generate, "cpu_has_bf16", lambda: True)
+    assert generate.resolve_prefill_dtype("auto") == "bfloat16"
+
+
+@pytest.mark.llm
+def test_a_bf16_prefill_reads_prompts_in_bf16_with_a_cache_of_its_own(gen: LocalGenerator) -> None:
+    """Prompts read in bf16 (CPU autocast) score continuations close to float32 but not identically (the
+    autocast took effect), in a model of their own: a prompt cached in one precision never feeds the other."""
+    import torch
+
+    messages = [{"role": "user", "content": "The capital of France is Paris. What is the capital of France?"}]
+    conts = [" Paris.", " a banana soup with extra cheese.", " Lyon."]
+    bf16 = LocalGenerator(cache_dir=gen.model_dir.parent, prefill_dtype="bfloat16")
+    assert bf16.prefill_dtype == "bfloat16" and bf16._loaded is not gen._loaded
+    assert bf16._loaded.model.dtype == torch.float32  # the weights stay float32; only the products run in bf16
+    exact = gen.continuation_logprobs(messages, "The capital of France is", conts)
+    fast = bf16.continuation_logprobs(messages, "The capital of France is", conts)
+    assert [n for _, n in fast] == [n for _, n in exact]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(fast, exact)) > 1e-4  # not the float32 numbers
+    assert all(abs(a - b) < 0.5 + 0.05 * abs(b) for (a, _), (b, _) in zip(fast, exact))
+    assert [c for _, c in sorted(zip(fast, conts))] == [c for _, c in sorted(zip(exact, conts))]
+    assert gen._loaded.prompt_cache.entries and bf16._loaded.prompt_cache.entries
+    assert bf16._loaded.prompt_cache.entries[0][1][0][1].dtype == torch.bfloat16  # its values: bf16 products
+    assert gen._loaded.prompt_cache.entries[0][1][0][1].dtype == torch.float32
+    text = bf16.generate(QUESTION, GREEDY)  # the ONNX decoder writes after a bf16 prefill
+    assert text.strip() and bf16.decoder == gen.decoder
 
 
 @pytest.mark.parametrize("key", ["secret", ""])

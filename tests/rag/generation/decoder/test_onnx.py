@@ -100,9 +100,11 @@ def test_decoder_and_draft_are_settings_passed_to_the_local_backend(monkeypatch:
     (tmp_path / "empty.toml").write_text("", encoding="utf-8")
     monkeypatch.setenv("RAG_DECODER", " Transformers ")
     monkeypatch.setenv("RAG_DRAFT", "lookup")
+    monkeypatch.setenv("RAG_PREFILL_DTYPE", "BFloat16")
     settings = load_settings()
-    assert (settings.decoder, settings.draft) == ("transformers", "lookup")
-    assert backend_options(settings, "bundled") == {"cache_dir": None, "decoder": "transformers", "draft": "lookup"}
+    assert (settings.decoder, settings.draft, settings.prefill_dtype) == ("transformers", "lookup", "bfloat16")
+    assert backend_options(settings, "bundled") == {"cache_dir": None, "decoder": "transformers", "draft": "lookup",
+                                                    "prefill_dtype": "bfloat16"}
     assert load_settings(decoder="int8").decoder == "int8"  # a flag beats the environment
     monkeypatch.setenv("RAG_DECODER", "")
     assert load_settings().decoder == "auto"
