@@ -29,25 +29,36 @@ how many tokens equal transformers' greedy tokens on round 0's prompt.
 Part 2, fidelity: every engine answers the RAG prompts of eval/dev_questions.jsonl greedily (EOS allowed):
 share of answers identical to transformers', token F1 against transformers' text and against the reference.
 
+Part 2b, warm grounded answer: the product's default answer (five passages, the quote chosen, then the
+answer) in a warm process, per path (--warm-paths), on interleaved dev questions: seconds to the first
+answer piece and to the end (medians).
+
 Part 3, cold start: a fresh `rag ask QUESTION` process per run (retrieval, generation of up to
---ask-tokens tokens, attribution), after one untimed run per decoder that builds its caches, interleaved
-between RAG_DECODER=transformers, fp32, int8 (and the default): seconds from process start to the first
-answer byte on stdout and to exit (medians). --cold-threads sets OMP_NUM_THREADS for these processes
+--ask-tokens tokens, attribution), after one untimed run per path that builds its caches, interleaved
+between the paths of --cold-paths ("transformers", "default" = no RAG_* variable set, or a path of
+bench.generation_quality.PATHS given as RAG_DECODER / RAG_PREFILL_DTYPE): seconds from process start to the
+first answer byte on stdout and to exit (medians). --cold-threads sets OMP_NUM_THREADS for these processes
 (default 0: unset, the product's own default, as a user runs it).
 
-Part 4, server: a real `rag serve` on 127.0.0.1 per answer mode (and, with --server-baseline, with
-RAG_DECODER=transformers: one answer at a time); at each concurrency C, C client threads share max(8, 2C)
+Part 4, server: a real `rag serve` on 127.0.0.1 per answer mode and path (--server-paths; --server-baseline
+adds plain transformers: one answer at a time); at each concurrency C, C client threads share max(8, 2C)
 streamed dev questions (fresh ones per level); answers/s, completion tokens/s, time to the first piece,
 and the longest gap between two pieces of one stream.
 
+Part 5, quality: each path of --paths answers the independent courses' own quizzes
+(bench/generation_quality.py): accuracy per course and pooled, and each path minus fp32 with its paired 95%
+interval and verdict (a faster path passes when no interval lies wholly below zero).
+
     python -m bench.generation [--rounds 5] [--tokens 64] [--threads 1] [--index-dir DIR] [--all]
-                               [--fidelity 29] [--cold-runs 3] [--server-levels 1,4,8] [--server-baseline]
-                               [--server-answer-mode grounded,free] [--server-tokens 64]
-                               [--only engines,cold,server] [--quick]
+                               [--fidelity 29] [--warm-paths fp32,default] [--cold-runs 3]
+                               [--cold-paths transformers,fp32,default] [--server-levels 1,4,8]
+                               [--server-paths default] [--server-baseline] [--server-answer-mode grounded,free]
+                               [--server-tokens 64] [--paths fp32,bf16-prefill,...] [--limit 40]
+                               [--only engines,warm,cold,server,quality] [--quick]
 
 Writes bench/results/generation.json and generation.md (or generation_<--tag>.*). The kept results:
-generation.* (parts 1-2, `--only engines`) and generation_cold_server.* (parts 3-4, `--only cold,server
---tag cold_server`).
+generation.* (parts 1-2, `--only engines`), generation_cold_server.* (parts 2b-4, `--only warm,cold,server
+--tag cold_server`) and generation_quality.* (part 5 alone: `python -m bench.generation_quality`).
 """
 
 from __future__ import annotations
@@ -65,8 +76,8 @@ from typing import Any
 
 from bench.benchutil import ROOT, LoadMeter, finish_run, machine_info
 from bench.generation_report import render
+from bench.generation_timing import QUESTION, cold_part, server_part, warm_part
 
-QUESTION = "What is the difference between RAG and fine-tuning?"
 ENGINES = ["transformers", "ours-int4", "ours-int8", "ours-fp32plain-off", "ours-fp32plain", "ours-fp32-off",
            "ours-fp32-lookup", "ours-fp32-int8", "ours-fp32-int4", "ours-fp32", "ours-fp32+bf16", "ours-packed-a8",
            "ours-packed-a8+bf16", "llama.cpp"]
@@ -326,131 +337,6 @@ def engines_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["fidelity"] = fid
 
 
-# ------------------------------------------------------------------------------------------ part 3
-
-
-def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    from rag.generation.decoder import DEFAULT_DECODER
-
-    rag = str(Path(sys.executable).parent / "rag")
-    cmd = [rag, "ask", QUESTION, "--max-new-tokens", str(args.ask_tokens)]
-    if args.index_dir:
-        cmd += ["--index-dir", str(args.index_dir)]
-    decoders = list(dict.fromkeys(["transformers", DEFAULT_DECODER, "fp32", "int8"]))  # the default and its rivals
-    runs: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
-    for d in decoders:  # untimed: builds what a first run builds once (conversions, decoders), as a user's first ask
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                       env={**os.environ, "RAG_DECODER": d, "HF_HUB_OFFLINE": "1"})
-    for r in range(args.cold_runs):
-        for d in decoders if r % 2 == 0 else decoders[::-1]:
-            env = {**os.environ, "RAG_DECODER": d, "HF_HUB_OFFLINE": "1"}
-            env.pop("OMP_NUM_THREADS", None)
-            if args.cold_threads:
-                env["OMP_NUM_THREADS"] = str(args.cold_threads)
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-            first = proc.stdout.read(1)
-            t_first = time.perf_counter() - t0
-            rest = proc.stdout.read()
-            proc.wait()
-            total = time.perf_counter() - t0
-            if proc.returncode != 0 or not first:
-                raise SystemExit(f"`rag ask` failed with RAG_DECODER={d} (exit {proc.returncode})")
-            answer = (first + rest).decode("utf-8", "replace").split("\nSources:")[0].split("\nNearest passages:")[0]
-            runs[d].append({"first_byte_s": t_first, "total_s": total, "answer_chars": len(answer.strip())})
-        print(f"cold run {r + 1}/{args.cold_runs} done", file=sys.stderr)
-    results["cold"] = [{"decoder": d, "first_byte_s": statistics.median(x["first_byte_s"] for x in runs[d]),
-                        "total_s": statistics.median(x["total_s"] for x in runs[d]),
-                        "answer_chars": statistics.median(x["answer_chars"] for x in runs[d]), "samples": runs[d]}
-                       for d in decoders]
-
-
-# ------------------------------------------------------------------------------------------ part 4
-
-
-def _stream_one(client: Any, url: str, question: str, max_tokens: int) -> dict[str, Any]:
-    """One streamed chat completion: seconds to the first content piece, the longest gap between pieces,
-    completion tokens (the final usage chunk), total seconds."""
-    body = {"model": "course-rag", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
-            "stream": True, "stream_options": {"include_usage": True}}
-    sent = time.monotonic()
-    row: dict[str, Any] = {"ok": False, "tokens": 0, "ttft": None, "max_gap": 0.0}
-    last = None
-    with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        row["status"] = r.status_code
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                row["tokens"] = event["usage"].get("completion_tokens", 0)
-            choices = event.get("choices") or []
-            if choices and choices[0].get("delta", {}).get("content"):
-                now = time.monotonic()
-                if last is None:
-                    row["ttft"] = now - sent
-                else:
-                    row["max_gap"] = max(row["max_gap"], now - last)
-                last = now
-        row["ok"] = r.status_code == 200
-    row["latency"] = time.monotonic() - sent
-    return row
-
-
-def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """`rag serve` (the default decoder: batched) under closed-loop load at each concurrency level: C client
-    threads share max(8, 2C) streamed on-topic dev questions; throughput = requests (and completion tokens)
-    per second of wall time; ratios to concurrency 1. `RAG_DECODER=transformers` (one generation at a time)
-    runs the same levels for comparison when --server-baseline is given."""
-    import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
-    from bench.load import start_server
-
-    questions = [json.loads(line)["question"] for line in (ROOT / "eval" / "dev_questions.jsonl").read_text()
-                 .splitlines() if line.strip()]
-    levels = [int(x) for x in args.server_levels.split(",")]
-    decoders = ["auto"] + (["transformers"] if args.server_baseline else [])
-    out = []
-    for mode, decoder in [(m, d) for m in args.server_answer_mode.split(",") for d in decoders]:
-        old = os.environ.get("RAG_DECODER")
-        os.environ["RAG_DECODER"] = decoder
-        conf = argparse.Namespace(index_dir=args.index_dir or ROOT / "data" / "index", max_tokens=args.server_tokens,
-                                  max_queue=64, top_k=5, answer_mode=mode)
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, url = start_server(conf, None, Path(tmp))
-            try:
-                with httpx.Client(timeout=600) as client:
-                    _stream_one(client, url, questions[-1], 8)  # warm-up (first-call allocations)
-                    base, used = None, 0
-                    for c in levels:  # fresh questions per level (no prompt-cache hits across levels)
-                        jobs = [questions[(used + i) % len(questions)] for i in range(max(8, 2 * c))]
-                        used += len(jobs)
-                        t0 = time.monotonic()
-                        with ThreadPoolExecutor(c) as pool:
-                            rows = list(pool.map(lambda q: _stream_one(client, url, q, args.server_tokens), jobs))
-                        wall = time.monotonic() - t0
-                        ok = [r for r in rows if r["ok"]]
-                        row = {"answer_mode": mode, "decoder": decoder, "concurrency": c, "requests": len(rows),
-                               "ok": len(ok), "wall_s": wall, "req_per_s": len(ok) / wall,
-                               "tok_per_s": sum(r["tokens"] for r in ok) / wall,
-                               "ttft_p50_s": statistics.median(r["ttft"] for r in ok if r["ttft"] is not None),
-                               "max_gap_s": max(r["max_gap"] for r in ok)}
-                        base = base or row
-                        row["throughput_ratio"] = row["req_per_s"] / base["req_per_s"]
-                        out.append(row)
-                        print(f"server {mode} {decoder} concurrency {c}: {row['req_per_s']:.3f} req/s", file=sys.stderr)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=60)
-                if old is None:
-                    os.environ.pop("RAG_DECODER", None)
-                else:
-                    os.environ["RAG_DECODER"] = old
-    results["server"] = out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -475,7 +361,16 @@ def main() -> None:
     ap.add_argument("--server-baseline", action="store_true", help="part 4 also with RAG_DECODER=transformers")
     ap.add_argument("--server-answer-mode", default="grounded,free",
                     help="part 4's answer modes, comma-separated (grounded: the product's default)")
-    ap.add_argument("--only", default="", help="comma-separated parts to run: engines,cold,server (default all)")
+    ap.add_argument("--cold-paths", default="transformers,fp32,default",
+                    help="part 3's paths: default, transformers, or of bench.generation_quality.PATHS")
+    ap.add_argument("--warm-paths", default="fp32,default", help="part 2b's paths (as --cold-paths)")
+    ap.add_argument("--warm-rounds", type=int, default=5)
+    ap.add_argument("--server-paths", default="default", help="part 4's paths (as --cold-paths)")
+    from bench.generation_quality import add_arguments as quality_arguments
+
+    quality_arguments(ap)
+    ap.add_argument("--only", default="", help="comma-separated parts to run: engines,warm,cold,server,quality "
+                    "(default all)")
     ap.add_argument("--tag", default="", help="results file suffix")
     args = ap.parse_args()
     if args.worker:
@@ -487,17 +382,23 @@ def main() -> None:
     whole = LoadMeter()
     results: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                "machine": machine_info()}
-    only = set(filter(None, args.only.split(","))) or {"engines", "cold", "server"}
+    only = set(filter(None, args.only.split(","))) or {"engines", "warm", "cold", "server", "quality"}
     if args.cold_only:
         only = {"cold"}
     if args.skip_cold:
         only.discard("cold")
     if "engines" in only:
         engines_part(args, results)
+    if "warm" in only:
+        warm_part(args, results)
     if "cold" in only:
         cold_part(args, results)
     if "server" in only and args.server_levels:
         server_part(args, results)
+    if "quality" in only:
+        from bench.generation_quality import run_quality
+
+        results["quality"], results["quality_md"] = run_quality(args)
     finish_run(results, whole, t_start, render, "generation" + (f"_{args.tag}" if args.tag else ""))
 
 

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 from rapidfuzz import fuzz
 
-from rag.answering.grounding import combine, quote_candidates
+from rag.answering.grounding import FINAL_MARKS, combine, quote_candidates
+from rag.answering.prompts import document_messages
 from rag.generation.base import Generator, Messages
 
 #: The support's share against the model's option scores (module docstring: measured on the dev quiz).
@@ -322,6 +323,22 @@ def true_false_messages(statement: str, evidence: Sequence[str]) -> Messages:
                                         f"Is the statement true or false{where}? Answer True or False."}]
 
 
+def true_false_query(generator: Generator, statement: str, evidence: Sequence[str],
+                     answers: Sequence[str]) -> tuple[Messages, str, list[str]]:
+    """How `generator` is asked a true/false item, in the conversation it was tuned on: (messages, the start
+    of its reply, the answers scored as continuations of that start).
+
+    A chat model reads `true_false_messages` and its first word is scored. A RAFT-tuned model (prompt_format
+    "raft") was trained to reason, then write its final answer after `<ANSWER>:`: asked in chat form its
+    first word is the start of reasoning, not an answer, so it gets the RAFT student format (the evidence as
+    `<DOCUMENT>` blocks, then the question) and its answer is scored right after the marker.
+    """
+    if generator.prompt_format == "raft":
+        question = f"Statement: {statement.strip()}\nIs the statement true or false? Answer {answers[0]} or {answers[1]}."
+        return document_messages(question, evidence), FINAL_MARKS["raft"], [f" {a}" for a in answers]
+    return true_false_messages(statement, evidence), "", list(answers)
+
+
 def _pick_true_false(generator: Generator, choice: Choice, passages: Sequence[str], embedder: Any,
                      exclude: Collection[str]) -> Picked:
     """A true/false item: the model's preference for each answer given the statement's closest sentences,
@@ -336,8 +353,8 @@ def _pick_true_false(generator: Generator, choice: Choice, passages: Sequence[st
     order = np.argsort(-(vecs[1:] @ vecs[0]))[:TRUE_FALSE_EVIDENCE]
     evidence = [sentences[i] for i in sorted(order)]
     answers = ["True", "False"] if options[0].strip().strip(".").lower() in ("true", "false") else ["Yes", "No"]
-    read = [t for t, _ in generator.continuation_logprobs(true_false_messages(choice.stem, evidence), "", answers)]
-    prior = [t for t, _ in generator.continuation_logprobs(true_false_messages(choice.stem, ()), "", answers)]
+    read = [t for t, _ in generator.continuation_logprobs(*true_false_query(generator, choice.stem, evidence, answers))]
+    prior = [t for t, _ in generator.continuation_logprobs(*true_false_query(generator, choice.stem, (), answers))]
     lean = (read[0] - read[1]) - (prior[0] - prior[1])  # > 0: the passages move the model towards "true"
     first_is_true = options[0].strip().strip(".").lower() in ("true", "yes")
     scores = [lean, -lean] if first_is_true else [-lean, lean]
@@ -377,5 +394,5 @@ def pick_option(generator: Generator, messages: Messages, choice: Choice, passag
 
 
 __all__ = ["RETRIEVER_WEIGHT", "ALL_MARGIN", "NONE_FLOOR", "SET_MARGIN", "TRUE_FALSE_EVIDENCE", "Choice", "asks_for_several", "parse_choice", "restated_options",
-           "option_kind", "is_true_false", "true_false_messages", "claim", "support_text", "claim_support", "option_support", "option_logprobs", "Picked",
+           "option_kind", "is_true_false", "true_false_messages", "true_false_query", "claim", "support_text", "claim_support", "option_support", "option_logprobs", "Picked",
            "pick_option"]

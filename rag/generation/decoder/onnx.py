@@ -367,7 +367,9 @@ def load_onnx_decoder(model_dir: str | Path, precision: str, cache_dir: str | Pa
     :raises GeneratorError: when the decoder cannot be built or opened, or for an unknown draft.
     """
     onnx_dir = build_onnx_decoder(model_dir, precision, cache_dir)
-    draft = resolve_draft(draft, precision, is_packed(onnx_dir))
+    packed = is_packed(onnx_dir)
+    # "packed-a8" of a model with nothing packed (a LoRA merged on every projection) is its fp32 decoder
+    draft = resolve_draft(draft, "fp32" if precision == "packed-a8" and not packed else precision, packed)
     if threads is None:
         import torch
 

@@ -21,6 +21,7 @@ from rag.evaluation.courses import (
     per_question,
     question_ranks,
     rank_summary,
+    no_loss_verdict,
     rule_verdict,
 )
 from tests.conftest import ATTENTION_MD, LORA_MD
@@ -166,6 +167,38 @@ def test_the_rule_needs_a_pooled_win_and_no_course_lost_beyond_its_interval() ->
     assert lost["wins"] is False and lost["courses_below_zero"] == ["b"] and lost["pooled_above_zero"]
     assert rule_verdict({"a": flat}, flat)["wins"] is False
     assert rule_verdict({"a": up}, {"ci": None})["wins"] is False
+
+
+def test_a_faster_path_passes_unless_an_interval_lies_wholly_below_zero() -> None:
+    up, flat, down = {"ci": [0.01, 0.2]}, {"ci": [-0.1, 0.1]}, {"ci": [-0.3, -0.02]}
+    assert no_loss_verdict({"a": flat, "b": up}, flat)["passes"] is True  # no gain needed, no loss allowed
+    one = no_loss_verdict({"a": flat, "b": down}, flat)
+    assert one["passes"] is False and one["courses_below_zero"] == ["b"] and not one["pooled_below_zero"]
+    pooled = no_loss_verdict({"a": flat, "b": flat}, down)
+    assert pooled["passes"] is False and pooled["pooled_below_zero"] and pooled["courses_below_zero"] == []
+    assert no_loss_verdict({"a": {"ci": None}}, {"ci": None})["passes"] is True
+
+
+def test_the_generation_quality_summary_pairs_each_path_with_the_reference_per_course_and_pooled() -> None:
+    from bench.generation_quality import render, summarize
+
+    def rows(rights: list[bool], f1: float) -> list[dict]:
+        return [{"id": f"q{i}", "course": "a" if i < len(rights) // 2 else "b",
+                 "right": {"product": r, "rag_plain": r, "closed_book": False},
+                 "answer": {"right": r, "f1_key": f1}} for i, r in enumerate(rights)]
+
+    ref = rows([True] * 20 + [False] * 20, 0.5)  # course a: all right; course b: all wrong
+    worse = rows([False] * 20 + [False] * 20, 0.5)  # loses every item of course a
+    same = rows([True] * 20 + [False] * 20, 0.5)
+    s = summarize({"fp32": ref, "fast": worse, "same": same})
+    assert s["n"] == {"a": 20, "b": 20, "pooled": 40} and s["courses"] == ["a", "b"]
+    assert s["accuracy"]["fp32"]["a"]["product"]["mean"] == 1.0 and s["accuracy"]["fp32"]["pooled"]["product"]["mean"] == 0.5
+    fast = s["vs_base"]["fast"]["product"]
+    assert fast["a"]["mean_delta"] == -1.0 and fast["b"]["mean_delta"] == 0.0 and fast["pooled"]["mean_delta"] == -0.5
+    assert fast["verdict"] == {"passes": False, "pooled_below_zero": True, "courses_below_zero": ["a"]}
+    assert s["vs_base"]["same"]["f1_key"]["verdict"]["passes"] is True
+    text = render(s, {"fp32": {}, "fast": {}, "same": {}})
+    assert "| verdict | FAILS (a)" in text and "`same` − `fp32`" in text
 
 
 # ------------------------------------------------------------------------------------------ whole runs

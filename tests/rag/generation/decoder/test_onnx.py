@@ -51,17 +51,18 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ref(root: Path) -> LocalGenerator:
-    return LocalGenerator(cache_dir=root, decoder="transformers")
+    """The reference: plain transformers, prompts read in float32 (every fixture here reads them so)."""
+    return LocalGenerator(cache_dir=root, decoder="transformers", prefill_dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def fp32(root: Path) -> LocalGenerator:
-    return LocalGenerator(cache_dir=root, decoder="fp32")
+    return LocalGenerator(cache_dir=root, decoder="fp32", prefill_dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def int8(root: Path) -> LocalGenerator:
-    return LocalGenerator(cache_dir=root, decoder="int8")
+    return LocalGenerator(cache_dir=root, decoder="int8", prefill_dtype="float32")
 
 
 def _live_generation_threads() -> list[threading.Thread]:
@@ -76,7 +77,9 @@ def test_decoder_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_decoder("auto") == resolve_decoder(None) == "fp32"
     assert resolve_decoder("fp32") == "fp32"
     assert resolve_decoder("int4") == "int4"
-    with pytest.raises(GeneratorError, match=r"unknown decoder 'fast': choose auto, int4, int8, fp32, transformers"):
+    assert resolve_decoder("packed-a8") == "packed-a8"
+    with pytest.raises(GeneratorError,
+                       match=r"unknown decoder 'fast': choose auto, int4, int8, fp32, packed-a8, transformers"):
         resolve_decoder("fast")
 
 
@@ -86,6 +89,7 @@ def test_draft_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_draft("auto", "int8") == "lookup"  # a quantised decoder is as cheap as its draft would be
     assert resolve_draft("auto", "fp32", packed=True) == "off"  # its passes of several tokens cost 2.5-4x
     assert resolve_draft("lookup", "fp32", packed=True) == "lookup"
+    assert resolve_draft("auto", "packed-a8", packed=True) == "off" and resolve_draft("int8", "packed-a8") == "lookup"
     assert resolve_draft("off", "fp32") == "off" and resolve_draft("int4", "fp32") == "int4"
     with pytest.raises(GeneratorError, match=r"unknown draft 'big': choose auto, int8, int4, lookup, off"):
         resolve_draft("big", "fp32")
@@ -137,6 +141,35 @@ def test_decoders_are_built_once_and_reused(root: Path, fp32: LocalGenerator) ->
     assert build_onnx_decoder(fp32.model_dir, "fp32", root) == folder
     assert (folder / "model.onnx.data").stat().st_mtime_ns == before  # not rebuilt
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def _accuracy_levels(folder: Path) -> set[int]:
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+            if a.name == "accuracy_level"}
+
+
+def test_packed_a8_is_the_packed_decoder_against_8_bit_activations(root: Path, fp32: LocalGenerator) -> None:
+    """The same exact 4-bit blocks (same weights file), every 4-bit product told to quantize its input to
+    int8 (MatMulNBits accuracy level 4, as llama.cpp computes Q4_1): written once, its own folder, close to fp32."""
+    a8 = LocalGenerator(cache_dir=root, decoder="packed-a8", prefill_dtype="float32")
+    folder, packed = a8._decoder.onnx_dir, fp32._decoder.onnx_dir
+    assert folder != packed and folder.parent == root and a8.decoder == "packed-a8"
+    manifest = json.loads((folder / "rag_decoder.json").read_text())
+    assert manifest["precision"] == "packed-a8" and manifest["accuracy_level"] == 4 and is_packed(folder)
+    assert (folder / "model.onnx.data").read_bytes() == (packed / "model.onnx.data").read_bytes()
+    assert _accuracy_levels(folder) == {4} and _accuracy_levels(packed) == {1}
+    before = (folder / "model.onnx").stat().st_mtime_ns
+    assert build_onnx_decoder(fp32.model_dir, "packed-a8", root) == folder
+    assert (folder / "model.onnx").stat().st_mtime_ns == before  # written once
+    assert a8._decoder.draft_dir is None and not a8._decoder.engine.speculate
+    one = GenerationParams(max_new_tokens=1)
+    for messages in PROMPTS:  # the first token comes from the prompt read by transformers, the same for both
+        assert a8.generate(messages, one) == fp32.generate(messages, one)
+    texts = [a8.generate(m, GREEDY) for m in PROMPTS]
+    assert all(t.strip() for t in texts)
 
 
 def test_a_damaged_decoder_is_rebuilt_and_every_build_says_so(root: Path, fp32: LocalGenerator, tmp_path: Path,
@@ -401,8 +434,8 @@ def test_a_merged_lora_model_gets_its_own_decoder(root: Path, fp32: LocalGenerat
     lora.merge_and_unload().save_pretrained(out / "merged", safe_serialization=True)
     AutoTokenizer.from_pretrained(fp32.model_dir).save_pretrained(out / "merged")
 
-    tuned = LocalGenerator(out, cache_dir=root, decoder="fp32")
-    plain = LocalGenerator(out, cache_dir=root, decoder="transformers")
+    tuned = LocalGenerator(out, cache_dir=root, decoder="fp32", prefill_dtype="float32")
+    plain = LocalGenerator(out, cache_dir=root, decoder="transformers", prefill_dtype="float32")
     assert tuned._decoder.onnx_dir != fp32._decoder.onnx_dir and tuned._decoder.onnx_dir.parent == root
     assert tuned.generate(PROMPTS[0], GREEDY) == plain.generate(PROMPTS[0], GREEDY)
     packed = json.loads((tuned._decoder.onnx_dir / "rag_decoder.json").read_text())["packed"]
