@@ -105,7 +105,7 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     from rag.evaluation.end_to_end import score_mc
 
     key = {"course": course.name, "spec": spec, "model": model_stamp(spec), "settings": settings, **cb.versions(),
-           "part": part, "v": 2, **({"generation": generation} if generation else {})}
+           "part": part, "v": 3, **({"generation": generation} if generation else {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / course.name.split(" ")[0] / f"raft-quiz-{part}-{name}-{digest}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
