@@ -196,6 +196,7 @@ def train(dataset_dir: Path, out_dir: Path, resume: bool, as_json: bool, **optio
 @model_options(CourseOptions, ["resamples"], given_only=True, checked=False)
 @click.option("--install", "install_policy", type=click.Choice(INSTALL_POLICIES), default=None,
               help=CourseOptions.model_fields["install"].description + " (default: if-better)")
+@model_options(CourseOptions, ["quiz"], given_only=True, checked=False)
 @click.option("--plan", "plan_only", is_flag=True, help="Say how long the run takes and what disk it needs, then stop.")
 @click.option("--uninstall", is_flag=True, help="Remove the adapter installed for CORPUS (the run folder is kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON at the end.")

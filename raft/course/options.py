@@ -23,7 +23,7 @@ COURSE_SPLIT = "0.7,0.1,0.2"
 FLAGS = {"teacher_max_tokens": "--max-new-tokens", "teacher_name": "--model-name", "top_k": "--top-k"}
 #: Options a resumed run may change: how the run goes (threads, checkpoints, batch, bootstrap, install), and the
 #: teacher's, which `raft generate`'s own run.json holds while the data is made (a server's port may change after).
-NOT_IDENTITY = ("workers", "threads", "save_steps", "install", "eval_batch_size", "resamples", "teacher",
+NOT_IDENTITY = ("workers", "threads", "save_steps", "install", "quiz", "eval_batch_size", "resamples", "teacher",
                 "teacher_name", "teacher_max_tokens")
 
 
@@ -76,8 +76,12 @@ class CourseOptions(Options):
     resamples: int = Field(2000, ge=100, le=100_000, description="Bootstrap resamples of the 95% intervals.")
     # install
     install: Literal["if-better", "always", "never"] = Field("if-better", description=(
-        "if-better: install when the tuned model beats the base on the retrieved setting (paired 95% interval "
-        "above zero) and loses nowhere beyond its interval; always; never."))
+        "if-better: install when the tuned model beats the base (on --quiz when given, else on the held-out "
+        "retrieved setting: paired 95% interval above zero) and loses nowhere beyond its interval; always; never."))
+    quiz: str | None = Field(None, description=(
+        "A multiple-choice quiz people wrote for the course (JSONL: question, options, correct), asked of the base "
+        "and the tuned model through the product; when given, it decides the install instead of the held-out split "
+        "of the teacher's questions. May be added to a finished run."))
 
     @field_validator("split")
     @classmethod

@@ -57,15 +57,23 @@ def format_outcome(result: dict[str, Any]) -> str:
     stages = result["stages"]
     lines = []
     evaluation = stages.get("evaluate", {}).get("result", {})
+    quiz = stages.get("quiz", {}).get("result") or {}
     if brief := evaluation.get("brief"):
         lines.append(f"held-out evaluation ({brief['questions']} questions; F1 with 95% bootstrap intervals; "
                      f"report {evaluation['summary']}):")
         lines.append("| setting | base | tuned | tuned - base (paired) | wins/ties/losses |")
         lines.append("|---|---|---|---|---|")
         for setting, c in brief["settings"].items():
-            lines.append(f"| {setting}{' (decides)' if setting == brief['primary'] else ''} | {c['base_f1']:.3f} "
+            decides = setting == brief["primary"] and not quiz.get("quiz")
+            lines.append(f"| {setting}{' (decides)' if decides else ''} | {c['base_f1']:.3f} "
                          f"{_ci(c['base_f1_ci'])} | {c['tuned_f1']:.3f} {_ci(c['tuned_f1_ci'])} | {c['delta']:+.3f} "
                          f"{_ci(c['delta_ci'])} | {c['wins']}/{c['ties']}/{c['losses']} |")
+    if quiz.get("quiz"):
+        d = quiz["delta"]
+        lines.append(f"quiz {quiz['quiz']} ({quiz['n']} items, the product's choice; decides): base "
+                     f"{quiz['base']['mean']:.3f} {_ci(quiz['base']['ci'])}, tuned {quiz['tuned']['mean']:.3f} "
+                     f"{_ci(quiz['tuned']['ci'])}, tuned - base {d['mean_delta']:+.3f} {_ci(d['ci'])}, "
+                     f"wins/ties/losses {d['wins']}/{d['ties']}/{d['losses']}")
     install = stages.get("install", {}).get("result")
     if install:
         lines.append(install["reason"])

@@ -20,6 +20,7 @@ from raft.course.context import ADAPTER, DATA, EVAL, IDENTITY, TRAIN, CourseRun
 from raft.course.estimate import Rates, Workload, stage_seconds
 from raft.course.options import CourseOptions
 from raft.course.progress import CourseEvent
+from raft.course.quiz import load_quiz
 from raft.course.stages import STAGES, Stage, chunks_done
 from raft.course.state import STATE, CourseState, StageRecord, load_state, now_iso, save_state
 from raft.course.teacher import choose_teacher
@@ -93,7 +94,7 @@ def run_course(corpus: Path, out: Path, options: CourseOptions, settings: Any, *
     :param command: the command line, recorded by the training and evaluation reports.
     :param plan_only: stop after the plan (the estimate), before any long work.
     :returns: {"out", "stages": {name: record}, "plan", "left", ...}: the state after this call.
-    :raises RagError: no teacher, a missing course folder, OUT made with other arguments or busy, a changed
+    :raises RagError: no teacher, a bad --quiz, a missing course folder, OUT made with other arguments or busy, a changed
         course, too little disk, or what a stage raises (one line each).
     """
     from rag.generation.course_registry import registry_dir
@@ -105,6 +106,8 @@ def run_course(corpus: Path, out: Path, options: CourseOptions, settings: Any, *
         raise RagError(f"--out {out} is inside the course folder {corpus}: its files would be indexed as the course's; "
                        "use a folder outside it")
     teacher = choose_teacher(options.teacher, options.teacher_name)  # refused here, before any work
+    if options.quiz is not None:
+        load_quiz(options.quiz)  # a bad quiz is refused before any work too
     update: dict[str, Any] = {"model": teacher.spec, "model_name": options.teacher_name}
     if options.teacher_max_tokens is not None:
         update["max_new_tokens"] = options.teacher_max_tokens

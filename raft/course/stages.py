@@ -1,11 +1,11 @@
-"""The stages of `raft course`, as data: plan -> generate -> train -> evaluate -> install (`STAGES`).
+"""The stages of `raft course`, as data: plan -> generate -> train -> evaluate -> quiz -> install (`STAGES`).
 
 Each stage is a function of the run (raft.course.context.CourseRun) and the state so far, returning its result
 (a JSON-able dict the state file keeps). The work stages call the library behind the four `raft` commands
 (raft.synth.run.run, raft.train.loop.train, raft.evaluate.run_eval) with their own bars off, and each of them
 resumes its own folder, so a stage interrupted anywhere is simply run again. `still_valid` lets a finished
-stage be redone when what it did is gone or was asked differently (the install, after `--install` changed or
-the registry lost it).
+stage be redone when what it did is gone or was asked differently (the quiz, after `--quiz` changed; the install,
+after `--install` or the quiz changed or the registry lost it).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from raft.course.context import CourseRun
 from raft.course.estimate import Rates, Workload, check_disk, disk_need, plan_record
 from raft.course.probe import probe_answers, probe_example, probe_teacher, probe_training
 from raft.course.progress import CourseEvent
+from raft.course.quiz import ask_quiz, quiz_digest, quiz_still_valid
 from raft.course.state import CourseState
 from raft.course.verdict import decide, evaluation_brief
 from raft.records import PROGRESS
@@ -206,8 +207,10 @@ def install(run: CourseRun, state: CourseState) -> dict[str, Any]:
     from rag.generation.course_registry import course_fingerprint, install_course, load_registry
 
     brief = state.result("evaluate")["brief"]
-    yes, why = decide(brief, run.options.install)
+    quiz = state.result("quiz") if "quiz" in state.stages else {}
+    yes, why = decide(brief, run.options.install, quiz if quiz.get("quiz") else None)
     result: dict[str, Any] = {"installed": yes, "reason": why, "policy": run.options.install,
+                              "quiz_sha256": quiz.get("quiz_sha256"),
                               "course_id": course_fingerprint(run.course_files), "registry": str(run.registry)}
     if not yes:
         if any(c.id == result["course_id"] for c in load_registry(run.registry)):
@@ -215,16 +218,18 @@ def install(run: CourseRun, state: CourseState) -> dict[str, Any]:
                                  "--uninstall` removes it)")
     if yes:
         entry = install_course(run.registry, run.adapter, name=run.corpus.resolve().name, source=str(run.corpus.resolve()),
-                               evaluation={**brief, "policy": run.options.install, "report": str(run.eval_dir)})
+                               evaluation={**brief, "policy": run.options.install, "report": str(run.eval_dir),
+                                           **({"quiz": quiz} if quiz.get("quiz") else {})})
         result["folder"] = str(entry.folder(run.registry))
     return result
 
 
 def install_still_valid(run: CourseRun, result: dict[str, Any]) -> bool:
-    """A finished install stands while its policy is the one asked and, if it installed, the registry still lists it."""
+    """A finished install stands while its policy and quiz are the ones asked and, if it installed, the registry
+    still lists it."""
     from rag.generation.course_registry import load_registry
 
-    if result.get("policy") != run.options.install:
+    if result.get("policy") != run.options.install or result.get("quiz_sha256") != quiz_digest(run.options.quiz):
         return False
     if not result.get("installed"):
         return True
@@ -245,6 +250,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("generate", generate),
     Stage("train", train),
     Stage("evaluate", evaluate),
+    Stage("quiz", ask_quiz, quiz_still_valid),
     Stage("install", install, install_still_valid),
 )
 

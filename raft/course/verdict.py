@@ -3,7 +3,9 @@
 Installing makes the adapter the default model (`model = auto`) on its course, so by default (`if-better`) it
 is installed only when it wins where the product uses it, the retrieved setting (the passages rag's retriever
 finds; the oracle setting when retrieved was not evaluated), with a paired 95% bootstrap interval of the F1
-difference above zero, and loses on no evaluated setting beyond its interval (an interval below zero).
+difference above zero, and loses on no evaluated setting beyond its interval (an interval below zero). Given a
+quiz people wrote for the course (`--quiz`), the product's choice on it decides instead: the held-out split is the
+teacher's questions, and on an independent course its gain did not transfer to people's (docs/results/raft.md).
 `always` installs whatever the evaluation says, `never` keeps it out. The evaluation summary is `raft eval`'s
 (raft.evaluate.run_eval), reduced by `evaluation_brief` to what the decision and the user read.
 """
@@ -34,13 +36,23 @@ def evaluation_brief(summary: dict[str, Any], base: str, tuned: str) -> dict[str
     return {"questions": summary["questions"], "primary": primary, "settings": settings}
 
 
-def decide(brief: dict[str, Any], policy: str) -> tuple[bool, str]:
-    """(install?, why) for the evaluation `brief` under `policy` (if-better, always, never)."""
-    primary = brief["primary"]
-    cell = brief["settings"][primary]
-    low, high = cell["delta_ci"] or (None, None)
-    said = (f"tuned - base F1 on {primary} {cell['delta']:+.3f}, 95% interval "
-            f"[{low:+.3f}, {high:+.3f}]" if low is not None else f"no interval on {primary}")
+def decide(brief: dict[str, Any], policy: str, quiz: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """(install?, why) for the evaluation `brief` under `policy` (if-better, always, never).
+
+    :param quiz: the quiz stage's result (raft.course.quiz.ask_quiz) when a quiz people wrote was asked: its
+        paired difference of the product's choice (tuned - base) then decides instead of the held-out split.
+    """
+    if quiz is not None:
+        delta = quiz["delta"]
+        low, high = delta["ci"] or (None, None)
+        said = (f"tuned - base on the quiz ({quiz['n']} items, the product's choice) {delta['mean_delta']:+.3f}, "
+                f"95% interval [{low:+.3f}, {high:+.3f}]" if low is not None else "no interval on the quiz")
+    else:
+        primary = brief["primary"]
+        cell = brief["settings"][primary]
+        low, high = cell["delta_ci"] or (None, None)
+        said = (f"tuned - base F1 on {primary} {cell['delta']:+.3f}, 95% interval "
+                f"[{low:+.3f}, {high:+.3f}]" if low is not None else f"no interval on {primary}")
     if policy == "never":
         return False, f"not installed (--install never); {said}"
     if policy == "always":

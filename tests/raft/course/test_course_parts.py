@@ -101,6 +101,31 @@ def test_the_adapter_is_installed_only_when_it_wins_and_loses_nowhere() -> None:
     assert decide(tie, "always")[0] is True and decide(BRIEF, "never")[0] is False
 
 
+def test_a_quiz_people_wrote_decides_instead_of_the_held_out_split() -> None:
+    won = {"quiz": "q.jsonl", "n": 30, "delta": {"mean_delta": 0.1, "ci": [0.02, 0.2]}}
+    tied = {"quiz": "q.jsonl", "n": 30, "delta": {"mean_delta": 0.0, "ci": [-0.05, 0.05]}}
+    yes, why = decide(BRIEF, "if-better", tied)  # the held-out split wins, the quiz does not
+    assert not yes and "on the quiz (30 items, the product's choice) +0.000" in why
+    yes, why = decide(BRIEF, "if-better", won)
+    assert yes and "installed: the tuned model beats the base (tuned - base on the quiz" in why
+    worse = json.loads(json.dumps(BRIEF))
+    worse["settings"]["distractors"]["delta_ci"] = [-0.09, -0.01]
+    assert decide(worse, "if-better", won)[0] is False  # a held-out setting lost beyond its interval still blocks
+    assert decide(BRIEF, "never", won)[0] is False and decide(BRIEF, "always", tied)[0] is True
+
+
+def test_a_bad_quiz_is_refused_in_one_line_naming_the_file(tmp_path: Path) -> None:
+    from raft.course.quiz import load_quiz, quiz_digest
+
+    bad = tmp_path / "quiz.jsonl"
+    bad.write_text('{"question": "What is LoRA?", "answer": "low-rank adaptation"}\n', encoding="utf-8")
+    with pytest.raises(RagError, match=r"quiz.jsonl: item 'line1' has no \"options\": --quiz takes multiple-choice"):
+        load_quiz(str(bad))
+    with pytest.raises(RagError, match=r"cannot read the quiz .*missing.jsonl"):
+        quiz_digest(str(tmp_path / "missing.jsonl"))
+    assert quiz_digest(None) is None
+
+
 def test_bad_options_are_one_line_naming_the_flag() -> None:
     with pytest.raises(RagError, match=r"^--questions must be in \[1, 20\], got 0$"):
         make_options(questions=0)

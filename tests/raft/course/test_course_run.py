@@ -33,7 +33,7 @@ from tests.raft.train.test_train import FACTS
 
 pytestmark = pytest.mark.llm
 MORE = " It is one of the central ideas of this course and it comes back in several later lessons."
-STAGES = ["plan", "generate", "train", "evaluate", "install"]
+STAGES = ["plan", "generate", "train", "evaluate", "quiz", "install"]
 
 
 def tiny_args(corpus: Path, out: Path, teacher: FakeServer, *extra: str) -> list[str]:
@@ -148,6 +148,32 @@ def test_one_command_plans_generates_trains_evaluates_and_installs(env, tmp_path
     assert again.exit_code == 0, again.output
     assert teacher.served == served and (out / "data" / DATASET).read_bytes() == before
     assert state(out) == stages and "generate, train and evaluate: done before" in again.stderr
+
+    # a quiz people wrote, added to the finished run: asked of base and tuned, and it decides the install
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text("".join(json.dumps({"id": f"q{i}", "question": question, "options": [answer, "a banana soup"],
+                                        "correct": [0]}) + "\n" for i, (_, _, question, answer) in enumerate(FACTS[:3])),
+                    encoding="utf-8")
+    quizzed = CliRunner().invoke(cli, [*args[:-2], "--install", "if-better", "--quiz", str(quiz)])
+    assert quizzed.exit_code == 0, quizzed.output
+    after = state(out)
+    assert teacher.served == served and after["train"] == stages["train"] and after["evaluate"] == stages["evaluate"]
+    q = after["quiz"]["result"]
+    assert q["n"] == 3 and q["quiz_sha256"] and q["delta"]["wins"] + q["delta"]["ties"] + q["delta"]["losses"] == 3
+    rows = [json.loads(line) for line in (out / "eval" / "quiz_rows.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["id"]) for r in rows) == sorted((m, f"q{i}") for m in ("base", "tuned") for i in range(3))
+    assert "quiz " in quizzed.stdout and "(3 items, the product's choice; decides)" in quizzed.stdout
+    assert "| retrieved |" in quizzed.stdout and "| retrieved (decides) |" not in quizzed.stdout
+    decided = after["install"]["result"]
+    assert decided["policy"] == "if-better" and decided["quiz_sha256"] == q["quiz_sha256"]
+    assert "on the quiz (3 items" in decided["reason"]  # 3 items cannot give an interval above zero
+    assert not decided["installed"] and "installed earlier for this course stays" in decided["reason"]
+    again = CliRunner().invoke(cli, [*args[:-2], "--install", "if-better", "--quiz", str(quiz)])
+    assert again.exit_code == 0 and state(out)["quiz"] == after["quiz"]  # asked once
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "What is LoRA?"}\n', encoding="utf-8")
+    refused = CliRunner().invoke(cli, [*args, "--quiz", str(bad)])
+    assert refused.exit_code == 1 and "has no \"options\"" in refused.stderr and state(out)["quiz"] == after["quiz"]
 
     # other arguments against the same run folder are refused, naming the difference
     other_lr = CliRunner().invoke(cli, [*args, "--lr", "0.1"])
