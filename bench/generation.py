@@ -269,7 +269,10 @@ def engines_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
     prompts, tok = prompt_ids(args.index_dir, [QUESTION] + [r["question"] for r in rows_q])
     ids = prompts[0]
     results["prompt_tokens"] = len(ids)
-    kinds = ENGINES + (["ort-genai-int4"] if args.all else [])
+    kinds = [k.strip() for k in args.engines.split(",") if k.strip()] if args.engines else list(ENGINES)
+    kinds += ["ort-genai-int4"] if args.all else []
+    if "transformers" not in kinds:
+        kinds.insert(0, "transformers")  # every ratio is to it
     workers: dict[str, Worker] = {}
     results["skipped"] = {}
     for kind in kinds:
@@ -346,6 +349,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--index-dir", type=Path, default=None)
     ap.add_argument("--all", action="store_true", help="also onnxruntime-genai alone")
+    ap.add_argument("--engines", default="", help=f"part 1's contenders, comma-separated (default all: {', '.join(ENGINES)}; "
+                    "transformers always runs: every ratio is to it)")
     ap.add_argument("--fidelity", type=int, default=29, help="dev questions answered freely by every engine "
                     "(0 = skip)")
     ap.add_argument("--fidelity-tokens", type=int, default=64)

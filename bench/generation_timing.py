@@ -157,6 +157,7 @@ def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
     levels = [int(x) for x in args.server_levels.split(",")]
     paths = _paths(args.server_paths + (",transformers" if args.server_baseline else ""))
     out = []
+    caller = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("RAG_")}  # "default" = none set
     for mode, decoder in [(m, d) for m in args.server_answer_mode.split(",") for d in paths]:
         saved = {k: os.environ.get(k) for k in paths[decoder]}
         os.environ.update(paths[decoder])
@@ -193,4 +194,5 @@ def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
                         os.environ.pop(k, None)
                     else:
                         os.environ[k] = v
+    os.environ.update(caller)
     results["server"] = out

@@ -57,6 +57,18 @@ def model_stamp(spec: str) -> str:
     return h.hexdigest()[:16]
 
 
+def numerics(generation: dict[str, Any] | None = None) -> dict[str, str]:
+    """How the model's numbers are computed under `generation` and the environment (RAG_DECODER,
+    RAG_PREFILL_DTYPE; "auto" resolved on this CPU): part of every cache key, so rows computed one way are never
+    served for another."""
+    from rag.config import Settings
+    from rag.generation.decoder import resolve_decoder
+    from rag.generation.models import resolve_prefill_dtype
+
+    s = Settings(**(generation or {}))
+    return {"decoder": resolve_decoder(s.decoder), "prefill_dtype": resolve_prefill_dtype(s.prefill_dtype)}
+
+
 def answer_row(pipe: Any, q: dict[str, Any], embedder: Any) -> dict[str, Any]:
     """The product's answer to the stem alone, and which option it is closest to."""
     import numpy as np
@@ -105,7 +117,8 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     from rag.evaluation.end_to_end import score_mc
 
     key = {"course": course.name, "spec": spec, "model": model_stamp(spec), "settings": settings, **cb.versions(),
-           "part": part, "v": 3, **({"generation": generation} if generation else {})}
+           "part": part, "v": 3, **({"generation": generation} if generation else {}),
+           "numerics": numerics(generation)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / course.name.split(" ")[0] / f"raft-quiz-{part}-{name}-{digest}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ def chat_form(generator: Any, statement: str, evidence: Any, answers: Any) -> tu
 
 def main() -> None:
     from eval import courses_benchmark as cb
-    from eval.raft_quiz_benchmark import model_stamp
+    from eval.raft_quiz_benchmark import model_stamp, numerics
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cb.add_course_arguments(ap)
@@ -59,7 +58,7 @@ def main() -> None:
     embedder = get_embedder(Settings())
     own_form = choices.true_false_query
     key = json.dumps({"course": args.course, "model": model_stamp(args.model), "settings": settings,
-                      **cb.versions()}, sort_keys=True)
+                      **cb.versions(), "numerics": numerics()}, sort_keys=True)
     path = args.cache / f"{args.course}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {}

@@ -205,7 +205,8 @@ def train(dataset_dir: Path, out_dir: Path, resume: bool, as_json: bool, **optio
 def course(corpus: Path, out_dir: Path | None, index_dir: Path | None, install_policy: str | None, plan_only: bool,
            uninstall: bool, as_json: bool, eval_settings: str | None, **given: object) -> None:
     """Make a RAFT adapter for the course in CORPUS and install it for `model = auto`: plan (time, disk), generate
-    with the teacher, train, evaluate base vs tuned on the held-out split, install. Killed, the same command resumes."""
+    with the teacher, train, evaluate base vs tuned on the held-out split (and on --quiz), install. Killed, the same
+    command resumes."""
     import os
     import sys
 

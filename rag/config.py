@@ -200,7 +200,8 @@ class Settings(BaseSettings):
         "The precision an in-process model reads a prompt in (the passages of an answer, quote candidates, "
         "multiple-choice options) before the decoder writes: \"auto\" (rag.generation.models.AUTO_PREFILL_DTYPE on a "
         "CPU with native bf16, else float32), \"float32\", or \"bfloat16\" (CPU autocast over the float32 "
-        "weights: about half the time on an AVX512-BF16 CPU; slower where bf16 is emulated). RAG_PREFILL_DTYPE."))
+        "weights: about half the time on an AVX512-BF16 CPU; slower where bf16 is emulated). The transformers decoder "
+        "reads an answer's own prompt in float32 (`model.generate`). RAG_PREFILL_DTYPE."))
     cache_dir: Path | None = Field(None, description=(
         "The model cache: converted GGUF models, ONNX decoders, merged adapters, the assembled teacher and the "
         "course adapters `raft course` installs; unset: ~/.cache/course-rag/models. RAG_CACHE_DIR."))

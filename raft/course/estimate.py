@@ -29,7 +29,7 @@ from rag.errors import RagError
 
 #: An ONNX decoder's size as a share of the float32 weights it is built from: fp32 holds the same weights, plus
 #: the int8 draft of speculative decoding (about half: its embeddings stay float32); int8 alone ~half; int4 less.
-DECODER_SHARE = {"fp32": 1.5, "int8": 0.5, "int4": 0.4, "transformers": 0.0}
+DECODER_SHARE = {"fp32": 1.5, "packed-a8": 1.5, "int8": 0.5, "int4": 0.4, "transformers": 0.0}
 #: A forward pass (validation loss) as a share of a training step's forward + backward.
 FORWARD_SHARE = 1 / 3
 ANSWER_ROW_BYTES = 2048  # one results.jsonl line: question, gold, the answer (<= a few hundred tokens), scores

@@ -14,7 +14,6 @@ so a killed stage resumes at the next item.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +47,31 @@ def load_quiz(path: str) -> list[dict[str, Any]]:
     from rag.evaluation.retrieval import load_questions
 
     items = load_questions(Path(path))
+    seen: set[str] = set()
     for q in items:
         if not q.get("options"):
             raise RagError(f"{path}: item {q['id']!r} has no \"options\": --quiz takes multiple-choice items "
                            "(question, options, correct)")
+        if str(q["id"]) in seen:
+            raise RagError(f"{path}: the id {str(q['id'])!r} is used twice: give every item its own id")
+        seen.add(str(q["id"]))
     return items
 
 
 def _done_rows(path: Path, digest: str) -> dict[tuple[str, str], bool]:
     """{(model, item id): right} already written for the quiz of this `digest` (rows of another quiz are not
-    counted); a torn last line (killed mid-write) is asked again."""
+    counted). The file is first made a clean log to append to (rag.common.runfolder.repair_jsonl): a torn last
+    line, from a kill mid-write, is cut and its item asked again."""
+    from rag.common.runfolder import read_jsonl, repair_jsonl
+
     done: dict[tuple[str, str], bool] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        repair_jsonl(path)
+        for row in read_jsonl(path):
             try:
-                row = json.loads(line)
                 if row["quiz"] == digest:
                     done[(row["model"], row["id"])] = bool(row["right"])
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 continue
     return done
 
@@ -75,6 +81,7 @@ def ask_quiz(run: CourseRun, state: CourseState) -> dict[str, Any]:
     {"quiz", "quiz_sha256", "n", "base", "tuned", "delta"} (with_interval cells and the paired comparison),
     or {"quiz": None, "quiz_sha256": None} without a quiz."""
     from rag.api import get_generator, open_retriever
+    from rag.common.runfolder import append_jsonl
     from rag.evaluation.bootstrap import paired_comparison
     from rag.evaluation.course_run import score_choices
     from rag.evaluation.courses import Course, with_interval
@@ -98,18 +105,17 @@ def ask_quiz(run: CourseRun, state: CourseState) -> dict[str, Any]:
             continue
         settings = run.settings.model_copy(update={"model": spec})
         generator = get_generator(settings)
-        with rows_path.open("a", encoding="utf-8") as out:
-            for q in todo:  # one item at a time: each row is on disk before the next is asked
-                (row,) = score_choices(Course("quiz", run.corpus, [q]), retriever, settings, generator, progress=False)
-                right = bool(row["mc"]["rag"]["right"])
-                out.write(json.dumps({"quiz": digest, "model": label, "id": str(q["id"]), "right": right}) + "\n")
-                out.flush()
-                done[(label, str(q["id"]))] = right
-                run.emit(CourseEvent("advance", "quiz", done=len(done), total=total, unit="item"))
+        for q in todo:  # one item at a time: each row is on disk (fsynced) before the next is asked
+            (row,) = score_choices(Course("quiz", run.corpus, [q]), retriever, settings, generator, progress=False)
+            right = bool(row["mc"]["rag"]["right"])
+            append_jsonl(rows_path, [{"quiz": digest, "model": label, "id": str(q["id"]), "right": right}])
+            done[(label, str(q["id"]))] = right
+            run.emit(CourseEvent("advance", "quiz", done=len(done), total=total, unit="item"))
     base = [float(done[("base", str(q["id"]))]) for q in items]
     tuned = [float(done[("tuned", str(q["id"]))]) for q in items]
     return {"quiz": str(Path(o.quiz).resolve()), "quiz_sha256": digest, "n": len(items),
-            "base": with_interval(base), "tuned": with_interval(tuned), "delta": paired_comparison(tuned, base)}
+            "base": with_interval(base), "tuned": with_interval(tuned),
+            "delta": paired_comparison(tuned, base, resamples=o.resamples)}
 
 
 def quiz_still_valid(run: CourseRun, result: dict[str, Any]) -> bool:

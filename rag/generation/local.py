@@ -1,7 +1,7 @@
 """The in-process backend (CPU): streaming, left-padded batches, continuation log-probabilities, cancellation.
 
 A transformers model always reads the prompt and scores continuations; the tokens of an answer come from
-`model.generate` or, with `decoder` "fp32"/"int8"/"int4" (the setting `decoder`), from the ONNX Runtime decoder of
+`model.generate` or, with `decoder` "packed-a8"/"fp32"/"int8"/"int4" (the setting `decoder`), from the ONNX Runtime decoder of
 rag/generation/decoder/onnx.py, a drop-in `generate` with the same arguments (docs/results/generation.md compares them). With
 the ONNX decoder the model's lock (models.ModelLock) is held only while the prompt is read: answers
 requested from several threads at once are written together (rag/generation/decoder/engine.py), so the instance
@@ -90,7 +90,7 @@ class LocalGenerator(Generator):
         :param dtype: "auto" (float32: rag.generation.models.AUTO_DTYPE says why), "float32" or "bfloat16".
         :param cache_dir: where converted GGUF models and ONNX decoders live (default: the model cache).
         :param decoder: who writes the answer after transformers has read the prompt: "auto"
-            (rag.generation.decoder.onnx.DEFAULT_DECODER), "int4" / "int8" / "fp32" (an ONNX Runtime decoder,
+            (rag.generation.decoder.onnx.DEFAULT_DECODER), "packed-a8" / "fp32" / "int8" / "int4" (an ONNX Runtime decoder,
             built once into `cache_dir`), or "transformers" (plain `model.generate`). See rag/generation/decoder/onnx.py.
         :param draft: speculative decoding's proposer under an ONNX decoder: "auto" (rag.generation.decoder's
             resolve_draft default), "int8" / "int4" (a draft model, built once), "lookup" (prompt lookup only) or "off".

@@ -11,7 +11,9 @@ PROMPTS_KEPT prompts (about 65 MB each for 1,400 tokens of SmolLM2-135M in fp32)
 4 answers at once (rag/generation/decoder/engine.py), and one request's quote scoring must not evict the prompt
 another request is about to answer from. The reused part is computed exactly as before, so
 only the split of the prompt into two matrix products changes: logits move by ~1e-5 (measured in
-tests/rag/generation/decoder/test_onnx.py), below anything a greedy argmax or a multiple-choice ranking notices.
+tests/rag/generation/decoder/test_onnx.py, prompts read in float32), below anything a greedy argmax or a
+multiple-choice ranking notices. Read in bf16 (models.LoadedModel.reading), the values are kept in bf16 (the keys
+stay fp32: the rotary step computes them so), three quarters of the memory.
 
 Continuations after one prompt (quote candidates, multiple-choice options) are read *packed*
 (`packed_continuations`): all of them in one row after the prompt's cache, each seeing the prompt and its

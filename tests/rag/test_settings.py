@@ -89,6 +89,7 @@ def test_the_key_never_travels_to_a_ray_worker(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setenv("RAG_API_KEY", "sk-driver")
     sent = worker_settings(load_settings(index_dir=tmp_path / "index", cache_dir=tmp_path / "models",
-                                         decoder="int8"))
+                                         decoder="int8", prefill_dtype="float32"))
     assert "api_key" not in sent and "sk-driver" not in json.dumps(sent)
-    assert (sent["cache_dir"], sent["decoder"], sent["draft"]) == (str(tmp_path / "models"), "int8", "auto")
+    assert (sent["cache_dir"], sent["decoder"], sent["draft"], sent["prefill_dtype"]) == (
+        str(tmp_path / "models"), "int8", "auto", "float32")

@@ -174,7 +174,8 @@ def build_onnx_decoder(model_dir: str | Path, precision: str = "fp32",
     are then stored as such (rag/generation/decoder/packing.py): same weights, a fraction of the bytes per step.
 
     :param model_dir: a folder with config.json and safetensors weights (the GGUF cache, a merged model).
-    :param precision: "int4", "int8" or "fp32" (weights of the ONNX decoder).
+    :param precision: "int4", "int8", "fp32" (weights of the ONNX decoder) or "packed-a8" (the packed fp32
+        decoder's exact 4-bit blocks against 8-bit activations, `_build_int8_activations`).
     :param cache_dir: the model cache root (default: models.default_cache_dir(); callers pass the setting cache_dir).
     :param pack: fp32 only: store exact 4-bit blocks packed (False: every matrix in fp32, a folder of its
         own, "-plain"; bench/generation.py's comparison).
@@ -224,22 +225,40 @@ def _build_int8_activations(model_dir: Path, cache_dir: str | Path | None) -> Pa
     :raises GeneratorError: when the fp32 decoder cannot be built or the copy cannot be written.
     """
     packed = build_onnx_decoder(model_dir, "fp32", cache_dir)
-    if not is_packed(packed):
-        return packed
+    try:
+        if not is_packed(packed):
+            return packed
+        manifest = json.loads((packed / _MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GeneratorError(f"cannot read the decoder {packed}: {e}; delete the folder to rebuild it") from None
     root = packed.parent
     fingerprint = _source_fingerprint(model_dir)
-    manifest = json.loads((packed / _MANIFEST).read_text(encoding="utf-8"))
 
     def write(tmp: Path) -> None:
         for f in packed.iterdir():
-            if f.is_file() and f.name != _MANIFEST:
-                shutil.copy2(f, tmp / f.name)
+            if not f.is_file() or f.name == _MANIFEST:
+                continue
+            if f.name == "model.onnx.data":  # the weights, unchanged: a second name, not a second copy
+                try:
+                    os.link(f, tmp / f.name)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(f, tmp / f.name)  # model.onnx is rewritten below: never a link to the fp32 one
         set_accuracy_level(tmp / "model.onnx", INT8_ACTIVATIONS_LEVEL)
         write_json_atomic(tmp / _MANIFEST, {**manifest, "source": fingerprint, "precision": "packed-a8",
                                            "accuracy_level": INT8_ACTIVATIONS_LEVEL})
 
     target = root / f"{model_dir.name}-onnx-packed-a8-{fingerprint}"
-    valid = _decoder_validator(fingerprint, "packed-a8", True)
+    plain = _decoder_validator(fingerprint, "packed-a8", True)
+
+    def valid(folder: Path) -> bool:
+        try:
+            level = json.loads((folder / _MANIFEST).read_text(encoding="utf-8")).get("accuracy_level")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return plain(folder) and level == INT8_ACTIVATIONS_LEVEL
+
     if valid(target):
         return target
     publish_cached(target, valid, write, _build_lock, f"cannot write the 8-bit-activation decoder of {model_dir.name}")

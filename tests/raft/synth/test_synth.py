@@ -414,7 +414,7 @@ def test_guided_answers_quote_the_oracle_with_the_real_model():
     from rag.generation.base import GenerationParams
     from rag.generation.local import LocalGenerator
 
-    gen = LocalGenerator("bundled")
+    gen = LocalGenerator("bundled", prefill_dtype="float32")
     writer = answers.AnswerWriter(gen, GenerationParams(max_new_tokens=24))
     assert writer.mode == "guided"
     results = writer.many([("What does LoRA freeze?", ORACLE), ("What is stored after training?", ORACLE)])

@@ -224,6 +224,38 @@ def test_true_false_without_log_probabilities_falls_back_to_the_claims(embedder)
     assert picked.rule == "true-false" and picked.model is None and len(picked.chosen) == 1
 
 
+class _Recorder:
+    """Records what a true/false item asks; answers with fixed log-probabilities (no model can be quizzed in
+    a unit test, and the point is the prompt each format gets)."""
+
+    supports_logprobs = True
+
+    def __init__(self, prompt_format: str) -> None:
+        self.prompt_format, self.asked = prompt_format, []
+
+    def continuation_logprobs(self, messages, prefix, continuations, first_tokens=None):
+        self.asked.append((messages, prefix, list(continuations)))
+        return [(-1.0, 1), (-2.0, 1)]
+
+
+def test_a_raft_tuned_model_judges_true_false_in_its_own_format_and_a_chat_model_in_chat(embedder):
+    from rag.answering.grounding import ANSWER_MARK
+    from rag.answering.prompts import DOCUMENT_OPEN
+
+    item = Choice("LoRA freezes the pre-trained weights.", ("True", "False"), ("A", "B"))
+    raft, chat = _Recorder("raft"), _Recorder("chat")
+    for gen in (raft, chat):
+        assert pick_option(gen, [], item, PASSAGES, embedder, 1.0).rule == "true-false"
+    (read, prior) = raft.asked
+    assert read[1] == ANSWER_MARK and read[2] == [" True", " False"]  # scored right after `<ANSWER>:`
+    assert DOCUMENT_OPEN in read[0][-1]["content"] and item.stem in read[0][-1]["content"]
+    assert DOCUMENT_OPEN not in prior[0][-1]["content"]  # closed book: no documents
+    (read, prior) = chat.asked
+    assert read[1:] == ("", ["True", "False"]) and read[0][-1]["content"].startswith("Course text:\n")
+    assert "Is the statement true or false according to the course text? Answer True or False." in read[0][-1]["content"]
+    assert prior == (choices.true_false_messages(item.stem, ()), "", ["True", "False"])
+
+
 @pytest.mark.llm  # the bundled causal model in-process
 def test_true_false_asks_the_model_with_the_closest_sentences_against_closed_book(embedder):
     from rag.api import get_generator

@@ -69,7 +69,7 @@ def retriever(tiny, embedder):
 def generator():
     from rag.generation.local import LocalGenerator
 
-    return LocalGenerator("bundled")
+    return LocalGenerator("bundled", prefill_dtype="float32")  # exact: compared with plain forward passes
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -112,11 +112,12 @@ def test_an_adapter_is_merged_once_and_answers_as_the_peft_model(real_adapter, t
 
     folder, expected, score = real_adapter
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.0)
-    gen = get_generator(str(folder), cache_dir=tmp_path, decoder="transformers")
+    gen = get_generator(str(folder), cache_dir=tmp_path, decoder="transformers", prefill_dtype="float32")
     assert gen.prompt_format == "raft" and gen.model_dir.parent == tmp_path and "+lora-" in gen.model_dir.name
     assert gen.generate(PROMPT, params) == expected
     ((ours, n),) = gen.continuation_logprobs(PROMPT, "", [CONTINUATION])
-    ((base, _),) = get_generator("bundled", decoder="transformers").continuation_logprobs(PROMPT, "", [CONTINUATION])
+    ((base, _),) = get_generator("bundled", decoder="transformers", prefill_dtype="float32").continuation_logprobs(
+        PROMPT, "", [CONTINUATION])
     assert ours == pytest.approx(score, abs=1e-3 * n)  # the merged folder is peft's merged model
     assert abs(base - score) > 0.05  # and the adapter changed the model
     stamp = (gen.model_dir / "model.safetensors").stat().st_mtime_ns

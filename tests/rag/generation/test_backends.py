@@ -80,7 +80,7 @@ def test_second_load_reuses_the_cache(model_cache: Path, gen: LocalGenerator) ->
     assert convert_gguf(bundled_gguf_path(), model_cache.parent) == model_cache
     after = weights.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    again = LocalGenerator(cache_dir=model_cache.parent)
+    again = LocalGenerator(cache_dir=model_cache.parent, prefill_dtype="float32")
     assert again.model_dir == model_cache == gen.model_dir
     assert again._loaded is gen._loaded  # loaded once per process
 
@@ -523,6 +523,17 @@ def test_the_prefill_dtype_is_checked_and_auto_follows_the_cpu(monkeypatch: pyte
     assert generate.resolve_prefill_dtype("auto") == generate.resolve_prefill_dtype(None) == "float32"
     monkeypatch.setattr(generate, "cpu_has_bf16", lambda: True)
     assert generate.resolve_prefill_dtype("auto") == "bfloat16"
+
+
+@pytest.mark.llm
+def test_native_bf16_is_read_off_the_cpu_flags() -> None:
+    """AVX512-BF16 or AMX on x86 (oneDNN's own check is true on any AVX-512 CPU, where bf16 is emulated)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the flags checked here are x86's")
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert generate.cpu_has_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 @pytest.mark.llm

@@ -74,7 +74,7 @@ def _live_generation_threads() -> list[threading.Thread]:
 
 def test_decoder_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_DECODER", "transformers")  # the environment is not read here: Settings reads it
-    assert resolve_decoder("auto") == resolve_decoder(None) == "fp32"
+    assert resolve_decoder("auto") == resolve_decoder(None) == "packed-a8"
     assert resolve_decoder("fp32") == "fp32"
     assert resolve_decoder("int4") == "int4"
     assert resolve_decoder("packed-a8") == "packed-a8"
@@ -215,7 +215,7 @@ def test_a_model_loaded_again_reads_its_own_prompts_under_its_own_cancel(root: P
     from rag.generation.local import release_local_models
 
     release_local_models()
-    again = LocalGenerator(cache_dir=root, decoder="fp32")
+    again = LocalGenerator(cache_dir=root, decoder="fp32", prefill_dtype="float32")
     assert again._loaded is not fp32._loaded and again._loaded.model is not fp32._loaded.model
     old_prompts = [ids for ids, _ in fp32._loaded.prompt_cache.entries]
     params = GenerationParams(max_new_tokens=3)
@@ -447,7 +447,7 @@ def test_a_merged_lora_model_gets_its_own_decoder(root: Path, fp32: LocalGenerat
 
 
 def _draft(root: Path, draft: str) -> LocalGenerator:
-    return LocalGenerator(cache_dir=root, decoder="fp32", draft=draft)
+    return LocalGenerator(cache_dir=root, decoder="fp32", draft=draft, prefill_dtype="float32")
 
 
 def test_prompt_lookup_proposes_what_followed_the_latest_match() -> None:
