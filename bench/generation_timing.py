@@ -18,6 +18,9 @@ from typing import Any
 from bench.benchutil import ROOT
 
 QUESTION = "What is the difference between RAG and fine-tuning?"
+#: The variables a path sets; "default" leaves them unset (the caller's other RAG_* variables, e.g. RAG_MODEL,
+#: apply to every path).
+PATH_KNOBS = ("RAG_DECODER", "RAG_DRAFT", "RAG_PREFILL_DTYPE")
 
 
 # ------------------------------------------------------------------------------------------ part 3
@@ -44,7 +47,7 @@ def cold_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
         cmd += ["--index-dir", str(args.index_dir)]
     paths = _paths(args.cold_paths)
     runs: dict[str, list[dict[str, float]]] = {d: [] for d in paths}
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    clean = {k: v for k, v in os.environ.items() if k not in PATH_KNOBS}
     for d, env in paths.items():  # untimed: builds what a first run builds once (conversions, decoders)
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
                        env={**clean, **env, "HF_HUB_OFFLINE": "1"})
@@ -157,7 +160,7 @@ def server_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
     levels = [int(x) for x in args.server_levels.split(",")]
     paths = _paths(args.server_paths + (",transformers" if args.server_baseline else ""))
     out = []
-    caller = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("RAG_")}  # "default" = none set
+    caller = {k: os.environ.pop(k) for k in PATH_KNOBS if k in os.environ}  # "default" = none of them set
     for mode, decoder in [(m, d) for m in args.server_answer_mode.split(",") for d in paths]:
         saved = {k: os.environ.get(k) for k in paths[decoder]}
         os.environ.update(paths[decoder])
