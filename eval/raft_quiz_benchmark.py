@@ -88,7 +88,7 @@ def answer_row(pipe: Any, q: dict[str, Any], embedder: Any) -> dict[str, Any]:
             "f1_key": token_f1(answer.short_answer or text, q["options"][key[0]])}
 
 
-def _resumed(path: Path) -> dict[str, dict[str, Any]]:
+def resumed_rows(path: Path) -> dict[str, dict[str, Any]]:
     """{question id: row} already in a JSONL cache file; a torn last line (killed mid-write) is asked again."""
     done = {}
     if path.is_file():
@@ -101,6 +101,25 @@ def _resumed(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def product_parts(course: Any, spec: str, embedder: Any, settings: dict[str, Any], work: Path,
+                  generation: dict[str, Any] | None = None) -> tuple[Any, Any, Any, int, Any]:
+    """What asking `spec` about `course` through the product takes: (the run's Settings, the generator, the
+    pipeline, the prompt budget in tokens, question row -> the product's passages)."""
+    from eval import courses_benchmark as cb
+
+    from rag.api import get_generator, make_pipeline
+    from rag.config import Settings
+
+    retriever = cb.product_retriever(course, embedder, settings, work)
+    run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, model=spec,
+                   **{k: v for k, v in settings.items() if k in cb.SETTINGS}, mode=settings.get("mode", "hybrid"),
+                   **(generation or {}))
+    generator = get_generator(run)
+    pipe = make_pipeline(run, retriever=retriever, generator=generator)
+    return (run, generator, pipe, min(generator.context_window, run.max_context_tokens),
+            cb.product_searcher(retriever, settings, run.top_k))
+
+
 def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[str, Any], work: Path,
                cache: Path, part: str, generation: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Rows of one model on `course` for `part` ("choices": the three multiple-choice ways; "answers": the
@@ -111,9 +130,7 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     """
     from eval import courses_benchmark as cb
 
-    from rag.api import get_generator, make_pipeline
     from rag.common.progress import progress_bar
-    from rag.config import Settings
     from rag.evaluation.end_to_end import score_mc
 
     key = {"course": course.name, "spec": spec, "model": model_stamp(spec), "settings": settings, **cb.versions(),
@@ -122,17 +139,10 @@ def model_rows(course: Any, name: str, spec: str, embedder: Any, settings: dict[
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / course.name.split(" ")[0] / f"raft-quiz-{part}-{name}-{digest}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = _resumed(path)
+    done = resumed_rows(path)
     todo = [q for q in course.questions if q["id"] not in done]
     if todo:
-        retriever = cb.product_retriever(course, embedder, settings, work)
-        run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, model=spec,
-                       **{k: v for k, v in settings.items() if k in cb.SETTINGS}, mode=settings.get("mode", "hybrid"),
-                       **(generation or {}))
-        generator = get_generator(run)
-        pipe = make_pipeline(run, retriever=retriever, generator=generator)
-        budget = min(generator.context_window, run.max_context_tokens)
-        search = cb.product_searcher(retriever, settings, run.top_k)
+        run, generator, pipe, budget, search = product_parts(course, spec, embedder, settings, work, generation)
         with path.open("a", encoding="utf-8") as out:
             for q in progress_bar(todo, total=len(todo), desc=f"{name} {part} on {course.name}", unit="question"):
                 t0 = time.perf_counter()

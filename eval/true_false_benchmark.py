@@ -35,7 +35,7 @@ def chat_form(generator: Any, statement: str, evidence: Any, answers: Any) -> tu
 
 def main() -> None:
     from eval import courses_benchmark as cb
-    from eval.raft_quiz_benchmark import model_stamp, numerics
+    from eval.raft_quiz_benchmark import model_stamp, numerics, product_parts, resumed_rows
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cb.add_course_arguments(ap)
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rag.answering import choices
-    from rag.api import get_embedder, get_generator, make_pipeline
+    from rag.api import get_embedder
     from rag.common.progress import progress_bar
     from rag.config import Settings
     from rag.evaluation.bootstrap import paired_comparison
@@ -61,14 +61,7 @@ def main() -> None:
                       **cb.versions(), "numerics": numerics()}, sort_keys=True)
     path = args.cache / f"{args.course}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            done[row["id"]] = row
+    done = resumed_rows(path)
     with tempfile.TemporaryDirectory(prefix="rag-true-false-") as td:
         course = next((c for c in cb.courses(args.shared, args.evidence, Path(td), False)
                        if c.name.startswith(args.course)), None)
@@ -77,13 +70,7 @@ def main() -> None:
         items = [q for q in course.questions if choices.is_true_false(q["options"])]
         todo = [q for q in items if q["id"] not in done]
         if todo:
-            retriever = cb.product_retriever(course, embedder, settings, Path(td))
-            run = Settings(index_dir=retriever.index_dir, corpus_dir=course.lessons, model=args.model,
-                           **{k: v for k, v in settings.items() if k in cb.SETTINGS}, mode=settings["mode"])
-            generator = get_generator(run)
-            pipe = make_pipeline(run, retriever=retriever, generator=generator)
-            budget = min(generator.context_window, run.max_context_tokens)
-            search = cb.product_searcher(retriever, settings, run.top_k)
+            run, generator, pipe, budget, search = product_parts(course, args.model, embedder, settings, Path(td))
             with path.open("a", encoding="utf-8") as out:
                 for q in progress_bar(todo, total=len(todo), desc=f"true/false items of {course.name}", unit="item"):
                     row = {"id": q["id"], "prompt_format": generator.prompt_format}
