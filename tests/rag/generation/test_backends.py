@@ -455,7 +455,12 @@ def test_token_count_is_an_estimate(server: FakeServer) -> None:
 
 
 @pytest.mark.llm
-def test_concurrent_streams_take_turns_on_the_model(gen: LocalGenerator) -> None:
+def test_concurrent_streams_take_turns_on_the_model(model_cache: Path) -> None:
+    """Plain transformers writes one answer at a time: a second caller waits for the model while a stream
+    holds it, and gets its own answer once the stream is left. (The ONNX decoders write concurrent answers
+    together instead: tests/rag/generation/decoder/test_onnx.py.)"""
+    gen = LocalGenerator(cache_dir=model_cache.parent, decoder="transformers", prefill_dtype="float32")
+    assert not gen.parallel_requests
     expected = gen.generate(QUESTION, GREEDY)
     busy = gen.stream(QUESTION, GenerationParams(max_new_tokens=500))
     assert next(busy)  # now holds the model
