@@ -304,15 +304,11 @@ class LoadedModel:
     def reading(self) -> contextlib.AbstractContextManager[Any]:
         """The context every prompt-reading forward pass of this model runs in: bf16 CPU autocast when the
         model reads prompts in bfloat16 (its float32 weights are cast per product by oneDNN), else nothing."""
-        if self.prefill_dtype != "bfloat16" or self.model.dtype != _torch().float32:
+        import torch
+
+        if self.prefill_dtype != "bfloat16" or self.model.dtype != torch.float32:
             return contextlib.nullcontext()
-        return _torch().autocast("cpu", dtype=_torch().bfloat16)
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def cpu_has_bf16() -> bool:
@@ -320,7 +316,8 @@ def cpu_has_bf16() -> bool:
     `_is_mkldnn_bf16_supported` is true on any AVX-512 CPU, where bf16 is emulated); elsewhere oneDNN's check."""
     import platform
 
-    torch = _torch()
+    import torch
+
     try:
         if platform.machine().lower() in ("x86_64", "amd64"):
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

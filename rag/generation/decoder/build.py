@@ -46,8 +46,10 @@ def _source_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _decoder_validator(fingerprint: str, precision: str, pack: bool) -> Callable[[Path], bool]:
-    """True for a complete decoder folder of this source, precision and packing (manifest, model, weights' size)."""
+def _decoder_validator(fingerprint: str, precision: str, pack: bool,
+                       accuracy_level: int | None = None) -> Callable[[Path], bool]:
+    """True for a complete decoder folder of this source, precision and packing (manifest, model, weights' size),
+    and, when given, the MatMulNBits accuracy level its manifest records."""
 
     def valid(folder: Path) -> bool:
         try:
@@ -62,6 +64,7 @@ def _decoder_validator(fingerprint: str, precision: str, pack: bool) -> Callable
             and (folder / "model.onnx").is_file()
             and (folder / "model.onnx.data").is_file()
             and (folder / "model.onnx.data").stat().st_size == manifest.get("data_bytes")
+            and (accuracy_level is None or manifest.get("accuracy_level") == accuracy_level)
         )
 
     return valid
@@ -250,14 +253,7 @@ def _build_int8_activations(model_dir: Path, cache_dir: str | Path | None) -> Pa
                                            "accuracy_level": INT8_ACTIVATIONS_LEVEL})
 
     target = root / f"{model_dir.name}-onnx-packed-a8-{fingerprint}"
-    plain = _decoder_validator(fingerprint, "packed-a8", True)
-
-    def valid(folder: Path) -> bool:
-        try:
-            level = json.loads((folder / _MANIFEST).read_text(encoding="utf-8")).get("accuracy_level")
-        except (OSError, ValueError, AttributeError):
-            return False
-        return plain(folder) and level == INT8_ACTIVATIONS_LEVEL
+    valid = _decoder_validator(fingerprint, "packed-a8", True, INT8_ACTIVATIONS_LEVEL)
 
     if valid(target):
         return target
