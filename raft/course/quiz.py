@@ -105,12 +105,13 @@ def ask_quiz(run: CourseRun, state: CourseState) -> dict[str, Any]:
             continue
         settings = run.settings.model_copy(update={"model": spec})
         generator = get_generator(settings)
-        for q in todo:  # one item at a time: each row is on disk (fsynced) before the next is asked
-            (row,) = score_choices(Course("quiz", run.corpus, [q]), retriever, settings, generator, progress=False)
+        def keep(row: dict[str, Any], label: str = label) -> None:  # on disk (fsynced) before the next item
             right = bool(row["mc"]["rag"]["right"])
-            append_jsonl(rows_path, [{"quiz": digest, "model": label, "id": str(q["id"]), "right": right}])
-            done[(label, str(q["id"]))] = right
+            append_jsonl(rows_path, [{"quiz": digest, "model": label, "id": str(row["id"]), "right": right}])
+            done[(label, str(row["id"]))] = right
             run.emit(CourseEvent("advance", "quiz", done=len(done), total=total, unit="item"))
+
+        score_choices(Course("quiz", run.corpus, todo), retriever, settings, generator, progress=False, on_row=keep)
     base = [float(done[("base", str(q["id"]))]) for q in items]
     tuned = [float(done[("tuned", str(q["id"]))]) for q in items]
     return {"quiz": str(Path(o.quiz).resolve()), "quiz_sha256": digest, "n": len(items),

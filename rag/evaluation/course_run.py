@@ -63,7 +63,8 @@ def choice_block(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def score_choices(course: Course, retriever: Any, settings: Any, generator: Any, *, progress: bool = True,
-                  search: Callable[[dict[str, Any]], list] | None = None) -> list[dict[str, Any]]:
+                  search: Callable[[dict[str, Any]], list] | None = None,
+                  on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Score every question of `course` as multiple choice with the product's passages.
 
     :param course: the course (every question has options).
@@ -71,6 +72,7 @@ def score_choices(course: Course, retriever: Any, settings: Any, generator: Any,
     :param settings: the run's settings (mode, top_k, max_context_tokens, choice_retriever_weight).
     :param generator: an in-process model that gives token log-probabilities.
     :param search: question row -> passages (default: as the product searches a quiz item, `product_search`).
+    :param on_row: called with each row as soon as it is scored (e.g. to write it before the next is asked).
     :returns: one row per question: {"id", "course", "mc": end_to_end.score_mc's result, "seconds"}.
     """
     from rag.api import make_pipeline
@@ -86,6 +88,8 @@ def score_choices(course: Course, retriever: Any, settings: Any, generator: Any,
         mc = score_mc(generator, q, hits, settings.top_k, budget, retriever.embedder, boilerplate,
                       weight=settings.choice_retriever_weight)
         rows.append({"id": q["id"], "course": course.name, "mc": mc, "seconds": round(time.perf_counter() - t0, 3)})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
